@@ -1,0 +1,65 @@
+//! `cofre-agent`: parse arguments, initialise tracing, call the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cofre-agent", version, about = "Cofre's backup agent")]
+struct Cli {
+    /// Where the agent keeps its identity, plan and spool.
+    #[arg(long, global = true, env = "COFRE_AGENT_STATE_DIR", default_value = "/var/lib/cofre-agent")]
+    state_dir: PathBuf,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this machine with a controller, using a token from an administrator.
+    Enroll {
+        /// The controller's agent URL, e.g. https://cofre.example:7443
+        #[arg(long)]
+        controller: String,
+        /// The enrollment token (cofre1.…).
+        #[arg(long, env = "COFRE_ENROLL_TOKEN")]
+        token: String,
+        /// Enroll again even if this state dir is already enrolled.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the agent: connect, keep the plan, run backups on schedule and on demand.
+    Run,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    cofre_agent::init_tracing(cli.log_json);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.command {
+            Command::Enroll { controller, token, force } => {
+                let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
+                cofre_agent::enroll::enroll(&state, &controller, &token, force).await.map(|_| ())
+            }
+            Command::Run => cofre_agent::run(&cli.state_dir).await,
+        }
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

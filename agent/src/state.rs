@@ -1,0 +1,159 @@
+//! The agent's state directory: identity (certificate + key in one 0600 PEM file, also what
+//! the REST backend presents for mTLS), the CA, the last plan (0600: it holds repository
+//! secrets), schedule bookkeeping, the result spool and running-job markers. Every write is
+//! atomic (temp file, fsync, rename), so a crash never leaves half a file.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cofre_proto::agent::v1 as pb;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// Who this agent is, written at enrollment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub machine_id: String,
+    pub controller_url: String,
+    pub ca_fingerprint: String,
+}
+
+/// Writes `data` to `path` atomically with mode 0600.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl StateDir {
+    /// Opens (creating with mode 0700) the state directory.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root).with_context(|| format!("cannot create state dir {}", root.display()))?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+        for sub in ["spool", "running", "rest-ca"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn identity_pem_path(&self) -> PathBuf {
+        self.root.join("identity.pem")
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.root.join("spool")
+    }
+
+    pub fn running_dir(&self) -> PathBuf {
+        self.root.join("running")
+    }
+
+    pub fn is_enrolled(&self) -> bool {
+        self.root.join("identity.json").exists()
+    }
+
+    pub fn save_enrollment(&self, id: &Identity, ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        write_atomic(&self.ca_path(), ca_pem.as_bytes())?;
+        self.save_certificate(cert_pem, key_pem)?;
+        write_atomic(&self.root.join("identity.json"), &serde_json::to_vec_pretty(id)?)?;
+        Ok(())
+    }
+
+    /// Replaces certificate and key together (one file, one rename).
+    pub fn save_certificate(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        write_atomic(&self.identity_pem_path(), format!("{cert_pem}{key_pem}").as_bytes())?;
+        Ok(())
+    }
+
+    pub fn identity(&self) -> anyhow::Result<Identity> {
+        let p = self.root.join("identity.json");
+        let raw = std::fs::read(&p).with_context(|| {
+            format!("this agent is not enrolled ({} missing): run `cofre-agent enroll` first", p.display())
+        })?;
+        serde_json::from_slice(&raw).with_context(|| format!("{} is corrupt", p.display()))
+    }
+
+    /// (certificate PEM, key PEM) from the identity file.
+    pub fn certificate(&self) -> anyhow::Result<(String, String)> {
+        let pem = std::fs::read_to_string(self.identity_pem_path())
+            .with_context(|| format!("cannot read {}", self.identity_pem_path().display()))?;
+        let idx = pem.find("-----BEGIN PRIVATE KEY-----").context("identity.pem holds no private key")?;
+        Ok((pem[..idx].to_string(), pem[idx..].to_string()))
+    }
+
+    pub fn ca_pem(&self) -> anyhow::Result<String> {
+        std::fs::read_to_string(self.ca_path()).with_context(|| format!("cannot read {}", self.ca_path().display()))
+    }
+
+    pub fn save_plan(&self, plan: &pb::Plan) -> anyhow::Result<()> {
+        write_atomic(&self.root.join("plan.pb"), &plan.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// The last plan received, if any. A corrupt file is reported, not fatal: the agent keeps
+    /// running and receives the plan again on its next connection.
+    pub fn load_plan(&self) -> Option<pb::Plan> {
+        let p = self.root.join("plan.pb");
+        let raw = std::fs::read(&p).ok()?;
+        match pb::Plan::decode(raw.as_slice()) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                tracing::error!(path = %p.display(), error = %e, "stored plan is corrupt; waiting for the controller");
+                None
+            }
+        }
+    }
+
+    /// When each policy last started (RFC 3339), for the local schedule.
+    pub fn load_schedule(&self) -> BTreeMap<String, chrono::DateTime<chrono::Utc>> {
+        std::fs::read(self.root.join("schedule.json"))
+            .ok()
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save_schedule(&self, s: &BTreeMap<String, chrono::DateTime<chrono::Utc>>) -> anyhow::Result<()> {
+        write_atomic(&self.root.join("schedule.json"), &serde_json::to_vec_pretty(s)?)?;
+        Ok(())
+    }
+
+    /// Writes a REST server CA for a repository where the engine can read it.
+    pub fn rest_ca_file(&self, repository_id: &str, pem: &str) -> anyhow::Result<PathBuf> {
+        let safe: String = repository_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let p = self.root.join("rest-ca").join(format!("{safe}.pem"));
+        if std::fs::read_to_string(&p).ok().as_deref() != Some(pem) {
+            write_atomic(&p, pem.as_bytes())?;
+        }
+        Ok(p)
+    }
+}

@@ -1,0 +1,220 @@
+//! The one way code talks to Cofre's REST API (`/api/v1`): the `cofre` CLI, the end-to-end
+//! tests and later the portal tests and the fleet simulator all use this client. Errors keep
+//! the server's RFC 9457 problem details.
+
+mod types;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+pub use types::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{status}: {detail}")]
+    Api { status: StatusCode, title: String, detail: String, errors: Vec<FieldError> },
+    #[error("cannot reach the controller: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("invalid URL: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: url::Url,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Client {
+    /// `base` is the controller's HTTP address, e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: &str) -> Result<Self> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        Ok(Self { base: url::Url::parse(base)?, http, token: None })
+    }
+
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Logs in with a password and keeps the access token.
+    pub async fn login(&mut self, username: &str, password: &str) -> Result<LoginResponse> {
+        let r: LoginResponse = self
+            .request(Method::POST, "/api/v1/auth/login", Some(&serde_json::json!({"username": username, "password": password})), &[])
+            .await?;
+        self.token = Some(r.access_token.clone());
+        Ok(r)
+    }
+
+    /// A raw request: status and body, without interpreting errors (for tests of error paths).
+    pub async fn raw(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<(StatusCode, String)> {
+        let mut rb = self.http.request(method, self.base.join(path)?);
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await?;
+        let status = resp.status();
+        Ok((status, resp.text().await?))
+    }
+
+    async fn request<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        headers: &[(&str, &str)],
+    ) -> Result<T> {
+        let mut rb = self.http.request(method, self.base.join(path)?);
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = rb.send().await?;
+        let status = resp.status();
+        if status.is_success() {
+            if status == StatusCode::NO_CONTENT {
+                return serde_json::from_value(serde_json::Value::Null).map_err(|_| ClientError::Api {
+                    status,
+                    title: "unexpected empty response".into(),
+                    detail: String::new(),
+                    errors: Vec::new(),
+                });
+            }
+            return Ok(resp.json().await?);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let p: Problem = serde_json::from_str(&text).unwrap_or(Problem {
+            title: status.canonical_reason().unwrap_or("error").into(),
+            detail: text,
+            errors: Vec::new(),
+        });
+        Err(ClientError::Api { status, title: p.title, detail: p.detail, errors: p.errors })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.request::<(), T>(Method::GET, path, None, &[]).await
+    }
+
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.request(Method::POST, path, Some(body), &[]).await
+    }
+
+    pub async fn create_enrollment_token(&self, req: &NewEnrollmentToken) -> Result<CreatedEnrollmentToken> {
+        self.post("/api/v1/enrollment-tokens", req).await
+    }
+
+    pub async fn create_group(&self, name: &str) -> Result<Group> {
+        self.post("/api/v1/groups", &serde_json::json!({ "name": name })).await
+    }
+
+    pub async fn create_repository(&self, req: &NewRepository) -> Result<Repository> {
+        self.post("/api/v1/repositories", req).await
+    }
+
+    pub async fn create_policy(&self, req: &PolicyInput) -> Result<Policy> {
+        self.post("/api/v1/policies", req).await
+    }
+
+    pub async fn assign_policy_to_machine(&self, policy: Uuid, machine: Uuid) -> Result<Assignment> {
+        self.post(&format!("/api/v1/policies/{policy}/assignments"), &serde_json::json!({ "machine_id": machine })).await
+    }
+
+    pub async fn assign_policy_to_group(&self, policy: Uuid, group: Uuid) -> Result<Assignment> {
+        self.post(&format!("/api/v1/policies/{policy}/assignments"), &serde_json::json!({ "group_id": group })).await
+    }
+
+    pub async fn list_machines(&self) -> Result<Vec<Machine>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/api/v1/machines?limit=500&cursor={c}"),
+                None => "/api/v1/machines?limit=500".to_string(),
+            };
+            let page: Page<Machine> = self.get(&path).await?;
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn get_machine(&self, id: Uuid) -> Result<Machine> {
+        self.get(&format!("/api/v1/machines/{id}")).await
+    }
+
+    pub async fn approve_machine(&self, id: Uuid) -> Result<Machine> {
+        self.post(&format!("/api/v1/machines/{id}/approve"), &serde_json::json!({})).await
+    }
+
+    pub async fn revoke_machine(&self, id: Uuid) -> Result<Machine> {
+        self.post(&format!("/api/v1/machines/{id}/revoke"), &serde_json::json!({})).await
+    }
+
+    /// Queues a backup now. With an idempotency key, retrying returns the same job.
+    pub async fn run_now(&self, machine: Uuid, policy: Uuid, idempotency_key: Option<&str>) -> Result<Job> {
+        let headers: Vec<(&str, &str)> = idempotency_key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        self.request(Method::POST, &format!("/api/v1/machines/{machine}/jobs"), Some(&serde_json::json!({ "policy_id": policy })), &headers)
+            .await
+    }
+
+    pub async fn get_job(&self, id: Uuid) -> Result<Job> {
+        self.get(&format!("/api/v1/jobs/{id}")).await
+    }
+
+    pub async fn list_jobs(&self, machine: Uuid) -> Result<Vec<Job>> {
+        let page: Page<Job> = self.get(&format!("/api/v1/machines/{machine}/jobs?limit=1000")).await?;
+        Ok(page.items)
+    }
+
+    pub async fn list_snapshots(&self, machine: Uuid) -> Result<Vec<Snapshot>> {
+        let l: Items<Snapshot> = self.get(&format!("/api/v1/machines/{machine}/snapshots")).await?;
+        Ok(l.items)
+    }
+
+    /// Polls a job until it reaches a final state.
+    pub async fn wait_for_job(&self, id: Uuid, timeout: Duration) -> Result<Job> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let job = self.get_job(id).await?;
+            if job.is_final() {
+                return Ok(job);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout(format!("job {id} still {} after {timeout:?}", job.state)));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

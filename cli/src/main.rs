@@ -1,0 +1,250 @@
+//! `cofre`: script Cofre's REST API from a shell. Every command prints JSON.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cofre_client::{Client, NewEnrollmentToken, NewRepository, PolicyInput};
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(name = "cofre", version, about = "Script Cofre's REST API")]
+struct Cli {
+    /// The controller's HTTP address.
+    #[arg(long, global = true, env = "COFRE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An access token from `cofre login`.
+    #[arg(long, global = true, env = "COFRE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Log in; prints an access token (use it as COFRE_TOKEN). The password is read from stdin.
+    Login {
+        #[arg(long, default_value = "admin")]
+        username: String,
+    },
+    /// Create an enrollment token for agents.
+    Token {
+        #[arg(long)]
+        uses: Option<u32>,
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+        #[arg(long)]
+        group: Option<Uuid>,
+        #[arg(long)]
+        requires_approval: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Create a group (department).
+    Group { name: String },
+    /// Define a repository: a REST server location and its storage credentials.
+    Repository {
+        #[arg(long)]
+        name: String,
+        /// e.g. https://backup.example:8000
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        username: Option<String>,
+        /// Name of an environment variable holding the storage password.
+        #[arg(long)]
+        password_env: Option<String>,
+        /// PEM file of a private CA the REST server's certificate chains to.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Path of each machine's repository under the URL ({machine}, {group}, {hostname}).
+        #[arg(long)]
+        path_template: Option<String>,
+        /// One repository shared by every machine using it (not recommended).
+        #[arg(long)]
+        shared: bool,
+        #[arg(long)]
+        allow_insecure_http: bool,
+    },
+    /// Create a backup policy.
+    Policy {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        repository: Uuid,
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        #[arg(long = "exclude")]
+        excludes: Vec<String>,
+        /// Seconds between scheduled runs; 0 = on demand only.
+        #[arg(long, default_value_t = 86400)]
+        interval_seconds: u64,
+    },
+    /// Assign a policy to a machine or a group.
+    Assign {
+        #[arg(long)]
+        policy: Uuid,
+        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+        machine: Option<Uuid>,
+        #[arg(long)]
+        group: Option<Uuid>,
+    },
+    /// List machines with their last backup and result.
+    Machines,
+    /// Approve a machine waiting for approval.
+    Approve { machine: Uuid },
+    /// Revoke a machine: its certificates stop working at once.
+    Revoke { machine: Uuid },
+    /// Run a policy on a machine now.
+    Run {
+        #[arg(long)]
+        machine: Uuid,
+        #[arg(long)]
+        policy: Uuid,
+        /// Wait for the job to finish (up to this many seconds).
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    /// Show a job.
+    Job { id: Uuid },
+    /// List a machine's jobs.
+    Jobs { machine: Uuid },
+    /// List a machine's snapshots as the controller recorded them.
+    Snapshots { machine: Uuid },
+}
+
+fn print<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = Client::new(&cli.url)?;
+    if let Some(t) = &cli.token {
+        client = client.with_token(t.clone());
+    }
+    let needs_token = !matches!(cli.command, Command::Login { .. });
+    if needs_token && client.token().is_none() {
+        anyhow::bail!("no access token: run `cofre login` and export COFRE_TOKEN");
+    }
+    match cli.command {
+        Command::Login { username } => {
+            let mut pw = String::new();
+            std::io::stdin().read_to_string(&mut pw).context("reading the password from stdin")?;
+            let r = client.login(&username, pw.trim_end_matches(['\n', '\r'])).await?;
+            println!("{}", r.access_token);
+        }
+        Command::Token { uses, ttl_seconds, group, requires_approval, description } => {
+            let t = client
+                .create_enrollment_token(&NewEnrollmentToken { description, group_id: group, uses, ttl_seconds, requires_approval })
+                .await?;
+            print(&serde_json::json!({"id": t.id, "token": t.token, "uses_left": t.uses_left, "expires_at": t.expires_at}))?;
+        }
+        Command::Group { name } => {
+            let g = client.create_group(&name).await?;
+            print(&serde_json::json!({"id": g.id, "name": g.name}))?;
+        }
+        Command::Repository { name, url, username, password_env, ca_file, path_template, shared, allow_insecure_http } => {
+            let password = match password_env {
+                Some(var) => Some(std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?),
+                None => None,
+            };
+            let ca_certificate_pem = match ca_file {
+                Some(p) => Some(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?),
+                None => None,
+            };
+            let r = client
+                .create_repository(&NewRepository {
+                    name,
+                    url,
+                    per_machine: !shared,
+                    path_template,
+                    username,
+                    password,
+                    ca_certificate_pem,
+                    allow_insecure_http,
+                })
+                .await?;
+            print(&serde_json::json!({"id": r.id, "name": r.name, "url": r.url, "path_template": r.path_template}))?;
+        }
+        Command::Policy { name, repository, paths, excludes, interval_seconds } => {
+            let p = client
+                .create_policy(&PolicyInput { name, repository_id: repository, paths, excludes, interval_seconds })
+                .await?;
+            print(&serde_json::json!({"id": p.id, "name": p.name, "revision": p.revision}))?;
+        }
+        Command::Assign { policy, machine, group } => {
+            let a = match (machine, group) {
+                (Some(m), _) => client.assign_policy_to_machine(policy, m).await?,
+                (None, Some(g)) => client.assign_policy_to_group(policy, g).await?,
+                (None, None) => anyhow::bail!("give --machine or --group"),
+            };
+            print(&serde_json::json!({"id": a.id, "policy_id": a.policy_id, "machine_id": a.machine_id, "group_id": a.group_id}))?;
+        }
+        Command::Machines => {
+            let ms = client.list_machines().await?;
+            let rows: Vec<_> = ms
+                .iter()
+                .map(|m| serde_json::json!({
+                    "id": m.id, "hostname": m.hostname, "status": m.status, "group": m.group_name,
+                    "last_seen_at": m.last_seen_at, "last_backup_at": m.last_backup_at,
+                    "last_result": m.last_result, "last_error": m.last_error,
+                }))
+                .collect();
+            print(&rows)?;
+        }
+        Command::Approve { machine } => {
+            let m = client.approve_machine(machine).await?;
+            print(&serde_json::json!({"id": m.id, "status": m.status}))?;
+        }
+        Command::Revoke { machine } => {
+            let m = client.revoke_machine(machine).await?;
+            print(&serde_json::json!({"id": m.id, "status": m.status}))?;
+        }
+        Command::Run { machine, policy, wait } => {
+            let key = Uuid::new_v4().to_string();
+            let mut job = client.run_now(machine, policy, Some(&key)).await?;
+            if let Some(secs) = wait {
+                job = client.wait_for_job(job.id, Duration::from_secs(secs)).await?;
+            }
+            print_job(&job)?;
+        }
+        Command::Job { id } => print_job(&client.get_job(id).await?)?,
+        Command::Jobs { machine } => {
+            for j in client.list_jobs(machine).await? {
+                print_job(&j)?;
+            }
+        }
+        Command::Snapshots { machine } => {
+            let rows: Vec<_> = client
+                .list_snapshots(machine)
+                .await?
+                .iter()
+                .map(|s| serde_json::json!({"snapshot_id": s.snapshot_id, "time": s.time, "hostname": s.hostname, "paths": s.paths}))
+                .collect();
+            print(&rows)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_job(j: &cofre_client::Job) -> anyhow::Result<()> {
+    print(&serde_json::json!({
+        "id": j.id, "machine_id": j.machine_id, "policy_id": j.policy_id, "trigger": j.trigger, "state": j.state,
+        "started_at": j.started_at, "finished_at": j.finished_at, "snapshot_id": j.snapshot_id, "stats": j.stats,
+        "warnings": j.warnings, "error": j.error_message, "retry_class": j.retry_class,
+    }))
+}

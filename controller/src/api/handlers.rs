@@ -1,0 +1,233 @@
+//! Request handlers: parse, call the service, shape the answer. Authorisation happened in the
+//! route table's middleware; handlers receive the caller's claims.
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::Json;
+use crate::auth::Claims;
+use crate::error::{Error, Result};
+use crate::state::AppState;
+use crate::{enrollment, jobs, machines, policies, repositories};
+
+fn id(s: &str, what: &str) -> Result<Uuid> {
+    // A malformed id names nothing: answer like an unknown one.
+    Uuid::try_parse(s).map_err(|_| Error::NotFound(what.into()))
+}
+
+fn created<T: serde::Serialize>(v: T) -> Response {
+    (StatusCode::CREATED, axum::Json(v)).into_response()
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn readyz(State(st): State<AppState>) -> Result<&'static str> {
+    sqlx::query("select 1")
+        .execute(&st.pool)
+        .await
+        .map_err(|_| Error::Unavailable("database unreachable".into()))?;
+    Ok("ready")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    username: String,
+    password: String,
+}
+
+pub async fn login(State(st): State<AppState>, Json(req): Json<Login>) -> Result<Response> {
+    if req.username.len() > 200 || req.password.len() > 1000 {
+        return Err(Error::Unauthenticated("wrong username or password".into()));
+    }
+    let token = crate::auth::login(&st.pool, &st.jwt, &req.username, &req.password).await?;
+    Ok(axum::Json(json!({
+        "access_token": token, "token_type": "Bearer", "expires_in": st.jwt.ttl_seconds()
+    }))
+    .into_response())
+}
+
+pub async fn list_tokens(State(st): State<AppState>) -> Result<Response> {
+    Ok(axum::Json(json!({ "items": enrollment::list_tokens(&st.pool).await? })).into_response())
+}
+
+pub async fn create_token(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Json(req): Json<enrollment::NewToken>,
+) -> Result<Response> {
+    let t = enrollment::create_token(&st.pool, &c.actor(), &st.ca, &st.settings.enrollment, req).await?;
+    Ok(created(t))
+}
+
+pub async fn revoke_token(State(st): State<AppState>, Extension(c): Extension<Claims>, Path(p): Path<String>) -> Result<StatusCode> {
+    enrollment::revoke_token(&st.pool, &c.actor(), id(&p, "enrollment token")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_groups(State(st): State<AppState>) -> Result<Response> {
+    Ok(axum::Json(json!({ "items": policies::list_groups(&st.pool).await? })).into_response())
+}
+
+pub async fn create_group(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Json(req): Json<policies::NewGroup>,
+) -> Result<Response> {
+    Ok(created(policies::create_group(&st.pool, &c.actor(), req).await?))
+}
+
+pub async fn list_repositories(State(st): State<AppState>) -> Result<Response> {
+    Ok(axum::Json(json!({ "items": repositories::list(&st.pool).await? })).into_response())
+}
+
+pub async fn create_repository(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Json(req): Json<repositories::NewRepository>,
+) -> Result<Response> {
+    Ok(created(repositories::create(&st.pool, &st.master, &c.actor(), req).await?))
+}
+
+pub async fn get_repository(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    Ok(axum::Json(repositories::get(&st.pool, id(&p, "repository")?).await?).into_response())
+}
+
+pub async fn list_policies(State(st): State<AppState>) -> Result<Response> {
+    Ok(axum::Json(json!({ "items": policies::list(&st.pool).await? })).into_response())
+}
+
+fn with_etag(p: policies::Policy, status: StatusCode) -> Response {
+    let etag = format!("\"rev-{}\"", p.revision);
+    let mut resp = (status, axum::Json(p)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+pub async fn create_policy(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Json(req): Json<policies::PolicyInput>,
+) -> Result<Response> {
+    Ok(with_etag(policies::create(&st.pool, &c.actor(), req).await?, StatusCode::CREATED))
+}
+
+pub async fn get_policy(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    Ok(with_etag(policies::get(&st.pool, id(&p, "policy")?).await?, StatusCode::OK))
+}
+
+pub async fn update_policy(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<policies::PolicyInput>,
+) -> Result<Response> {
+    let if_revision = match headers.get(header::IF_MATCH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().trim_start_matches("W/").trim_matches('"').strip_prefix("rev-"))
+                .and_then(|n| n.parse::<i64>().ok())
+                .ok_or_else(|| Error::invalid("If-Match must be an ETag returned by this API"))?,
+        ),
+    };
+    let pol = policies::update(&st.pool, &c.actor(), id(&p, "policy")?, if_revision, req).await?;
+    Ok(with_etag(pol, StatusCode::OK))
+}
+
+pub async fn list_assignments(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    let policy = id(&p, "policy")?;
+    policies::get(&st.pool, policy).await?;
+    Ok(axum::Json(json!({ "items": policies::list_assignments(&st.pool, policy).await? })).into_response())
+}
+
+pub async fn assign_policy(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    Json(req): Json<policies::NewAssignment>,
+) -> Result<Response> {
+    Ok(created(policies::assign(&st.pool, &c.actor(), id(&p, "policy")?, req).await?))
+}
+
+pub async fn unassign_policy(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path((p, a)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    policies::unassign(&st.pool, &c.actor(), id(&p, "policy")?, id(&a, "assignment")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    status: Option<String>,
+}
+
+fn limit(l: Option<usize>) -> Result<usize> {
+    match l {
+        None => Ok(100),
+        Some(n) if (1..=1000).contains(&n) => Ok(n),
+        Some(_) => Err(Error::field("limit", "between 1 and 1000")),
+    }
+}
+
+pub async fn list_machines(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response> {
+    let after = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
+    if let Some(s) = &q.status
+        && !["pending", "active", "revoked", "decommissioned"].contains(&s.as_str()) {
+            return Err(Error::field("status", "one of pending, active, revoked, decommissioned"));
+        }
+    Ok(axum::Json(machines::list(&st.pool, after, limit(q.limit)?, q.status.as_deref()).await?).into_response())
+}
+
+pub async fn get_machine(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    Ok(axum::Json(machines::get(&st.pool, id(&p, "machine")?).await?).into_response())
+}
+
+pub async fn approve_machine(State(st): State<AppState>, Extension(c): Extension<Claims>, Path(p): Path<String>) -> Result<Response> {
+    Ok(axum::Json(machines::approve(&st.pool, &c.actor(), id(&p, "machine")?).await?).into_response())
+}
+
+pub async fn revoke_machine(State(st): State<AppState>, Extension(c): Extension<Claims>, Path(p): Path<String>) -> Result<Response> {
+    Ok(axum::Json(machines::revoke(&st.pool, &c.actor(), id(&p, "machine")?).await?).into_response())
+}
+
+pub async fn list_jobs(State(st): State<AppState>, Path(p): Path<String>, Query(q): Query<ListQuery>) -> Result<Response> {
+    let before = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
+    Ok(axum::Json(jobs::list_for_machine(&st.pool, id(&p, "machine")?, before, limit(q.limit)?).await?).into_response())
+}
+
+pub async fn run_now(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<jobs::RunNow>,
+) -> Result<Response> {
+    let key = headers.get("idempotency-key").map(|v| v.to_str().map_err(|_| Error::invalid("Idempotency-Key must be ASCII"))).transpose()?;
+    let job = jobs::run_now(&st.pool, &c.actor(), id(&p, "machine")?, req, key).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
+}
+
+pub async fn list_snapshots(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    Ok(axum::Json(json!({ "items": jobs::snapshots_for_machine(&st.pool, id(&p, "machine")?).await? })).into_response())
+}
+
+pub async fn get_job(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    Ok(axum::Json(jobs::get(&st.pool, id(&p, "job")?).await?).into_response())
+}

@@ -1,0 +1,159 @@
+//! The REST API under `/api/v1`: one route table, every route with its access level, walked by
+//! the authorisation test so no route escapes the check.
+
+mod error;
+mod handlers;
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::{Router, extract::DefaultBodyLimit};
+
+use crate::auth::Role;
+use crate::error::Error;
+use crate::state::AppState;
+
+pub use error::status_of;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    /// Any authenticated user (auditor and up).
+    Read,
+    /// Operators and admins: run jobs, approve machines.
+    Operate,
+    Admin,
+}
+
+impl Access {
+    fn min_role(self) -> Option<Role> {
+        match self {
+            Access::Public => None,
+            Access::Read => Some(Role::Auditor),
+            Access::Operate => Some(Role::Operator),
+            Access::Admin => Some(Role::Admin),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteDef {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
+    use Access::*;
+    use handlers as h;
+    let r = |method: Method, path: &'static str, access: Access, mr: MethodRouter<AppState>| {
+        (RouteDef { method, path, access }, mr)
+    };
+    vec![
+        r(Method::GET, "/healthz", Public, get(h::healthz)),
+        r(Method::GET, "/readyz", Public, get(h::readyz)),
+        r(Method::POST, "/api/v1/auth/login", Public, post(h::login)),
+        r(Method::GET, "/api/v1/enrollment-tokens", Admin, get(h::list_tokens)),
+        r(Method::POST, "/api/v1/enrollment-tokens", Admin, post(h::create_token)),
+        r(Method::DELETE, "/api/v1/enrollment-tokens/{id}", Admin, delete(h::revoke_token)),
+        r(Method::GET, "/api/v1/groups", Read, get(h::list_groups)),
+        r(Method::POST, "/api/v1/groups", Admin, post(h::create_group)),
+        r(Method::GET, "/api/v1/repositories", Read, get(h::list_repositories)),
+        r(Method::POST, "/api/v1/repositories", Admin, post(h::create_repository)),
+        r(Method::GET, "/api/v1/repositories/{id}", Read, get(h::get_repository)),
+        r(Method::GET, "/api/v1/policies", Read, get(h::list_policies)),
+        r(Method::POST, "/api/v1/policies", Admin, post(h::create_policy)),
+        r(Method::GET, "/api/v1/policies/{id}", Read, get(h::get_policy)),
+        r(Method::PUT, "/api/v1/policies/{id}", Admin, put(h::update_policy)),
+        r(Method::GET, "/api/v1/policies/{id}/assignments", Read, get(h::list_assignments)),
+        r(Method::POST, "/api/v1/policies/{id}/assignments", Admin, post(h::assign_policy)),
+        r(Method::DELETE, "/api/v1/policies/{id}/assignments/{assignment}", Admin, delete(h::unassign_policy)),
+        r(Method::GET, "/api/v1/machines", Read, get(h::list_machines)),
+        r(Method::GET, "/api/v1/machines/{id}", Read, get(h::get_machine)),
+        r(Method::POST, "/api/v1/machines/{id}/approve", Operate, post(h::approve_machine)),
+        r(Method::POST, "/api/v1/machines/{id}/revoke", Admin, post(h::revoke_machine)),
+        r(Method::GET, "/api/v1/machines/{id}/jobs", Read, get(h::list_jobs)),
+        r(Method::POST, "/api/v1/machines/{id}/jobs", Operate, post(h::run_now)),
+        r(Method::GET, "/api/v1/machines/{id}/snapshots", Read, get(h::list_snapshots)),
+        r(Method::GET, "/api/v1/jobs/{id}", Read, get(h::get_job)),
+    ]
+}
+
+/// Every route with its access level (for the authorisation-matrix test and docs).
+pub fn routes() -> Vec<RouteDef> {
+    table().into_iter().map(|(d, _)| d).collect()
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (def, mr) in table() {
+        let access = def.access;
+        let mr = mr.route_layer(middleware::from_fn_with_state(
+            (state.clone(), access),
+            move |State((st, acc)): State<(AppState, Access)>, req: Request, next: Next| {
+                authorise(st, acc, req, next)
+            },
+        ));
+        router = router.route(def.path, mr);
+    }
+    router
+        .fallback(|| async { Error::NotFound("route".into()) })
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The one authorisation check: bearer token from the Authorization header only, role at
+/// least the route's. Claims are handed to the handler as an extension.
+async fn authorise(state: AppState, access: Access, mut req: Request, next: Next) -> Response {
+    let Some(min) = access.min_role() else {
+        return next.run(req).await;
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return Error::Unauthenticated("missing Authorization: Bearer <token>".into()).into_response();
+    };
+    let claims = match state.jwt.verify(token) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if claims.role < min {
+        return Error::Forbidden(format!("requires the {} role", min.as_str())).into_response();
+    }
+    req.extensions_mut().insert(claims);
+    next.run(req).await
+}
+
+/// JSON body extractor whose rejections are problem+json like every other error.
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rej) => {
+                let status = match rej.status() {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::UNPROCESSABLE_ENTITY,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Err(error::problem(status, rej.body_text(), &[]))
+            }
+        }
+    }
+}

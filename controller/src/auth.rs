@@ -1,0 +1,245 @@
+//! Human authentication: argon2 password hashes, short-lived JWTs (HS256 pinned; iss, aud, exp
+//! checked; kid in the header), and the first admin created on first start.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::audit::{self, Actor};
+use crate::error::{Error, Result};
+
+const ISSUER: &str = "cofre";
+const AUDIENCE: &str = "cofre-api";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Auditor,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "auditor" => Some(Role::Auditor),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: Uuid,
+}
+
+impl Claims {
+    pub fn actor(&self) -> Actor {
+        Actor::User { id: self.sub, name: self.name.clone() }
+    }
+}
+
+pub struct JwtKeys {
+    kid: String,
+    enc: EncodingKey,
+    dec: DecodingKey,
+    ttl: i64,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKeys").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], kid: String, ttl_seconds: u64) -> Self {
+        Self {
+            kid,
+            enc: EncodingKey::from_secret(secret),
+            dec: DecodingKey::from_secret(secret),
+            ttl: i64::try_from(ttl_seconds).unwrap_or(3600),
+        }
+    }
+
+    pub fn ttl_seconds(&self) -> i64 {
+        self.ttl
+    }
+
+    pub fn issue(&self, user: Uuid, name: &str, role: Role) -> Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user,
+            name: name.to_string(),
+            role,
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            iat: now,
+            exp: now + self.ttl,
+            jti: Uuid::new_v4(),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.enc).map_err(Error::internal)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Error::Unauthenticated("malformed access token".into()))?;
+        if header.alg != Algorithm::HS256 || header.kid.as_deref() != Some(self.kid.as_str()) {
+            return Err(Error::Unauthenticated("access token not issued by this controller".into()));
+        }
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_issuer(&[ISSUER]);
+        v.set_audience(&[AUDIENCE]);
+        v.leeway = 5;
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &self.dec, &v)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    Error::Unauthenticated("access token expired: log in again".into())
+                }
+                _ => Error::Unauthenticated("invalid access token".into()),
+            })
+    }
+}
+
+pub fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::internal(anyhow::anyhow!("argon2: {e}")))
+}
+
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+/// A hash to verify against when the user does not exist, so timing does not reveal it.
+pub fn dummy_hash() -> &'static str {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| hash_password("cofre-dummy-password").unwrap_or_default())
+}
+
+pub fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..20).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// Creates the first admin when there is no user at all. Returns the generated password
+/// when one had to be generated (to be shown once).
+pub async fn ensure_first_admin(
+    pool: &PgPool,
+    username: &str,
+    configured: Option<&SecretString>,
+) -> Result<Option<(String, Option<String>)>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(crate::db::locks::FIRST_ADMIN)
+        .execute(&mut *tx)
+        .await?;
+    let any: bool = sqlx::query_scalar("select exists (select 1 from users)").fetch_one(&mut *tx).await?;
+    if any {
+        return Ok(None);
+    }
+    let (password, generated) = match configured {
+        Some(p) if !p.expose_secret().is_empty() => (p.expose_secret().to_string(), None),
+        _ => {
+            let p = generate_password();
+            (p.clone(), Some(p))
+        }
+    };
+    let id = Uuid::now_v7();
+    sqlx::query("insert into users (id, username, password_hash, role) values ($1, $2, $3, 'admin')")
+        .bind(id)
+        .bind(username)
+        .bind(hash_password(&password)?)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        &Actor::System,
+        "user.create",
+        "user",
+        &id.to_string(),
+        serde_json::json!({"username": username, "role": "admin", "first_admin": true}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some((username.to_string(), generated)))
+}
+
+/// Password login. Unknown users and wrong passwords get the same answer.
+pub async fn login(pool: &PgPool, jwt: &JwtKeys, username: &str, password: &str) -> Result<String> {
+    let row: Option<(Uuid, String, String)> =
+        sqlx::query_as("select id, password_hash, role from users where username = $1")
+            .bind(username)
+            .fetch_optional(pool)
+            .await?;
+    let (ok, row) = match row {
+        Some(r) => (verify_password(password, &r.1), Some(r)),
+        None => {
+            let _ = verify_password(password, dummy_hash());
+            (false, None)
+        }
+    };
+    match (ok, row) {
+        (true, Some((id, _, role))) => {
+            let role = Role::parse(&role).ok_or_else(|| Error::internal(anyhow::anyhow!("bad role {role}")))?;
+            jwt.issue(id, username, role)
+        }
+        _ => Err(Error::Unauthenticated("wrong username or password".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_round_trip_and_tampering() {
+        let k = JwtKeys::new(b"0123456789abcdef0123456789abcdef", "k1".into(), 60);
+        let t = k.issue(Uuid::new_v4(), "admin", Role::Admin).unwrap();
+        assert_eq!(k.verify(&t).unwrap().role, Role::Admin);
+        let other = JwtKeys::new(b"another-secret-another-secret-xx", "k1".into(), 60);
+        assert!(other.verify(&t).is_err());
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
+        parts[0] = none_header;
+        assert!(k.verify(&parts.join(".")).is_err());
+    }
+
+    #[test]
+    fn passwords() {
+        let h = hash_password("s3cret").unwrap();
+        assert!(verify_password("s3cret", &h));
+        assert!(!verify_password("S3cret", &h));
+    }
+}

@@ -1,0 +1,235 @@
+//! Typed controller settings: defaults → TOML file → `COFRE_…` environment (`__` separates
+//! levels, e.g. `COFRE_DATABASE__URL`) → command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub http: HttpSettings,
+    pub grpc: GrpcSettings,
+    pub keys: KeySettings,
+    pub enrollment: EnrollmentSettings,
+    pub certificates: CertificateSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Used by `serve`: a login role that is a member of `cofre_app`.
+    #[serde(serialize_with = "ser_secret_opt")]
+    pub url: Option<SecretString>,
+    /// Used by `migrate`: the owner role. Defaults to `url`.
+    #[serde(serialize_with = "ser_secret_opt")]
+    pub owner_url: Option<SecretString>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// REST API (`/api/v1`), health endpoints and, later, the portal.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcSettings {
+    /// Agents connect here (TLS; mutual TLS for sessions).
+    pub listen: SocketAddr,
+    /// The URL agents dial, printed in enrollment instructions; its host is put in the
+    /// controller's TLS certificate.
+    pub public_url: String,
+    /// More DNS names or IP addresses for the controller's TLS certificate.
+    pub extra_names: Vec<String>,
+    /// Enroll attempts allowed per source address per minute.
+    pub enroll_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// File holding the 32-byte master key (64 hex characters). Alternative: `COFRE_MASTER_KEY`.
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentSettings {
+    /// Default lifetime of a new enrollment token, in seconds.
+    pub token_ttl_seconds: u64,
+    /// Default number of machines a token may enroll.
+    pub token_uses: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertificateSettings {
+    /// Lifetime of agent certificates, in seconds (renewed at 2/3 of it).
+    pub agent_lifetime_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    pub username: String,
+    /// Password of the first admin, created on first start. When absent a random one is
+    /// generated and printed once.
+    #[serde(serialize_with = "ser_secret_opt")]
+    pub initial_password: Option<SecretString>,
+    /// Lifetime of an access token (JWT), in seconds.
+    pub token_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info,cofre_controller=debug`.
+    pub filter: String,
+}
+
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, owner_url: None, max_connections: 20 }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            public_url: "https://localhost:7443".into(),
+            extra_names: Vec::new(),
+            enroll_per_minute: 30,
+        }
+    }
+}
+
+impl Default for EnrollmentSettings {
+    fn default() -> Self {
+        Self { token_ttl_seconds: 24 * 3600, token_uses: 1 }
+    }
+}
+
+impl Default for CertificateSettings {
+    fn default() -> Self {
+        Self { agent_lifetime_seconds: 30 * 24 * 3600 }
+    }
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self { username: "admin".into(), initial_password: None, token_ttl_seconds: 3600 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: "pretty".into(), filter: "info".into() }
+    }
+}
+
+fn ser_secret_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Loads defaults, then `file` (if given; it must exist), then `COFRE_…` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", file.display())));
+            }
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        // COFRE_MASTER_KEY is the key itself, not a setting; keep it out of the tree.
+        fig = fig.merge(Env::prefixed("COFRE_").ignore(&["MASTER_KEY"]).split("__"));
+        let s: Settings = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(&self.grpc.public_url)
+            .map_err(|e| ConfigError(format!("grpc.public_url: {e}")))?;
+        if url.scheme() != "https" || url.host_str().is_none() {
+            return Err(ConfigError("grpc.public_url must be an https:// URL with a host".into()));
+        }
+        if self.certificates.agent_lifetime_seconds < 600 {
+            return Err(ConfigError("certificates.agent_lifetime_seconds must be at least 600".into()));
+        }
+        if self.enrollment.token_uses == 0 {
+            return Err(ConfigError("enrollment.token_uses must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Host names / addresses to put in the controller's TLS certificate.
+    pub fn tls_names(&self) -> Vec<String> {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        if let Ok(u) = url::Url::parse(&self.grpc.public_url)
+            && let Some(h) = u.host_str() {
+                names.push(h.trim_matches(['[', ']']).to_string());
+            }
+        names.extend(self.grpc.extra_names.iter().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The documented defaults, as TOML (`print-default-config`).
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Settings::default()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
+        let err = Settings::load(Some(&f)).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let t = Settings::default_toml();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, t).unwrap();
+        let s = Settings::load(Some(&f)).unwrap();
+        assert_eq!(s.http.listen, Settings::default().http.listen);
+    }
+}

@@ -1,0 +1,247 @@
+//! Enrollment tokens and enrolling a machine: a token is `cofre1.<id>.<secret>.<ca sha256>`;
+//! only a hash of the secret is stored, and its use count is decremented in the same
+//! transaction that creates the machine and records its first certificate.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::audit::{self, Actor};
+use crate::error::{Error, Result};
+use crate::events::{self, Event};
+use crate::pki::Ca;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    #[serde(default)]
+    pub description: String,
+    pub group_id: Option<Uuid>,
+    pub uses: Option<u32>,
+    pub ttl_seconds: Option<u64>,
+    #[serde(default)]
+    pub requires_approval: bool,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub description: String,
+    pub group_id: Option<Uuid>,
+    pub uses_left: i32,
+    pub requires_approval: bool,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// The whole token; shown once, never stored.
+    pub token: String,
+}
+
+fn hash_secret(secret: &[u8]) -> Vec<u8> {
+    Sha256::new().chain_update(b"cofre-enroll-token:").chain_update(secret).finalize().to_vec()
+}
+
+pub async fn create_token(
+    pool: &PgPool,
+    actor: &Actor,
+    ca: &Ca,
+    defaults: &crate::config::EnrollmentSettings,
+    req: NewToken,
+) -> Result<CreatedToken> {
+    let uses = req.uses.unwrap_or(defaults.token_uses);
+    if uses == 0 || uses > 100_000 {
+        return Err(Error::field("uses", "must be between 1 and 100000"));
+    }
+    let ttl = req.ttl_seconds.unwrap_or(defaults.token_ttl_seconds);
+    if !(60..=366 * 24 * 3600).contains(&ttl) {
+        return Err(Error::field("ttl_seconds", "must be between 60 seconds and 366 days"));
+    }
+    if req.description.len() > 500 {
+        return Err(Error::field("description", "at most 500 characters"));
+    }
+    let id = Uuid::now_v7();
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let expires_at = Utc::now() + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(86400));
+    let mut tx = pool.begin().await?;
+    let info: TokenInfo = sqlx::query_as(
+        "insert into enrollment_tokens (id, secret_hash, description, group_id, uses_left, requires_approval, expires_at, created_by)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         returning id, description, group_id, uses_left, requires_approval, expires_at, created_at, revoked_at",
+    )
+    .bind(id)
+    .bind(hash_secret(&secret))
+    .bind(&req.description)
+    .bind(req.group_id)
+    .bind(i32::try_from(uses).unwrap_or(1))
+    .bind(req.requires_approval)
+    .bind(expires_at)
+    .bind(match actor {
+        Actor::User { id, .. } => Some(*id),
+        _ => None,
+    })
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "enrollment_token.create",
+        "enrollment_token",
+        &id.to_string(),
+        serde_json::json!({"uses": uses, "expires_at": expires_at, "group_id": req.group_id,
+                           "requires_approval": req.requires_approval}),
+    )
+    .await?;
+    tx.commit().await?;
+    let token = format!("cofre1.{}.{}.{}", id.simple(), URL_SAFE_NO_PAD.encode(secret), ca.fingerprint());
+    Ok(CreatedToken { info, token })
+}
+
+pub async fn list_tokens(pool: &PgPool) -> Result<Vec<TokenInfo>> {
+    Ok(sqlx::query_as(
+        "select id, description, group_id, uses_left, requires_approval, expires_at, created_at, revoked_at
+         from enrollment_tokens order by id desc limit 1000",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn revoke_token(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let n = sqlx::query("update enrollment_tokens set revoked_at = now() where id = $1 and revoked_at is null")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(Error::NotFound("enrollment token".into()));
+    }
+    audit::record(&mut tx, actor, "enrollment_token.revoke", "enrollment_token", &id.to_string(), serde_json::json!({})).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Splits a token into (id, secret). The fingerprint part is for the agent; the controller
+/// checks it is its own so a token for another controller is refused clearly.
+fn parse_token(token: &str, ca: &Ca) -> Result<(Uuid, Vec<u8>)> {
+    let refuse = || Error::Unauthenticated("enrollment token not recognised".into());
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    if parts.len() != 4 || parts[0] != "cofre1" {
+        return Err(Error::invalid("malformed enrollment token: expected cofre1.<id>.<secret>.<fingerprint>"));
+    }
+    let id = Uuid::try_parse(parts[1]).map_err(|_| refuse())?;
+    let secret = URL_SAFE_NO_PAD.decode(parts[2]).map_err(|_| refuse())?;
+    if !parts[3].eq_ignore_ascii_case(&ca.fingerprint()) {
+        return Err(Error::Unauthenticated("enrollment token belongs to another controller (CA fingerprint differs)".into()));
+    }
+    Ok((id, secret))
+}
+
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+#[derive(Debug)]
+pub struct Enrolled {
+    pub machine_id: Uuid,
+    pub certificate_pem: String,
+    pub pending_approval: bool,
+}
+
+/// Consumes one use of the token and creates the machine with its first certificate.
+pub async fn enroll(
+    pool: &PgPool,
+    ca: &Ca,
+    lifetime: std::time::Duration,
+    token: &str,
+    csr_der: &[u8],
+    inv: Inventory,
+) -> Result<Enrolled> {
+    let (token_id, secret) = parse_token(token, ca)?;
+    let machine_id = Uuid::now_v7();
+    // Sign first (cheap, no I/O): a bad CSR must not consume a use of the token.
+    let issued = ca
+        .issue_agent_cert(machine_id, csr_der, lifetime)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    let mut tx = pool.begin().await?;
+    let row: Option<(Vec<u8>, i32, DateTime<Utc>, Option<DateTime<Utc>>, Option<Uuid>, bool)> = sqlx::query_as(
+        "select secret_hash, uses_left, expires_at, revoked_at, group_id, requires_approval
+         from enrollment_tokens where id = $1 for update",
+    )
+    .bind(token_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((hash, uses_left, expires_at, revoked_at, group_id, requires_approval)) = row else {
+        return Err(Error::Unauthenticated("enrollment token not recognised".into()));
+    };
+    if !constant_time_eq(&hash, &hash_secret(&secret)) {
+        return Err(Error::Unauthenticated("enrollment token not recognised".into()));
+    }
+    if revoked_at.is_some() {
+        return Err(Error::Unauthenticated("enrollment token was revoked".into()));
+    }
+    if expires_at <= Utc::now() {
+        return Err(Error::Unauthenticated(format!("enrollment token expired at {expires_at}")));
+    }
+    if uses_left <= 0 {
+        return Err(Error::Unauthenticated("enrollment token has been used up".into()));
+    }
+    sqlx::query("update enrollment_tokens set uses_left = uses_left - 1 where id = $1")
+        .bind(token_id)
+        .execute(&mut *tx)
+        .await?;
+    let status = if requires_approval { "pending" } else { "active" };
+    sqlx::query(
+        "insert into machines (id, hostname, os, arch, agent_version, group_id, status, enrolled_with, approved_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, case when $7 = 'active' then now() end)",
+    )
+    .bind(machine_id)
+    .bind(&inv.hostname)
+    .bind(&inv.os)
+    .bind(&inv.arch)
+    .bind(&inv.agent_version)
+    .bind(group_id)
+    .bind(status)
+    .bind(token_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("insert into certificates (serial, machine_id, not_before, not_after) values ($1, $2, $3, $4)")
+        .bind(&issued.serial)
+        .bind(machine_id)
+        .bind(issued.not_before)
+        .bind(issued.not_after)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        &Actor::Machine(machine_id),
+        "machine.enroll",
+        "machine",
+        &machine_id.to_string(),
+        serde_json::json!({"hostname": inv.hostname, "token_id": token_id, "status": status,
+                           "certificate_serial": issued.serial}),
+    )
+    .await?;
+    events::notify(&mut tx, &Event::Provision).await?;
+    tx.commit().await?;
+    Ok(Enrolled { machine_id, certificate_pem: issued.pem, pending_approval: requires_approval })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,97 @@
+//! Rare cross-replica events (a plan changed, a machine was revoked, a job was queued) over
+//! Postgres LISTEN/NOTIFY, fanned out in-process on a broadcast channel. The hot path
+//! (heartbeats, results) never uses this.
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+pub const CHANNEL: &str = "cofre_events";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A machine's status changed (approved, revoked, ...): sessions re-check it.
+    Machine { id: Uuid },
+    /// Plans may have changed for these machines (None: possibly all).
+    Plans { machines: Option<Vec<Uuid>> },
+    /// Jobs were queued for a machine.
+    Jobs { machine: Uuid },
+    /// Repositories may need provisioning.
+    Provision,
+    /// The listener reconnected and may have missed events: re-check everything.
+    Resync,
+}
+
+impl Event {
+    pub fn concerns(&self, machine: Uuid) -> bool {
+        match self {
+            Event::Machine { id } => *id == machine,
+            Event::Plans { machines } => machines.as_ref().is_none_or(|m| m.contains(&machine)),
+            Event::Jobs { machine: m } => *m == machine,
+            Event::Provision => false,
+            Event::Resync => true,
+        }
+    }
+}
+
+/// Queues a notification; Postgres delivers it only if the transaction commits.
+pub async fn notify(tx: &mut Transaction<'_, Postgres>, event: &Event) -> crate::error::Result<()> {
+    let payload = serde_json::to_string(event).map_err(crate::error::Error::internal)?;
+    sqlx::query("select pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(&mut **tx).await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct Events {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Events {
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    /// Starts the listener task. Reconnects forever; after a reconnect it broadcasts
+    /// `Resync`, because notifications sent while it was away are lost.
+    pub async fn start(pool: PgPool) -> anyhow::Result<Self> {
+        let (tx, _) = broadcast::channel(1024);
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
+        let out = tx.clone();
+        tokio::spawn(async move {
+            let mut reconnecting = false;
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => {
+                        if reconnecting {
+                            reconnecting = false;
+                            let _ = out.send(Event::Resync);
+                        }
+                        match serde_json::from_str::<Event>(n.payload()) {
+                            Ok(ev) => {
+                                let _ = out.send(ev);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "ignoring malformed notification"),
+                        }
+                    }
+                    Ok(None) => {
+                        // The connection was lost; try_recv reconnects on the next call.
+                        tracing::warn!("lost the database notification connection; reconnecting");
+                        reconnecting = true;
+                        let _ = out.send(Event::Resync);
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notification listener error; retrying");
+                        reconnecting = true;
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Self { tx })
+    }
+}

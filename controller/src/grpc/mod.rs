@@ -1,0 +1,123 @@
+//! The agent-facing gRPC service (`cofre.agent.v1.AgentService`) over TLS: Enroll needs no
+//! client certificate; Session requires one, verified against our CA by rustls and then
+//! checked against the database on every open.
+
+mod error;
+mod session;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cofre_proto::agent::v1 as pb;
+use pb::agent_service_server::{AgentService, AgentServiceServer};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::enrollment;
+use crate::state::AppState;
+
+pub struct AgentApi {
+    state: AppState,
+    limiter: RateLimiter,
+}
+
+impl std::fmt::Debug for AgentApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentApi").finish_non_exhaustive()
+    }
+}
+
+pub fn service(state: AppState) -> AgentServiceServer<AgentApi> {
+    let per_minute = state.settings.grpc.enroll_per_minute;
+    AgentServiceServer::new(AgentApi { state, limiter: RateLimiter::new(per_minute) })
+}
+
+/// TLS for the gRPC port: our CA-issued server certificate (chain includes the CA, so an
+/// enrolling agent can match it to its token's fingerprint); client certificates optional at
+/// the TLS layer, verified against our CA when presented.
+pub fn tls_config(state: &AppState) -> anyhow::Result<ServerTlsConfig> {
+    let (chain, key) = state.ca.issue_server_cert(&state.settings.tls_names())?;
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(chain, key))
+        .client_ca_root(Certificate::from_pem(&state.ca.cert_pem))
+        .client_auth_optional(true))
+}
+
+fn inventory(inv: Option<pb::Inventory>) -> enrollment::Inventory {
+    let inv = inv.unwrap_or_default();
+    let clip = |s: String| s.chars().take(255).collect::<String>();
+    enrollment::Inventory {
+        hostname: clip(inv.hostname),
+        os: clip(inv.os),
+        arch: clip(inv.arch),
+        agent_version: clip(inv.agent_version),
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let ip = req.remote_addr().map(|a| a.ip());
+        if let Some(ip) = ip
+            && !self.limiter.allow(ip) {
+                return Err(Status::resource_exhausted("too many enrollment attempts from this address; wait a minute"));
+            }
+        let req = req.into_inner();
+        if req.csr_der.is_empty() || req.csr_der.len() > 16 * 1024 {
+            return Err(Status::invalid_argument("csr_der must be a DER PKCS#10 request"));
+        }
+        let inv = inventory(req.inventory);
+        if inv.hostname.is_empty() {
+            return Err(Status::invalid_argument("inventory.hostname is required"));
+        }
+        let st = &self.state;
+        let lifetime = Duration::from_secs(st.settings.certificates.agent_lifetime_seconds);
+        let enrolled = enrollment::enroll(&st.pool, &st.ca, lifetime, &req.token, &req.csr_der, inv.clone()).await;
+        match &enrolled {
+            Ok(e) => tracing::info!(machine.id = %e.machine_id, hostname = %inv.hostname, ?ip, "machine enrolled"),
+            Err(e) => tracing::warn!(error = %e, ?ip, "enrollment refused"),
+        }
+        let e = enrolled?;
+        Ok(Response::new(pb::EnrollResponse {
+            machine_id: e.machine_id.to_string(),
+            certificate_pem: e.certificate_pem,
+            ca_certificate_pem: st.ca.cert_pem.clone(),
+            pending_approval: e.pending_approval,
+        }))
+    }
+
+    type SessionStream = session::OutStream;
+
+    async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        session::open(self.state.clone(), req).await
+    }
+}
+
+/// A fixed-window limiter per source address (per replica).
+struct RateLimiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl RateLimiter {
+    fn new(per_minute: u32) -> Self {
+        Self { per_minute, windows: Mutex::new(HashMap::new()) }
+    }
+
+    fn allow(&self, ip: IpAddr) -> bool {
+        let mut w = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if w.len() > 100_000 {
+            w.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        }
+        let e = w.entry(ip).or_insert((now, 0));
+        if now.duration_since(e.0) >= Duration::from_secs(60) {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= self.per_minute
+    }
+}
+

@@ -1,0 +1,214 @@
+//! One agent session: identity from the verified client certificate, a database check on
+//! open and on every machine event, the plan on connect and whenever it changes, run-now
+//! jobs, idempotent ingestion of results with acknowledgements after commit, and
+//! certificate renewal.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::time::Duration;
+
+use cofre_proto::agent::v1 as pb;
+use futures::Stream;
+use pb::agent_message::Msg as In;
+use pb::controller_message::Msg as Out;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::events::Event;
+use crate::machines::{self, SessionStanding};
+use crate::state::AppState;
+use crate::{jobs, plans};
+
+pub type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+
+/// The machine id (CN) and serial of the verified client certificate.
+fn identity<T>(req: &Request<T>) -> Result<(Uuid, String), Status> {
+    let certs = req
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required: enroll this agent first"))?;
+    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .ok_or_else(|| Status::unauthenticated("client certificate has no machine id"))?;
+    let id = Uuid::try_parse(cn).map_err(|_| Status::unauthenticated("client certificate has no machine id"))?;
+    Ok((id, crate::pki::serial_hex(cert.raw_serial())))
+}
+
+pub async fn open(state: AppState, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<OutStream>, Status> {
+    let (machine, serial) = identity(&req)?;
+    let standing = machines::session_standing(&state.pool, machine, &serial).await?;
+    let events = state.events.subscribe();
+    let inbound = req.into_inner();
+    let (tx, rx) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(64);
+    let session = Session { state, machine, serial, standing, tx, sent_plan: None, sent_jobs: HashSet::new() };
+    tokio::spawn(session.run(inbound, events).instrument(tracing::info_span!("session", machine.id = %machine)));
+    Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+}
+
+struct Session {
+    state: AppState,
+    machine: Uuid,
+    serial: String,
+    standing: SessionStanding,
+    tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+    sent_plan: Option<u64>,
+    sent_jobs: HashSet<Uuid>,
+}
+
+/// Why a session ends early.
+enum End {
+    /// The agent went away.
+    Gone,
+    /// Tell the agent why, then close.
+    Refuse(Status),
+}
+
+impl From<Error> for End {
+    fn from(e: Error) -> Self {
+        End::Refuse(e.into())
+    }
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<pb::AgentMessage>, mut events: broadcast::Receiver<Event>) {
+        let result = self.drive(&mut inbound, &mut events).await;
+        match result {
+            Ok(()) | Err(End::Gone) => tracing::debug!(machine.id = %self.machine, "session closed"),
+            Err(End::Refuse(status)) => {
+                tracing::info!(machine.id = %self.machine, reason = %status.message(), "session closed by controller");
+                let _ = self.tx.send(Err(status)).await;
+            }
+        }
+    }
+
+    async fn send(&self, msg: Out) -> Result<(), End> {
+        self.tx.send(Ok(pb::ControllerMessage { msg: Some(msg) })).await.map_err(|_| End::Gone)
+    }
+
+    async fn drive(
+        &mut self,
+        inbound: &mut Streaming<pb::AgentMessage>,
+        events: &mut broadcast::Receiver<Event>,
+    ) -> Result<(), End> {
+        // The first message must be Hello.
+        let first = tokio::time::timeout(Duration::from_secs(30), inbound.next())
+            .await
+            .map_err(|_| End::Refuse(Status::deadline_exceeded("no Hello within 30 s")))?;
+        let hello = match first {
+            Some(Ok(pb::AgentMessage { msg: Some(In::Hello(h)) })) => h,
+            Some(Ok(_)) => return Err(End::Refuse(Status::invalid_argument("the first message must be Hello"))),
+            Some(Err(_)) | None => return Err(End::Gone),
+        };
+        self.on_hello(hello).await?;
+        let mut recheck = tokio::time::interval(Duration::from_secs(60));
+        recheck.tick().await;
+        let mut last_touch = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                msg = inbound.next() => match msg {
+                    Some(Ok(m)) => {
+                        self.on_message(m).await?;
+                        if last_touch.elapsed() > Duration::from_secs(30) {
+                            machines::touch(&self.state.pool, self.machine).await?;
+                            last_touch = tokio::time::Instant::now();
+                        }
+                    }
+                    Some(Err(_)) | None => return Err(End::Gone),
+                },
+                ev = events.recv() => match ev {
+                    Ok(ev) if ev.concerns(self.machine) => self.on_event(&ev).await?,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.on_event(&Event::Resync).await?,
+                    Err(broadcast::error::RecvError::Closed) => return Err(End::Refuse(Status::unavailable("controller shutting down"))),
+                },
+                _ = recheck.tick() => self.on_event(&Event::Resync).await?,
+                () = self.tx.closed() => return Err(End::Gone),
+            }
+        }
+    }
+
+    async fn on_hello(&mut self, hello: pb::Hello) -> Result<(), End> {
+        let inv = super::inventory(hello.inventory);
+        machines::record_hello(&self.state.pool, self.machine, &inv, hello.plan_version).await?;
+        let interrupted: Vec<Uuid> = hello.interrupted_job_ids.iter().filter_map(|s| Uuid::try_parse(s).ok()).collect();
+        jobs::mark_interrupted(&self.state.pool, self.machine, &interrupted).await?;
+        tracing::info!(machine.id = %self.machine, agent_version = %inv.agent_version, plan_version = hello.plan_version, "agent connected");
+        self.sent_plan = Some(hello.plan_version);
+        self.sync().await
+    }
+
+    /// Sends what the agent should have: pending notice, or the plan (if changed) and jobs.
+    async fn sync(&mut self) -> Result<(), End> {
+        if self.standing == SessionStanding::Pending {
+            return self.send(Out::PendingApproval(pb::PendingApproval {})).await;
+        }
+        let plan = plans::compute(&self.state.pool, &self.state.master, self.machine).await?;
+        if self.sent_plan != Some(plan.version) {
+            let v = plan.version;
+            self.send(Out::Plan(plan)).await?;
+            self.sent_plan = Some(v);
+            tracing::info!(machine.id = %self.machine, plan_version = v, "plan sent");
+        }
+        for (job, policy) in jobs::queued_for(&self.state.pool, self.machine).await? {
+            if self.sent_jobs.insert(job) {
+                self.send(Out::RunNow(pb::RunNow { job_id: job.to_string(), policy_id: policy.to_string() })).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_event(&mut self, ev: &Event) -> Result<(), End> {
+        if matches!(ev, Event::Machine { .. } | Event::Resync) {
+            self.standing = machines::session_standing(&self.state.pool, self.machine, &self.serial).await?;
+        }
+        self.sync().await
+    }
+
+    async fn on_message(&mut self, m: pb::AgentMessage) -> Result<(), End> {
+        match m.msg {
+            Some(In::Heartbeat(_)) => Ok(()),
+            Some(In::Hello(_)) => Err(End::Refuse(Status::invalid_argument("Hello may only be sent once"))),
+            Some(In::JobEvent(ev)) => self.on_job_event(ev).await,
+            Some(In::Renew(r)) => self.on_renew(r).await,
+            None => Err(End::Refuse(Status::invalid_argument("empty message"))),
+        }
+    }
+
+    async fn on_job_event(&mut self, ev: pb::JobEvent) -> Result<(), End> {
+        match jobs::ingest(&self.state.pool, self.machine, &ev).await {
+            Ok(()) => {}
+            // Retrying will not make a malformed or foreign event acceptable: log it and ack, so
+            // it does not block the agent's spool forever.
+            Err(e @ (Error::Invalid { .. } | Error::Forbidden(_))) => {
+                tracing::warn!(machine.id = %self.machine, event_id = %ev.event_id, error = %e, "discarding invalid job event");
+            }
+            // Not stored: close, so the agent reconnects later and delivers it again.
+            Err(e) => return Err(e.into()),
+        }
+        self.send(Out::Ack(pb::Ack { event_ids: vec![ev.event_id] })).await
+    }
+
+    async fn on_renew(&mut self, r: pb::RenewCertificate) -> Result<(), End> {
+        if self.standing != SessionStanding::Active {
+            return Err(End::Refuse(Status::permission_denied("machine is not active")));
+        }
+        let st = &self.state;
+        let lifetime = Duration::from_secs(st.settings.certificates.agent_lifetime_seconds);
+        let issued = st
+            .ca
+            .issue_agent_cert(self.machine, &r.csr_der, lifetime)
+            .map_err(|e| End::Refuse(Status::invalid_argument(e.to_string())))?;
+        machines::record_certificate(&st.pool, self.machine, &issued).await?;
+        tracing::info!(machine.id = %self.machine, serial = %issued.serial, "certificate renewed");
+        self.send(Out::CertificateRenewed(pb::CertificateRenewed { certificate_pem: issued.pem })).await
+    }
+}

@@ -1,0 +1,106 @@
+//! Key material stored in Postgres, sealed under the master key: the CA key, the JWT signing
+//! key and the audit/evidence signing key. `migrate` creates them once (under an advisory
+//! lock, so replicas and concurrent runs share one set); `serve` loads them.
+
+use rand::RngCore;
+use sqlx::PgPool;
+
+use crate::pki::{self, Ca, CaMaterial};
+use crate::seal::{MasterKey, Place};
+
+const CA: &str = "ca";
+const JWT: &str = "jwt";
+const AUDIT: &str = "audit";
+
+fn place(name: &str) -> Place<'_> {
+    Place { table: "server_keys", column: "sealed", row: name }
+}
+
+/// Creates missing keys. Returns the names created.
+pub async fn ensure(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Vec<&'static str>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(crate::db::locks::MIGRATE)
+        .execute(&mut *tx)
+        .await?;
+    let existing: Vec<(String, String)> =
+        sqlx::query_as("select name, key_id from server_keys").fetch_all(&mut *tx).await?;
+    if let Some((name, kid)) = existing.iter().find(|(_, kid)| *kid != master.key_id()) {
+        anyhow::bail!(
+            "key {name} in the database is sealed under master key {kid}, but the configured master \
+             key is {}: wrong master key file",
+            master.key_id()
+        );
+    }
+    let mut created = Vec::new();
+    for name in [CA, JWT, AUDIT] {
+        if existing.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let (secret, public): (Vec<u8>, Option<String>) = match name {
+            CA => {
+                let ca = pki::generate_ca()?;
+                (ca.key_pem.into_bytes(), Some(ca.cert_pem))
+            }
+            JWT => (random_bytes(32), None),
+            _ => {
+                let rng = ring::rand::SystemRandom::new();
+                let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+                    .map_err(|_| anyhow::anyhow!("cannot generate the audit signing key"))?;
+                (pkcs8.as_ref().to_vec(), None)
+            }
+        };
+        sqlx::query("insert into server_keys (name, key_id, sealed, public_pem) values ($1, $2, $3, $4)")
+            .bind(name)
+            .bind(master.key_id())
+            .bind(master.seal(&place(name), &secret))
+            .bind(public)
+            .execute(&mut *tx)
+            .await?;
+        created.push(name);
+    }
+    tx.commit().await?;
+    Ok(created)
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut v);
+    v
+}
+
+/// Keys loaded for `serve`.
+pub struct Keys {
+    pub ca: Ca,
+    pub jwt_secret: Vec<u8>,
+    pub jwt_kid: String,
+    pub audit_pkcs8: Vec<u8>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").field("ca", &self.ca).field("jwt_kid", &self.jwt_kid).finish_non_exhaustive()
+    }
+}
+
+pub async fn load(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Keys> {
+    let rows: Vec<(String, Vec<u8>, Option<String>)> =
+        sqlx::query_as("select name, sealed, public_pem from server_keys").fetch_all(pool).await?;
+    let get = |name: &str| {
+        rows.iter().find(|r| r.0 == name).ok_or_else(|| {
+            anyhow::anyhow!("key {name} is missing from the database: run `cofre-controller migrate`")
+        })
+    };
+    let (_, sealed, public) = get(CA)?;
+    let key_pem = master.open_string(&place(CA), sealed)?;
+    let cert_pem = public.clone().ok_or_else(|| anyhow::anyhow!("CA certificate missing"))?;
+    let ca = Ca::load(&CaMaterial { key_pem, cert_pem })?;
+    let jwt_secret = master.open(&place(JWT), &get(JWT)?.1)?;
+    let jwt_kid = {
+        use sha2::Digest;
+        let d = sha2::Sha256::new().chain_update(b"cofre-jwt-kid:").chain_update(&jwt_secret).finalize();
+        hex::encode(&d[..8])
+    };
+    let audit_pkcs8 = master.open(&place(AUDIT), &get(AUDIT)?.1)?;
+    Ok(Keys { ca, jwt_secret, jwt_kid, audit_pkcs8 })
+}

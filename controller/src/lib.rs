@@ -1,0 +1,36 @@
+//! Cofre's controller: stores policies, machines, jobs, snapshots and audit events in
+//! PostgreSQL; serves agents over gRPC with mutual TLS from its own CA; serves the JSON REST
+//! API. `main.rs` only parses arguments and calls into here.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod enrollment;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod jobs;
+pub mod keys;
+pub mod machines;
+pub mod pki;
+pub mod plans;
+pub mod policies;
+pub mod repositories;
+pub mod seal;
+pub mod serve;
+pub mod state;
+pub mod up;
+
+/// Initialises tracing: `pretty` for people, `json` for log collectors.
+pub fn init_tracing(format: &str, filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("COFRE_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

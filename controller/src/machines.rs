@@ -1,0 +1,220 @@
+//! Machines: listing with their protection status, approval, revocation, and the checks a
+//! session makes on every open.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::audit::{self, Actor};
+use crate::error::{Error, Result};
+use crate::events::{self, Event};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Machine {
+    pub id: Uuid,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+    pub group_id: Option<Uuid>,
+    pub group_name: Option<String>,
+    pub status: String,
+    pub enrolled_at: DateTime<Utc>,
+    pub approved_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub plan_version: i64,
+    /// Finish time of the last successful backup (with or without warnings).
+    pub last_backup_at: Option<DateTime<Utc>>,
+    pub last_result: Option<String>,
+    pub last_result_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+const SELECT: &str = "
+select m.id, m.hostname, m.os, m.arch, m.agent_version, m.group_id, g.name as group_name, m.status,
+       m.enrolled_at, m.approved_at, m.revoked_at, m.last_seen_at, m.plan_version,
+       (select max(r.finished_at) from job_results r join jobs j on j.id = r.job_id
+         where j.machine_id = m.id and r.outcome in ('succeeded', 'warning')) as last_backup_at,
+       lr.outcome as last_result, lr.finished_at as last_result_at, lr.error_message as last_error
+from machines m
+left join groups g on g.id = m.group_id
+left join lateral (
+    select r.outcome, r.finished_at, r.error_message from job_results r join jobs j on j.id = r.job_id
+    where j.machine_id = m.id order by r.finished_at desc limit 1
+) lr on true";
+
+/// A page of results and the cursor for the next one.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+pub fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+pub fn decode_cursor(c: &str) -> Result<Uuid> {
+    URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| Uuid::from_slice(&b).ok())
+        .ok_or_else(|| Error::field("cursor", "not a cursor returned by this API"))
+}
+
+pub fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> Uuid) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|t| encode_cursor(id(t)))
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+pub async fn list(pool: &PgPool, after: Option<Uuid>, limit: usize, status: Option<&str>) -> Result<Page<Machine>> {
+    let q = format!(
+        "{SELECT} where ($1::uuid is null or m.id > $1) and ($2::text is null or m.status = $2) order by m.id limit $3"
+    );
+    let items: Vec<Machine> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .bind(after)
+        .bind(status)
+        .bind(i64::try_from(limit + 1).unwrap_or(101))
+        .fetch_all(pool)
+        .await?;
+    Ok(page(items, limit, |m| m.id))
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Machine> {
+    let q = format!("{SELECT} where m.id = $1");
+    sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(id).fetch_optional(pool).await?.ok_or_else(|| Error::NotFound("machine".into()))
+}
+
+pub async fn approve(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> {
+    let mut tx = pool.begin().await?;
+    let status: Option<String> = sqlx::query_scalar("select status from machines where id = $1 for update")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    match status.as_deref() {
+        None => return Err(Error::NotFound("machine".into())),
+        Some("pending") => {}
+        Some("active") => return get(pool, id).await,
+        Some(other) => return Err(Error::Conflict(format!("machine is {other}; it cannot be approved"))),
+    }
+    sqlx::query("update machines set status = 'active', approved_at = now() where id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(&mut tx, actor, "machine.approve", "machine", &id.to_string(), serde_json::json!({})).await?;
+    events::notify(&mut tx, &Event::Machine { id }).await?;
+    events::notify(&mut tx, &Event::Provision).await?;
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// Revokes the machine and all its certificates; its open session closes within a second.
+pub async fn revoke(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> {
+    let mut tx = pool.begin().await?;
+    let n = sqlx::query("update machines set status = 'revoked', revoked_at = now() where id = $1 and status <> 'revoked'")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from machines where id = $1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !exists {
+            return Err(Error::NotFound("machine".into()));
+        }
+    } else {
+        let serials: Vec<String> = sqlx::query_scalar(
+            "update certificates set revoked_at = now() where machine_id = $1 and revoked_at is null returning serial",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        audit::record(&mut tx, actor, "machine.revoke", "machine", &id.to_string(),
+            serde_json::json!({"revoked_certificates": serials})).await?;
+        events::notify(&mut tx, &Event::Machine { id }).await?;
+    }
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// What a session may do, decided on every open from the certificate serial and the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStanding {
+    Active,
+    Pending,
+}
+
+pub async fn session_standing(pool: &PgPool, machine: Uuid, serial: &str) -> Result<SessionStanding> {
+    let row: Option<(Uuid, Option<DateTime<Utc>>, DateTime<Utc>, String)> = sqlx::query_as(
+        "select c.machine_id, c.revoked_at, c.not_after, m.status
+         from certificates c join machines m on m.id = c.machine_id where c.serial = $1",
+    )
+    .bind(serial)
+    .fetch_optional(pool)
+    .await?;
+    let Some((owner, revoked_at, not_after, status)) = row else {
+        return Err(Error::Unauthenticated("certificate not issued to any machine".into()));
+    };
+    if owner != machine {
+        return Err(Error::Unauthenticated("certificate does not belong to this machine".into()));
+    }
+    if revoked_at.is_some() {
+        return Err(Error::Forbidden("certificate revoked".into()));
+    }
+    if not_after <= Utc::now() {
+        return Err(Error::Unauthenticated("certificate expired".into()));
+    }
+    match status.as_str() {
+        "active" => Ok(SessionStanding::Active),
+        "pending" => Ok(SessionStanding::Pending),
+        other => Err(Error::Forbidden(format!("machine is {other}"))),
+    }
+}
+
+pub async fn record_hello(pool: &PgPool, id: Uuid, inv: &crate::enrollment::Inventory, plan_version: u64) -> Result<()> {
+    sqlx::query(
+        "update machines set hostname = $2, os = $3, arch = $4, agent_version = $5, plan_version = $6, last_seen_at = now()
+         where id = $1",
+    )
+    .bind(id)
+    .bind(&inv.hostname)
+    .bind(&inv.os)
+    .bind(&inv.arch)
+    .bind(&inv.agent_version)
+    .bind(i64::try_from(plan_version & (i64::MAX as u64)).unwrap_or(0))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn touch(pool: &PgPool, id: Uuid) -> Result<()> {
+    sqlx::query("update machines set last_seen_at = now() where id = $1").bind(id).execute(pool).await?;
+    Ok(())
+}
+
+/// Records a renewed certificate for an active machine.
+pub async fn record_certificate(pool: &PgPool, id: Uuid, issued: &crate::pki::Issued) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("insert into certificates (serial, machine_id, not_before, not_after) values ($1, $2, $3, $4)")
+        .bind(&issued.serial)
+        .bind(id)
+        .bind(issued.not_before)
+        .bind(issued.not_after)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(&mut tx, &Actor::Machine(id), "certificate.renew", "machine", &id.to_string(),
+        serde_json::json!({"serial": issued.serial, "not_after": issued.not_after})).await?;
+    tx.commit().await?;
+    Ok(())
+}

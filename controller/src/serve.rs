@@ -1,0 +1,150 @@
+//! `serve`: the controller process. Checks the schema, loads keys, creates the first admin,
+//! and serves the REST API (HTTP) and the agent service (gRPC over TLS) until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::auth::{self, JwtKeys};
+use crate::config::Settings;
+use crate::events::Events;
+use crate::seal::MasterKey;
+use crate::state::AppState;
+use crate::{api, db, grpc, keys, repositories};
+
+/// Reads the master key from `COFRE_MASTER_KEY` (hex) or `keys.master_key_file`.
+pub fn load_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+    if let Ok(hex) = std::env::var("COFRE_MASTER_KEY") {
+        return MasterKey::from_hex(&hex).context("COFRE_MASTER_KEY");
+    }
+    let Some(path) = &settings.keys.master_key_file else {
+        anyhow::bail!(
+            "no master key: set keys.master_key_file (or COFRE_KEYS__MASTER_KEY_FILE) to a file holding 64 hex \
+             characters, or COFRE_MASTER_KEY; create one with `cofre-controller generate-master-key FILE`"
+        );
+    };
+    Ok(MasterKey::read_file(path)?)
+}
+
+/// What `serve` started: the bound addresses, for `up` and tests.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub state: AppState,
+    /// The first admin's generated password, when one was generated now.
+    pub first_admin: Option<(String, Option<String>)>,
+}
+
+/// Prepares everything (fails fast with a clear message) and returns the state plus a future
+/// that serves until `shutdown` resolves.
+pub async fn start(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(Started, impl Future<Output = anyhow::Result<()>>)> {
+    let master = load_master_key(&settings)?;
+    let url = settings
+        .database
+        .url
+        .clone()
+        .context("database.url is not set (COFRE_DATABASE__URL): the app role's connection URL")?;
+    let pool = db::connect(&url, settings.database.max_connections).await?;
+    db::check_schema_current(&pool).await?;
+    if db::connected_as_owner(&pool).await? {
+        tracing::warn!(
+            "serve is connected as the schema owner: connect as a member of cofre_app instead, so the audit \
+             log and job results stay insert-only"
+        );
+    }
+    let keys = keys::load(&pool, &master).await?;
+    let jwt = JwtKeys::new(&keys.jwt_secret, keys.jwt_kid.clone(), settings.admin.token_ttl_seconds);
+    let first_admin =
+        auth::ensure_first_admin(&pool, &settings.admin.username, settings.admin.initial_password.as_ref()).await?;
+    let events = Events::start(pool.clone()).await?;
+    let state = AppState {
+        pool: pool.clone(),
+        master: master.clone(),
+        ca: Arc::new(keys.ca),
+        jwt: Arc::new(jwt),
+        settings: Arc::new(settings.clone()),
+        events: events.clone(),
+    };
+    let http = TcpListener::bind(settings.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen)", settings.http.listen))?;
+    let grpc_listener = TcpListener::bind(settings.grpc.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (grpc.listen)", settings.grpc.listen))?;
+    let started = Started {
+        http: http.local_addr()?,
+        grpc: grpc_listener.local_addr()?,
+        state: state.clone(),
+        first_admin,
+    };
+    repositories::spawn_provisioner(pool, master, events);
+    let tls = grpc::tls_config(&state)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let router = api::router(state.clone());
+    let mut rx1 = stop_rx.clone();
+    let mut rx2 = stop_rx;
+    let fut = async move {
+        let http_fut = axum::serve(http, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = rx1.wait_for(|v| *v).await;
+            });
+        let grpc_fut = tonic::transport::Server::builder()
+            .tls_config(tls)?
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .add_service(grpc::service(state))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
+                let _ = rx2.wait_for(|v| *v).await;
+            });
+        let (h, g) = tokio::join!(http_fut, grpc_fut);
+        h.context("HTTP server")?;
+        g.context("gRPC server")?;
+        Ok(())
+    };
+    Ok((started, fut))
+}
+
+/// Prints the first admin's credentials, once.
+pub fn announce_first_admin(first_admin: &Option<(String, Option<String>)>) {
+    if let Some((user, generated)) = first_admin {
+        match generated {
+            Some(pw) => println!(
+                "Created the first admin user {user:?} with the generated password:\n\n    {pw}\n\n\
+                 It is shown only this once: store it now."
+            ),
+            None => println!("Created the first admin user {user:?} with the configured password."),
+        }
+    }
+}
+
+/// `migrate`: apply migrations as the owner role, then create missing keys.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let master = load_master_key(settings)?;
+    let url = settings
+        .database
+        .owner_url
+        .clone()
+        .or_else(|| settings.database.url.clone())
+        .context("database.owner_url (or database.url) is not set")?;
+    let pool = db::connect(&url, 2).await?;
+    db::migrate(&pool).await?;
+    let created = keys::ensure(&pool, &master).await?;
+    if created.is_empty() {
+        println!("Schema is current; keys present (master key {}).", master.key_id());
+    } else {
+        println!("Schema is current; created keys: {} (master key {}).", created.join(", "), master.key_id());
+    }
+    pool.close().await;
+    Ok(())
+}

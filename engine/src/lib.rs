@@ -1,0 +1,176 @@
+//! Cofre's backup engine: a thin, synchronous wrapper around rustic_core 0.13.
+//!
+//! The agent uses it for backups, the controller to initialise repositories. Every function
+//! blocks (rustic_core uses rayon and blocking reqwest): call it from `spawn_blocking` or a
+//! dedicated thread, never directly on an async runtime thread.
+//!
+//! Repositories live on a restic REST server (rustic_backend's REST backend, nothing else) and
+//! are written in restic repository format version 2 with compression, so the restic CLI (0.14
+//! and later) can read, check and restore them.
+//!
+//! Each call opens the repository at most once (opening costs about 0.45 s of key derivation).
+//! Before opening, a `HEAD config` probe with short timeouts checks the server (see `probe.rs`),
+//! so a dead server fails within about a second instead of rustic's default 31 s of retries, and
+//! refused credentials are not mistaken for a missing repository.
+//!
+//! Modules: `target` (URL rules, backend options), `probe`, `repo` (open/init), `backup` with
+//! `source` (warnings), `restore`, `error` (error mapping, redaction).
+
+mod backup;
+mod error;
+mod probe;
+mod repo;
+mod restore;
+mod source;
+mod target;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{EngineError, RetryClass};
+pub use target::{RepoTarget, check_repository_url};
+
+/// What to back up and how to label the snapshot.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    /// The restic id the repository must have; a different one fails with
+    /// [`EngineError::RepositoryIdMismatch`] before anything is written. Never initialises.
+    pub expected_restic_id: String,
+    /// Absolute paths to back up (valid UTF-8; names *inside* them may be anything). Missing
+    /// paths are skipped with a warning, as restic does; if none exists the request is invalid.
+    pub paths: Vec<PathBuf>,
+    /// Globs of entries to leave out, like restic's `--exclude`: a pattern without `/` matches a
+    /// name anywhere, one starting with `/` is anchored at the file-system root
+    /// (gitignore-style semantics of rustic's overrides). Negation (`!`) is not supported.
+    pub excludes: Vec<String>,
+    /// Host name recorded in the snapshot (also used to find the parent snapshot).
+    pub hostname: String,
+    /// Tags recorded in the snapshot (no commas).
+    pub tags: Vec<String>,
+}
+
+/// The outcome of a successful backup.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    /// Full hex id, as `restic snapshots --json` prints in `"id"`.
+    pub snapshot_id: String,
+    pub snapshot_time: chrono::DateTime<chrono::Utc>,
+    /// The backed-up paths as stored in the snapshot (canonical, symlinks resolved).
+    pub paths: Vec<String>,
+    pub hostname: String,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub dirs_new: u64,
+    pub dirs_changed: u64,
+    pub dirs_unmodified: u64,
+    pub files_processed: u64,
+    pub bytes_processed: u64,
+    /// Bytes of new data blobs before compression.
+    pub bytes_added: u64,
+    /// Bytes of new data blobs as stored (compressed, encrypted).
+    pub bytes_added_packed: u64,
+    /// Wall time of the whole call, opening the repository included.
+    pub duration: Duration,
+    /// Unreadable entries (skipped), files that changed while being read, missing paths.
+    pub warnings: Vec<String>,
+}
+
+/// Initialises a new repository (restic format version 2, compression on) and returns its
+/// restic repository id (64 hex digits).
+///
+/// # Errors
+/// [`EngineError::AlreadyInitialised`] if a config already exists at the URL (with its id when
+/// the repository password opens it); network, credential and input errors otherwise.
+pub fn init_repository(target: &RepoTarget) -> Result<String, EngineError> {
+    repo::init_repository(target)
+}
+
+/// Opens the repository and returns its restic id (64 hex digits).
+///
+/// # Errors
+/// [`EngineError::NotInitialised`] if there is no config at the URL,
+/// [`EngineError::WrongPassword`], network, credential and input errors.
+pub fn repository_id(target: &RepoTarget) -> Result<String, EngineError> {
+    repo::repository_id(target)
+}
+
+/// Backs up `req.paths` into the repository, which must have id `req.expected_restic_id`.
+///
+/// Unreadable entries are skipped and reported in [`BackupReport::warnings`], as are files that
+/// changed while being read; they do not fail the backup.
+///
+/// # Errors
+/// [`EngineError::RepositoryIdMismatch`] (nothing written), [`EngineError::NotInitialised`],
+/// [`EngineError::WrongPassword`], network, credential and input errors.
+pub fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupReport, EngineError> {
+    backup::backup(target, req)
+}
+
+/// Restores snapshot `snapshot_id` (full id or unique prefix) into `dest`.
+///
+/// With `path_in_snapshot == None` the whole snapshot is restored, recreating the absolute
+/// backed-up paths under `dest` (like `restic restore ID --target DEST`). With a directory
+/// path, its contents go into `dest`; with a file path, the file goes to `dest/<name>`.
+///
+/// # Errors
+/// [`EngineError::NotFound`] for an unknown snapshot or path, network, credential and local
+/// I/O errors.
+pub fn restore(
+    target: &RepoTarget,
+    snapshot_id: &str,
+    path_in_snapshot: Option<&str>,
+    dest: &Path,
+) -> Result<(), EngineError> {
+    restore::restore(target, snapshot_id, path_in_snapshot, dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn target(url: &str) -> RepoTarget {
+        RepoTarget {
+            url: url.to_owned(),
+            username: None,
+            password: None,
+            repository_password: SecretString::from("pw".to_owned()),
+            ca_cert_file: None,
+            client_identity_file: None,
+            allow_insecure_http: false,
+        }
+    }
+
+    #[test]
+    fn insecure_http_is_refused_before_any_network_access() {
+        let t = target("http://192.0.2.10:8000/repo");
+        for err in [
+            init_repository(&t).unwrap_err(),
+            repository_id(&t).unwrap_err(),
+            restore(&t, "abcd", None, Path::new("/tmp/x")).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, EngineError::InvalidInput(m) if m.contains("plain http")),
+                "{err}"
+            );
+            assert_eq!(err.retry_class(), RetryClass::Permanent);
+        }
+    }
+
+    #[test]
+    fn backup_validates_the_request_first() {
+        let t = target("https://backup.invalid/repo");
+        let req = BackupRequest {
+            expected_restic_id: "not hex".to_owned(),
+            paths: vec![PathBuf::from("/")],
+            excludes: vec![],
+            hostname: "h".to_owned(),
+            tags: vec![],
+        };
+        assert!(matches!(
+            backup(&t, &req),
+            Err(EngineError::InvalidInput(_))
+        ));
+    }
+}

@@ -1,0 +1,119 @@
+//! Opening and initialising repositories: one probe, then at most one open per engine call.
+//!
+//! Opening costs about 0.45 s (scrypt key derivation), so every public entry point opens the
+//! repository exactly once and hands the open [`Repository`] down. Before opening, `probe.rs`
+//! checks that the REST server answers and whether a config exists, which gives precise errors
+//! (refused credentials, no repository, dead server) that rustic_core would blur.
+
+use rustic_core::{
+    ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryOptions,
+};
+use secrecy::ExposeSecret;
+
+use crate::RepoTarget;
+use crate::error::{EngineError, from_rustic};
+use crate::probe::{ConfigState, probe_config};
+use crate::target::Prepared;
+
+/// An open repository plus what is needed to describe errors about it.
+pub(crate) struct OpenRepo {
+    pub(crate) repo: Repository<OpenStatus>,
+    pub(crate) prepared: Prepared,
+}
+
+impl OpenRepo {
+    /// The restic repository id (64 hex digits).
+    pub(crate) fn restic_id(&self) -> String {
+        self.repo.config().id.to_hex().to_string()
+    }
+}
+
+fn credentials(target: &RepoTarget) -> Credentials {
+    Credentials::password(target.repository_password.expose_secret())
+}
+
+/// Repository options: rustic's local cache (in the user's cache dir, keyed by repository id)
+/// speeds up repeated backups and restores; init and id look-ups do not need it.
+fn repository_options(use_cache: bool) -> RepositoryOptions {
+    RepositoryOptions::default().no_cache(!use_cache)
+}
+
+/// Checks the target, probes the server and opens the repository (never initialises it).
+pub(crate) fn open(target: &RepoTarget, use_cache: bool) -> Result<OpenRepo, EngineError> {
+    let prepared = target.prepare()?;
+    match probe_config(target, &prepared.url, &prepared.redactor)? {
+        ConfigState::Absent => return Err(EngineError::NotInitialised),
+        ConfigState::Present => {}
+    }
+    let repo = open_prepared(target, &prepared, use_cache)?;
+    Ok(OpenRepo { repo, prepared })
+}
+
+fn open_prepared(
+    target: &RepoTarget,
+    prepared: &Prepared,
+    use_cache: bool,
+) -> Result<Repository<OpenStatus>, EngineError> {
+    let doing = format!("opening the repository at {}", prepared.url);
+    Repository::new(&repository_options(use_cache), &prepared.backends)
+        .and_then(|repo| repo.open(&credentials(target)))
+        .map_err(|err| from_rustic(&err, &prepared.redactor, &doing))
+}
+
+/// See [`crate::init_repository`].
+pub(crate) fn init_repository(target: &RepoTarget) -> Result<String, EngineError> {
+    let prepared = target.prepare()?;
+    if probe_config(target, &prepared.url, &prepared.redactor)? == ConfigState::Present {
+        let restic_id = open_prepared(target, &prepared, false)
+            .ok()
+            .map(|repo| repo.config().id.to_hex().to_string());
+        return Err(EngineError::AlreadyInitialised { restic_id });
+    }
+
+    // Repository format version 2 with rustic's default zstd compression; the chunker
+    // polynomial and the repository id are random, as with `restic init`.
+    let config_opts = ConfigOptions::default().set_version(2u32);
+    let key_opts = KeyOptions::default().with_created(true);
+    let doing = format!("initialising a repository at {}", prepared.url);
+    let repo = Repository::new(&repository_options(false), &prepared.backends)
+        .and_then(|repo| repo.init(&credentials(target), &key_opts, &config_opts))
+        .map_err(|err| from_rustic(&err, &prepared.redactor, &doing))?;
+    Ok(repo.config().id.to_hex().to_string())
+}
+
+/// See [`crate::repository_id`].
+pub(crate) fn repository_id(target: &RepoTarget) -> Result<String, EngineError> {
+    Ok(open(target, false)?.restic_id())
+}
+
+/// Normalises a restic id given by a caller: trimmed, lower-case, hex only.
+pub(crate) fn normalise_id(id: &str, what: &str) -> Result<String, EngineError> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(EngineError::InvalidInput(format!(
+            "the {what} `{id}` is not a hexadecimal restic id"
+        )));
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_normalised() {
+        assert_eq!(normalise_id(" ABCdef01 ", "id").unwrap(), "abcdef01");
+        assert!(normalise_id("", "id").is_err());
+        assert!(normalise_id("xyz", "id").is_err());
+        assert!(normalise_id(&"a".repeat(65), "id").is_err());
+    }
+
+    #[test]
+    fn options() {
+        assert!(repository_options(false).no_cache);
+        assert!(!repository_options(true).no_cache);
+        let key = KeyOptions::default().with_created(true);
+        assert!(key.with_created);
+    }
+}

@@ -1,0 +1,257 @@
+//! A backup source that records warnings: unreadable entries and files changed while read.
+//!
+//! rustic_core 0.13 skips what it cannot read and only *logs* it (`warn!("ignoring error: …")`
+//! through the `log` crate); it does not notice files that change while being read at all. Rather
+//! than capturing the process-wide logger, the engine wraps rustic's [`LocalSource`]:
+//!
+//! * walk errors (a directory that cannot be listed, metadata that cannot be read) come out of
+//!   the entry iterator: they are recorded and the entry is dropped (as rustic would do);
+//! * open and read errors of files are recorded by the wrapped opener and reader, then handed on
+//!   to rustic, which skips the file;
+//! * changes: every file is read through [`WatchedReader`], which delivers exactly the size that
+//!   the walk recorded in the node, then `fstat`s the open file and compares size and mtime with
+//!   the node. A difference is a warning. The cost is one `fstat` per file actually read (files
+//!   unchanged since the parent snapshot are not read and not checked).
+//!
+//! Delivering exactly the recorded size keeps every node self-consistent (its `size` equals the
+//! length of its content, which restic's restorer relies on): data appended during the read is
+//! left for the next backup, and if the file shrank the missing tail is stored as zeros. Both
+//! cases are reported. (rustic itself would store the bytes read with the old size.)
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustic_core::jiff::Timestamp;
+use rustic_core::{LocalSource, ReadSource, ReadSourceEntry, ReadSourceOpen, RusticResult};
+
+use crate::error::describe_rustic;
+
+/// Warnings collected during one backup; shared with the reader threads.
+#[derive(Clone, Default)]
+pub(crate) struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl Warnings {
+    pub(crate) fn push(&self, warning: String) {
+        log::warn!("{warning}");
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(warning);
+    }
+
+    pub(crate) fn take(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+type InnerOpen = <LocalSource as ReadSource>::Open;
+type InnerIter = <LocalSource as ReadSource>::Iter;
+
+/// rustic's local source with warnings recorded.
+pub(crate) struct WatchedSource {
+    inner: LocalSource,
+    warnings: Warnings,
+}
+
+impl WatchedSource {
+    pub(crate) fn new(inner: LocalSource, warnings: Warnings) -> Self {
+        Self { inner, warnings }
+    }
+}
+
+impl ReadSource for WatchedSource {
+    type Open = WatchedOpen;
+    type Iter = WatchedIter;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        self.inner.size()
+    }
+
+    fn entries(&self) -> Self::Iter {
+        WatchedIter {
+            inner: self.inner.entries(),
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+/// The walk, with errors turned into warnings.
+pub(crate) struct WatchedIter {
+    inner: InnerIter,
+    warnings: Warnings,
+}
+
+impl Iterator for WatchedIter {
+    type Item = RusticResult<ReadSourceEntry<WatchedOpen>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.inner.next()? {
+                Err(err) => {
+                    // rustic's top message is a generic "failed to get next entry"; the source
+                    // (an `ignore::Error`) names the path and the OS error.
+                    let detail = std::error::Error::source(&*err)
+                        .map_or_else(|| describe_rustic(&err), crate::error::chain_message);
+                    self.warnings
+                        .push(format!("skipped (cannot be read): {detail}"));
+                }
+                Ok(ReadSourceEntry { path, node, open }) => {
+                    let open = open.map(|inner| WatchedOpen {
+                        inner,
+                        path: path.clone(),
+                        size: node.meta.size,
+                        mtime: node.meta.mtime,
+                        warnings: self.warnings.clone(),
+                    });
+                    return Some(Ok(ReadSourceEntry { path, node, open }));
+                }
+            }
+        }
+    }
+}
+
+/// Opens a file for the archiver and watches the open.
+pub(crate) struct WatchedOpen {
+    inner: InnerOpen,
+    path: PathBuf,
+    size: u64,
+    mtime: Option<Timestamp>,
+    warnings: Warnings,
+}
+
+impl ReadSourceOpen for WatchedOpen {
+    type Reader = WatchedReader;
+
+    fn open(self) -> RusticResult<Self::Reader> {
+        match self.inner.open() {
+            Ok(file) => Ok(WatchedReader {
+                file,
+                path: self.path,
+                size: self.size,
+                mtime: self.mtime,
+                delivered: 0,
+                zero_fill_from: None,
+                done: false,
+                warnings: self.warnings,
+            }),
+            Err(err) => {
+                let cause = std::error::Error::source(&*err)
+                    .map_or_else(|| describe_rustic(&err), crate::error::chain_message);
+                self.warnings.push(format!(
+                    "{}: cannot be opened, file skipped: {cause}",
+                    show(&self.path)
+                ));
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Reads a file for the archiver: exactly the size recorded by the walk, then checks for changes.
+pub(crate) struct WatchedReader {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    mtime: Option<Timestamp>,
+    delivered: u64,
+    /// Set when the file ended early: the offset from which zeros are delivered.
+    zero_fill_from: Option<u64>,
+    done: bool,
+    warnings: Warnings,
+}
+
+impl WatchedReader {
+    /// Called once the recorded size has been delivered: compare with the file as it is now.
+    fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let now = match self.file.metadata() {
+            Ok(meta) => meta,
+            Err(err) => {
+                self.warnings.push(format!(
+                    "{}: cannot be checked after reading: {err}",
+                    show(&self.path)
+                ));
+                return;
+            }
+        };
+        let now_mtime = now
+            .modified()
+            .ok()
+            .and_then(|t| Timestamp::try_from(t).ok());
+        let mut changes = Vec::new();
+        if now.len() != self.size {
+            changes.push(format!("size {} → {} bytes", self.size, now.len()));
+        }
+        if now_mtime != self.mtime {
+            changes.push("modification time changed".to_owned());
+        }
+        if let Some(offset) = self.zero_fill_from {
+            changes.push(format!(
+                "it ended at byte {offset}, the missing {} bytes were stored as zeros",
+                self.size - offset
+            ));
+        }
+        if !changes.is_empty() {
+            self.warnings.push(format!(
+                "{}: file changed while being read ({}); the snapshot may hold an inconsistent \
+                 copy of it",
+                show(&self.path),
+                changes.join(", ")
+            ));
+        }
+    }
+}
+
+impl Read for WatchedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let remaining = self.size - self.delivered;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if remaining == 0 {
+            self.finish();
+            return Ok(0);
+        }
+        let want = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
+        let n = if self.zero_fill_from.is_some() {
+            buf[..want].fill(0);
+            want
+        } else {
+            match self.file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    self.zero_fill_from = Some(self.delivered);
+                    buf[..want].fill(0);
+                    want
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => return Err(err),
+                Err(err) => {
+                    if !self.done {
+                        self.done = true;
+                        self.warnings.push(format!(
+                            "{}: read error, file skipped: {err}",
+                            show(&self.path)
+                        ));
+                    }
+                    return Err(err);
+                }
+            }
+        };
+        self.delivered += n as u64;
+        Ok(n)
+    }
+}
+
+fn show(path: &Path) -> String {
+    path.display().to_string()
+}
