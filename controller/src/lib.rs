@@ -34,3 +34,6 @@ pub fn init_tracing(format: &str, filter: &str) {
         builder.init();
     }
 }
+
+#[cfg(test)]
+mod tests;

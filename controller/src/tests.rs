@@ -1,0 +1,300 @@
+//! Database tests against a real PostgreSQL (`DATABASE_URL`, set by tests/run.sh): each test
+//! gets a fresh database with the migrations applied.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use cofre_proto::agent::v1 as pb;
+use sqlx::PgPool;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+use crate::audit::Actor;
+use crate::auth::{JwtKeys, Role};
+use crate::config::Settings;
+use crate::enrollment::{self, Inventory, NewToken};
+use crate::error::Error;
+use crate::seal::MasterKey;
+use crate::state::AppState;
+
+async fn state(pool: PgPool) -> AppState {
+    let master = MasterKey::generate();
+    crate::keys::ensure(&pool, &master).await.unwrap();
+    let keys = crate::keys::load(&pool, &master).await.unwrap();
+    let jwt = JwtKeys::new(&keys.jwt_secret, keys.jwt_kid.clone(), 600);
+    let events = crate::events::Events::start(pool.clone()).await.unwrap();
+    AppState {
+        pool,
+        master,
+        ca: Arc::new(keys.ca),
+        jwt: Arc::new(jwt),
+        settings: Arc::new(Settings::default()),
+        events,
+    }
+}
+
+fn csr() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec()
+}
+
+fn inv() -> Inventory {
+    Inventory { hostname: "pc-01".into(), os: "Debian".into(), arch: "x86_64".into(), agent_version: "0.1.0".into() }
+}
+
+async fn token(st: &AppState, uses: u32, ttl: Option<u64>) -> String {
+    enrollment::create_token(
+        &st.pool,
+        &Actor::System,
+        &st.ca,
+        &st.settings.enrollment,
+        NewToken { description: String::new(), group_id: None, uses: Some(uses), ttl_seconds: ttl, requires_approval: false },
+    )
+    .await
+    .unwrap()
+    .token
+}
+
+const LIFE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn tokens_are_single_use_and_refusals_are_clear(pool: PgPool) {
+    let st = state(pool).await;
+    let t = token(&st, 1, None).await;
+    // A bad CSR is refused without consuming the token.
+    let bad = enrollment::enroll(&st.pool, &st.ca, LIFE, &t, b"not a csr", inv()).await;
+    assert!(matches!(bad, Err(Error::Invalid { .. })), "{bad:?}");
+    let ok = enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await.unwrap();
+    assert!(!ok.pending_approval);
+    let again = enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await.unwrap_err();
+    assert!(again.to_string().contains("used up"), "{again}");
+
+    // Wrong secret, same id: not recognised.
+    let mut parts: Vec<String> = t.split('.').map(String::from).collect();
+    parts[2] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into();
+    let forged = enrollment::enroll(&st.pool, &st.ca, LIFE, &parts.join("."), &csr(), inv()).await.unwrap_err();
+    assert!(forged.to_string().contains("not recognised"), "{forged}");
+
+    // Another controller's fingerprint.
+    let mut parts: Vec<String> = t.split('.').map(String::from).collect();
+    parts[3] = "00".repeat(32);
+    let other = enrollment::enroll(&st.pool, &st.ca, LIFE, &parts.join("."), &csr(), inv()).await.unwrap_err();
+    assert!(other.to_string().contains("another controller"), "{other}");
+
+    // Expired.
+    let t2 = token(&st, 1, Some(60)).await;
+    sqlx::query("update enrollment_tokens set expires_at = now() - interval '1 second'").execute(&st.pool).await.unwrap();
+    let expired = enrollment::enroll(&st.pool, &st.ca, LIFE, &t2, &csr(), inv()).await.unwrap_err();
+    assert!(expired.to_string().contains("expired"), "{expired}");
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn concurrent_enrollments_never_exceed_the_use_count(pool: PgPool) {
+    let st = state(pool).await;
+    let t = token(&st, 2, None).await;
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let (st, t) = (st.clone(), t.clone());
+        handles.push(tokio::spawn(async move { enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await }));
+    }
+    let mut ok = 0;
+    for h in handles {
+        if h.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 2);
+    let machines: i64 = sqlx::query_scalar("select count(*) from machines").fetch_one(&st.pool).await.unwrap();
+    assert_eq!(machines, 2);
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn revoked_machines_lose_their_session(pool: PgPool) {
+    let st = state(pool).await;
+    let t = token(&st, 1, None).await;
+    let e = enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await.unwrap();
+    let der = crate::pki::pem_to_der(&e.certificate_pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let serial = crate::pki::serial_hex(cert.raw_serial());
+    let standing = crate::machines::session_standing(&st.pool, e.machine_id, &serial).await.unwrap();
+    assert_eq!(standing, crate::machines::SessionStanding::Active);
+    // A certificate presented for another machine id is refused.
+    assert!(crate::machines::session_standing(&st.pool, Uuid::now_v7(), &serial).await.is_err());
+    crate::machines::revoke(&st.pool, &Actor::System, e.machine_id).await.unwrap();
+    let err = crate::machines::session_standing(&st.pool, e.machine_id, &serial).await.unwrap_err();
+    assert!(matches!(err, Error::Forbidden(_)), "{err:?}");
+}
+
+fn finished_event(job: Uuid, event: Uuid, repo: &str) -> pb::JobEvent {
+    pb::JobEvent {
+        event_id: event.to_string(),
+        job_id: job.to_string(),
+        kind: Some(pb::job_event::Kind::Finished(pb::JobFinished {
+            policy_id: String::new(),
+            trigger: pb::TriggerKind::Schedule as i32,
+            outcome: pb::JobOutcome::Succeeded as i32,
+            repository_id: repo.into(),
+            stats: Some(pb::BackupStats { snapshot_id: "ab".repeat(32), hostname: "pc-01".into(), ..Default::default() }),
+            finished_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
+            ..Default::default()
+        })),
+    }
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn a_result_delivered_twice_is_stored_once(pool: PgPool) {
+    let st = state(pool).await;
+    let t = token(&st, 1, None).await;
+    let e = enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await.unwrap();
+    // A shared repository the machine may report snapshots for.
+    let repo = crate::repositories::create(
+        &st.pool,
+        &st.master,
+        &Actor::System,
+        serde_json::from_value(serde_json::json!({"name": "r", "url": "https://rest.example", "per_machine": false})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let rr: Uuid = sqlx::query_scalar("select id from restic_repositories where repository_id = $1")
+        .bind(repo.id)
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+    let job = Uuid::now_v7();
+    let ev = finished_event(job, Uuid::now_v7(), &rr.to_string());
+    crate::jobs::ingest(&st.pool, e.machine_id, &ev).await.unwrap();
+    crate::jobs::ingest(&st.pool, e.machine_id, &ev).await.unwrap();
+    let results: i64 = sqlx::query_scalar("select count(*) from job_results").fetch_one(&st.pool).await.unwrap();
+    let snaps: i64 = sqlx::query_scalar("select count(*) from snapshots").fetch_one(&st.pool).await.unwrap();
+    assert_eq!((results, snaps), (1, 1));
+    assert_eq!(crate::jobs::get(&st.pool, job).await.unwrap().state, "succeeded");
+    // Another machine cannot report about this job.
+    let t2 = token(&st, 1, None).await;
+    let other = enrollment::enroll(&st.pool, &st.ca, LIFE, &t2, &csr(), inv()).await.unwrap();
+    let foreign = finished_event(job, Uuid::now_v7(), &rr.to_string());
+    assert!(matches!(crate::jobs::ingest(&st.pool, other.machine_id, &foreign).await, Err(Error::Forbidden(_))));
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn audit_chain_is_gapless_and_detects_tampering(pool: PgPool) {
+    let st = state(pool).await;
+    for _ in 0..3 {
+        token(&st, 1, None).await;
+    }
+    assert_eq!(crate::audit::verify(&st.pool).await.unwrap(), Ok(3));
+    sqlx::query("update audit_events set details = '{\"uses\": 99}' where seq = 2").execute(&st.pool).await.unwrap();
+    assert_eq!(crate::audit::verify(&st.pool).await.unwrap(), Err(2));
+}
+
+/// Connects to this test's database as a fresh login role in `cofre_app`, as `serve` does.
+async fn app_pool(pool: &PgPool) -> PgPool {
+    let db: String = sqlx::query_scalar("select current_database()").fetch_one(pool).await.unwrap();
+    let role = format!("app_{}", Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("create role {role} login password 'pw' in role cofre_app")))
+        .execute(pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some("pw")).unwrap();
+    url.set_path(&db);
+    PgPool::connect(url.as_str()).await.unwrap()
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn the_app_role_cannot_rewrite_history(pool: PgPool) {
+    let st = state(pool.clone()).await;
+    token(&st, 1, None).await; // writes an audit event
+    let app = app_pool(&pool).await;
+    // It may append...
+    let app_state = AppState { pool: app.clone(), ..st.clone() };
+    token(&app_state, 1, None).await;
+    // ...but not rewrite or erase.
+    for sql in [
+        "update audit_events set actor = 'x'",
+        "delete from audit_events",
+        "truncate audit_events",
+        "update job_results set outcome = 'failed'",
+        "delete from job_results",
+        "delete from server_keys",
+    ] {
+        let err = sqlx::query(sql).execute(&app).await.unwrap_err();
+        let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+        assert_eq!(code.as_deref(), Some("42501"), "{sql}: {err}");
+    }
+    assert!(crate::db::connected_as_owner(&pool).await.unwrap());
+    assert!(!crate::db::connected_as_owner(&app).await.unwrap());
+}
+
+async fn call(st: &AppState, method: &axum::http::Method, path: &str, token: Option<&str>) -> StatusCode {
+    let mut req = Request::builder().method(method.clone()).uri(path).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = if *method == axum::http::Method::GET || *method == axum::http::Method::DELETE { Body::empty() } else { Body::from("{}") };
+    crate::api::router(st.clone()).oneshot(req.body(body).unwrap()).await.unwrap().status()
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn every_route_enforces_its_access_level(pool: PgPool) {
+    let st = state(pool).await;
+    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin).unwrap();
+    let auditor = st.jwt.issue(Uuid::now_v7(), "u", Role::Auditor).unwrap();
+    let operator = st.jwt.issue(Uuid::now_v7(), "o", Role::Operator).unwrap();
+    let foreign = JwtKeys::new(b"some-other-controller-secret-xyz", "zz".into(), 600)
+        .issue(Uuid::now_v7(), "a", Role::Admin)
+        .unwrap();
+    let routes = crate::api::routes();
+    assert!(routes.len() >= 20, "route table looks truncated");
+    for r in routes {
+        let path = r.path.replace("{id}", &Uuid::now_v7().to_string()).replace("{assignment}", &Uuid::now_v7().to_string());
+        let denied = [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN];
+        let anon = call(&st, &r.method, &path, None).await;
+        let forged = call(&st, &r.method, &path, Some(&foreign)).await;
+        let as_admin = call(&st, &r.method, &path, Some(&admin)).await;
+        let as_auditor = call(&st, &r.method, &path, Some(&auditor)).await;
+        let as_operator = call(&st, &r.method, &path, Some(&operator)).await;
+        let what = format!("{} {}", r.method, r.path);
+        if r.access == crate::api::Access::Public {
+            assert_ne!(anon, StatusCode::FORBIDDEN, "{what}");
+            continue;
+        }
+        assert_eq!(anon, StatusCode::UNAUTHORIZED, "{what} without a token");
+        assert_eq!(forged, StatusCode::UNAUTHORIZED, "{what} with another controller's token");
+        assert!(!denied.contains(&as_admin), "{what} as admin: {as_admin}");
+        let auditor_allowed = r.access == crate::api::Access::Read;
+        assert_eq!(!denied.contains(&as_auditor), auditor_allowed, "{what} as auditor: {as_auditor}");
+        let operator_allowed = r.access != crate::api::Access::Admin;
+        assert_eq!(!denied.contains(&as_operator), operator_allowed, "{what} as operator: {as_operator}");
+    }
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn hostile_payloads_get_problem_json(pool: PgPool) {
+    let st = state(pool).await;
+    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin).unwrap();
+    let router = crate::api::router(st.clone());
+    let cases: [(&str, &str); 5] = [
+        ("/api/v1/policies", "{not json"),
+        ("/api/v1/policies", r#"{"name":"x","repository_id":"00000000-0000-0000-0000-000000000000","paths":["relative"],"interval_seconds":0}"#),
+        ("/api/v1/repositories", r#"{"name":"r","url":"http://10.0.0.1:8000"}"#),
+        ("/api/v1/repositories", r#"{"name":"r","url":"https://x","unknown_field":1}"#),
+        ("/api/v1/enrollment-tokens", r#"{"uses":0}"#),
+    ];
+    for (path, body) in cases {
+        let req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {admin}"))
+            .body(Body::from(body))
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert!(resp.status().is_client_error(), "{path} {body}: {}", resp.status());
+        assert_eq!(resp.headers()["content-type"], "application/problem+json", "{path} {body}");
+    }
+    let nothing: i64 = sqlx::query_scalar("select count(*) from repositories").fetch_one(&st.pool).await.unwrap();
+    assert_eq!(nothing, 0);
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what Cofre's local start and test suite need when it is missing, and nothing else:
+# PostgreSQL 15 (initdb/pg_ctl), the restic CLI, and (for tests) rustic-server.
+# Usage: deploy/local/install-deps.sh [--tests]
+set -euo pipefail
+
+want_tests=0
+[ "${1:-}" = "--tests" ] && want_tests=1
+
+have_pg() {
+  command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 && return 0
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+
+apt_pkgs=()
+have_pg || apt_pkgs+=(postgresql)
+command -v restic >/dev/null 2>&1 || apt_pkgs+=(restic)
+id postgres >/dev/null 2>&1 || apt_pkgs+=(postgresql)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${apt_pkgs[*]}; install them (as root: apt-get install ${apt_pkgs[*]})" >&2
+    exit 1
+  fi
+  echo "installing: ${apt_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+
+# Debian keeps the PostgreSQL tools off PATH.
+if ! command -v initdb >/dev/null 2>&1; then
+  pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  echo "PostgreSQL tools are in $pgbin (Cofre finds them there)"
+fi
+
+if [ $want_tests = 1 ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v rustic-server >/dev/null 2>&1; then
+    echo "installing rustic-server (test fixture; takes a few minutes)"
+    cargo install rustic_server --version 0.4.4 --locked --quiet
+  fi
+fi
