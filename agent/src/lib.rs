@@ -14,6 +14,8 @@ pub async fn run(state_dir: &Path) -> anyhow::Result<()> {
     let state = state::StateDir::open(state_dir)?;
     let id = state.identity()?;
     tracing::info!(machine.id = %id.machine_id, controller = %id.controller_url, "agent starting");
+    // rustic's local cache lives with the agent's state, not in the service user's home.
+    cofre_engine::set_cache_dir(Some(state.root().join("cache")));
     let (agent, jobs) = runner::Agent::new(state);
     let interrupted = agent.recover_interrupted();
     if agent.plan_version() != 0 {

@@ -150,7 +150,8 @@ pub(crate) fn chain_message(err: &(dyn StdError + 'static)) -> String {
 
 /// One line describing a rustic error: its guidance with context, then every cause.
 pub(crate) fn describe_rustic(err: &RusticError) -> String {
-    let log = err.display_log();
+    // rustic's guidance texts may span several lines; messages here are one line.
+    let log = err.display_log().replace('\n', " ");
     let mut msg = log.strip_prefix("Error: ").unwrap_or(&log).to_owned();
     let mut current = err.source();
     while let Some(e) = current {
@@ -199,7 +200,7 @@ pub(crate) fn from_transport(err: &(dyn StdError + 'static), message: String) ->
     match t.status {
         Some(status @ (401 | 403)) => EngineError::AccessDenied {
             status,
-            detail: String::new(),
+            detail: message,
         },
         Some(status) => EngineError::Backend {
             status: Some(status),

@@ -13,6 +13,12 @@
 //! so a dead server fails within about a second instead of rustic's default 31 s of retries, and
 //! refused credentials are not mistaken for a missing repository.
 //!
+//! Backup warnings (unreadable entries, files changed while being read) are collected by
+//! wrapping rustic's backup source, not by capturing the global `log` logger: the engine installs
+//! no logger and composes with the caller's `log` bridge (rustic's own log lines still flow
+//! there). rustic's local cache goes to its default directory unless [`set_cache_dir`] says
+//! otherwise.
+//!
 //! Modules: `target` (URL rules, backend options), `probe`, `repo` (open/init), `backup` with
 //! `source` (warnings), `restore`, `error` (error mapping, redaction).
 
@@ -28,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{EngineError, RetryClass};
+pub use repo::set_cache_dir;
 pub use target::{RepoTarget, check_repository_url};
 
 /// What to back up and how to label the snapshot.

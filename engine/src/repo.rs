@@ -5,6 +5,9 @@
 //! checks that the REST server answers and whether a config exists, which gives precise errors
 //! (refused credentials, no repository, dead server) that rustic_core would blur.
 
+use std::path::PathBuf;
+use std::sync::{PoisonError, RwLock};
+
 use rustic_core::{
     ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryOptions,
 };
@@ -32,10 +35,32 @@ fn credentials(target: &RepoTarget) -> Credentials {
     Credentials::password(target.repository_password.expose_secret())
 }
 
-/// Repository options: rustic's local cache (in the user's cache dir, keyed by repository id)
-/// speeds up repeated backups and restores; init and id look-ups do not need it.
+/// Where rustic keeps its local cache; `None`: rustic's default (`$XDG_CACHE_HOME/rustic` or
+/// `~/.cache/rustic`).
+static CACHE_DIR: RwLock<Option<PathBuf>> = RwLock::new(None);
+
+/// Sets the directory of rustic's local cache for backups and restores in this process
+/// (`None`: rustic's default, `$XDG_CACHE_HOME/rustic` or `~/.cache/rustic`).
+///
+/// The cache holds index, snapshot and tree files (one subdirectory per repository id), so
+/// backups do not download the whole index every time. It is only an optimisation: if the
+/// directory cannot be created, rustic silently works without it.
+pub fn set_cache_dir(dir: Option<PathBuf>) {
+    *CACHE_DIR.write().unwrap_or_else(PoisonError::into_inner) = dir;
+}
+
+/// Repository options: the cache speeds up repeated backups and restores; init and id
+/// look-ups do not need it.
 fn repository_options(use_cache: bool) -> RepositoryOptions {
-    RepositoryOptions::default().no_cache(!use_cache)
+    let opts = RepositoryOptions::default().no_cache(!use_cache);
+    match CACHE_DIR
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    {
+        Some(dir) if use_cache => opts.cache_dir(dir),
+        _ => opts,
+    }
 }
 
 /// Checks the target, probes the server and opens the repository (never initialises it).
@@ -113,6 +138,14 @@ mod tests {
     fn options() {
         assert!(repository_options(false).no_cache);
         assert!(!repository_options(true).no_cache);
+        set_cache_dir(Some(PathBuf::from("/var/cache/cofre-test")));
+        let with_dir = repository_options(true);
+        set_cache_dir(None);
+        assert_eq!(
+            with_dir.cache_dir,
+            Some(PathBuf::from("/var/cache/cofre-test"))
+        );
+        assert_eq!(repository_options(true).cache_dir, None);
         let key = KeyOptions::default().with_created(true);
         assert!(key.with_created);
     }

@@ -36,6 +36,11 @@ pub(crate) fn restore(
             "the restore destination is empty".to_owned(),
         ));
     }
+    if dest.exists() && !dest.is_dir() {
+        return Err(EngineError::InvalidInput(format!(
+            "the restore destination {dest_text} exists and is not a directory"
+        )));
+    }
 
     let OpenRepo { repo, prepared } = repo::open(target, true)?;
     let error = |err: &RusticError, doing: &str| from_rustic(err, &prepared.redactor, doing);

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rustic_core::jiff::Timestamp;
-use rustic_core::{LocalSource, ReadSource, ReadSourceEntry, ReadSourceOpen, RusticResult};
+use rustic_core::{
+    LocalSource, ReadSource, ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
+};
 
 use crate::error::describe_rustic;
 
@@ -33,12 +35,16 @@ use crate::error::describe_rustic;
 pub(crate) struct Warnings(Arc<Mutex<Vec<String>>>);
 
 impl Warnings {
+    /// Records a warning once (the walk can report the same entry twice).
     pub(crate) fn push(&self, warning: String) {
-        log::warn!("{warning}");
-        self.0
+        let mut list = self
+            .0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(warning);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !list.contains(&warning) {
+            log::warn!("{warning}");
+            list.push(warning);
+        }
     }
 
     pub(crate) fn take(&self) -> Vec<String> {
@@ -94,14 +100,7 @@ impl Iterator for WatchedIter {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             match self.inner.next()? {
-                Err(err) => {
-                    // rustic's top message is a generic "failed to get next entry"; the source
-                    // (an `ignore::Error`) names the path and the OS error.
-                    let detail = std::error::Error::source(&*err)
-                        .map_or_else(|| describe_rustic(&err), crate::error::chain_message);
-                    self.warnings
-                        .push(format!("skipped (cannot be read): {detail}"));
-                }
+                Err(err) => self.warnings.push(walk_warning(&err)),
                 Ok(ReadSourceEntry { path, node, open }) => {
                     let open = open.map(|inner| WatchedOpen {
                         inner,
@@ -252,6 +251,135 @@ impl Read for WatchedReader {
     }
 }
 
+/// A short warning for a walk error. rustic's top message is generic ("Failed to map directory
+/// entry…") and a middle one is a `Debug` dump; the deepest message naming a path comes from the
+/// `ignore` crate: "P: IO error for operation on P: <OS error>", shortened here to
+/// "P: cannot be read, skipped: <OS error>".
+fn walk_warning(err: &RusticError) -> String {
+    let mut best = None;
+    let mut current = std::error::Error::source(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if text.contains('/') && !text.contains(" { ") {
+            best = Some(text);
+        }
+        current = e.source();
+    }
+    let Some(text) = best else {
+        return format!("skipped (cannot be read): {}", describe_rustic(err));
+    };
+    // "P: IO error for operation on P: cause" or "IO error for operation on P: cause".
+    let short = match text.split_once("IO error for operation on ") {
+        Some((prefix, rest)) => {
+            let prefix = prefix.trim_end_matches(": ");
+            if prefix.is_empty() || rest.starts_with(prefix) {
+                rest.to_owned()
+            } else {
+                text.clone()
+            }
+        }
+        None => text.clone(),
+    };
+    match short.rsplit_once(": ") {
+        Some((path, cause)) => format!("{path}: cannot be read, skipped: {cause}"),
+        None => format!("skipped (cannot be read): {short}"),
+    }
+}
+
 fn show(path: &Path) -> String {
     path.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Displays like `ignore::Error::WithPath` around an I/O error.
+    #[derive(Debug)]
+    struct Ignore(&'static str, std::io::Error);
+
+    impl std::fmt::Display for Ignore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "{}: IO error for operation on {}: {}",
+                self.0, self.0, self.1
+            )
+        }
+    }
+
+    impl std::error::Error for Ignore {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    fn reader_for(file: &Path, recorded_size: u64, warnings: &Warnings) -> WatchedReader {
+        let meta = std::fs::metadata(file).unwrap();
+        WatchedReader {
+            file: File::open(file).unwrap(),
+            path: file.to_path_buf(),
+            size: recorded_size,
+            mtime: meta
+                .modified()
+                .ok()
+                .and_then(|t| Timestamp::try_from(t).ok()),
+            delivered: 0,
+            zero_fill_from: None,
+            done: false,
+            warnings: warnings.clone(),
+        }
+    }
+
+    #[test]
+    fn reader_delivers_exactly_the_recorded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, [7u8; 100]).unwrap();
+        let w = Warnings::default();
+
+        // Unchanged: all bytes, no warning.
+        let mut out = Vec::new();
+        reader_for(&file, 100, &w).read_to_end(&mut out).unwrap();
+        assert_eq!(out, vec![7u8; 100]);
+        assert!(w.take().is_empty());
+
+        // The walk saw 60 bytes, the file has 100 now: 60 bytes are stored, with a warning.
+        let mut out = Vec::new();
+        reader_for(&file, 60, &w).read_to_end(&mut out).unwrap();
+        assert_eq!(out, vec![7u8; 60]);
+        let warnings = w.take();
+        assert!(warnings[0].contains("size 60 → 100 bytes"), "{warnings:?}");
+
+        // The walk saw 150 bytes, the file has 100: zeros fill the missing tail.
+        let mut out = Vec::new();
+        reader_for(&file, 150, &w).read_to_end(&mut out).unwrap();
+        assert_eq!(out.len(), 150);
+        assert_eq!(&out[..100], &[7u8; 100][..]);
+        assert!(out[100..].iter().all(|b| *b == 0));
+        let warnings = w.take();
+        assert!(
+            warnings[0].contains("missing 50 bytes were stored as zeros"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn walk_warnings_are_short() {
+        let io = std::io::Error::from_raw_os_error(36);
+        let err = RusticError::with_source(
+            rustic_core::ErrorKind::Internal,
+            "Failed to map Directory entry to ReadSourceEntry.",
+            Ignore("/a/b c", io),
+        );
+        let text = walk_warning(&err);
+        assert!(
+            text.starts_with("/a/b c: cannot be read, skipped: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("os error 36") && !text.contains("IO error"),
+            "{text}"
+        );
+    }
 }

@@ -14,7 +14,7 @@ use rustic_core::RepositoryBackends;
 use secrecy::{ExposeSecret, SecretString};
 use url::{Host, Url};
 
-use crate::error::{EngineError, Redactor, from_rustic};
+use crate::error::{EngineError, Redactor, describe_rustic};
 
 /// Retries of one REST request after the first attempt. rustic_backend backs off exponentially
 /// from 1 s (1 + 2 + 4 = 7 s in all); its default of 5 retries waits 31 s on a dead server.
@@ -26,6 +26,7 @@ const REST_RETRIES: &str = "3";
 const REST_TIMEOUT: &str = "600s";
 
 /// Where a repository lives and how to open it. `Debug` redacts the secrets.
+#[derive(Clone)]
 pub struct RepoTarget {
     /// `https://host:port/path` of the repository on a REST server; no credentials in it.
     pub url: String,
@@ -182,15 +183,14 @@ impl RepoTarget {
             .repository(format!("rest:{with_credentials}"))
             .options(options)
             .to_backends()
-            .map_err(
-                |err| match from_rustic(&err, &redactor, "setting up the REST backend") {
-                    // Failures here are about local files and option values, not the network.
-                    EngineError::Other(msg) | EngineError::Backend { message: msg, .. } => {
-                        EngineError::InvalidInput(msg)
-                    }
-                    other => other,
-                },
-            )?;
+            .map_err(|err| {
+                // Nothing goes over the network yet: failures are about local files (CA,
+                // client identity) and option values.
+                let text = describe_rustic(&err);
+                EngineError::InvalidInput(
+                    redactor.redact(&format!("cannot set up the REST backend: {text}")),
+                )
+            })?;
         Ok(Prepared {
             url,
             redactor,

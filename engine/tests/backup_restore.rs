@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use cofre_engine::{EngineError, RetryClass, backup, init_repository, restore};
-use common::tree::{assert_same_tree, build_awkward_tree};
+use common::tree::{assert_same_tree, assert_same_tree_restic_014, build_awkward_tree};
 use common::{REST_PASSWORD, RestServer, request, restic_snapshot_ids, target};
 
 #[test]
@@ -71,7 +71,7 @@ fn restic_lists_and_restores_what_the_engine_backed_up() {
         ],
     );
     let restored = out.path().join(src.strip_prefix("/").unwrap());
-    assert_same_tree(&src, &restored);
+    assert_same_tree_restic_014(&src, &restored);
 
     // The engine restores a directory of the snapshot into a destination...
     let mine = tempfile::tempdir().unwrap();
@@ -116,8 +116,12 @@ fn second_backup_uses_the_parent_and_counts_changes() {
         std::fs::write(src.join(format!("f{i}")), format!("file {i}\n")).unwrap();
     }
     let mut req = request(&id, &[&src]);
-    req.excludes = vec!["*.tmp".to_owned()];
+    // A name pattern, and an absolute path anchored at the file-system root.
+    let cache = src.join("cache");
+    req.excludes = vec!["*.tmp".to_owned(), cache.to_str().unwrap().to_owned()];
     std::fs::write(src.join("skip.tmp"), b"excluded").unwrap();
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::write(cache.join("cached"), b"excluded too").unwrap();
 
     let first = backup(&t, &req).unwrap();
     assert_eq!(first.files_new, 20, "{first:?}");
@@ -144,7 +148,7 @@ fn second_backup_uses_the_parent_and_counts_changes() {
     let ls = server.restic("repo-d", &["ls", &second.snapshot_id]);
     let listing = String::from_utf8_lossy(&ls.stdout);
     assert!(
-        listing.contains("/f3") && !listing.contains("skip.tmp"),
+        listing.contains("/f3") && !listing.contains("skip.tmp") && !listing.contains("cache"),
         "{listing}"
     );
 }
@@ -185,4 +189,37 @@ fn refuses_a_repository_with_another_id_and_writes_nothing() {
     let err = backup(&server2.target("fresh"), &request(&id, &[work.path()])).unwrap_err();
     assert!(matches!(err, EngineError::NotInitialised), "{err:?}");
     assert!(!Path::new(&server2.dir.path().join("data/fresh/config")).exists());
+}
+
+#[test]
+fn a_server_refusing_writes_fails_the_backup_with_its_status() {
+    // Read-only access: the probe and the open succeed, writing the first pack is refused
+    // (403) inside rustic_core, whose error chain must still yield the status.
+    let server = RestServer::start(&["ro=Read"]);
+    let repo_dir = server.dir.path().join("data/ro");
+    let init = std::process::Command::new("restic")
+        .env("RESTIC_PASSWORD", common::REPO_PASSWORD)
+        .args(["init", "--repository-version", "2", "-r"])
+        .arg(&repo_dir)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    let t = server.target("ro");
+    let id = cofre_engine::repository_id(&t).expect("reading is allowed");
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("a"), b"some data").unwrap();
+    let started = Instant::now();
+    let err = backup(&t, &request(&id, &[work.path()])).unwrap_err();
+    eprintln!("refused write after {:?}: {err}", started.elapsed());
+    assert!(
+        matches!(err, EngineError::AccessDenied { status: 403, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.retry_class(), RetryClass::Permanent);
+    assert!(!err.to_string().contains(REST_PASSWORD), "{err}");
 }

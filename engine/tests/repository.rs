@@ -48,6 +48,7 @@ fn missing_repository_and_wrong_passwords() {
 
     // Nothing initialised at this path yet.
     let err = repository_id(&server.target("repo-empty")).unwrap_err();
+    eprintln!("not initialised: {err}");
     assert!(matches!(err, EngineError::NotInitialised), "{err:?}");
     assert_eq!(err.retry_class(), RetryClass::Permanent);
 
@@ -55,6 +56,7 @@ fn missing_repository_and_wrong_passwords() {
 
     // Wrong restic repository password.
     let err = repository_id(&target(&server.url("repo-b"), REST_PASSWORD, "wrong")).unwrap_err();
+    eprintln!("wrong repository password: {err}");
     assert!(matches!(err, EngineError::WrongPassword), "{err:?}");
     assert_eq!(err.retry_class(), RetryClass::Permanent);
 
@@ -68,6 +70,7 @@ fn missing_repository_and_wrong_passwords() {
         repository_id(&wrong_rest).unwrap_err(),
         init_repository(&wrong_rest).unwrap_err(),
     ] {
+        eprintln!("wrong REST password: {err}");
         assert!(
             matches!(
                 err,
@@ -89,6 +92,7 @@ fn missing_repository_and_wrong_passwords() {
 
     // A repository path the user is not granted.
     let err = repository_id(&server.target("someone-else")).unwrap_err();
+    eprintln!("repository not granted: {err}");
     assert!(matches!(err, EngineError::AccessDenied { .. }), "{err:?}");
 }
 

@@ -18,15 +18,16 @@ use cofre_engine::{backup, init_repository};
 use common::{RestServer, request, restic_snapshot_ids};
 
 /// Creates `depth` nested directories with 200-byte names below `base` (a shell walks into
-/// them one by one: no single path given to the kernel is too long), with a file at the bottom.
+/// them one by one: no path given to the kernel is too long), with a file at the bottom.
 fn make_too_deep(base: &Path, depth: usize) {
     let name = "d".repeat(200);
     let script = format!(
-        "cd \"$1\" && for i in $(seq {depth}); do mkdir {name} && cd {name} || exit 1; done \
-         && echo deep > file"
+        "set -P; cd \"$1\" && for i in $(seq {depth}); do mkdir {name} && cd {name} || exit 1; \
+         done && echo deep > file"
     );
-    let status = Command::new("sh")
-        .args(["-c", &script, "sh"])
+    // bash with `set -P` changes directory relatively; dash rebuilds the absolute path and fails.
+    let status = Command::new("bash")
+        .args(["-c", &script, "bash"])
         .arg(base)
         .status()
         .unwrap();

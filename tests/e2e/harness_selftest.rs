@@ -1,21 +1,20 @@
-//! Proves each harness piece against the real components it wraps.
+//! Proves each harness piece against the real components it wraps: processes, PostgreSQL and
+//! rustic-server here; the data set, tree comparison and the restic round trip in submodules.
 
-use std::os::unix::ffi::OsStrExt as _;
-use std::path::Path;
+mod data;
+mod restic_roundtrip;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::harness::dataset::{self, CHANGING_FILE, ChangeWhileReading, DatasetOptions};
 use crate::harness::pg::PgCluster;
 use crate::harness::pki::{TestPki, https_client};
 use crate::harness::procs::{
     Proc, describe_status, find_workspace_bin, free_port, wait_until, wait_until_async,
 };
 use crate::harness::rest_server::RestServer;
-use crate::harness::restic::{Restic, restored_path};
-use crate::harness::tree::{self, CompareOptions, TreeSnapshot};
 
 #[test]
 fn wait_until_polls_and_reports_the_last_error() {
@@ -60,7 +59,11 @@ fn wait_until_polls_and_reports_the_last_error() {
 fn proc_captures_output_and_is_terminated_on_drop() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "echo to-stdout; echo to-stderr >&2; exec sleep 600"]);
+    // Markers computed by the shell: the log's first line quotes the command itself.
+    cmd.args([
+        "-c",
+        "echo stdout-$((40+2)); echo stderr-$((40+3)) >&2; exec sleep 600",
+    ]);
     let proc = Proc::spawn("sleeper", cmd, dir.path())?;
     let pid = proc.pid();
     wait_until(
@@ -69,7 +72,7 @@ fn proc_captures_output_and_is_terminated_on_drop() -> Result<()> {
         Duration::from_millis(10),
         || {
             let log = proc.log();
-            if log.contains("to-stdout") && log.contains("to-stderr") {
+            if log.contains("stdout-42") && log.contains("stderr-43") {
                 Ok(())
             } else {
                 Err(log)
@@ -80,7 +83,7 @@ fn proc_captures_output_and_is_terminated_on_drop() -> Result<()> {
     // Reaped by Drop: the pid no longer names a live process of ours.
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.try_into()?), None).is_ok();
     assert!(!alive, "process {pid} still alive after Drop");
-    assert!(std::fs::read_to_string(dir.path().join("sleeper.log"))?.contains("to-stderr"));
+    assert!(std::fs::read_to_string(dir.path().join("sleeper.log"))?.contains("stderr-43"));
     Ok(())
 }
 
@@ -92,7 +95,7 @@ fn proc_escalates_to_sigkill_and_reports_exit_codes() -> Result<()> {
     let mut cmd = Command::new("sh");
     cmd.args([
         "-c",
-        "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+        "trap '' TERM; echo armed-$((6*7)); while :; do sleep 0.05; done",
     ]);
     let mut stubborn =
         Proc::spawn("stubborn", cmd, dir.path())?.with_grace(Duration::from_millis(300));
@@ -103,7 +106,7 @@ fn proc_escalates_to_sigkill_and_reports_exit_codes() -> Result<()> {
         || {
             stubborn
                 .log()
-                .contains("ready")
+                .contains("armed-42")
                 .then_some(())
                 .ok_or("not yet")
         },
@@ -330,329 +333,5 @@ async fn rest_server_requires_tls_and_credentials() -> Result<()> {
     )
     .await?;
     assert!(polled.status().is_success());
-    Ok(())
-}
-
-#[test]
-fn dataset_is_deterministic_and_tree_reports_changes() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let options = DatasetOptions::default();
-    let started = Instant::now();
-    let first = dataset::generate(&tmp.path().join("a"), &options)?;
-    eprintln!("data set generated in {:.2?}: {first:?}", started.elapsed());
-    dataset::generate(&tmp.path().join("b"), &options)?;
-
-    assert!(first.files >= 2000, "{} files", first.files);
-    assert!(first.large_files.len() >= 4);
-    assert!(first.xattrs);
-    let a = TreeSnapshot::scan(&first.root)?;
-    let deepest = a
-        .entries
-        .keys()
-        .map(|p| p.components().count())
-        .max()
-        .unwrap_or(0);
-    assert!(deepest >= 6, "depth {deepest}");
-    for group in &first.hardlink_groups {
-        let inodes: std::collections::BTreeSet<_> =
-            group.iter().map(|p| a.get(p).map(|e| e.inode)).collect();
-        assert_eq!(inodes.len(), 1, "{group:?} share one inode");
-    }
-    let sparse = a.get(dataset::SPARSE_FILE).expect("sparse file");
-    assert_eq!(sparse.size, dataset::SPARSE_SIZE);
-    assert!(
-        sparse.allocated < 1024 * 1024,
-        "sparse file allocates {} bytes",
-        sparse.allocated
-    );
-
-    let same = tree::compare_dirs(
-        &first.root,
-        &tmp.path().join("b"),
-        &CompareOptions::default(),
-    )?;
-    same.assert_none("two data sets from one seed");
-
-    let other = dataset::generate(
-        &tmp.path().join("c"),
-        &DatasetOptions { seed: 1, ..options },
-    )?;
-    let differ = tree::compare_dirs(&first.root, &other.root, &CompareOptions::default())?;
-    assert!(
-        differ.len() > 1000,
-        "another seed changes contents and times"
-    );
-
-    let mutation = dataset::mutate(&tmp.path().join("b"))?;
-    let diffs = tree::compare_dirs(
-        &first.root,
-        &tmp.path().join("b"),
-        &CompareOptions::default(),
-    )?;
-    for path in mutation
-        .modified
-        .iter()
-        .chain(&mutation.added)
-        .chain(&mutation.removed)
-    {
-        assert!(
-            !diffs.at(path).is_empty(),
-            "{} not reported:\n{diffs}",
-            path.display()
-        );
-    }
-    let text = diffs.to_string();
-    assert!(
-        text.contains("\"docs/readme.txt\": content differs"),
-        "{text}"
-    );
-    assert!(
-        text.contains("\"docs/added-after-first-backup.txt\": unexpected File"),
-        "{text}"
-    );
-    assert!(
-        text.contains("\"tree/d2/d1/f005.bin\": File missing"),
-        "{text}"
-    );
-    // Exclusions hide a path and everything below it.
-    let mut options = CompareOptions::default();
-    for path in mutation
-        .modified
-        .iter()
-        .chain(&mutation.added)
-        .chain(&mutation.removed)
-    {
-        options = options.exclude(path);
-    }
-    // Directories whose entries changed have new mtimes: leave them out too.
-    let rest = tree::compare_dirs(
-        &first.root,
-        &tmp.path().join("b"),
-        &options.exclude("docs").exclude("tree/d2/d1"),
-    )?;
-    rest.assert_none("everything but the mutated paths");
-    Ok(())
-}
-
-#[test]
-fn tree_compare_reports_each_kind_of_difference() -> Result<()> {
-    use std::os::unix::fs::{PermissionsExt as _, symlink};
-
-    let tmp = tempfile::tempdir()?;
-    let make = |root: &Path| -> Result<()> {
-        std::fs::create_dir_all(root.join("dir"))?;
-        std::fs::write(root.join("dir/file"), "content")?;
-        std::fs::write(root.join("a"), "linked")?;
-        std::fs::hard_link(root.join("a"), root.join("b"))?;
-        symlink("dir/file", root.join("link"))?;
-        xattr::set(root.join("dir/file"), "user.test", b"v")?;
-        std::os::unix::fs::lchown(root.join("a"), Some(1000), Some(1000))?;
-        for path in ["dir/file", "a", "link", "dir", ""] {
-            dataset::set_mtime(&root.join(path), 1_000_000_000, 5)?;
-        }
-        Ok(())
-    };
-    let (expected, actual) = (tmp.path().join("expected"), tmp.path().join("actual"));
-    make(&expected)?;
-    make(&actual)?;
-    tree::compare_dirs(&expected, &actual, &CompareOptions::default())?
-        .assert_none("identical trees");
-
-    // Break the hard link (same content, mode, owner and time), change one of everything else.
-    std::fs::remove_file(actual.join("b"))?;
-    std::fs::write(actual.join("b"), "linked")?;
-    std::os::unix::fs::lchown(actual.join("b"), Some(1000), Some(1000))?;
-    std::fs::set_permissions(
-        actual.join("dir/file"),
-        std::fs::Permissions::from_mode(0o600),
-    )?;
-    xattr::remove(actual.join("dir/file"), "user.test")?;
-    std::fs::remove_file(actual.join("link"))?;
-    symlink("elsewhere", actual.join("link"))?;
-    std::os::unix::fs::lchown(actual.join("a"), Some(0), Some(0))?;
-    std::fs::write(actual.join(std::ffi::OsStr::from_bytes(b"extra-\xff")), "")?;
-    for path in ["dir/file", "b", "link", ""] {
-        dataset::set_mtime(&actual.join(path), 1_000_000_000, 5)?;
-    }
-    dataset::set_mtime(&actual.join("dir"), 1_000_000_000, 6)?;
-
-    let diffs = tree::compare_dirs(&expected, &actual, &CompareOptions::default())?;
-    let text = diffs.to_string();
-    for expected_line in [
-        "\"a\": hard links not preserved: \"a\", \"b\" share one inode in the expected tree, 2 distinct inodes in the actual tree",
-        "\"a\": owner 0:0, expected 1000:1000",
-        "\"dir\": mtime 1000000000.000000006, expected 1000000000.000000005",
-        "\"dir/file\": mode 0600, expected 0644",
-        "\"dir/file\": xattr user.test missing",
-        "\"extra-\\xFF\": unexpected File",
-        "\"link\": symlink target \"elsewhere\", expected \"dir/file\"",
-    ] {
-        assert!(
-            text.contains(expected_line),
-            "missing {expected_line:?} in:\n{text}"
-        );
-    }
-    assert_eq!(diffs.len(), 7, "{text}");
-
-    // Coarser options hide what they should.
-    let lenient = CompareOptions {
-        dir_mtime: tree::TimeCheck::Seconds,
-        mode: false,
-        ownership: false,
-        xattrs: false,
-        hardlinks: tree::HardlinkCheck::ContentOnly,
-        ..CompareOptions::default()
-    };
-    let diffs = tree::compare_dirs(&expected, &actual, &lenient.exclude("link"))?;
-    assert_eq!(diffs.len(), 1, "{diffs}");
-    Ok(())
-}
-
-#[test]
-fn change_while_reading_keeps_changing_the_file() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let path = tmp.path().join("large.bin");
-    std::fs::write(&path, vec![7u8; 1024 * 1024])?;
-    let before = TreeSnapshot::scan(tmp.path())?;
-    let changer = ChangeWhileReading::start(&path)?;
-    wait_until(
-        "20 writes",
-        Duration::from_secs(10),
-        Duration::from_millis(5),
-        || (changer.writes() >= 20).then_some(()).ok_or("fewer"),
-    )?;
-    let writes = changer.stop()?;
-    assert!(writes >= 20);
-    let after = TreeSnapshot::scan(tmp.path())?;
-    let diffs = tree::compare(&before, &after, &CompareOptions::default());
-    assert!(!diffs.at("large.bin").is_empty(), "{diffs}");
-    Ok(())
-}
-
-/// What restic 0.14 cannot restore from the data set: a symlink target that is not valid UTF-8
-/// comes back with U+FFFD replacement characters (names themselves survive byte for byte).
-const RESTIC_014_LOSES: &[(&str, &str)] = &[(
-    "links/non-utf8-target",
-    "symlink target \"target-\u{fffd}\u{fffd}\", expected \"target-\\xFF\\xFE\"",
-)];
-
-fn assert_only_known_restic_losses(diffs: &tree::Differences, context: &str) {
-    let unexpected: Vec<String> = diffs
-        .0
-        .iter()
-        .filter(|d| {
-            !RESTIC_014_LOSES
-                .iter()
-                .any(|(path, what)| d.path == Path::new(path) && d.what == *what)
-        })
-        .map(ToString::to_string)
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "{context}: restore differs from the source:\n{}",
-        unexpected.join("\n")
-    );
-    assert_eq!(
-        diffs.len(),
-        RESTIC_014_LOSES.len(),
-        "{context}: known restic 0.14 losses changed:\n{diffs}"
-    );
-}
-
-#[test]
-fn restic_backup_restore_roundtrip_through_rest_server() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let source = tmp.path().join("source");
-    let t = Instant::now();
-    let ds = dataset::generate(&source, &DatasetOptions::default())?;
-    eprintln!(
-        "roundtrip: generate {} files, {} MB: {:.2?}",
-        ds.files,
-        ds.bytes / 1_000_000,
-        t.elapsed()
-    );
-
-    let pki = TestPki::new()?;
-    let server = RestServer::start(&pki.ca, &["roundtrip"])?;
-    let restic = Restic::for_rest(
-        &server,
-        "roundtrip",
-        "correct horse battery staple",
-        &tmp.path().join("cache"),
-    );
-    let t = Instant::now();
-    restic.init_v2()?;
-    eprintln!("roundtrip: restic init: {:.2?}", t.elapsed());
-    assert!(server.data_dir().join("roundtrip/config").is_file());
-
-    // First backup and full restore: everything comes back.
-    let t = Instant::now();
-    let first = restic.backup(&source)?;
-    eprintln!("roundtrip: backup 1: {:.2?}", t.elapsed());
-    assert!(!first.incomplete, "{}", first.stderr);
-    assert_eq!(first.summary["files_new"], ds.files + ds.hardlink_names);
-    let snapshots = restic.snapshots_json()?;
-    assert_eq!(snapshots.len(), 1);
-    assert_eq!(
-        snapshots[0]["paths"][0],
-        source.to_str().expect("utf-8 temp path")
-    );
-    assert!(
-        first.snapshot_id.len() >= 8
-            && snapshots[0]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with(&first.snapshot_id)
-    );
-
-    let target = tmp.path().join("restore-1");
-    let t = Instant::now();
-    restic.restore(&first.snapshot_id, &target)?;
-    eprintln!("roundtrip: restore 1: {:.2?}", t.elapsed());
-    let restored = restored_path(&target, &source);
-    let t = Instant::now();
-    let diffs = tree::compare_dirs(&source, &restored, &CompareOptions::default())?;
-    eprintln!("roundtrip: compare: {:.2?}", t.elapsed());
-    assert_only_known_restic_losses(&diffs, "restore of snapshot 1");
-    eprintln!(
-        "roundtrip: sparse file allocates {} bytes in the source, {} after restore",
-        tree::allocated_bytes(&source.join(dataset::SPARSE_FILE))?,
-        tree::allocated_bytes(&restored.join(dataset::SPARSE_FILE))?
-    );
-
-    // Second backup of a mutated tree while one large file keeps changing.
-    let mutation = dataset::mutate(&source)?;
-    let changer = ChangeWhileReading::start(&source.join(CHANGING_FILE))?;
-    let t = Instant::now();
-    let second = restic.backup(&source);
-    let writes = changer.stop()?;
-    let second = second?;
-    eprintln!(
-        "roundtrip: backup 2 (with {writes} concurrent writes): {:.2?}",
-        t.elapsed()
-    );
-    assert_eq!(second.summary["files_new"], mutation.added.len());
-    assert!(second.summary["files_changed"].as_u64() >= Some(mutation.modified.len() as u64));
-    assert_eq!(restic.snapshots_json()?.len(), 2);
-
-    let target = tmp.path().join("restore-2");
-    restic.restore(&second.snapshot_id, &target)?;
-    let restored = restored_path(&target, &source);
-    let diffs = tree::compare_dirs(
-        &source,
-        &restored,
-        &CompareOptions::default().exclude(CHANGING_FILE),
-    )?;
-    assert_only_known_restic_losses(&diffs, "restore of snapshot 2");
-    let changing = std::fs::metadata(restored.join(CHANGING_FILE))?;
-    assert!(
-        changing.len() >= 12 * 1024 * 1024,
-        "{} bytes",
-        changing.len()
-    );
-
-    let t = Instant::now();
-    restic.check(true)?;
-    eprintln!("roundtrip: check --read-data: {:.2?}", t.elapsed());
     Ok(())
 }

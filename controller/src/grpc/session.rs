@@ -152,14 +152,17 @@ impl Session {
             return self.send(Out::PendingApproval(pb::PendingApproval {})).await;
         }
         let plan = plans::compute(&self.state.pool, &self.state.master, self.machine).await?;
+        let in_plan: HashSet<String> = plan.policies.iter().map(|p| p.id.clone()).collect();
         if self.sent_plan != Some(plan.version) {
             let v = plan.version;
             self.send(Out::Plan(plan)).await?;
             self.sent_plan = Some(v);
             tracing::info!(machine.id = %self.machine, plan_version = v, "plan sent");
         }
+        // A job whose policy is not in the plan yet (its repository is still being
+        // initialised) stays queued; it is sent with the plan that includes it.
         for (job, policy) in jobs::queued_for(&self.state.pool, self.machine).await? {
-            if self.sent_jobs.insert(job) {
+            if in_plan.contains(&policy.to_string()) && self.sent_jobs.insert(job) {
                 self.send(Out::RunNow(pb::RunNow { job_id: job.to_string(), policy_id: policy.to_string() })).await?;
             }
         }

@@ -29,6 +29,15 @@ pub struct RestServer {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// The CA certificate when the server speaks TLS.
+    pub cacert: Option<PathBuf>,
+}
+
+/// Certificate files for a TLS server.
+pub struct Tls<'a> {
+    pub cacert: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
 }
 
 /// A port that was free a moment ago.
@@ -53,8 +62,18 @@ fn server_binary() -> PathBuf {
 }
 
 impl RestServer {
-    /// Starts a server where `USER` may modify each repository in `repos`.
+    /// Starts a plain-http server where `USER` may modify each repository in `repos`
+    /// (`"name=Read"` grants read access only).
     pub fn start(repos: &[&str]) -> Self {
+        Self::start_with(repos, None)
+    }
+
+    /// Starts a server; with `tls` it speaks https.
+    pub fn start_with(repos: &[&str], tls: Option<Tls<'_>>) -> Self {
+        // Keep rustic's cache out of the home directory of whoever runs the tests.
+        cofre_engine::set_cache_dir(Some(
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cofre-engine-cache"),
+        ));
         let dir = tempfile::tempdir().unwrap();
         let htpasswd = dir.path().join("htpasswd");
         let status = Command::new(server_binary())
@@ -67,15 +86,20 @@ impl RestServer {
             .expect("rustic-server must be installed (cargo install rustic_server --locked)");
         assert!(status.success());
         let acl = dir.path().join("acl.toml");
+        // "name" grants Modify; "name=Read" (or Append) grants that level.
         let acl_text: String = repos
             .iter()
-            .map(|r| format!("[{r}]\n\"{USER}\" = \"Modify\"\n"))
+            .map(|r| {
+                let (name, level) = r.split_once('=').unwrap_or((r, "Modify"));
+                format!("[{name}]\n\"{USER}\" = \"{level}\"\n")
+            })
             .collect();
         std::fs::write(&acl, acl_text).unwrap();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
 
         let port = free_port();
-        let child = Command::new(server_binary())
+        let mut command = Command::new(server_binary());
+        command
             .env_remove("CI")
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -85,12 +109,27 @@ impl RestServer {
             .arg(&htpasswd)
             .arg("--private-repos")
             .arg("--acl-path")
-            .arg(&acl)
+            .arg(&acl);
+        if let Some(tls) = &tls {
+            command
+                .arg("--tls")
+                .arg("--tls-cert")
+                .arg(tls.cert)
+                .arg("--tls-key")
+                .arg(tls.key);
+        }
+        let child = command
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let server = Self { child, port, dir };
+        let cacert = tls.map(|t| t.cacert.to_path_buf());
+        let server = Self {
+            child,
+            port,
+            dir,
+            cacert,
+        };
         server.wait_ready();
         server
     }
@@ -99,6 +138,10 @@ impl RestServer {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                if self.cacert.is_some() {
+                    // No TLS client in this fixture: a listening port is enough here.
+                    return;
+                }
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let request = "GET /health/live HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
                 if stream.write_all(request.as_bytes()).is_ok() {
@@ -118,13 +161,23 @@ impl RestServer {
         );
     }
 
-    pub fn url(&self, repo: &str) -> String {
-        format!("http://127.0.0.1:{}/{repo}", self.port)
+    fn scheme(&self) -> &'static str {
+        if self.cacert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
-    /// A target with the right credentials for `repo`.
+    pub fn url(&self, repo: &str) -> String {
+        format!("{}://127.0.0.1:{}/{repo}", self.scheme(), self.port)
+    }
+
+    /// A target with the right credentials (and CA) for `repo`.
     pub fn target(&self, repo: &str) -> RepoTarget {
-        target(&self.url(repo), REST_PASSWORD, REPO_PASSWORD)
+        let mut t = target(&self.url(repo), REST_PASSWORD, REPO_PASSWORD);
+        t.ca_cert_file.clone_from(&self.cacert);
+        t
     }
 
     /// The `rest:` repository string for the restic CLI.
@@ -140,14 +193,19 @@ impl RestServer {
             })
             .collect();
         format!(
-            "rest:http://{USER}:{encoded}@127.0.0.1:{}/{repo}",
+            "rest:{}://{USER}:{encoded}@127.0.0.1:{}/{repo}",
+            self.scheme(),
             self.port
         )
     }
 
     /// Runs the restic CLI against `repo` (no cache, password from the environment).
     pub fn restic(&self, repo: &str, args: &[&str]) -> Output {
-        let output = Command::new("restic")
+        let mut command = Command::new("restic");
+        if let Some(ca) = &self.cacert {
+            command.arg("--cacert").arg(ca);
+        }
+        let output = command
             .env("RESTIC_PASSWORD", REPO_PASSWORD)
             .env_remove("RESTIC_REPOSITORY")
             .env_remove("RESTIC_PASSWORD_FILE")

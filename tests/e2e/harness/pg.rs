@@ -62,7 +62,7 @@ impl PgCluster {
         chown(&pwfile, Some(postgres.uid), Some(postgres.gid))?;
 
         let data = dir.path().join("data");
-        run_as_postgres(Command::new("initdb").args([
+        run_as_postgres(Command::new(pg_bin("initdb")?).args([
             "-D".as_ref(),
             data.as_os_str(),
             "-U".as_ref(),
@@ -144,7 +144,7 @@ impl PgCluster {
     /// Runs SQL as superuser over the Unix socket and returns psql's unaligned, tuples-only
     /// output. Statements stop at the first error.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
-        let output = Command::new("psql")
+        let output = Command::new(pg_bin("psql")?)
             .args([
                 "-X",
                 "-q",
@@ -247,7 +247,7 @@ fn pg_ctl_start(dir: &Path, port: u16) -> Result<()> {
         dir.display()
     );
     let log_path = dir.join("server.log");
-    let result = run_as_postgres(Command::new("pg_ctl").args([
+    let result = run_as_postgres(Command::new(pg_bin("pg_ctl")?).args([
         "-D".as_ref(),
         dir.join("data").as_os_str(),
         "-l".as_ref(),
@@ -267,8 +267,37 @@ fn pg_ctl_start(dir: &Path, port: u16) -> Result<()> {
     })
 }
 
+/// A PostgreSQL program: from `PATH`, else from the newest `/usr/lib/postgresql/<major>/bin`
+/// (Debian installs the server programs there, off `PATH`).
+pub fn pg_bin(name: &str) -> Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if let Some(found) = on_path.into_iter().find(|p| p.is_file()) {
+        return Ok(found);
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            Some((major, entry.path().join("bin").join(name)))
+        })
+        .filter(|(_, path)| path.is_file())
+        .collect();
+    versioned.sort();
+    versioned.pop().map(|(_, path)| path).with_context(|| {
+        format!("`{name}` is neither on PATH nor in /usr/lib/postgresql/*/bin: apt-get install postgresql")
+    })
+}
+
 fn pg_ctl_stop(dir: &Path) -> Result<()> {
-    run_as_postgres(Command::new("pg_ctl").args([
+    run_as_postgres(Command::new(pg_bin("pg_ctl")?).args([
         "-D".as_ref(),
         dir.join("data").as_os_str(),
         "-m".as_ref(),

@@ -93,7 +93,7 @@ impl TestCa {
         // ECDSA keys sign; they never encipher, so DigitalSignature is the only usage.
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue("server", params)
+        self.issue("server", &params)
     }
 
     /// A TLS client certificate whose subject CN is `common_name` (no SANs).
@@ -102,10 +102,10 @@ impl TestCa {
         params.distinguished_name = dn(common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue("client", params)
+        self.issue("client", &params)
     }
 
-    fn issue(&self, kind: &str, params: CertificateParams) -> Result<IssuedCert> {
+    fn issue(&self, kind: &str, params: &CertificateParams) -> Result<IssuedCert> {
         let key = KeyPair::generate()?;
         let cert = params
             .signed_by(&key, &self.issuer)
