@@ -36,12 +36,41 @@ fn validity(pem: &str) -> Option<(i64, i64)> {
     Some((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
 }
 
-/// True once 2/3 of the certificate's lifetime has passed.
-fn renewal_due(cert_pem: &str) -> bool {
-    match validity(cert_pem) {
-        Some((nb, na)) => chrono::Utc::now().timestamp() >= nb + (na - nb) * 2 / 3,
-        None => true,
+/// When to renew: at 2/3 of the certificate's lifetime as this agent received it. The
+/// controller backdates notBefore by a few minutes for clock skew, so the lifetime is counted
+/// from when the certificate was stored here (the identity file's mtime), not from notBefore.
+#[derive(Debug, Clone, Copy)]
+struct Renewal {
+    due_at: i64,
+    check_every: Duration,
+}
+
+impl Renewal {
+    fn of(cert_pem: &str, received_at: i64) -> Renewal {
+        match validity(cert_pem) {
+            Some((nb, na)) => {
+                let start = received_at.clamp(nb, na);
+                let lifetime = na - start;
+                Renewal {
+                    due_at: start + lifetime * 2 / 3,
+                    check_every: Duration::from_secs(u64::try_from(lifetime / 20).unwrap_or(3600).clamp(1, 3600)),
+                }
+            }
+            None => Renewal { due_at: 0, check_every: Duration::from_secs(60) },
+        }
     }
+
+    fn is_due(&self) -> bool {
+        chrono::Utc::now().timestamp() >= self.due_at
+    }
+}
+
+fn mtime_secs(path: &std::path::Path) -> i64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
 }
 
 /// Connects forever, with capped, jittered exponential backoff between attempts.
@@ -138,12 +167,12 @@ async fn receive(
 ) -> anyhow::Result<()> {
     // A key generated for a renewal in flight; it becomes ours only with its certificate.
     let mut pending_key: Option<String> = None;
-    let mut renew_check = tokio::time::interval(Duration::from_secs(3600));
-    let mut current_cert = cert_pem.to_string();
+    let mut renewal = Renewal::of(cert_pem, mtime_secs(&agent.state.identity_pem_path()));
+    let mut renew_check = tokio::time::interval(renewal.check_every);
     loop {
         tokio::select! {
             _ = renew_check.tick() => {
-                if pending_key.is_none() && renewal_due(&current_cert) {
+                if pending_key.is_none() && renewal.is_due() {
                     let (key, csr) = crate::enroll::new_key_and_csr()?;
                     pending_key = Some(key);
                     tracing::info!("certificate at 2/3 of its lifetime: requesting a new one");
@@ -175,7 +204,7 @@ async fn receive(
                     Some(In::CertificateRenewed(c)) => {
                         if let Some(key) = pending_key.take() {
                             agent.state.save_certificate(&c.certificate_pem, &key)?;
-                            current_cert = c.certificate_pem;
+                            renewal = Renewal::of(&c.certificate_pem, chrono::Utc::now().timestamp());
                             tracing::info!("certificate renewed; the next connection uses it");
                         }
                     }

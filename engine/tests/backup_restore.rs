@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use cofre_engine::{EngineError, RetryClass, backup, init_repository, restore};
-use common::tree::{assert_same_tree, assert_same_tree_restic_014, build_awkward_tree};
+use common::tree::{assert_same_tree, assert_same_tree_restic_014, build_awkward_tree, odd_time};
 use common::{REST_PASSWORD, RestServer, request, restic_snapshot_ids, target};
 
 #[test]
@@ -222,4 +222,90 @@ fn a_server_refusing_writes_fails_the_backup_with_its_status() {
     );
     assert_eq!(err.retry_class(), RetryClass::Permanent);
     assert!(!err.to_string().contains(REST_PASSWORD), "{err}");
+}
+
+#[test]
+fn the_backup_root_directory_keeps_its_own_metadata() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let server = RestServer::start(&["repo-root"]);
+    let t = server.target("repo-root");
+    let id = init_repository(&t).unwrap();
+
+    // work/parent (mode 0711, odd mtime) / source (mode 0750, an xattr, another odd mtime).
+    let work = tempfile::tempdir().unwrap();
+    let parent = work.path().canonicalize().unwrap().join("parent");
+    let src = parent.join("source");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/file"), b"content\n").unwrap();
+    xattr::set(&src, "user.cofre-root", b"root dir xattr").unwrap();
+    let set_dir = |dir: &Path, mode: u32, offset: u64| {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let times = std::fs::FileTimes::new().set_modified(odd_time(offset));
+        std::fs::File::open(dir).unwrap().set_times(times).unwrap();
+    };
+    set_dir(&src, 0o750, 50);
+    set_dir(&parent, 0o711, 60);
+
+    let report = backup(&t, &request(&id, &[&src])).expect("backup");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+    let out = tempfile::tempdir().unwrap();
+    server.restic(
+        "repo-root",
+        &[
+            "restore",
+            &report.snapshot_id,
+            "--target",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    let restored = out.path().join(src.strip_prefix("/").unwrap());
+    assert_same_tree_restic_014(&src, &restored);
+
+    // The root itself: mtime to the nanosecond, mode, owner, xattrs.
+    let (want, got) = (
+        std::fs::metadata(&src).unwrap(),
+        std::fs::metadata(&restored).unwrap(),
+    );
+    assert_eq!(
+        (got.mtime(), got.mtime_nsec()),
+        (want.mtime(), want.mtime_nsec()),
+        "mtime of the restored backup root"
+    );
+    assert_eq!(
+        got.mode() & 0o7777,
+        0o750,
+        "mode of the restored backup root"
+    );
+    assert_eq!((got.uid(), got.gid()), (want.uid(), want.gid()));
+    assert_eq!(
+        xattr::get(&restored, "user.cofre-root").unwrap().as_deref(),
+        Some(&b"root dir xattr"[..])
+    );
+
+    // Its ancestors carry their real metadata too, as in restic's own snapshots.
+    let restored_parent = restored.parent().unwrap();
+    let (want, got) = (
+        std::fs::metadata(&parent).unwrap(),
+        std::fs::metadata(restored_parent).unwrap(),
+    );
+    assert_eq!(
+        (got.mtime(), got.mtime_nsec()),
+        (want.mtime(), want.mtime_nsec()),
+        "mtime of the restored parent of the backup root"
+    );
+    assert_eq!(got.mode() & 0o7777, 0o711, "mode of the restored parent");
+
+    // The parent snapshot still matches: nothing is read again.
+    let second = backup(&t, &request(&id, &[&src])).expect("second backup");
+    assert_eq!(
+        (
+            second.files_new,
+            second.files_changed,
+            second.files_unmodified
+        ),
+        (0, 0, 1),
+        "{second:?}"
+    );
 }

@@ -31,11 +31,15 @@ struct Fixture {
 }
 
 async fn fixture(name: &str) -> Result<Fixture> {
+    fixture_with(name, "").await
+}
+
+async fn fixture_with(name: &str, controller_toml: &str) -> Result<Fixture> {
     let tmp = tempfile::Builder::new().prefix(&format!("cofre-e2e-{name}-")).tempdir()?;
     let pg = PgCluster::start()?;
     let pki = TestPki::new()?;
     let rest = RestServer::start(&pki.ca, &[])?;
-    let ctrl = Controller::start(&pg, &tmp.path().join("controller"), name)?;
+    let ctrl = Controller::start_with(&pg, &tmp.path().join("controller"), name, controller_toml)?;
     let admin = ctrl.admin().await?;
     Ok(Fixture { tmp, _pg: pg, _pki: pki, rest, ctrl, admin })
 }
@@ -342,5 +346,93 @@ async fn results_survive_a_controller_outage_and_are_stored_once() -> Result<()>
     let snaps = restic.snapshots_json()?;
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0]["id"].as_str(), done.snapshot_id.as_deref());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<()> {
+    // 60 s certificates: the agent renews after 40 s.
+    let mut f = fixture_with("approval", "[certificates]\nagent_lifetime_seconds = 60\n").await?;
+    let group = f.admin.create_group("finance").await?;
+    let token = f
+        .admin
+        .create_enrollment_token(&NewEnrollmentToken { group_id: Some(group.id), requires_approval: true, ..Default::default() })
+        .await?;
+    let mut agent = Agent::new(&f.tmp.path().join("agent"));
+    let out = agent.enroll(&f.ctrl.grpc_url(), &token.token)?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("must approve"), "{out:?}");
+    let machine = agent.machine_id()?;
+    let m = f.admin.get_machine(machine).await?;
+    assert_eq!((m.status.as_str(), m.group_name.as_deref()), ("pending", Some("finance")));
+    let first_identity = agent.identity_pem()?;
+
+    // A policy for the whole group: the pending machine gets no plan and no secret.
+    f.rest.allow_repo(&machine.to_string())?;
+    let repo = f
+        .admin
+        .create_repository(&NewRepository {
+            name: "rest".into(),
+            url: f.rest.url(),
+            per_machine: true,
+            username: Some(f.rest.username().into()),
+            password: Some(f.rest.password().into()),
+            ca_certificate_pem: Some(f.rest.ca_pem().into()),
+            ..Default::default()
+        })
+        .await?;
+    let source = f.tmp.path().join("src");
+    std::fs::create_dir_all(&source)?;
+    let policy = f
+        .admin
+        .create_policy(&PolicyInput {
+            name: "finance-docs".into(),
+            repository_id: repo.id,
+            paths: vec![source.to_str().context("utf-8")?.into()],
+            excludes: vec![],
+            interval_seconds: 0,
+        })
+        .await?;
+    f.admin.assign_policy_to_group(policy.id, group.id).await?;
+    agent.start()?;
+    let a = &agent;
+    wait_until_async("the agent hears it awaits approval", Duration::from_secs(30), Duration::from_millis(100), || {
+        let log = a.log();
+        async move { if log.contains("waiting for an administrator") { Ok(()) } else { Err("not yet") } }
+    })
+    .await?;
+    assert!(agent.stored_plan().is_err(), "a pending machine must not receive a plan");
+    let refused = f.admin.run_now(machine, policy.id, None).await.expect_err("pending machines run nothing");
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(409));
+
+    f.admin.approve_machine(machine).await?;
+    let policy_id = policy.id.to_string();
+    wait_until_async("the approved machine receives its plan", Duration::from_secs(30), Duration::from_millis(100), || {
+        let plan = a.stored_plan();
+        let policy_id = policy_id.clone();
+        async move {
+            match plan {
+                Ok(p) if p.policies.iter().any(|x| x.id == policy_id) => Ok(()),
+                _ => Err("no plan with the policy yet"),
+            }
+        }
+    })
+    .await?;
+
+    // Renewal at 2/3 of the lifetime, over the session, with a new key.
+    wait_until_async("the certificate is renewed", Duration::from_secs(90), Duration::from_millis(500), || {
+        let now = a.identity_pem().unwrap_or_default();
+        let changed = now != first_identity;
+        async move { if changed { Ok(()) } else { Err("same certificate") } }
+    })
+    .await?;
+    let renewed = agent.identity_pem()?;
+    let (old_cert, old_key) = split_identity(&first_identity);
+    let (new_cert, new_key) = split_identity(&renewed);
+    assert_ne!(old_cert, new_cert);
+    assert_ne!(old_key, new_key, "renewal must use a new key");
+    let certs: i64 = f._pg.psql(&f.ctrl.db.name, &format!("select count(*) from certificates where machine_id = '{machine}'"))?.trim().parse()?;
+    assert_eq!(certs, 2);
+    let first = try_session(&f.ctrl.grpc_url(), &agent.ca_pem()?, Some((new_cert, new_key))).await.map_err(anyhow::Error::msg)?;
+    assert!(matches!(first.msg, Some(pb::controller_message::Msg::Plan(_))), "{first:?}");
     Ok(())
 }

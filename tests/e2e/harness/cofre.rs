@@ -29,6 +29,11 @@ impl Controller {
     /// Creates a database with owner and app roles, writes a config, migrates as the owner and
     /// serves as the app role; returns once `/readyz` answers.
     pub fn start(pg: &PgCluster, dir: &Path, db_name: &str) -> Result<Controller> {
+        Self::start_with(pg, dir, db_name, "")
+    }
+
+    /// Like [`Controller::start`], with more TOML appended to the config (whole tables).
+    pub fn start_with(pg: &PgCluster, dir: &Path, db_name: &str, extra_toml: &str) -> Result<Controller> {
         let db = pg.create_database(db_name)?;
         std::fs::create_dir_all(dir)?;
         let key = dir.join("master.key");
@@ -46,7 +51,7 @@ impl Controller {
                  [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
                  [grpc]\nlisten = \"127.0.0.1:{grpc_port}\"\npublic_url = \"https://localhost:{grpc_port}\"\n\
                  [admin]\ninitial_password = \"{ADMIN_PASSWORD}\"\n\
-                 [log]\nfilter = \"info,cofre_controller=debug\"\n",
+                 [log]\nfilter = \"info,cofre_controller=debug\"\n{extra_toml}",
                 db.app_url,
                 db.owner_url,
                 key.display()
