@@ -29,6 +29,28 @@ pub async fn run(state_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Shell lines that point the restic CLI at each repository of the stored plan.
+pub fn restic_env(state: &state::StateDir) -> anyhow::Result<String> {
+    let plan = state.load_plan().ok_or_else(|| anyhow::anyhow!("no plan stored yet: run the agent first"))?;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut out = String::new();
+    for repo in &plan.repositories {
+        let mut url = url::Url::parse(&repo.url)?;
+        if !repo.username.is_empty() {
+            let _ = url.set_username(&repo.username);
+            let _ = url.set_password(Some(&repo.password));
+        }
+        out.push_str(&format!("# repository {} (restic id {})\n", repo.id, repo.restic_id));
+        out.push_str(&format!("export RESTIC_REPOSITORY={}\n", quote(&format!("rest:{url}"))));
+        out.push_str(&format!("export RESTIC_PASSWORD={}\n", quote(&repo.repository_password)));
+        if !repo.ca_certificate_pem.is_empty() {
+            let ca = state.rest_ca_file(&repo.id, &repo.ca_certificate_pem)?;
+            out.push_str(&format!("# the REST server uses a private CA: pass --cacert {}\n", ca.display()));
+        }
+    }
+    Ok(out)
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut term) = signal(SignalKind::terminate()) else {

@@ -33,6 +33,9 @@ enum Command {
     },
     /// Run the agent: connect, keep the plan, run backups on schedule and on demand.
     Run,
+    /// Print shell `export` lines that point the restic CLI at this machine's repositories
+    /// (from the stored plan; prints secrets: for restores by this machine's administrator).
+    ResticEnv,
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +56,11 @@ fn main() -> std::process::ExitCode {
                 cofre_agent::enroll::enroll(&state, &controller, &token, force).await.map(|_| ())
             }
             Command::Run => cofre_agent::run(&cli.state_dir).await,
+            Command::ResticEnv => {
+                let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
+                print!("{}", cofre_agent::restic_env(&state)?);
+                Ok(())
+            }
         }
     });
     match res {

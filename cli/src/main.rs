@@ -14,7 +14,7 @@ use uuid::Uuid;
 struct Cli {
     /// The controller's HTTP address.
     #[arg(long, global = true, env = "COFRE_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    api_url: String,
     /// An access token from `cofre login`.
     #[arg(long, global = true, env = "COFRE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -132,7 +132,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = Client::new(&cli.url)?;
+    let mut client = Client::new(&cli.api_url)?;
     if let Some(t) = &cli.token {
         client = client.with_token(t.clone());
     }

@@ -265,7 +265,13 @@ pub async fn run(mut settings: Settings, args: UpArgs, shutdown: impl Future<Out
         println!("  Data directory:  {}", dir.display());
         println!();
         println!("Enroll an agent on this machine (token valid 24 h, one use):");
-        println!("  cofre-agent enroll --controller {} --token {}", settings.grpc.public_url, token.token);
+        // Name the agent binary by its full path when it sits beside this one (a build tree).
+        let agent = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("cofre-agent")))
+            .filter(|p| p.is_file())
+            .map_or_else(|| "cofre-agent".to_string(), |p| p.display().to_string());
+        println!("  {agent} enroll --controller {} --token {}", settings.grpc.public_url, token.token);
         println!();
         println!("Press Ctrl-C to stop Cofre and its PostgreSQL.");
         fut.await

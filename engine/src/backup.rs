@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustic_core::{
-    BackupOptions, Excludes, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions,
-    PathList, SnapshotOptions, repofile::SnapshotFile,
+    BackupOptions, Excludes, LocalSourceFilterOptions, LocalSourceSaveOptions, PathList,
+    SnapshotOptions, repofile::SnapshotFile,
 };
 
 use crate::error::{EngineError, from_rustic};
@@ -51,14 +51,14 @@ pub(crate) fn backup(
         .no_scan(true)
         .ignore_save_opts(save_opts)
         .excludes(excludes.clone());
-    let source = LocalSource::new(
+    let source = WatchedSource::new(
         save_opts,
         &excludes,
         &LocalSourceFilterOptions::default(),
         &paths,
+        warnings.clone(),
     )
     .map_err(|err| error(&err, "preparing the backup source"))?;
-    let source = WatchedSource::new(source, warnings.clone());
 
     let indexed = repo
         .to_indexed_ids()

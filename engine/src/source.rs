@@ -17,7 +17,21 @@
 //! length of its content, which restic's restorer relies on): data appended during the read is
 //! left for the next backup, and if the file shrank the missing tail is stored as zeros. Both
 //! cases are reported. (rustic itself would store the bytes read with the old size.)
+//!
+//! It also supplies the directory nodes that rustic leaves out. `LocalSource`'s walker drops the
+//! backup root itself (the depth-0 entry of the walk, when it is a directory), and rustic's tree
+//! builder then invents a node for it — and for each of its ancestors (`/tmp`, `/tmp/x` for
+//! `/tmp/x/source`) — with mode 0755 and no times, owner or xattrs: restic restores such a
+//! directory with an mtime of -2147483648. restic stores the real metadata of the root and of
+//! its ancestors. So the engine walks each backup path with its own `LocalSource` and emits,
+//! before the walk of a path, the ancestors not emitted yet and the path itself, each mapped by
+//! rustic's own [`LocalSourceSaveOptions::map_entry`] (same options, so the same metadata a
+//! directory deeper in the tree gets). The tree builder uses a directory entry whose path is
+//! the tree it enters instead of inventing one. (One walker per path also avoids a quirk of the
+//! shared walker: it drops the first path's depth-0 entry by taking the next entry unchecked, so
+//! an empty first directory let the second path's root through.)
 
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -25,7 +39,8 @@ use std::sync::{Arc, Mutex};
 
 use rustic_core::jiff::Timestamp;
 use rustic_core::{
-    LocalSource, ReadSource, ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
+    Excludes, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource,
+    ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
 };
 
 use crate::error::describe_rustic;
@@ -59,16 +74,40 @@ impl Warnings {
 
 type InnerOpen = <LocalSource as ReadSource>::Open;
 type InnerIter = <LocalSource as ReadSource>::Iter;
+type InnerEntry = ReadSourceEntry<InnerOpen>;
 
-/// rustic's local source with warnings recorded.
+/// rustic's local source with warnings recorded and the directory nodes of the backup paths and
+/// their ancestors supplied (see the module documentation).
 pub(crate) struct WatchedSource {
-    inner: LocalSource,
+    /// One rustic source per backup path, in the order of the (sorted, merged) paths.
+    sources: Vec<(PathBuf, LocalSource)>,
+    save_opts: LocalSourceSaveOptions,
     warnings: Warnings,
 }
 
 impl WatchedSource {
-    pub(crate) fn new(inner: LocalSource, warnings: Warnings) -> Self {
-        Self { inner, warnings }
+    /// `paths` must be sorted and merged (no path inside another), as `PathList::sanitize`
+    /// leaves them.
+    pub(crate) fn new(
+        save_opts: LocalSourceSaveOptions,
+        excludes: &Excludes,
+        filter_opts: &LocalSourceFilterOptions,
+        paths: &[PathBuf],
+        warnings: Warnings,
+    ) -> RusticResult<Self> {
+        let sources = paths
+            .iter()
+            .map(|path| {
+                let source =
+                    LocalSource::new(save_opts, excludes, filter_opts, std::slice::from_ref(path))?;
+                Ok((path.clone(), source))
+            })
+            .collect::<RusticResult<_>>()?;
+        Ok(Self {
+            sources,
+            save_opts,
+            warnings,
+        })
     }
 }
 
@@ -77,21 +116,73 @@ impl ReadSource for WatchedSource {
     type Iter = WatchedIter;
 
     fn size(&self) -> RusticResult<Option<u64>> {
-        self.inner.size()
+        let mut total = 0;
+        for (_, source) in &self.sources {
+            match source.size()? {
+                Some(size) => total += size,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(total))
     }
 
     fn entries(&self) -> Self::Iter {
+        let mut emitted = HashSet::new();
+        let walks = self
+            .sources
+            .iter()
+            .map(|(path, source)| Walk {
+                dirs: dirs_to_emit(path, &mut emitted),
+                entries: source.entries(),
+            })
+            .collect();
         WatchedIter {
-            inner: self.inner.entries(),
+            walks,
+            save_opts: self.save_opts,
             warnings: self.warnings.clone(),
         }
     }
 }
 
-/// The walk, with errors turned into warnings.
+/// The directories to emit before the walk of `path`: its ancestors not emitted yet, outermost
+/// first, then `path` itself. The file-system root has no node of its own (its entries are the
+/// snapshot's top tree), so it is never emitted.
+fn dirs_to_emit(path: &Path, emitted: &mut HashSet<PathBuf>) -> VecDeque<PathBuf> {
+    let mut dirs: Vec<PathBuf> = path
+        .ancestors()
+        .filter(|dir| dir.file_name().is_some())
+        .map(Path::to_path_buf)
+        .collect();
+    dirs.reverse();
+    dirs.retain(|dir| emitted.insert(dir.clone()));
+    dirs.into()
+}
+
+/// One backup path: its directory entries, then rustic's walk (which leaves the path out).
+struct Walk {
+    dirs: VecDeque<PathBuf>,
+    entries: InnerIter,
+}
+
+/// The walk, with errors turned into warnings and the directory nodes supplied.
 pub(crate) struct WatchedIter {
-    inner: InnerIter,
+    walks: VecDeque<Walk>,
+    save_opts: LocalSourceSaveOptions,
     warnings: Warnings,
+}
+
+impl WatchedIter {
+    fn watched(&self, entry: InnerEntry) -> ReadSourceEntry<WatchedOpen> {
+        let ReadSourceEntry { path, node, open } = entry;
+        let open = open.map(|inner| WatchedOpen {
+            inner,
+            path: path.clone(),
+            size: node.meta.size,
+            mtime: node.meta.mtime,
+            warnings: self.warnings.clone(),
+        });
+        ReadSourceEntry { path, node, open }
+    }
 }
 
 impl Iterator for WatchedIter {
@@ -99,21 +190,51 @@ impl Iterator for WatchedIter {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            match self.inner.next()? {
-                Err(err) => self.warnings.push(walk_warning(&err)),
-                Ok(ReadSourceEntry { path, node, open }) => {
-                    let open = open.map(|inner| WatchedOpen {
-                        inner,
-                        path: path.clone(),
-                        size: node.meta.size,
-                        mtime: node.meta.mtime,
-                        warnings: self.warnings.clone(),
-                    });
-                    return Some(Ok(ReadSourceEntry { path, node, open }));
+            let walk = self.walks.front_mut()?;
+            if let Some(dir) = walk.dirs.pop_front() {
+                match dir_entry(self.save_opts, &dir) {
+                    Ok(Some(entry)) => return Some(Ok(self.watched(entry))),
+                    // A backup path that is not a directory: rustic's walk yields it.
+                    Ok(None) => {}
+                    // rustic then invents the node, as it would without this wrapper.
+                    Err(warning) => self.warnings.push(warning),
                 }
+                continue;
+            }
+            match walk.entries.next() {
+                None => {
+                    self.walks.pop_front();
+                }
+                Some(Err(err)) => self.warnings.push(walk_warning(&err)),
+                Some(Ok(entry)) => return Some(Ok(self.watched(entry))),
             }
         }
     }
+}
+
+/// The entry of directory `dir`, mapped exactly as rustic maps the entries of its walk;
+/// `None` if `dir` is not a directory.
+fn dir_entry(save_opts: LocalSourceSaveOptions, dir: &Path) -> Result<Option<InnerEntry>, String> {
+    let fail = |cause: &dyn std::fmt::Display| {
+        format!(
+            "{}: metadata cannot be read, the directory is stored without it: {cause}",
+            show(dir)
+        )
+    };
+    let entry = ignore::WalkBuilder::new(dir)
+        .standard_filters(false)
+        .max_depth(Some(0))
+        .build()
+        .next()
+        .ok_or_else(|| fail(&"not found"))?
+        .map_err(|err| fail(&err))?;
+    if !entry.file_type().is_some_and(|t| t.is_dir()) {
+        return Ok(None);
+    }
+    save_opts
+        .map_entry(entry)
+        .map(Some)
+        .map_err(|err| fail(&err))
 }
 
 /// Opens a file for the archiver and watches the open.
@@ -361,6 +482,62 @@ mod tests {
         assert!(
             warnings[0].contains("missing 50 bytes were stored as zeros"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn ancestors_are_emitted_once_and_the_root_never() {
+        let mut emitted = HashSet::new();
+        let dirs = |path: &str, emitted: &mut HashSet<PathBuf>| -> Vec<PathBuf> {
+            dirs_to_emit(Path::new(path), emitted).into()
+        };
+        let paths = |list: &[&str]| list.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(
+            dirs("/a/b/c", &mut emitted),
+            paths(&["/a", "/a/b", "/a/b/c"])
+        );
+        assert_eq!(dirs("/a/b/d", &mut emitted), paths(&["/a/b/d"]));
+        assert_eq!(dirs("/e", &mut emitted), paths(&["/e"]));
+        assert!(dirs("/", &mut HashSet::new()).is_empty());
+    }
+
+    #[test]
+    fn the_walk_includes_each_path_and_its_ancestors_with_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().canonicalize().unwrap();
+        // An empty first path: rustic's shared walker would let the second root through.
+        let (a, b) = (top.join("a"), top.join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(b.join("f"), b"f").unwrap();
+        let source = WatchedSource::new(
+            LocalSourceSaveOptions::default(),
+            &Excludes::default(),
+            &LocalSourceFilterOptions::default(),
+            &[a.clone(), b.clone()],
+            Warnings::default(),
+        )
+        .unwrap();
+        let entries: Vec<_> = source.entries().map(Result::unwrap).collect();
+        let got: Vec<_> = entries.iter().map(|e| e.path.clone()).collect();
+        let mut want: Vec<_> = top
+            .ancestors()
+            .filter(|p| p.file_name().is_some())
+            .map(Path::to_path_buf)
+            .collect();
+        want.reverse();
+        want.extend([a, b.clone(), b.join("f")]);
+        assert_eq!(got, want);
+        for entry in &entries[..entries.len() - 1] {
+            assert!(entry.node.is_dir(), "{:?}", entry.path);
+            let meta = std::fs::metadata(&entry.path).unwrap();
+            let mtime = Timestamp::try_from(meta.modified().unwrap()).unwrap();
+            assert_eq!(entry.node.meta.mtime, Some(mtime), "{:?}", entry.path);
+            assert!(entry.node.meta.uid.is_some(), "{:?}", entry.path);
+        }
+        assert_eq!(
+            entries[want.len() - 3].node.name(),
+            std::ffi::OsStr::new("a")
         );
     }
 
