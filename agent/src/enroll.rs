@@ -61,15 +61,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
             .iter()
             .find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.fingerprint)
             .ok_or_else(|| {
-                rustls::Error::General(
-                    "the controller's certificate authority does not match the fingerprint in the token".into(),
-                )
-            })?;
+            rustls::Error::General(
+                "the controller's certificate authority does not match the fingerprint in the token".into(),
+            )
+        })?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone()).map_err(|e| rustls::Error::General(format!("pinned CA unusable: {e}")))?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         let verified = inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         *self.found.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ca.to_vec());
         Ok(verified)
@@ -81,7 +84,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -90,7 +98,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -104,17 +117,24 @@ async fn fetch_pinned_ca(url: &url::Url, fingerprint: &str) -> anyhow::Result<Ve
     let port = url.port_or_known_default().unwrap_or(443);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let found = Arc::new(Mutex::new(None));
-    let verifier = PinnedCaVerifier { fingerprint: fingerprint.to_string(), found: found.clone(), provider: provider.clone() };
+    let verifier = PinnedCaVerifier {
+        fingerprint: fingerprint.to_string(),
+        found: found.clone(),
+        provider: provider.clone(),
+    };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous() // a custom verifier that is *stricter* than the default: pinned CA
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::time::timeout(std::time::Duration::from_secs(15), tokio::net::TcpStream::connect((host.as_str(), port)))
-        .await
-        .context("timed out connecting to the controller")?
-        .with_context(|| format!("cannot connect to the controller at {host}:{port}"))?;
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .context("timed out connecting to the controller")?
+    .with_context(|| format!("cannot connect to the controller at {host}:{port}"))?;
     let name = ServerName::try_from(host.clone()).context("invalid controller host name")?;
     connector
         .connect(name, tcp)
@@ -126,7 +146,9 @@ async fn fetch_pinned_ca(url: &url::Url, fingerprint: &str) -> anyhow::Result<Ve
 
 pub fn inventory() -> pb::Inventory {
     pb::Inventory {
-        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into()),
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into()),
         os: os_name(),
         arch: std::env::consts::ARCH.into(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -137,8 +159,7 @@ fn os_name() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+            s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
         })
         .unwrap_or_else(|| std::env::consts::OS.to_string())
 }
@@ -163,7 +184,12 @@ pub fn der_to_pem(der: &[u8]) -> String {
     out
 }
 
-pub async fn enroll(state: &StateDir, controller: &str, token: &str, force: bool) -> anyhow::Result<Identity> {
+pub async fn enroll(
+    state: &StateDir,
+    controller: &str,
+    token: &str,
+    force: bool,
+) -> anyhow::Result<Identity> {
     if state.is_enrolled() && !force {
         bail!(
             "this agent is already enrolled (state in {}); use --force to enroll again as a new machine",
@@ -171,7 +197,8 @@ pub async fn enroll(state: &StateDir, controller: &str, token: &str, force: bool
         );
     }
     let token = parse_token(token)?;
-    let url = url::Url::parse(controller).context("--controller must be a URL like https://cofre.example:7443")?;
+    let url =
+        url::Url::parse(controller).context("--controller must be a URL like https://cofre.example:7443")?;
     if url.scheme() != "https" {
         bail!("--controller must be an https:// URL: agents only talk to the controller over TLS");
     }
@@ -193,7 +220,8 @@ pub async fn enroll(state: &StateDir, controller: &str, token: &str, force: bool
         .map_err(|s| anyhow::anyhow!("the controller refused enrollment: {}", s.message()))?
         .into_inner();
     if resp.ca_certificate_pem.trim() != ca_pem.trim()
-        && crate::session::pem_fingerprint(&resp.ca_certificate_pem).as_deref() != Some(token.ca_fingerprint.as_str())
+        && crate::session::pem_fingerprint(&resp.ca_certificate_pem).as_deref()
+            != Some(token.ca_fingerprint.as_str())
     {
         bail!("the controller returned a CA that does not match the token");
     }
@@ -204,7 +232,10 @@ pub async fn enroll(state: &StateDir, controller: &str, token: &str, force: bool
     };
     state.save_enrollment(&id, &ca_pem, &resp.certificate_pem, &key_pem)?;
     if resp.pending_approval {
-        println!("Enrolled as machine {}; an administrator must approve it before it receives a plan.", id.machine_id);
+        println!(
+            "Enrolled as machine {}; an administrator must approve it before it receives a plan.",
+            id.machine_id
+        );
     } else {
         println!("Enrolled as machine {}.", id.machine_id);
     }

@@ -19,7 +19,10 @@ pub async fn run(state_dir: &Path) -> anyhow::Result<()> {
     let (agent, jobs) = runner::Agent::new(state);
     let interrupted = agent.recover_interrupted();
     if agent.plan_version() != 0 {
-        tracing::info!(version = agent.plan_version(), "running from the stored plan until the controller answers");
+        tracing::info!(
+            version = agent.plan_version(),
+            "running from the stored plan until the controller answers"
+        );
     }
     tokio::spawn(agent.clone().worker_loop(jobs));
     tokio::spawn(agent.clone().schedule_loop());

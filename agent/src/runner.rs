@@ -48,7 +48,10 @@ pub struct Agent {
 }
 
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
 }
 
 impl Agent {
@@ -104,7 +107,8 @@ impl Agent {
         let Ok(rd) = std::fs::read_dir(self.state.running_dir()) else { return ids };
         for entry in rd.filter_map(|e| e.ok()) {
             let p = entry.path();
-            let marker: Option<RunningMarker> = std::fs::read(&p).ok().and_then(|raw| serde_json::from_slice(&raw).ok());
+            let marker: Option<RunningMarker> =
+                std::fs::read(&p).ok().and_then(|raw| serde_json::from_slice(&raw).ok());
             if let Some(m) = marker {
                 let ev = pb::JobEvent {
                     event_id: Uuid::now_v7().to_string(),
@@ -144,7 +148,8 @@ impl Agent {
         let mut schedule = self.schedule.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut due = Vec::new();
         for p in plan.policies.iter().filter(|p| p.interval_seconds > 0) {
-            let interval = chrono::Duration::seconds(i64::try_from(p.interval_seconds).unwrap_or(i64::MAX / 2));
+            let interval =
+                chrono::Duration::seconds(i64::try_from(p.interval_seconds).unwrap_or(i64::MAX / 2));
             let is_due = schedule.get(&p.id).is_none_or(|last| now - *last >= interval);
             if is_due && !busy.contains(&p.id) {
                 schedule.insert(p.id.clone(), now);
@@ -152,9 +157,10 @@ impl Agent {
             }
         }
         if !due.is_empty()
-            && let Err(e) = self.state.save_schedule(&schedule) {
-                tracing::warn!(error = %e, "cannot save the schedule");
-            }
+            && let Err(e) = self.state.save_schedule(&schedule)
+        {
+            tracing::warn!(error = %e, "cannot save the schedule");
+        }
         due
     }
 
@@ -165,7 +171,8 @@ impl Agent {
         loop {
             tick.tick().await;
             for policy_id in self.due_policies() {
-                let job = JobRequest { job_id: Uuid::now_v7(), policy_id, trigger: pb::TriggerKind::Schedule };
+                let job =
+                    JobRequest { job_id: Uuid::now_v7(), policy_id, trigger: pb::TriggerKind::Schedule };
                 tracing::info!(job.id = %job.job_id, policy = %job.policy_id, "scheduled backup due");
                 self.submit(job);
             }
@@ -186,7 +193,12 @@ impl Agent {
     async fn run_job(&self, job: &JobRequest) -> anyhow::Result<()> {
         let started_at = Utc::now();
         let marker_path = self.state.running_dir().join(format!("{}.json", job.job_id));
-        let marker = RunningMarker { job_id: job.job_id, policy_id: job.policy_id.clone(), trigger: job.trigger as i32, started_at };
+        let marker = RunningMarker {
+            job_id: job.job_id,
+            policy_id: job.policy_id.clone(),
+            trigger: job.trigger as i32,
+            started_at,
+        };
         crate::state::write_atomic(&marker_path, &serde_json::to_vec(&marker)?)?;
         self.spool.push(&pb::JobEvent {
             event_id: Uuid::now_v7().to_string(),
@@ -207,7 +219,8 @@ impl Agent {
         match self.prepare(&job.policy_id) {
             Err(msg) => {
                 finished.outcome = pb::JobOutcome::Failed as i32;
-                finished.error = Some(pb::JobError { message: msg, retry_class: pb::RetryClass::Permanent as i32 });
+                finished.error =
+                    Some(pb::JobError { message: msg, retry_class: pb::RetryClass::Permanent as i32 });
             }
             Ok((target, req, repository_id)) => {
                 finished.repository_id = repository_id;
@@ -257,7 +270,10 @@ impl Agent {
     }
 
     /// The engine's inputs for a policy of the current plan.
-    fn prepare(&self, policy_id: &str) -> Result<(cofre_engine::RepoTarget, cofre_engine::BackupRequest, String), String> {
+    fn prepare(
+        &self,
+        policy_id: &str,
+    ) -> Result<(cofre_engine::RepoTarget, cofre_engine::BackupRequest, String), String> {
         let plan = self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let plan = plan.ok_or("no plan received yet")?;
         let policy = plan

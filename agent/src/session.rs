@@ -53,7 +53,9 @@ impl Renewal {
                 let lifetime = na - start;
                 Renewal {
                     due_at: start + lifetime * 2 / 3,
-                    check_every: Duration::from_secs(u64::try_from(lifetime / 20).unwrap_or(3600).clamp(1, 3600)),
+                    check_every: Duration::from_secs(
+                        u64::try_from(lifetime / 20).unwrap_or(3600).clamp(1, 3600),
+                    ),
                 }
             }
             None => Renewal { due_at: 0, check_every: Duration::from_secs(60) },
@@ -144,9 +146,10 @@ async fn deliver(agent: Arc<Agent>, tx: mpsc::Sender<pb::AgentMessage>) {
         notified.as_mut().enable();
         for ev in agent.spool.pending() {
             if sent.insert(ev.event_id.clone())
-                && tx.send(pb::AgentMessage { msg: Some(Out::JobEvent(ev)) }).await.is_err() {
-                    return;
-                }
+                && tx.send(pb::AgentMessage { msg: Some(Out::JobEvent(ev)) }).await.is_err()
+            {
+                return;
+            }
         }
         tokio::select! {
             () = &mut notified => {}

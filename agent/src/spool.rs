@@ -47,7 +47,10 @@ impl Spool {
         names.sort();
         let mut out = Vec::new();
         for p in names {
-            match std::fs::read(&p).map_err(anyhow::Error::from).and_then(|raw| Ok(pb::JobEvent::decode(raw.as_slice())?)) {
+            match std::fs::read(&p)
+                .map_err(anyhow::Error::from)
+                .and_then(|raw| Ok(pb::JobEvent::decode(raw.as_slice())?))
+            {
                 Ok(ev) => out.push(ev),
                 Err(e) => {
                     tracing::error!(path = %p.display(), error = %e, "unreadable spooled event; moved aside");

@@ -35,7 +35,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         std::process::id()
     ));
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -50,7 +51,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 impl StateDir {
     /// Opens (creating with mode 0700) the state directory.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(root).with_context(|| format!("cannot create state dir {}", root.display()))?;
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create state dir {}", root.display()))?;
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
         for sub in ["spool", "running", "rest-ca"] {
             std::fs::create_dir_all(root.join(sub))?;
@@ -82,7 +84,13 @@ impl StateDir {
         self.root.join("identity.json").exists()
     }
 
-    pub fn save_enrollment(&self, id: &Identity, ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+    pub fn save_enrollment(
+        &self,
+        id: &Identity,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<()> {
         write_atomic(&self.ca_path(), ca_pem.as_bytes())?;
         self.save_certificate(cert_pem, key_pem)?;
         write_atomic(&self.root.join("identity.json"), &serde_json::to_vec_pretty(id)?)?;
@@ -112,7 +120,8 @@ impl StateDir {
     }
 
     pub fn ca_pem(&self) -> anyhow::Result<String> {
-        std::fs::read_to_string(self.ca_path()).with_context(|| format!("cannot read {}", self.ca_path().display()))
+        std::fs::read_to_string(self.ca_path())
+            .with_context(|| format!("cannot read {}", self.ca_path().display()))
     }
 
     pub fn save_plan(&self, plan: &pb::Plan) -> anyhow::Result<()> {

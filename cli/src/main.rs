@@ -149,21 +149,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { uses, ttl_seconds, group, requires_approval, description } => {
             let t = client
-                .create_enrollment_token(&NewEnrollmentToken { description, group_id: group, uses, ttl_seconds, requires_approval })
+                .create_enrollment_token(&NewEnrollmentToken {
+                    description,
+                    group_id: group,
+                    uses,
+                    ttl_seconds,
+                    requires_approval,
+                })
                 .await?;
-            print(&serde_json::json!({"id": t.id, "token": t.token, "uses_left": t.uses_left, "expires_at": t.expires_at}))?;
+            print(
+                &serde_json::json!({"id": t.id, "token": t.token, "uses_left": t.uses_left, "expires_at": t.expires_at}),
+            )?;
         }
         Command::Group { name } => {
             let g = client.create_group(&name).await?;
             print(&serde_json::json!({"id": g.id, "name": g.name}))?;
         }
-        Command::Repository { name, url, username, password_env, ca_file, path_template, shared, allow_insecure_http } => {
+        Command::Repository {
+            name,
+            url,
+            username,
+            password_env,
+            ca_file,
+            path_template,
+            shared,
+            allow_insecure_http,
+        } => {
             let password = match password_env {
-                Some(var) => Some(std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?),
+                Some(var) => Some(
+                    std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?,
+                ),
                 None => None,
             };
             let ca_certificate_pem = match ca_file {
-                Some(p) => Some(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?),
+                Some(p) => Some(
+                    std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?,
+                ),
                 None => None,
             };
             let r = client
@@ -178,11 +199,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     allow_insecure_http,
                 })
                 .await?;
-            print(&serde_json::json!({"id": r.id, "name": r.name, "url": r.url, "path_template": r.path_template}))?;
+            print(
+                &serde_json::json!({"id": r.id, "name": r.name, "url": r.url, "path_template": r.path_template}),
+            )?;
         }
         Command::Policy { name, repository, paths, excludes, interval_seconds } => {
             let p = client
-                .create_policy(&PolicyInput { name, repository_id: repository, paths, excludes, interval_seconds })
+                .create_policy(&PolicyInput {
+                    name,
+                    repository_id: repository,
+                    paths,
+                    excludes,
+                    interval_seconds,
+                })
                 .await?;
             print(&serde_json::json!({"id": p.id, "name": p.name, "revision": p.revision}))?;
         }
@@ -192,17 +221,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(g)) => client.assign_policy_to_group(policy, g).await?,
                 (None, None) => anyhow::bail!("give --machine or --group"),
             };
-            print(&serde_json::json!({"id": a.id, "policy_id": a.policy_id, "machine_id": a.machine_id, "group_id": a.group_id}))?;
+            print(
+                &serde_json::json!({"id": a.id, "policy_id": a.policy_id, "machine_id": a.machine_id, "group_id": a.group_id}),
+            )?;
         }
         Command::Machines => {
             let ms = client.list_machines().await?;
             let rows: Vec<_> = ms
                 .iter()
-                .map(|m| serde_json::json!({
-                    "id": m.id, "hostname": m.hostname, "status": m.status, "group": m.group_name,
-                    "last_seen_at": m.last_seen_at, "last_backup_at": m.last_backup_at,
-                    "last_result": m.last_result, "last_error": m.last_error,
-                }))
+                .map(|m| {
+                    serde_json::json!({
+                        "id": m.id, "hostname": m.hostname, "status": m.status, "group": m.group_name,
+                        "last_seen_at": m.last_seen_at, "last_backup_at": m.last_backup_at,
+                        "last_result": m.last_result, "last_error": m.last_error,
+                    })
+                })
                 .collect();
             print(&rows)?;
         }

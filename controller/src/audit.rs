@@ -105,7 +105,9 @@ pub async fn verify(pool: &sqlx::PgPool) -> Result<std::result::Result<i64, i64>
     .fetch(pool);
     let mut expected_prev = vec![0u8; 32];
     let mut expected_seq = 1;
-    while let Some((seq, at, actor, action, target_type, target_id, details, prev, hash)) = rows.try_next().await? {
+    while let Some((seq, at, actor, action, target_type, target_id, details, prev, hash)) =
+        rows.try_next().await?
+    {
         if seq != expected_seq || prev != expected_prev {
             return Ok(Err(seq));
         }

@@ -1,8 +1,8 @@
 //! Human authentication: argon2 password hashes, short-lived JWTs (HS256 pinned; iss, aud, exp
 //! checked; kid in the header), and the first admin created on first start.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
@@ -116,14 +116,12 @@ impl JwtKeys {
         v.set_audience(&[AUDIENCE]);
         v.leeway = 5;
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &self.dec, &v)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    Error::Unauthenticated("access token expired: log in again".into())
-                }
-                _ => Error::Unauthenticated("invalid access token".into()),
-            })
+        jsonwebtoken::decode::<Claims>(token, &self.dec, &v).map(|d| d.claims).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                Error::Unauthenticated("access token expired: log in again".into())
+            }
+            _ => Error::Unauthenticated("invalid access token".into()),
+        })
     }
 }
 
@@ -212,7 +210,8 @@ pub async fn login(pool: &PgPool, jwt: &JwtKeys, username: &str, password: &str)
     };
     match (ok, row) {
         (true, Some((id, _, role))) => {
-            let role = Role::parse(&role).ok_or_else(|| Error::internal(anyhow::anyhow!("bad role {role}")))?;
+            let role =
+                Role::parse(&role).ok_or_else(|| Error::internal(anyhow::anyhow!("bad role {role}")))?;
             jwt.issue(id, username, role)
         }
         _ => Err(Error::Unauthenticated("wrong username or password".into())),

@@ -100,7 +100,6 @@ pub struct LogSettings {
     pub filter: String,
 }
 
-
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self { url: None, owner_url: None, max_connections: 20 }
@@ -196,9 +195,10 @@ impl Settings {
     pub fn tls_names(&self) -> Vec<String> {
         let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         if let Ok(u) = url::Url::parse(&self.grpc.public_url)
-            && let Some(h) = u.host_str() {
-                names.push(h.trim_matches(['[', ']']).to_string());
-            }
+            && let Some(h) = u.host_str()
+        {
+            names.push(h.trim_matches(['[', ']']).to_string());
+        }
         names.extend(self.grpc.extra_names.iter().cloned());
         names.sort();
         names.dedup();

@@ -35,13 +35,12 @@ pub async fn check_schema_current(pool: &PgPool) -> anyhow::Result<()> {
         {
             Ok(v) => v,
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
-                anyhow::bail!(
-                    "the database has no Cofre schema yet: run `cofre-controller migrate` first"
-                )
+                anyhow::bail!("the database has no Cofre schema yet: run `cofre-controller migrate` first")
             }
             Err(e) => return Err(anyhow::anyhow!("cannot read the schema version: {e}")),
         };
-    let known: Vec<i64> = MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect();
+    let known: Vec<i64> =
+        MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect();
     for (v, ok) in &applied {
         if !ok {
             anyhow::bail!("migration {v} failed half-way: fix it and run `cofre-controller migrate`");

@@ -119,15 +119,24 @@ pub async fn list_tokens(pool: &PgPool) -> Result<Vec<TokenInfo>> {
 
 pub async fn revoke_token(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<()> {
     let mut tx = pool.begin().await?;
-    let n = sqlx::query("update enrollment_tokens set revoked_at = now() where id = $1 and revoked_at is null")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let n =
+        sqlx::query("update enrollment_tokens set revoked_at = now() where id = $1 and revoked_at is null")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
     if n == 0 {
         return Err(Error::NotFound("enrollment token".into()));
     }
-    audit::record(&mut tx, actor, "enrollment_token.revoke", "enrollment_token", &id.to_string(), serde_json::json!({})).await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "enrollment_token.revoke",
+        "enrollment_token",
+        &id.to_string(),
+        serde_json::json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -138,12 +147,16 @@ fn parse_token(token: &str, ca: &Ca) -> Result<(Uuid, Vec<u8>)> {
     let refuse = || Error::Unauthenticated("enrollment token not recognised".into());
     let parts: Vec<&str> = token.trim().split('.').collect();
     if parts.len() != 4 || parts[0] != "cofre1" {
-        return Err(Error::invalid("malformed enrollment token: expected cofre1.<id>.<secret>.<fingerprint>"));
+        return Err(Error::invalid(
+            "malformed enrollment token: expected cofre1.<id>.<secret>.<fingerprint>",
+        ));
     }
     let id = Uuid::try_parse(parts[1]).map_err(|_| refuse())?;
     let secret = URL_SAFE_NO_PAD.decode(parts[2]).map_err(|_| refuse())?;
     if !parts[3].eq_ignore_ascii_case(&ca.fingerprint()) {
-        return Err(Error::Unauthenticated("enrollment token belongs to another controller (CA fingerprint differs)".into()));
+        return Err(Error::Unauthenticated(
+            "enrollment token belongs to another controller (CA fingerprint differs)".into(),
+        ));
     }
     Ok((id, secret))
 }
@@ -175,17 +188,17 @@ pub async fn enroll(
     let (token_id, secret) = parse_token(token, ca)?;
     let machine_id = Uuid::now_v7();
     // Sign first (cheap, no I/O): a bad CSR must not consume a use of the token.
-    let issued = ca
-        .issue_agent_cert(machine_id, csr_der, lifetime)
-        .map_err(|e| Error::invalid(e.to_string()))?;
+    let issued =
+        ca.issue_agent_cert(machine_id, csr_der, lifetime).map_err(|e| Error::invalid(e.to_string()))?;
     let mut tx = pool.begin().await?;
-    let row: Option<(Vec<u8>, i32, DateTime<Utc>, Option<DateTime<Utc>>, Option<Uuid>, bool)> = sqlx::query_as(
-        "select secret_hash, uses_left, expires_at, revoked_at, group_id, requires_approval
+    let row: Option<(Vec<u8>, i32, DateTime<Utc>, Option<DateTime<Utc>>, Option<Uuid>, bool)> =
+        sqlx::query_as(
+            "select secret_hash, uses_left, expires_at, revoked_at, group_id, requires_approval
          from enrollment_tokens where id = $1 for update",
-    )
-    .bind(token_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+        )
+        .bind(token_id)
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some((hash, uses_left, expires_at, revoked_at, group_id, requires_approval)) = row else {
         return Err(Error::Unauthenticated("enrollment token not recognised".into()));
     };
@@ -220,13 +233,15 @@ pub async fn enroll(
     .bind(token_id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("insert into certificates (serial, machine_id, not_before, not_after) values ($1, $2, $3, $4)")
-        .bind(&issued.serial)
-        .bind(machine_id)
-        .bind(issued.not_before)
-        .bind(issued.not_after)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "insert into certificates (serial, machine_id, not_before, not_after) values ($1, $2, $3, $4)",
+    )
+    .bind(&issued.serial)
+    .bind(machine_id)
+    .bind(issued.not_before)
+    .bind(issued.not_after)
+    .execute(&mut *tx)
+    .await?;
     audit::record(
         &mut tx,
         &Actor::Machine(machine_id),

@@ -29,7 +29,8 @@ pub struct Job {
     pub retry_class: Option<String>,
 }
 
-const SELECT: &str = "select j.id, j.machine_id, j.policy_id, j.kind, j.trigger, j.state, j.created_at, j.started_at,
+const SELECT: &str =
+    "select j.id, j.machine_id, j.policy_id, j.kind, j.trigger, j.state, j.created_at, j.started_at,
     j.finished_at, r.snapshot_id, r.stats, r.warnings, r.error_message, r.retry_class
     from jobs j left join job_results r on r.job_id = j.id";
 
@@ -45,7 +46,13 @@ pub struct RunNow {
 
 /// Queues a backup of `policy` on `machine`. With an idempotency key, a repeated request
 /// returns the job the first one created.
-pub async fn run_now(pool: &PgPool, actor: &Actor, machine: Uuid, req: RunNow, idempotency_key: Option<&str>) -> Result<Job> {
+pub async fn run_now(
+    pool: &PgPool,
+    actor: &Actor,
+    machine: Uuid,
+    req: RunNow,
+    idempotency_key: Option<&str>,
+) -> Result<Job> {
     let user = match actor {
         Actor::User { id, .. } => Some(*id),
         _ => None,
@@ -54,11 +61,13 @@ pub async fn run_now(pool: &PgPool, actor: &Actor, machine: Uuid, req: RunNow, i
         if key.is_empty() || key.len() > 200 {
             return Err(Error::invalid("Idempotency-Key must be 1 to 200 characters"));
         }
-        let existing: Option<Uuid> = sqlx::query_scalar("select id from jobs where requested_by is not distinct from $1 and idempotency_key = $2")
-            .bind(user)
-            .bind(key)
-            .fetch_optional(pool)
-            .await?;
+        let existing: Option<Uuid> = sqlx::query_scalar(
+            "select id from jobs where requested_by is not distinct from $1 and idempotency_key = $2",
+        )
+        .bind(user)
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
         if let Some(id) = existing {
             return get(pool, id).await;
         }
@@ -91,8 +100,15 @@ pub async fn run_now(pool: &PgPool, actor: &Actor, machine: Uuid, req: RunNow, i
     .bind(idempotency_key)
     .execute(&mut *tx)
     .await?;
-    audit::record(&mut tx, actor, "job.run_now", "machine", &machine.to_string(),
-        serde_json::json!({"job_id": id, "policy_id": req.policy_id})).await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "job.run_now",
+        "machine",
+        &machine.to_string(),
+        serde_json::json!({"job_id": id, "policy_id": req.policy_id}),
+    )
+    .await?;
     events::notify(&mut tx, &Event::Jobs { machine }).await?;
     tx.commit().await?;
     get(pool, id).await
@@ -106,7 +122,12 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Job> {
         .ok_or_else(|| Error::NotFound("job".into()))
 }
 
-pub async fn list_for_machine(pool: &PgPool, machine: Uuid, before: Option<Uuid>, limit: usize) -> Result<crate::machines::Page<Job>> {
+pub async fn list_for_machine(
+    pool: &PgPool,
+    machine: Uuid,
+    before: Option<Uuid>,
+    limit: usize,
+) -> Result<crate::machines::Page<Job>> {
     crate::machines::get(pool, machine).await?;
     let items: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{SELECT} where j.machine_id = $1 and ($2::uuid is null or j.id < $2) order by j.id desc limit $3"
@@ -182,7 +203,9 @@ pub async fn ingest(pool: &PgPool, machine: Uuid, ev: &pb::JobEvent) -> Result<(
             .execute(&mut *tx)
             .await?;
         }
-        Some(pb::job_event::Kind::Finished(f)) => ingest_finished(&mut tx, machine, job_id, event_id, owner.is_none(), f).await?,
+        Some(pb::job_event::Kind::Finished(f)) => {
+            ingest_finished(&mut tx, machine, job_id, event_id, owner.is_none(), f).await?;
+        }
         None => return Err(Error::invalid("job event without a kind")),
     }
     tx.commit().await?;
@@ -236,9 +259,10 @@ async fn ingest_finished(
     let stats = f.stats.as_ref();
     let snapshot_id = stats.map(|s| s.snapshot_id.clone()).filter(|s| !s.is_empty());
     if let Some(sid) = &snapshot_id
-        && (sid.len() != 64 || !sid.bytes().all(|b| b.is_ascii_hexdigit())) {
-            return Err(Error::invalid("snapshot_id must be 64 hex characters"));
-        }
+        && (sid.len() != 64 || !sid.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(Error::invalid("snapshot_id must be 64 hex characters"));
+    }
     let stats_json = stats.map(|s| {
         serde_json::json!({
             "files_new": s.files_new, "files_changed": s.files_changed, "files_unmodified": s.files_unmodified,
@@ -290,7 +314,9 @@ async fn ingest_finished(
         .fetch_one(&mut **tx)
         .await?;
         if !owns {
-            return Err(Error::Forbidden("snapshot reported for a repository this machine does not use".into()));
+            return Err(Error::Forbidden(
+                "snapshot reported for a repository this machine does not use".into(),
+            ));
         }
         sqlx::query(
             "insert into snapshots (restic_repository_id, snapshot_id, machine_id, job_id, time, hostname, paths, bytes_processed, bytes_added)
@@ -308,8 +334,15 @@ async fn ingest_finished(
         .execute(&mut **tx)
         .await?;
     }
-    audit::record(tx, &Actor::Machine(machine), "job.result", "job", &job_id.to_string(),
-        serde_json::json!({"outcome": outcome, "snapshot_id": snapshot_id, "event_id": event_id})).await?;
+    audit::record(
+        tx,
+        &Actor::Machine(machine),
+        "job.result",
+        "job",
+        &job_id.to_string(),
+        serde_json::json!({"outcome": outcome, "snapshot_id": snapshot_id, "event_id": event_id}),
+    )
+    .await?;
     Ok(())
 }
 

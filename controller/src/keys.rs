@@ -19,10 +19,7 @@ fn place(name: &str) -> Place<'_> {
 /// Creates missing keys. Returns the names created.
 pub async fn ensure(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Vec<&'static str>> {
     let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(crate::db::locks::MIGRATE)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(crate::db::locks::MIGRATE).execute(&mut *tx).await?;
     let existing: Vec<(String, String)> =
         sqlx::query_as("select name, key_id from server_keys").fetch_all(&mut *tx).await?;
     if let Some((name, kid)) = existing.iter().find(|(_, kid)| *kid != master.key_id()) {

@@ -76,7 +76,12 @@ pub fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> Uuid) -> Page
     Page { items, next_cursor }
 }
 
-pub async fn list(pool: &PgPool, after: Option<Uuid>, limit: usize, status: Option<&str>) -> Result<Page<Machine>> {
+pub async fn list(
+    pool: &PgPool,
+    after: Option<Uuid>,
+    limit: usize,
+    status: Option<&str>,
+) -> Result<Page<Machine>> {
     let q = format!(
         "{SELECT} where ($1::uuid is null or m.id > $1) and ($2::text is null or m.status = $2) order by m.id limit $3"
     );
@@ -91,7 +96,11 @@ pub async fn list(pool: &PgPool, after: Option<Uuid>, limit: usize, status: Opti
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Machine> {
     let q = format!("{SELECT} where m.id = $1");
-    sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(id).fetch_optional(pool).await?.ok_or_else(|| Error::NotFound("machine".into()))
+    sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| Error::NotFound("machine".into()))
 }
 
 pub async fn approve(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> {
@@ -110,7 +119,8 @@ pub async fn approve(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> 
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    audit::record(&mut tx, actor, "machine.approve", "machine", &id.to_string(), serde_json::json!({})).await?;
+    audit::record(&mut tx, actor, "machine.approve", "machine", &id.to_string(), serde_json::json!({}))
+        .await?;
     events::notify(&mut tx, &Event::Machine { id }).await?;
     events::notify(&mut tx, &Event::Provision).await?;
     tx.commit().await?;
@@ -120,11 +130,13 @@ pub async fn approve(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> 
 /// Revokes the machine and all its certificates; its open session closes within a second.
 pub async fn revoke(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> {
     let mut tx = pool.begin().await?;
-    let n = sqlx::query("update machines set status = 'revoked', revoked_at = now() where id = $1 and status <> 'revoked'")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let n = sqlx::query(
+        "update machines set status = 'revoked', revoked_at = now() where id = $1 and status <> 'revoked'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     if n == 0 {
         let exists: bool = sqlx::query_scalar("select exists (select 1 from machines where id = $1)")
             .bind(id)
@@ -140,8 +152,15 @@ pub async fn revoke(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> {
         .bind(id)
         .fetch_all(&mut *tx)
         .await?;
-        audit::record(&mut tx, actor, "machine.revoke", "machine", &id.to_string(),
-            serde_json::json!({"revoked_certificates": serials})).await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "machine.revoke",
+            "machine",
+            &id.to_string(),
+            serde_json::json!({"revoked_certificates": serials}),
+        )
+        .await?;
         events::notify(&mut tx, &Event::Machine { id }).await?;
     }
     tx.commit().await?;
@@ -182,7 +201,12 @@ pub async fn session_standing(pool: &PgPool, machine: Uuid, serial: &str) -> Res
     }
 }
 
-pub async fn record_hello(pool: &PgPool, id: Uuid, inv: &crate::enrollment::Inventory, plan_version: u64) -> Result<()> {
+pub async fn record_hello(
+    pool: &PgPool,
+    id: Uuid,
+    inv: &crate::enrollment::Inventory,
+    plan_version: u64,
+) -> Result<()> {
     sqlx::query(
         "update machines set hostname = $2, os = $3, arch = $4, agent_version = $5, plan_version = $6, last_seen_at = now()
          where id = $1",
@@ -206,15 +230,24 @@ pub async fn touch(pool: &PgPool, id: Uuid) -> Result<()> {
 /// Records a renewed certificate for an active machine.
 pub async fn record_certificate(pool: &PgPool, id: Uuid, issued: &crate::pki::Issued) -> Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("insert into certificates (serial, machine_id, not_before, not_after) values ($1, $2, $3, $4)")
-        .bind(&issued.serial)
-        .bind(id)
-        .bind(issued.not_before)
-        .bind(issued.not_after)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(&mut tx, &Actor::Machine(id), "certificate.renew", "machine", &id.to_string(),
-        serde_json::json!({"serial": issued.serial, "not_after": issued.not_after})).await?;
+    sqlx::query(
+        "insert into certificates (serial, machine_id, not_before, not_after) values ($1, $2, $3, $4)",
+    )
+    .bind(&issued.serial)
+    .bind(id)
+    .bind(issued.not_before)
+    .bind(issued.not_after)
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        &Actor::Machine(id),
+        "certificate.renew",
+        "machine",
+        &id.to_string(),
+        serde_json::json!({"serial": issued.serial, "not_after": issued.not_after}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -50,7 +50,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::GenerateMasterKey { file } => {
             cofre_controller::seal::MasterKey::generate().write_new_file(&file)?;
-            println!("Wrote a new master key to {}. Back it up: without it the database's secrets cannot be opened.", file.display());
+            println!(
+                "Wrote a new master key to {}. Back it up: without it the database's secrets cannot be opened.",
+                file.display()
+            );
             return Ok(());
         }
         _ => {}

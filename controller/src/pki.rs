@@ -3,8 +3,8 @@
 
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -137,8 +137,8 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now
-            + time::Duration::try_from(lifetime).map_err(|e| PkiError::Ca(e.to_string()))?;
+        params.not_after =
+            now + time::Duration::try_from(lifetime).map_err(|e| PkiError::Ca(e.to_string()))?;
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -193,8 +193,7 @@ impl CsrKey {
         if !rest.is_empty() {
             return Err(PkiError::BadCsr("trailing data after the request".into()));
         }
-        csr.verify_signature()
-            .map_err(|_| PkiError::BadCsr("signature does not verify".into()))?;
+        csr.verify_signature().map_err(|_| PkiError::BadCsr("signature does not verify".into()))?;
         let spki = &csr.certification_request_info.subject_pki;
         let alg_oid = spki.algorithm.algorithm.to_id_string();
         let alg = match alg_oid.as_str() {
@@ -248,8 +247,7 @@ mod tests {
         let ca = Ca::load(&generate_ca().unwrap()).unwrap();
         let (_k, der) = csr("admin");
         let id = Uuid::new_v4();
-        let issued =
-            ca.issue_agent_cert(id, &der, std::time::Duration::from_secs(86400)).unwrap();
+        let issued = ca.issue_agent_cert(id, &der, std::time::Duration::from_secs(86400)).unwrap();
         let cert_der = pem_to_der(&issued.pem).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
         let cn: Vec<_> = cert.subject().iter_common_name().map(|c| c.as_str().unwrap()).collect();

@@ -29,16 +29,28 @@ pub async fn create_group(pool: &PgPool, actor: &Actor, req: NewGroup) -> Result
         || name.len() > 100
         || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
     {
-        return Err(Error::field("name", "1 to 100 of a-z, 0-9, '-' and '_' (it may appear in repository paths)"));
+        return Err(Error::field(
+            "name",
+            "1 to 100 of a-z, 0-9, '-' and '_' (it may appear in repository paths)",
+        ));
     }
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
-    let g: Group = sqlx::query_as("insert into groups (id, name) values ($1, $2) returning id, name, created_at")
-        .bind(id)
-        .bind(&name)
-        .fetch_one(&mut *tx)
-        .await?;
-    audit::record(&mut tx, actor, "group.create", "group", &id.to_string(), serde_json::json!({"name": name})).await?;
+    let g: Group =
+        sqlx::query_as("insert into groups (id, name) values ($1, $2) returning id, name, created_at")
+            .bind(id)
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "group.create",
+        "group",
+        &id.to_string(),
+        serde_json::json!({"name": name}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(g)
 }
@@ -72,8 +84,7 @@ pub struct Policy {
     pub updated_at: DateTime<Utc>,
 }
 
-const SELECT: &str =
-    "select id, name, repository_id, paths, excludes, interval_seconds, revision, created_at, updated_at from policies";
+const SELECT: &str = "select id, name, repository_id, paths, excludes, interval_seconds, revision, created_at, updated_at from policies";
 
 fn validate(p: &PolicyInput) -> Result<()> {
     if p.name.trim().is_empty() || p.name.len() > 100 {
@@ -116,7 +127,15 @@ pub async fn create(pool: &PgPool, actor: &Actor, req: PolicyInput) -> Result<Po
     .bind(i64::try_from(req.interval_seconds).unwrap_or(0))
     .fetch_one(&mut *tx)
     .await?;
-    audit::record(&mut tx, actor, "policy.create", "policy", &id.to_string(), serde_json::to_value(&p).unwrap_or_default()).await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "policy.create",
+        "policy",
+        &id.to_string(),
+        serde_json::to_value(&p).unwrap_or_default(),
+    )
+    .await?;
     tx.commit().await?;
     Ok(p)
 }
@@ -134,7 +153,13 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Policy> {
 }
 
 /// Replaces a policy. `if_revision` (from If-Match) guards against lost updates.
-pub async fn update(pool: &PgPool, actor: &Actor, id: Uuid, if_revision: Option<i64>, req: PolicyInput) -> Result<Policy> {
+pub async fn update(
+    pool: &PgPool,
+    actor: &Actor,
+    id: Uuid,
+    if_revision: Option<i64>,
+    req: PolicyInput,
+) -> Result<Policy> {
     validate(&req)?;
     let mut tx = pool.begin().await?;
     let current: Option<i64> = sqlx::query_scalar("select revision from policies where id = $1 for update")
@@ -143,9 +168,12 @@ pub async fn update(pool: &PgPool, actor: &Actor, id: Uuid, if_revision: Option<
         .await?;
     let Some(current) = current else { return Err(Error::NotFound("policy".into())) };
     if let Some(expected) = if_revision
-        && expected != current {
-            return Err(Error::Conflict(format!("policy changed meanwhile (revision {current}, you had {expected})")));
-        }
+        && expected != current
+    {
+        return Err(Error::Conflict(format!(
+            "policy changed meanwhile (revision {current}, you had {expected})"
+        )));
+    }
     sqlx::query(
         "update policies set name = $2, repository_id = $3, paths = $4, excludes = $5, interval_seconds = $6,
          revision = revision + 1, updated_at = now() where id = $1",
@@ -158,8 +186,19 @@ pub async fn update(pool: &PgPool, actor: &Actor, id: Uuid, if_revision: Option<
     .bind(i64::try_from(req.interval_seconds).unwrap_or(0))
     .execute(&mut *tx)
     .await?;
-    let p: Policy = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where id = $1"))).bind(id).fetch_one(&mut *tx).await?;
-    audit::record(&mut tx, actor, "policy.update", "policy", &id.to_string(), serde_json::to_value(&p).unwrap_or_default()).await?;
+    let p: Policy = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where id = $1")))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "policy.update",
+        "policy",
+        &id.to_string(),
+        serde_json::to_value(&p).unwrap_or_default(),
+    )
+    .await?;
     events::notify(&mut tx, &Event::Plans { machines: None }).await?;
     events::notify(&mut tx, &Event::Provision).await?;
     tx.commit().await?;
@@ -199,8 +238,15 @@ pub async fn assign(pool: &PgPool, actor: &Actor, policy: Uuid, req: NewAssignme
     .bind(req.group_id)
     .fetch_one(&mut *tx)
     .await?;
-    audit::record(&mut tx, actor, "policy.assign", "policy", &policy.to_string(),
-        serde_json::json!({"assignment_id": id, "machine_id": req.machine_id, "group_id": req.group_id})).await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "policy.assign",
+        "policy",
+        &policy.to_string(),
+        serde_json::json!({"assignment_id": id, "machine_id": req.machine_id, "group_id": req.group_id}),
+    )
+    .await?;
     let machines = req.machine_id.map(|m| vec![m]);
     events::notify(&mut tx, &Event::Plans { machines }).await?;
     events::notify(&mut tx, &Event::Provision).await?;
@@ -228,8 +274,15 @@ pub async fn unassign(pool: &PgPool, actor: &Actor, policy: Uuid, assignment: Uu
     if n == 0 {
         return Err(Error::NotFound("assignment".into()));
     }
-    audit::record(&mut tx, actor, "policy.unassign", "policy", &policy.to_string(),
-        serde_json::json!({"assignment_id": assignment})).await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "policy.unassign",
+        "policy",
+        &policy.to_string(),
+        serde_json::json!({"assignment_id": assignment}),
+    )
+    .await?;
     events::notify(&mut tx, &Event::Plans { machines: None }).await?;
     tx.commit().await?;
     Ok(())

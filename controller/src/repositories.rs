@@ -48,7 +48,8 @@ pub struct Repository {
     pub created_at: DateTime<Utc>,
 }
 
-const SELECT: &str = "select id, name, url, per_machine, path_template, username, sealed_password is not null as has_password,
+const SELECT: &str =
+    "select id, name, url, per_machine, path_template, username, sealed_password is not null as has_password,
     ca_certificate_pem, allow_insecure_http, created_at from repositories";
 
 fn validate(req: &NewRepository) -> Result<url::Url> {
@@ -98,16 +99,27 @@ fn check_template(t: &str) -> Result<()> {
         ));
     }
     if !t.contains("{machine}") {
-        return Err(Error::field("path_template", "must contain {machine} so machines never share a repository"));
+        return Err(Error::field(
+            "path_template",
+            "must contain {machine} so machines never share a repository",
+        ));
     }
     Ok(())
 }
 
-pub async fn create(pool: &PgPool, master: &MasterKey, actor: &Actor, req: NewRepository) -> Result<Repository> {
+pub async fn create(
+    pool: &PgPool,
+    master: &MasterKey,
+    actor: &Actor,
+    req: NewRepository,
+) -> Result<Repository> {
     let url = validate(&req)?;
     let id = Uuid::now_v7();
     let sealed = req.password.as_ref().map(|p| {
-        master.seal(&Place { table: "repositories", column: "sealed_password", row: &id.to_string() }, p.expose_secret().as_bytes())
+        master.seal(
+            &Place { table: "repositories", column: "sealed_password", row: &id.to_string() },
+            p.expose_secret().as_bytes(),
+        )
     });
     let template = req.path_template.clone().unwrap_or_else(|| "{machine}".into());
     let mut tx = pool.begin().await?;
@@ -129,9 +141,16 @@ pub async fn create(pool: &PgPool, master: &MasterKey, actor: &Actor, req: NewRe
     if !req.per_machine {
         insert_restic_repository(&mut tx, master, id, None, url.as_str().trim_end_matches('/')).await?;
     }
-    audit::record(&mut tx, actor, "repository.create", "repository", &id.to_string(),
+    audit::record(
+        &mut tx,
+        actor,
+        "repository.create",
+        "repository",
+        &id.to_string(),
         serde_json::json!({"name": req.name, "url": url.as_str(), "per_machine": req.per_machine,
-                           "path_template": template, "username": req.username})).await?;
+                           "path_template": template, "username": req.username}),
+    )
+    .await?;
     events::notify(&mut tx, &Event::Provision).await?;
     tx.commit().await?;
     get(pool, id).await
@@ -214,9 +233,11 @@ impl std::fmt::Debug for ResticAccess {
     }
 }
 
-type AccessRow = (Uuid, Uuid, String, Option<String>, Option<Vec<u8>>, Vec<u8>, Option<String>, Option<String>, bool);
+type AccessRow =
+    (Uuid, Uuid, String, Option<String>, Option<Vec<u8>>, Vec<u8>, Option<String>, Option<String>, bool);
 
-const ACCESS_SELECT: &str = "select rr.id, r.id, rr.url, r.username, r.sealed_password, rr.sealed_repository_password,
+const ACCESS_SELECT: &str =
+    "select rr.id, r.id, rr.url, r.username, r.sealed_password, rr.sealed_repository_password,
     rr.restic_id, r.ca_certificate_pem, r.allow_insecure_http
     from restic_repositories rr join repositories r on r.id = rr.repository_id";
 
@@ -232,11 +253,25 @@ fn open_access(master: &MasterKey, row: AccessRow) -> Result<ResticAccess> {
     let rid_s = rid.to_string();
     let repository_password =
         SecretString::from(master.open_string(&restic_password_place(&rid_s), &sealed_repo_pw)?);
-    Ok(ResticAccess { id: rid, url, username, password, repository_password, restic_id, ca_certificate_pem: ca, allow_insecure_http: insecure })
+    Ok(ResticAccess {
+        id: rid,
+        url,
+        username,
+        password,
+        repository_password,
+        restic_id,
+        ca_certificate_pem: ca,
+        allow_insecure_http: insecure,
+    })
 }
 
 /// The initialised restic repository a machine uses for `repository`, if any.
-pub async fn access_for(pool: &PgPool, master: &MasterKey, repository: Uuid, machine: Uuid) -> Result<Option<ResticAccess>> {
+pub async fn access_for(
+    pool: &PgPool,
+    master: &MasterKey,
+    repository: Uuid,
+    machine: Uuid,
+) -> Result<Option<ResticAccess>> {
     let row: Option<AccessRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{ACCESS_SELECT} where rr.repository_id = $1 and (rr.machine_id = $2 or (rr.machine_id is null and not r.per_machine))
          and rr.restic_id is not null"
@@ -265,20 +300,27 @@ pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<Vec<Uuid>> {
     .fetch_all(pool)
     .await?;
     for (repo, machine, base, template, group, hostname) in missing {
-        let url = format!("{}/{}", base.trim_end_matches('/'), render_path(&template, machine, group.as_deref(), &hostname));
+        let url = format!(
+            "{}/{}",
+            base.trim_end_matches('/'),
+            render_path(&template, machine, group.as_deref(), &hostname)
+        );
         let mut tx = pool.begin().await?;
         insert_restic_repository(&mut tx, master, repo, Some(machine), &url).await?;
         tx.commit().await?;
     }
-    let pending: Vec<AccessRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{ACCESS_SELECT} where rr.restic_id is null order by rr.id")))
-        .fetch_all(pool)
-        .await?;
+    let pending: Vec<AccessRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ACCESS_SELECT} where rr.restic_id is null order by rr.id"
+    )))
+    .fetch_all(pool)
+    .await?;
     let mut changed = Vec::new();
     for row in pending {
         let access = open_access(master, row)?;
         let id = access.id;
         let url = access.url.clone();
-        let result = tokio::task::spawn_blocking(move || init_restic(&access)).await.map_err(Error::internal)?;
+        let result =
+            tokio::task::spawn_blocking(move || init_restic(&access)).await.map_err(Error::internal)?;
         let mut tx = pool.begin().await?;
         match result {
             Ok(restic_id) => {
@@ -287,14 +329,26 @@ pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<Vec<Uuid>> {
                     .bind(&restic_id)
                     .execute(&mut *tx)
                     .await?;
-                audit::record(&mut tx, &Actor::System, "restic_repository.init", "restic_repository", &id.to_string(),
-                    serde_json::json!({"url": url, "restic_id": restic_id})).await?;
-                let machines: Vec<Option<Uuid>> = sqlx::query_scalar("select machine_id from restic_repositories where id = $1")
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                audit::record(
+                    &mut tx,
+                    &Actor::System,
+                    "restic_repository.init",
+                    "restic_repository",
+                    &id.to_string(),
+                    serde_json::json!({"url": url, "restic_id": restic_id}),
+                )
+                .await?;
+                let machines: Vec<Option<Uuid>> =
+                    sqlx::query_scalar("select machine_id from restic_repositories where id = $1")
+                        .bind(id)
+                        .fetch_all(&mut *tx)
+                        .await?;
                 let m: Vec<Uuid> = machines.into_iter().flatten().collect();
-                let ev = if m.is_empty() { Event::Plans { machines: None } } else { Event::Plans { machines: Some(m.clone()) } };
+                let ev = if m.is_empty() {
+                    Event::Plans { machines: None }
+                } else {
+                    Event::Plans { machines: Some(m.clone()) }
+                };
                 events::notify(&mut tx, &ev).await?;
                 changed.extend(m);
                 tracing::info!(restic_repository = %id, %url, %restic_id, "initialised restic repository");
@@ -320,7 +374,10 @@ fn init_restic(access: &ResticAccess) -> std::result::Result<String, cofre_engin
 }
 
 /// Builds the engine's target; a private CA is written into `scratch` (the engine takes a file).
-pub fn engine_target(access: &ResticAccess, scratch: &std::path::Path) -> std::result::Result<cofre_engine::RepoTarget, cofre_engine::EngineError> {
+pub fn engine_target(
+    access: &ResticAccess,
+    scratch: &std::path::Path,
+) -> std::result::Result<cofre_engine::RepoTarget, cofre_engine::EngineError> {
     let ca_cert_file = match &access.ca_certificate_pem {
         Some(pem) => {
             let p = scratch.join("rest-ca.pem");
@@ -379,6 +436,9 @@ async fn try_provision(pool: &PgPool, master: &MasterKey) -> Result<()> {
         return Ok(());
     }
     let res = provision(pool, master).await;
-    sqlx::query("select pg_advisory_unlock($1)").bind(crate::db::locks::PROVISIONER).execute(&mut *conn).await?;
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(crate::db::locks::PROVISIONER)
+        .execute(&mut *conn)
+        .await?;
     res.map(|_| ())
 }

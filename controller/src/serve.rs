@@ -62,7 +62,8 @@ pub async fn start(
     let keys = keys::load(&pool, &master).await?;
     let jwt = JwtKeys::new(&keys.jwt_secret, keys.jwt_kid.clone(), settings.admin.token_ttl_seconds);
     let first_admin =
-        auth::ensure_first_admin(&pool, &settings.admin.username, settings.admin.initial_password.as_ref()).await?;
+        auth::ensure_first_admin(&pool, &settings.admin.username, settings.admin.initial_password.as_ref())
+            .await?;
     let events = Events::start(pool.clone()).await?;
     let state = AppState {
         pool: pool.clone(),
@@ -104,9 +105,12 @@ pub async fn start(
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(grpc::service(state))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
-                let _ = rx2.wait_for(|v| *v).await;
-            });
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                async move {
+                    let _ = rx2.wait_for(|v| *v).await;
+                },
+            );
         let (h, g) = tokio::join!(http_fut, grpc_fut);
         h.context("HTTP server")?;
         g.context("gRPC server")?;

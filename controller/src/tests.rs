@@ -40,7 +40,12 @@ fn csr() -> Vec<u8> {
 }
 
 fn inv() -> Inventory {
-    Inventory { hostname: "pc-01".into(), os: "Debian".into(), arch: "x86_64".into(), agent_version: "0.1.0".into() }
+    Inventory {
+        hostname: "pc-01".into(),
+        os: "Debian".into(),
+        arch: "x86_64".into(),
+        agent_version: "0.1.0".into(),
+    }
 }
 
 async fn token(st: &AppState, uses: u32, ttl: Option<u64>) -> String {
@@ -49,7 +54,13 @@ async fn token(st: &AppState, uses: u32, ttl: Option<u64>) -> String {
         &Actor::System,
         &st.ca,
         &st.settings.enrollment,
-        NewToken { description: String::new(), group_id: None, uses: Some(uses), ttl_seconds: ttl, requires_approval: false },
+        NewToken {
+            description: String::new(),
+            group_id: None,
+            uses: Some(uses),
+            ttl_seconds: ttl,
+            requires_approval: false,
+        },
     )
     .await
     .unwrap()
@@ -73,18 +84,23 @@ async fn tokens_are_single_use_and_refusals_are_clear(pool: PgPool) {
     // Wrong secret, same id: not recognised.
     let mut parts: Vec<String> = t.split('.').map(String::from).collect();
     parts[2] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into();
-    let forged = enrollment::enroll(&st.pool, &st.ca, LIFE, &parts.join("."), &csr(), inv()).await.unwrap_err();
+    let forged =
+        enrollment::enroll(&st.pool, &st.ca, LIFE, &parts.join("."), &csr(), inv()).await.unwrap_err();
     assert!(forged.to_string().contains("not recognised"), "{forged}");
 
     // Another controller's fingerprint.
     let mut parts: Vec<String> = t.split('.').map(String::from).collect();
     parts[3] = "00".repeat(32);
-    let other = enrollment::enroll(&st.pool, &st.ca, LIFE, &parts.join("."), &csr(), inv()).await.unwrap_err();
+    let other =
+        enrollment::enroll(&st.pool, &st.ca, LIFE, &parts.join("."), &csr(), inv()).await.unwrap_err();
     assert!(other.to_string().contains("another controller"), "{other}");
 
     // Expired.
     let t2 = token(&st, 1, Some(60)).await;
-    sqlx::query("update enrollment_tokens set expires_at = now() - interval '1 second'").execute(&st.pool).await.unwrap();
+    sqlx::query("update enrollment_tokens set expires_at = now() - interval '1 second'")
+        .execute(&st.pool)
+        .await
+        .unwrap();
     let expired = enrollment::enroll(&st.pool, &st.ca, LIFE, &t2, &csr(), inv()).await.unwrap_err();
     assert!(expired.to_string().contains("expired"), "{expired}");
 }
@@ -96,7 +112,9 @@ async fn concurrent_enrollments_never_exceed_the_use_count(pool: PgPool) {
     let mut handles = Vec::new();
     for _ in 0..6 {
         let (st, t) = (st.clone(), t.clone());
-        handles.push(tokio::spawn(async move { enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await }));
+        handles.push(tokio::spawn(async move {
+            enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await
+        }));
     }
     let mut ok = 0;
     for h in handles {
@@ -105,7 +123,8 @@ async fn concurrent_enrollments_never_exceed_the_use_count(pool: PgPool) {
         }
     }
     assert_eq!(ok, 2);
-    let machines: i64 = sqlx::query_scalar("select count(*) from machines").fetch_one(&st.pool).await.unwrap();
+    let machines: i64 =
+        sqlx::query_scalar("select count(*) from machines").fetch_one(&st.pool).await.unwrap();
     assert_eq!(machines, 2);
 }
 
@@ -135,7 +154,11 @@ fn finished_event(job: Uuid, event: Uuid, repo: &str) -> pb::JobEvent {
             trigger: pb::TriggerKind::Schedule as i32,
             outcome: pb::JobOutcome::Succeeded as i32,
             repository_id: repo.into(),
-            stats: Some(pb::BackupStats { snapshot_id: "ab".repeat(32), hostname: "pc-01".into(), ..Default::default() }),
+            stats: Some(pb::BackupStats {
+                snapshot_id: "ab".repeat(32),
+                hostname: "pc-01".into(),
+                ..Default::default()
+            }),
             finished_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
             ..Default::default()
         })),
@@ -152,7 +175,10 @@ async fn a_result_delivered_twice_is_stored_once(pool: PgPool) {
         &st.pool,
         &st.master,
         &Actor::System,
-        serde_json::from_value(serde_json::json!({"name": "r", "url": "https://rest.example", "per_machine": false})).unwrap(),
+        serde_json::from_value(
+            serde_json::json!({"name": "r", "url": "https://rest.example", "per_machine": false}),
+        )
+        .unwrap(),
     )
     .await
     .unwrap();
@@ -165,7 +191,8 @@ async fn a_result_delivered_twice_is_stored_once(pool: PgPool) {
     let ev = finished_event(job, Uuid::now_v7(), &rr.to_string());
     crate::jobs::ingest(&st.pool, e.machine_id, &ev).await.unwrap();
     crate::jobs::ingest(&st.pool, e.machine_id, &ev).await.unwrap();
-    let results: i64 = sqlx::query_scalar("select count(*) from job_results").fetch_one(&st.pool).await.unwrap();
+    let results: i64 =
+        sqlx::query_scalar("select count(*) from job_results").fetch_one(&st.pool).await.unwrap();
     let snaps: i64 = sqlx::query_scalar("select count(*) from snapshots").fetch_one(&st.pool).await.unwrap();
     assert_eq!((results, snaps), (1, 1));
     assert_eq!(crate::jobs::get(&st.pool, job).await.unwrap().state, "succeeded");
@@ -173,7 +200,10 @@ async fn a_result_delivered_twice_is_stored_once(pool: PgPool) {
     let t2 = token(&st, 1, None).await;
     let other = enrollment::enroll(&st.pool, &st.ca, LIFE, &t2, &csr(), inv()).await.unwrap();
     let foreign = finished_event(job, Uuid::now_v7(), &rr.to_string());
-    assert!(matches!(crate::jobs::ingest(&st.pool, other.machine_id, &foreign).await, Err(Error::Forbidden(_))));
+    assert!(matches!(
+        crate::jobs::ingest(&st.pool, other.machine_id, &foreign).await,
+        Err(Error::Forbidden(_))
+    ));
 }
 
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
@@ -183,7 +213,10 @@ async fn audit_chain_is_gapless_and_detects_tampering(pool: PgPool) {
         token(&st, 1, None).await;
     }
     assert_eq!(crate::audit::verify(&st.pool).await.unwrap(), Ok(3));
-    sqlx::query("update audit_events set details = '{\"uses\": 99}' where seq = 2").execute(&st.pool).await.unwrap();
+    sqlx::query("update audit_events set details = '{\"uses\": 99}' where seq = 2")
+        .execute(&st.pool)
+        .await
+        .unwrap();
     assert_eq!(crate::audit::verify(&st.pool).await.unwrap(), Err(2));
 }
 
@@ -229,11 +262,16 @@ async fn the_app_role_cannot_rewrite_history(pool: PgPool) {
 }
 
 async fn call(st: &AppState, method: &axum::http::Method, path: &str, token: Option<&str>) -> StatusCode {
-    let mut req = Request::builder().method(method.clone()).uri(path).header("content-type", "application/json");
+    let mut req =
+        Request::builder().method(method.clone()).uri(path).header("content-type", "application/json");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let body = if *method == axum::http::Method::GET || *method == axum::http::Method::DELETE { Body::empty() } else { Body::from("{}") };
+    let body = if *method == axum::http::Method::GET || *method == axum::http::Method::DELETE {
+        Body::empty()
+    } else {
+        Body::from("{}")
+    };
     crate::api::router(st.clone()).oneshot(req.body(body).unwrap()).await.unwrap().status()
 }
 
@@ -249,7 +287,10 @@ async fn every_route_enforces_its_access_level(pool: PgPool) {
     let routes = crate::api::routes();
     assert!(routes.len() >= 20, "route table looks truncated");
     for r in routes {
-        let path = r.path.replace("{id}", &Uuid::now_v7().to_string()).replace("{assignment}", &Uuid::now_v7().to_string());
+        let path = r
+            .path
+            .replace("{id}", &Uuid::now_v7().to_string())
+            .replace("{assignment}", &Uuid::now_v7().to_string());
         let denied = [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN];
         let anon = call(&st, &r.method, &path, None).await;
         let forged = call(&st, &r.method, &path, Some(&foreign)).await;
@@ -278,7 +319,10 @@ async fn hostile_payloads_get_problem_json(pool: PgPool) {
     let router = crate::api::router(st.clone());
     let cases: [(&str, &str); 5] = [
         ("/api/v1/policies", "{not json"),
-        ("/api/v1/policies", r#"{"name":"x","repository_id":"00000000-0000-0000-0000-000000000000","paths":["relative"],"interval_seconds":0}"#),
+        (
+            "/api/v1/policies",
+            r#"{"name":"x","repository_id":"00000000-0000-0000-0000-000000000000","paths":["relative"],"interval_seconds":0}"#,
+        ),
         ("/api/v1/repositories", r#"{"name":"r","url":"http://10.0.0.1:8000"}"#),
         ("/api/v1/repositories", r#"{"name":"r","url":"https://x","unknown_field":1}"#),
         ("/api/v1/enrollment-tokens", r#"{"uses":0}"#),
@@ -295,6 +339,7 @@ async fn hostile_payloads_get_problem_json(pool: PgPool) {
         assert!(resp.status().is_client_error(), "{path} {body}: {}", resp.status());
         assert_eq!(resp.headers()["content-type"], "application/problem+json", "{path} {body}");
     }
-    let nothing: i64 = sqlx::query_scalar("select count(*) from repositories").fetch_one(&st.pool).await.unwrap();
+    let nothing: i64 =
+        sqlx::query_scalar("select count(*) from repositories").fetch_one(&st.pool).await.unwrap();
     assert_eq!(nothing, 0);
 }

@@ -55,7 +55,12 @@ fn find_pg_bin(name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin").join(name)).filter(|p| p.is_file()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin").join(name))
+                .filter(|p| p.is_file())
+                .collect()
+        })
         .unwrap_or_default();
     candidates.sort();
     candidates.pop().with_context(|| {
@@ -161,15 +166,20 @@ fn url(user: &str, password: &str, port: u16, db: &str) -> SecretString {
 }
 
 async fn prepare_database(st: &UpState) -> anyhow::Result<()> {
-    let admin = crate::db::connect(&url("postgres", &st.superuser_password, st.pg_port, "postgres"), 2).await?;
-    let role: bool = sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = 'cofre_owner')")
-        .fetch_one(&admin)
-        .await?;
+    let admin =
+        crate::db::connect(&url("postgres", &st.superuser_password, st.pg_port, "postgres"), 2).await?;
+    let role: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = 'cofre_owner')")
+            .fetch_one(&admin)
+            .await?;
     if !role {
         // Passwords are hex we generated, safe to inline (CREATE ROLE takes no parameters).
-        sqlx::query(sqlx::AssertSqlSafe(format!("create role cofre_owner login createrole password '{}'", st.owner_password)))
-            .execute(&admin)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "create role cofre_owner login createrole password '{}'",
+            st.owner_password
+        )))
+        .execute(&admin)
+        .await?;
     }
     let db: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = 'cofre')")
         .fetch_one(&admin)
@@ -183,13 +193,17 @@ async fn prepare_database(st: &UpState) -> anyhow::Result<()> {
 
 async fn prepare_app_role(st: &UpState) -> anyhow::Result<()> {
     let admin = crate::db::connect(&url("postgres", &st.superuser_password, st.pg_port, "cofre"), 2).await?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = 'cofre_serve')")
-        .fetch_one(&admin)
-        .await?;
-    if !exists {
-        sqlx::query(sqlx::AssertSqlSafe(format!("create role cofre_serve login password '{}' in role cofre_app", st.app_password)))
-            .execute(&admin)
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = 'cofre_serve')")
+            .fetch_one(&admin)
             .await?;
+    if !exists {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "create role cofre_serve login password '{}' in role cofre_app",
+            st.app_password
+        )))
+        .execute(&admin)
+        .await?;
     }
     admin.close().await;
     Ok(())
@@ -202,7 +216,11 @@ fn random_hex() -> String {
     hex::encode(b)
 }
 
-pub async fn run(mut settings: Settings, args: UpArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    mut settings: Settings,
+    args: UpArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     {
@@ -225,7 +243,8 @@ pub async fn run(mut settings: Settings, args: UpArgs, shutdown: impl Future<Out
         write_private(&state_file, &serde_json::to_vec_pretty(&st)?)?;
         st
     } else {
-        serde_json::from_slice(&std::fs::read(&state_file)?).with_context(|| format!("{} is corrupt", state_file.display()))?
+        serde_json::from_slice(&std::fs::read(&state_file)?)
+            .with_context(|| format!("{} is corrupt", state_file.display()))?
     };
     let pg = start_postgres(&dir, &st)?;
     let result = async {
@@ -253,15 +272,25 @@ pub async fn run(mut settings: Settings, args: UpArgs, shutdown: impl Future<Out
         .map_err(|e| anyhow::anyhow!("cannot create an enrollment token: {e}"))?;
         println!();
         println!("Cofre is running.");
-        println!("  REST API:        http://{}/api/v1   (health: http://{}/healthz)", started.http, started.http);
+        println!(
+            "  REST API:        http://{}/api/v1   (health: http://{}/healthz)",
+            started.http, started.http
+        );
         println!("  Agents connect:  {}", settings.grpc.public_url);
         match &started.first_admin {
-            Some((user, Some(pw))) => println!("  Admin login:     user {user}, password {pw}   (shown only now: store it)"),
+            Some((user, Some(pw))) => {
+                println!("  Admin login:     user {user}, password {pw}   (shown only now: store it)");
+            }
             Some((user, None)) => println!("  Admin login:     user {user}, the configured password"),
-            None => println!("  Admin login:     user {} (password shown on the first run)", settings.admin.username),
+            None => println!(
+                "  Admin login:     user {} (password shown on the first run)",
+                settings.admin.username
+            ),
         }
         println!("  Master key:      {}", key_file.display());
-        println!("                   BACK IT UP: without it the repository passwords in the database are lost.");
+        println!(
+            "                   BACK IT UP: without it the repository passwords in the database are lost."
+        );
         println!("  Data directory:  {}", dir.display());
         println!();
         println!("Enroll an agent on this machine (token valid 24 h, one use):");
@@ -280,4 +309,3 @@ pub async fn run(mut settings: Settings, args: UpArgs, shutdown: impl Future<Out
     pg.stop();
     result
 }
-

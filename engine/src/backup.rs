@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustic_core::{
-    BackupOptions, Excludes, LocalSourceFilterOptions, LocalSourceSaveOptions, PathList,
-    SnapshotOptions, repofile::SnapshotFile,
+    BackupOptions, Excludes, LocalSourceFilterOptions, LocalSourceSaveOptions, PathList, SnapshotOptions,
+    repofile::SnapshotFile,
 };
 
 use crate::error::{EngineError, from_rustic};
@@ -23,10 +23,7 @@ use crate::{BackupReport, BackupRequest, RepoTarget};
 const SNAPSHOT_COMMAND: &str = "cofre backup";
 
 /// See [`crate::backup`].
-pub(crate) fn backup(
-    target: &RepoTarget,
-    req: &BackupRequest,
-) -> Result<BackupReport, EngineError> {
+pub(crate) fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupReport, EngineError> {
     let started = Instant::now();
     let expected = normalise_id(&req.expected_restic_id, "expected repository id")?;
     let warnings = Warnings::default();
@@ -37,8 +34,7 @@ pub(crate) fn backup(
     let open = repo::open(target, true)?;
     let found = open.restic_id();
     let OpenRepo { repo, prepared } = open;
-    let error =
-        |err: &rustic_core::RusticError, doing: &str| from_rustic(err, &prepared.redactor, doing);
+    let error = |err: &rustic_core::RusticError, doing: &str| from_rustic(err, &prepared.redactor, doing);
     if found != expected {
         return Err(EngineError::RepositoryIdMismatch { expected, found });
     }
@@ -47,10 +43,7 @@ pub(crate) fn backup(
     // the mtime (rustic's default: real atimes would change every tree on every run); the device
     // id is kept for hardlinked files only, which restic's restorer needs to relink them.
     let save_opts = LocalSourceSaveOptions::default();
-    let opts = BackupOptions::default()
-        .no_scan(true)
-        .ignore_save_opts(save_opts)
-        .excludes(excludes.clone());
+    let opts = BackupOptions::default().no_scan(true).ignore_save_opts(save_opts).excludes(excludes.clone());
     let source = WatchedSource::new(
         save_opts,
         &excludes,
@@ -60,12 +53,8 @@ pub(crate) fn backup(
     )
     .map_err(|err| error(&err, "preparing the backup source"))?;
 
-    let indexed = repo
-        .to_indexed_ids()
-        .map_err(|err| error(&err, "reading the repository index"))?;
-    let snap = indexed
-        .archive(&opts, &source, snapshot, &paths)
-        .map_err(|err| error(&err, "backing up"))?;
+    let indexed = repo.to_indexed_ids().map_err(|err| error(&err, "reading the repository index"))?;
+    let snap = indexed.archive(&opts, &source, snapshot, &paths).map_err(|err| error(&err, "backing up"))?;
 
     Ok(report(&snap, &paths, started.elapsed(), warnings.take()))
 }
@@ -79,10 +68,7 @@ fn check_paths(paths: &[PathBuf], warnings: &Warnings) -> Result<Vec<PathBuf>, E
     let mut existing = Vec::new();
     for path in paths {
         if !path.is_absolute() {
-            return Err(EngineError::InvalidInput(format!(
-                "backup path {} is not absolute",
-                path.display()
-            )));
+            return Err(EngineError::InvalidInput(format!("backup path {} is not absolute", path.display())));
         }
         if path.to_str().is_none() {
             return Err(EngineError::InvalidInput(format!(
@@ -92,10 +78,7 @@ fn check_paths(paths: &[PathBuf], warnings: &Warnings) -> Result<Vec<PathBuf>, E
         }
         match std::fs::symlink_metadata(path) {
             Ok(_) => existing.push(path.clone()),
-            Err(err) => warnings.push(format!(
-                "{}: skipped, cannot be accessed: {err}",
-                path.display()
-            )),
+            Err(err) => warnings.push(format!("{}: skipped, cannot be accessed: {err}", path.display())),
         }
     }
     if existing.is_empty() {
@@ -104,9 +87,9 @@ fn check_paths(paths: &[PathBuf], warnings: &Warnings) -> Result<Vec<PathBuf>, E
         ));
     }
     // Resolves symlinks in the given paths and drops paths inside other given paths.
-    let list = PathList::from_iter(existing).sanitize().map_err(|err| {
-        EngineError::InvalidInput(format!("cannot resolve the backup paths: {err}"))
-    })?;
+    let list = PathList::from_iter(existing)
+        .sanitize()
+        .map_err(|err| EngineError::InvalidInput(format!("cannot resolve the backup paths: {err}")))?;
     let resolved = list.paths();
     if let Some(bad) = resolved.iter().find(|p| p.to_str().is_none()) {
         return Err(EngineError::InvalidInput(format!(
@@ -131,10 +114,7 @@ fn excludes(patterns: &[String]) -> Result<Excludes, EngineError> {
     }
     let excludes = Excludes::default().globs(globs);
     excludes.as_override().map_err(|err| {
-        EngineError::InvalidInput(format!(
-            "invalid exclude pattern: {}",
-            crate::error::describe_rustic(&err)
-        ))
+        EngineError::InvalidInput(format!("invalid exclude pattern: {}", crate::error::describe_rustic(&err)))
     })?;
     Ok(excludes)
 }
@@ -146,9 +126,7 @@ fn snapshot_template(req: &BackupRequest) -> Result<SnapshotFile, EngineError> {
             "the hostname must be non-empty and contain no control characters".to_owned(),
         ));
     }
-    let mut opts = SnapshotOptions::default()
-        .host(host.to_owned())
-        .command(SNAPSHOT_COMMAND.to_owned());
+    let mut opts = SnapshotOptions::default().host(host.to_owned()).command(SNAPSHOT_COMMAND.to_owned());
     for tag in &req.tags {
         if tag.is_empty() || tag.contains(',') || tag.chars().any(char::is_control) {
             return Err(EngineError::InvalidInput(format!(
@@ -163,19 +141,12 @@ fn snapshot_template(req: &BackupRequest) -> Result<SnapshotFile, EngineError> {
         .map_err(|err| EngineError::InvalidInput(crate::error::describe_rustic(&err)))
 }
 
-fn report(
-    snap: &SnapshotFile,
-    paths: &[PathBuf],
-    duration: Duration,
-    warnings: Vec<String>,
-) -> BackupReport {
+fn report(snap: &SnapshotFile, paths: &[PathBuf], duration: Duration, warnings: Vec<String>) -> BackupReport {
     let summary = snap.summary.clone().unwrap_or_default();
     let ts = snap.time.timestamp();
-    let snapshot_time = chrono::DateTime::from_timestamp(
-        ts.as_second(),
-        u32::try_from(ts.subsec_nanosecond()).unwrap_or(0),
-    )
-    .unwrap_or_default();
+    let snapshot_time =
+        chrono::DateTime::from_timestamp(ts.as_second(), u32::try_from(ts.subsec_nanosecond()).unwrap_or(0))
+            .unwrap_or_default();
     BackupReport {
         snapshot_id: snap.id.to_hex().to_string(),
         snapshot_time,
@@ -214,25 +185,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = dir.path().join("inner");
         std::fs::create_dir(&inner).unwrap();
-        let got = check_paths(
-            &[
-                inner,
-                dir.path().to_path_buf(),
-                PathBuf::from("/nonexistent/cofre"),
-            ],
-            &w,
-        )
-        .unwrap();
+        let got =
+            check_paths(&[inner, dir.path().to_path_buf(), PathBuf::from("/nonexistent/cofre")], &w).unwrap();
         assert_eq!(got, vec![dir.path().canonicalize().unwrap()]);
         assert_eq!(w.take().len(), 1);
     }
 
     #[test]
     fn excludes_are_checked() {
-        assert_eq!(
-            excludes(&["*.tmp".to_owned()]).unwrap().globs,
-            vec!["!*.tmp".to_owned()]
-        );
+        assert_eq!(excludes(&["*.tmp".to_owned()]).unwrap().globs, vec!["!*.tmp".to_owned()]);
         assert!(excludes(&[String::new()]).is_err());
         assert!(excludes(&["!x".to_owned()]).is_err());
         assert!(excludes(&["a[".to_owned()]).is_err());

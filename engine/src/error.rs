@@ -55,19 +55,14 @@ pub enum EngineError {
     )]
     AccessDenied { status: u16, detail: String },
     /// TLS to the REST server failed in a way retrying will not fix (unknown CA, wrong name…).
-    #[error(
-        "TLS connection to the REST server failed (check the CA certificate and the host name): {0}"
-    )]
+    #[error("TLS connection to the REST server failed (check the CA certificate and the host name): {0}")]
     Tls(String),
     /// Network or REST server trouble; `status` is the HTTP status when there was a response.
     #[error("REST server or network error{}: {message}", match .status {
         Some(s) => format!(" (HTTP {s})"),
         None => String::new(),
     })]
-    Backend {
-        status: Option<u16>,
-        message: String,
-    },
+    Backend { status: Option<u16>, message: String },
     /// A snapshot or a path inside a snapshot does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -172,11 +167,7 @@ struct Transport {
 }
 
 fn inspect_chain(err: &(dyn StdError + 'static)) -> Transport {
-    let mut found = Transport {
-        status: None,
-        tls: false,
-        http: false,
-    };
+    let mut found = Transport { status: None, tls: false, http: false };
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(re) = e.downcast_ref::<reqwest_rustic::Error>() {
@@ -198,19 +189,10 @@ fn inspect_chain(err: &(dyn StdError + 'static)) -> Transport {
 pub(crate) fn from_transport(err: &(dyn StdError + 'static), message: String) -> EngineError {
     let t = inspect_chain(err);
     match t.status {
-        Some(status @ (401 | 403)) => EngineError::AccessDenied {
-            status,
-            detail: message,
-        },
-        Some(status) => EngineError::Backend {
-            status: Some(status),
-            message,
-        },
+        Some(status @ (401 | 403)) => EngineError::AccessDenied { status, detail: message },
+        Some(status) => EngineError::Backend { status: Some(status), message },
         None if t.tls => EngineError::Tls(message),
-        None => EngineError::Backend {
-            status: None,
-            message,
-        },
+        None => EngineError::Backend { status: None, message },
     }
 }
 
@@ -232,22 +214,13 @@ mod tests {
 
     #[test]
     fn retry_classes() {
-        let backend = |status| EngineError::Backend {
-            status,
-            message: String::new(),
-        };
+        let backend = |status| EngineError::Backend { status, message: String::new() };
         assert_eq!(backend(None).retry_class(), RetryClass::Temporary);
         assert_eq!(backend(Some(503)).retry_class(), RetryClass::Temporary);
         assert_eq!(backend(Some(429)).retry_class(), RetryClass::Temporary);
         assert_eq!(backend(Some(400)).retry_class(), RetryClass::Permanent);
-        assert_eq!(
-            EngineError::WrongPassword.retry_class(),
-            RetryClass::Permanent
-        );
-        let denied = EngineError::AccessDenied {
-            status: 401,
-            detail: String::new(),
-        };
+        assert_eq!(EngineError::WrongPassword.retry_class(), RetryClass::Permanent);
+        let denied = EngineError::AccessDenied { status: 401, detail: String::new() };
         assert_eq!(denied.retry_class(), RetryClass::Permanent);
         assert!(denied.to_string().contains("refused the credentials"));
     }
@@ -266,10 +239,7 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let top = RusticError::with_source(rustic_core::ErrorKind::Backend, "Backoff failed", io);
         let msg = describe_rustic(&top);
-        assert!(
-            msg.contains("Backoff failed") && msg.contains("refused"),
-            "{msg}"
-        );
+        assert!(msg.contains("Backoff failed") && msg.contains("refused"), "{msg}");
         let mapped = from_rustic(&top, &Redactor::default(), "opening");
         assert!(matches!(mapped, EngineError::Other(_)), "{mapped:?}");
     }

@@ -157,10 +157,7 @@ mod tests {
             repository_id(&t).unwrap_err(),
             restore(&t, "abcd", None, Path::new("/tmp/x")).unwrap_err(),
         ] {
-            assert!(
-                matches!(&err, EngineError::InvalidInput(m) if m.contains("plain http")),
-                "{err}"
-            );
+            assert!(matches!(&err, EngineError::InvalidInput(m) if m.contains("plain http")), "{err}");
             assert_eq!(err.retry_class(), RetryClass::Permanent);
         }
     }
@@ -175,9 +172,6 @@ mod tests {
             hostname: "h".to_owned(),
             tags: vec![],
         };
-        assert!(matches!(
-            backup(&t, &req),
-            Err(EngineError::InvalidInput(_))
-        ));
+        assert!(matches!(backup(&t, &req), Err(EngineError::InvalidInput(_))));
     }
 }

@@ -40,9 +40,9 @@ pub(crate) fn probe_config(
     redactor: &Redactor,
 ) -> Result<ConfigState, EngineError> {
     let client = build_client(target)?;
-    let config_url = url.join("config").map_err(|err| {
-        EngineError::InvalidInput(format!("cannot build the config URL from {url}: {err}"))
-    })?;
+    let config_url = url
+        .join("config")
+        .map_err(|err| EngineError::InvalidInput(format!("cannot build the config URL from {url}: {err}")))?;
 
     let mut attempt = 1;
     loop {
@@ -66,13 +66,7 @@ fn probe_once(
 ) -> Result<ConfigState, EngineError> {
     let mut request = client.head(config_url.as_str());
     if let Some(user) = &target.username {
-        request = request.basic_auth(
-            user,
-            target
-                .password
-                .as_ref()
-                .map(|p| p.expose_secret().to_owned()),
-        );
+        request = request.basic_auth(user, target.password.as_ref().map(|p| p.expose_secret().to_owned()));
     }
     let response = match request.send() {
         Ok(response) => response,
@@ -135,22 +129,16 @@ fn build_client(target: &RepoTarget) -> Result<Client, EngineError> {
         })?;
         builder = builder.identity(identity);
     }
-    builder.build().map_err(|err| {
-        EngineError::Other(format!(
-            "cannot set up the HTTP client: {}",
-            chain_message(&err)
-        ))
-    })
+    builder
+        .build()
+        .map_err(|err| EngineError::Other(format!("cannot set up the HTTP client: {}", chain_message(&err))))
 }
 
 /// Reads a PEM file and checks that it holds what it should: reqwest accepts a file without any
 /// PEM block silently (and then simply trusts no extra CA / presents no certificate).
 fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, EngineError> {
     let pem = std::fs::read(path).map_err(|err| {
-        EngineError::InvalidInput(format!(
-            "cannot read the {what} file {}: {err}",
-            path.display()
-        ))
+        EngineError::InvalidInput(format!("cannot read the {what} file {}: {err}", path.display()))
     })?;
     let text = String::from_utf8_lossy(&pem);
     let has_cert = text.contains("-----BEGIN CERTIFICATE-----");
@@ -186,20 +174,12 @@ mod tests {
     #[test]
     fn refused_connection_is_temporary_and_fast() {
         // Bind then drop a listener: the port is then very likely closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let t = target(&format!("http://127.0.0.1:{port}/repo"));
         let prepared = t.prepare().unwrap();
         let started = std::time::Instant::now();
         let err = probe_config(&t, &prepared.url, &prepared.redactor).unwrap_err();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert_eq!(err.retry_class(), crate::RetryClass::Temporary, "{err}");
         let text = err.to_string();
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");

@@ -8,9 +8,7 @@
 use std::path::PathBuf;
 use std::sync::{PoisonError, RwLock};
 
-use rustic_core::{
-    ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryOptions,
-};
+use rustic_core::{ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryOptions};
 use secrecy::ExposeSecret;
 
 use crate::RepoTarget;
@@ -53,11 +51,7 @@ pub fn set_cache_dir(dir: Option<PathBuf>) {
 /// look-ups do not need it.
 fn repository_options(use_cache: bool) -> RepositoryOptions {
     let opts = RepositoryOptions::default().no_cache(!use_cache);
-    match CACHE_DIR
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
-    {
+    match CACHE_DIR.read().unwrap_or_else(PoisonError::into_inner).clone() {
         Some(dir) if use_cache => opts.cache_dir(dir),
         _ => opts,
     }
@@ -89,9 +83,8 @@ fn open_prepared(
 pub(crate) fn init_repository(target: &RepoTarget) -> Result<String, EngineError> {
     let prepared = target.prepare()?;
     if probe_config(target, &prepared.url, &prepared.redactor)? == ConfigState::Present {
-        let restic_id = open_prepared(target, &prepared, false)
-            .ok()
-            .map(|repo| repo.config().id.to_hex().to_string());
+        let restic_id =
+            open_prepared(target, &prepared, false).ok().map(|repo| repo.config().id.to_hex().to_string());
         return Err(EngineError::AlreadyInitialised { restic_id });
     }
 
@@ -115,9 +108,7 @@ pub(crate) fn repository_id(target: &RepoTarget) -> Result<String, EngineError> 
 pub(crate) fn normalise_id(id: &str, what: &str) -> Result<String, EngineError> {
     let id = id.trim().to_ascii_lowercase();
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(EngineError::InvalidInput(format!(
-            "the {what} `{id}` is not a hexadecimal restic id"
-        )));
+        return Err(EngineError::InvalidInput(format!("the {what} `{id}` is not a hexadecimal restic id")));
     }
     Ok(id)
 }
@@ -141,10 +132,7 @@ mod tests {
         set_cache_dir(Some(PathBuf::from("/var/cache/cofre-test")));
         let with_dir = repository_options(true);
         set_cache_dir(None);
-        assert_eq!(
-            with_dir.cache_dir,
-            Some(PathBuf::from("/var/cache/cofre-test"))
-        );
+        assert_eq!(with_dir.cache_dir, Some(PathBuf::from("/var/cache/cofre-test")));
         assert_eq!(repository_options(true).cache_dir, None);
         let key = KeyOptions::default().with_created(true);
         assert!(key.with_created);

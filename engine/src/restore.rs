@@ -9,9 +9,7 @@ use std::ffi::OsStr;
 use std::path::{Component, Path};
 
 use rustic_core::repofile::{Node, SnapshotFile, SnapshotId};
-use rustic_core::{
-    IndexedFull, LocalDestination, LsOptions, Repository, RestoreOptions, RusticError,
-};
+use rustic_core::{IndexedFull, LocalDestination, LsOptions, Repository, RestoreOptions, RusticError};
 
 use crate::RepoTarget;
 use crate::error::{EngineError, from_rustic};
@@ -26,15 +24,10 @@ pub(crate) fn restore(
 ) -> Result<(), EngineError> {
     let wanted = normalise_id(snapshot_id, "snapshot id")?;
     let dest_text = dest.to_str().ok_or_else(|| {
-        EngineError::InvalidInput(format!(
-            "restore destination {} is not valid UTF-8",
-            dest.display()
-        ))
+        EngineError::InvalidInput(format!("restore destination {} is not valid UTF-8", dest.display()))
     })?;
     if dest_text.is_empty() {
-        return Err(EngineError::InvalidInput(
-            "the restore destination is empty".to_owned(),
-        ));
+        return Err(EngineError::InvalidInput("the restore destination is empty".to_owned()));
     }
     if dest.exists() && !dest.is_dir() {
         return Err(EngineError::InvalidInput(format!(
@@ -44,34 +37,24 @@ pub(crate) fn restore(
 
     let OpenRepo { repo, prepared } = repo::open(target, true)?;
     let error = |err: &RusticError, doing: &str| from_rustic(err, &prepared.redactor, doing);
-    let snap_id = find_snapshot(&repo, &wanted)
-        .map_err(|e| e.or_else(|err| error(&err, "listing snapshots")))?;
-    let repo = repo
-        .to_indexed()
-        .map_err(|err| error(&err, "reading the repository index"))?;
-    let snap = repo
-        .get_snapshot_from_str(&snap_id, |_| true)
-        .map_err(|err| error(&err, "reading the snapshot"))?;
+    let snap_id =
+        find_snapshot(&repo, &wanted).map_err(|e| e.or_else(|err| error(&err, "listing snapshots")))?;
+    let repo = repo.to_indexed().map_err(|err| error(&err, "reading the repository index"))?;
+    let snap =
+        repo.get_snapshot_from_str(&snap_id, |_| true).map_err(|err| error(&err, "reading the snapshot"))?;
     let node = find_node(&repo, &snap, path_in_snapshot)
         .map_err(|e| e.or_else(|err| error(&err, "reading the snapshot's trees")))?;
 
     // A trailing `/` makes rustic treat the destination as a directory even when it is new.
-    let dest_dir = if dest_text.ends_with('/') {
-        dest_text.to_owned()
-    } else {
-        format!("{dest_text}/")
-    };
+    let dest_dir = if dest_text.ends_with('/') { dest_text.to_owned() } else { format!("{dest_text}/") };
     let destination = LocalDestination::new(&dest_dir, true, false)
         .map_err(|err| error(&err, "preparing the restore destination"))?;
     let opts = RestoreOptions::default();
-    let nodes = repo
-        .ls(&node, &LsOptions::default())
-        .map_err(|err| error(&err, "listing the snapshot"))?;
+    let nodes = repo.ls(&node, &LsOptions::default()).map_err(|err| error(&err, "listing the snapshot"))?;
     let plan = repo
         .prepare_restore(&opts, nodes.clone(), &destination, false)
         .map_err(|err| error(&err, "planning the restore"))?;
-    repo.restore(plan, &opts, nodes, &destination)
-        .map_err(|err| error(&err, "restoring"))?;
+    repo.restore(plan, &opts, nodes, &destination).map_err(|err| error(&err, "restoring"))?;
     Ok(())
 }
 
@@ -97,10 +80,7 @@ impl From<Box<RusticError>> for Failure {
 }
 
 /// Resolves a (possibly abbreviated) snapshot id to the full id.
-fn find_snapshot<S: rustic_core::Open>(
-    repo: &Repository<S>,
-    wanted: &str,
-) -> Result<String, Failure> {
+fn find_snapshot<S: rustic_core::Open>(repo: &Repository<S>, wanted: &str) -> Result<String, Failure> {
     let matches: Vec<String> = repo
         .list::<SnapshotId>()?
         .map(|id| id.to_hex().to_string())
@@ -146,16 +126,12 @@ fn find_node<S: IndexedFull>(
             ))));
         };
         let tree = repo.get_tree(&subtree)?;
-        node = tree
-            .nodes
-            .into_iter()
-            .find(|n| n.name() == name)
-            .ok_or_else(|| {
-                Failure::Engine(EngineError::NotFound(format!(
-                    "{walked} is not in snapshot {}",
-                    &*snap.id.to_hex()
-                )))
-            })?;
+        node = tree.nodes.into_iter().find(|n| n.name() == name).ok_or_else(|| {
+            Failure::Engine(EngineError::NotFound(format!(
+                "{walked} is not in snapshot {}",
+                &*snap.id.to_hex()
+            )))
+        })?;
     }
     Ok(node)
 }

@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex};
 
 use rustic_core::jiff::Timestamp;
 use rustic_core::{
-    Excludes, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource,
-    ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
+    Excludes, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource, ReadSourceEntry,
+    ReadSourceOpen, RusticError, RusticResult,
 };
 
 use crate::error::describe_rustic;
@@ -52,10 +52,7 @@ pub(crate) struct Warnings(Arc<Mutex<Vec<String>>>);
 impl Warnings {
     /// Records a warning once (the walk can report the same entry twice).
     pub(crate) fn push(&self, warning: String) {
-        let mut list = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut list = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !list.contains(&warning) {
             log::warn!("{warning}");
             list.push(warning);
@@ -63,12 +60,7 @@ impl Warnings {
     }
 
     pub(crate) fn take(&self) -> Vec<String> {
-        std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 
@@ -98,16 +90,11 @@ impl WatchedSource {
         let sources = paths
             .iter()
             .map(|path| {
-                let source =
-                    LocalSource::new(save_opts, excludes, filter_opts, std::slice::from_ref(path))?;
+                let source = LocalSource::new(save_opts, excludes, filter_opts, std::slice::from_ref(path))?;
                 Ok((path.clone(), source))
             })
             .collect::<RusticResult<_>>()?;
-        Ok(Self {
-            sources,
-            save_opts,
-            warnings,
-        })
+        Ok(Self { sources, save_opts, warnings })
     }
 }
 
@@ -131,16 +118,9 @@ impl ReadSource for WatchedSource {
         let walks = self
             .sources
             .iter()
-            .map(|(path, source)| Walk {
-                dirs: dirs_to_emit(path, &mut emitted),
-                entries: source.entries(),
-            })
+            .map(|(path, source)| Walk { dirs: dirs_to_emit(path, &mut emitted), entries: source.entries() })
             .collect();
-        WatchedIter {
-            walks,
-            save_opts: self.save_opts,
-            warnings: self.warnings.clone(),
-        }
+        WatchedIter { walks, save_opts: self.save_opts, warnings: self.warnings.clone() }
     }
 }
 
@@ -148,11 +128,8 @@ impl ReadSource for WatchedSource {
 /// first, then `path` itself. The file-system root has no node of its own (its entries are the
 /// snapshot's top tree), so it is never emitted.
 fn dirs_to_emit(path: &Path, emitted: &mut HashSet<PathBuf>) -> VecDeque<PathBuf> {
-    let mut dirs: Vec<PathBuf> = path
-        .ancestors()
-        .filter(|dir| dir.file_name().is_some())
-        .map(Path::to_path_buf)
-        .collect();
+    let mut dirs: Vec<PathBuf> =
+        path.ancestors().filter(|dir| dir.file_name().is_some()).map(Path::to_path_buf).collect();
     dirs.reverse();
     dirs.retain(|dir| emitted.insert(dir.clone()));
     dirs.into()
@@ -216,10 +193,7 @@ impl Iterator for WatchedIter {
 /// `None` if `dir` is not a directory.
 fn dir_entry(save_opts: LocalSourceSaveOptions, dir: &Path) -> Result<Option<InnerEntry>, String> {
     let fail = |cause: &dyn std::fmt::Display| {
-        format!(
-            "{}: metadata cannot be read, the directory is stored without it: {cause}",
-            show(dir)
-        )
+        format!("{}: metadata cannot be read, the directory is stored without it: {cause}", show(dir))
     };
     let entry = ignore::WalkBuilder::new(dir)
         .standard_filters(false)
@@ -231,10 +205,7 @@ fn dir_entry(save_opts: LocalSourceSaveOptions, dir: &Path) -> Result<Option<Inn
     if !entry.file_type().is_some_and(|t| t.is_dir()) {
         return Ok(None);
     }
-    save_opts
-        .map_entry(entry)
-        .map(Some)
-        .map_err(|err| fail(&err))
+    save_opts.map_entry(entry).map(Some).map_err(|err| fail(&err))
 }
 
 /// Opens a file for the archiver and watches the open.
@@ -264,10 +235,7 @@ impl ReadSourceOpen for WatchedOpen {
             Err(err) => {
                 let cause = std::error::Error::source(&*err)
                     .map_or_else(|| describe_rustic(&err), crate::error::chain_message);
-                self.warnings.push(format!(
-                    "{}: cannot be opened, file skipped: {cause}",
-                    show(&self.path)
-                ));
+                self.warnings.push(format!("{}: cannot be opened, file skipped: {cause}", show(&self.path)));
                 Err(err)
             }
         }
@@ -297,17 +265,11 @@ impl WatchedReader {
         let now = match self.file.metadata() {
             Ok(meta) => meta,
             Err(err) => {
-                self.warnings.push(format!(
-                    "{}: cannot be checked after reading: {err}",
-                    show(&self.path)
-                ));
+                self.warnings.push(format!("{}: cannot be checked after reading: {err}", show(&self.path)));
                 return;
             }
         };
-        let now_mtime = now
-            .modified()
-            .ok()
-            .and_then(|t| Timestamp::try_from(t).ok());
+        let now_mtime = now.modified().ok().and_then(|t| Timestamp::try_from(t).ok());
         let mut changes = Vec::new();
         if now.len() != self.size {
             changes.push(format!("size {} → {} bytes", self.size, now.len()));
@@ -358,10 +320,7 @@ impl Read for WatchedReader {
                 Err(err) => {
                     if !self.done {
                         self.done = true;
-                        self.warnings.push(format!(
-                            "{}: read error, file skipped: {err}",
-                            show(&self.path)
-                        ));
+                        self.warnings.push(format!("{}: read error, file skipped: {err}", show(&self.path)));
                     }
                     return Err(err);
                 }
@@ -393,11 +352,7 @@ fn walk_warning(err: &RusticError) -> String {
     let short = match text.split_once("IO error for operation on ") {
         Some((prefix, rest)) => {
             let prefix = prefix.trim_end_matches(": ");
-            if prefix.is_empty() || rest.starts_with(prefix) {
-                rest.to_owned()
-            } else {
-                text.clone()
-            }
+            if prefix.is_empty() || rest.starts_with(prefix) { rest.to_owned() } else { text.clone() }
         }
         None => text.clone(),
     };
@@ -421,11 +376,7 @@ mod tests {
 
     impl std::fmt::Display for Ignore {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(
-                f,
-                "{}: IO error for operation on {}: {}",
-                self.0, self.0, self.1
-            )
+            write!(f, "{}: IO error for operation on {}: {}", self.0, self.0, self.1)
         }
     }
 
@@ -441,10 +392,7 @@ mod tests {
             file: File::open(file).unwrap(),
             path: file.to_path_buf(),
             size: recorded_size,
-            mtime: meta
-                .modified()
-                .ok()
-                .and_then(|t| Timestamp::try_from(t).ok()),
+            mtime: meta.modified().ok().and_then(|t| Timestamp::try_from(t).ok()),
             delivered: 0,
             zero_fill_from: None,
             done: false,
@@ -479,10 +427,7 @@ mod tests {
         assert_eq!(&out[..100], &[7u8; 100][..]);
         assert!(out[100..].iter().all(|b| *b == 0));
         let warnings = w.take();
-        assert!(
-            warnings[0].contains("missing 50 bytes were stored as zeros"),
-            "{warnings:?}"
-        );
+        assert!(warnings[0].contains("missing 50 bytes were stored as zeros"), "{warnings:?}");
     }
 
     #[test]
@@ -492,10 +437,7 @@ mod tests {
             dirs_to_emit(Path::new(path), emitted).into()
         };
         let paths = |list: &[&str]| list.iter().map(PathBuf::from).collect::<Vec<_>>();
-        assert_eq!(
-            dirs("/a/b/c", &mut emitted),
-            paths(&["/a", "/a/b", "/a/b/c"])
-        );
+        assert_eq!(dirs("/a/b/c", &mut emitted), paths(&["/a", "/a/b", "/a/b/c"]));
         assert_eq!(dirs("/a/b/d", &mut emitted), paths(&["/a/b/d"]));
         assert_eq!(dirs("/e", &mut emitted), paths(&["/e"]));
         assert!(dirs("/", &mut HashSet::new()).is_empty());
@@ -520,11 +462,8 @@ mod tests {
         .unwrap();
         let entries: Vec<_> = source.entries().map(Result::unwrap).collect();
         let got: Vec<_> = entries.iter().map(|e| e.path.clone()).collect();
-        let mut want: Vec<_> = top
-            .ancestors()
-            .filter(|p| p.file_name().is_some())
-            .map(Path::to_path_buf)
-            .collect();
+        let mut want: Vec<_> =
+            top.ancestors().filter(|p| p.file_name().is_some()).map(Path::to_path_buf).collect();
         want.reverse();
         want.extend([a, b.clone(), b.join("f")]);
         assert_eq!(got, want);
@@ -535,10 +474,7 @@ mod tests {
             assert_eq!(entry.node.meta.mtime, Some(mtime), "{:?}", entry.path);
             assert!(entry.node.meta.uid.is_some(), "{:?}", entry.path);
         }
-        assert_eq!(
-            entries[want.len() - 3].node.name(),
-            std::ffi::OsStr::new("a")
-        );
+        assert_eq!(entries[want.len() - 3].node.name(), std::ffi::OsStr::new("a"));
     }
 
     #[test]
@@ -550,13 +486,7 @@ mod tests {
             Ignore("/a/b c", io),
         );
         let text = walk_warning(&err);
-        assert!(
-            text.starts_with("/a/b c: cannot be read, skipped: "),
-            "{text}"
-        );
-        assert!(
-            text.contains("os error 36") && !text.contains("IO error"),
-            "{text}"
-        );
+        assert!(text.starts_with("/a/b c: cannot be read, skipped: "), "{text}");
+        assert!(text.contains("os error 36") && !text.contains("IO error"), "{text}");
     }
 }

@@ -68,10 +68,7 @@ pub fn check_repository_url(url: &str, allow_insecure_http: bool) -> Result<(), 
 }
 
 /// [`check_repository_url`] returning the parsed URL, with a trailing `/` added to its path.
-pub(crate) fn parse_repository_url(
-    raw: &str,
-    allow_insecure_http: bool,
-) -> Result<Url, EngineError> {
+pub(crate) fn parse_repository_url(raw: &str, allow_insecure_http: bool) -> Result<Url, EngineError> {
     let invalid = |why: String| EngineError::InvalidInput(why);
     let mut url = Url::parse(raw.trim()).map_err(|err| {
         // The text may hold credentials despite the rules, so it is not echoed back.
@@ -95,9 +92,7 @@ pub(crate) fn parse_repository_url(
         return Err(invalid(format!("the repository URL {url} names no host")));
     };
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid(format!(
-            "the repository URL {url} must not have a query or a fragment"
-        )));
+        return Err(invalid(format!("the repository URL {url} must not have a query or a fragment")));
     }
     if scheme == "http" && !allow_insecure_http && !is_loopback(&host) {
         return Err(invalid(format!(
@@ -149,19 +144,14 @@ impl RepoTarget {
                         "the REST server username must be non-empty and contain no `:`".to_owned(),
                     ));
                 }
-                let bad =
-                    || EngineError::InvalidInput("the URL cannot carry credentials".to_owned());
-                with_credentials
-                    .set_username(&percent_encode(user))
-                    .map_err(|()| bad())?;
+                let bad = || EngineError::InvalidInput("the URL cannot carry credentials".to_owned());
+                with_credentials.set_username(&percent_encode(user)).map_err(|()| bad())?;
                 if let Some(password) = password {
                     let password = password.expose_secret();
                     let encoded = percent_encode(password);
                     redactor.add(password);
                     redactor.add(&encoded);
-                    with_credentials
-                        .set_password(Some(&encoded))
-                        .map_err(|()| bad())?;
+                    with_credentials.set_password(Some(&encoded)).map_err(|()| bad())?;
                 }
             }
         }
@@ -173,10 +163,7 @@ impl RepoTarget {
             options.insert("cacert".to_owned(), utf8_file(path, "CA certificate")?);
         }
         if let Some(path) = &self.client_identity_file {
-            options.insert(
-                "tls-client-cert".to_owned(),
-                utf8_file(path, "client identity")?,
-            );
+            options.insert("tls-client-cert".to_owned(), utf8_file(path, "client identity")?);
         }
 
         let backends = BackendOptions::default()
@@ -187,15 +174,9 @@ impl RepoTarget {
                 // Nothing goes over the network yet: failures are about local files (CA,
                 // client identity) and option values.
                 let text = describe_rustic(&err);
-                EngineError::InvalidInput(
-                    redactor.redact(&format!("cannot set up the REST backend: {text}")),
-                )
+                EngineError::InvalidInput(redactor.redact(&format!("cannot set up the REST backend: {text}")))
             })?;
-        Ok(Prepared {
-            url,
-            redactor,
-            backends,
-        })
+        Ok(Prepared { url, redactor, backends })
     }
 }
 
@@ -217,14 +198,10 @@ fn percent_encode(text: &str) -> String {
 /// A file path given as a backend option: must exist and be valid UTF-8.
 fn utf8_file(path: &Path, what: &str) -> Result<String, EngineError> {
     let text = path.to_str().ok_or_else(|| {
-        EngineError::InvalidInput(format!(
-            "the {what} file path {} is not valid UTF-8",
-            path.display()
-        ))
+        EngineError::InvalidInput(format!("the {what} file path {} is not valid UTF-8", path.display()))
     })?;
-    std::fs::metadata(path).map_err(|err| {
-        EngineError::InvalidInput(format!("cannot use the {what} file {text}: {err}"))
-    })?;
+    std::fs::metadata(path)
+        .map_err(|err| EngineError::InvalidInput(format!("cannot use the {what} file {text}: {err}")))?;
     Ok(text.to_owned())
 }
 
@@ -253,10 +230,7 @@ mod tests {
         assert!(check_repository_url("http://LocalHost:8000/m1", false).is_ok());
         assert!(check_repository_url("http://backup.example.org/m1", true).is_ok());
         let err = check_repository_url("http://backup.example.org/m1", false).unwrap_err();
-        assert!(
-            matches!(&err, EngineError::InvalidInput(m) if m.contains("plain http")),
-            "{err}"
-        );
+        assert!(matches!(&err, EngineError::InvalidInput(m) if m.contains("plain http")), "{err}");
         for bad in [
             "ftp://host/x",
             "rest:https://host/x",
@@ -266,10 +240,7 @@ mod tests {
             "file:///tmp/repo",
         ] {
             let err = check_repository_url(bad, true).unwrap_err();
-            assert!(
-                matches!(err, EngineError::InvalidInput(_)),
-                "{bad}: {err:?}"
-            );
+            assert!(matches!(err, EngineError::InvalidInput(_)), "{bad}: {err:?}");
             assert!(!err.to_string().contains("secretpw"), "{err}");
         }
     }
@@ -277,10 +248,7 @@ mod tests {
     #[test]
     fn debug_redacts_secrets() {
         let text = format!("{:?}", target("https://h/x"));
-        assert!(
-            !text.contains("p@ss") && !text.contains("repo-secret"),
-            "{text}"
-        );
+        assert!(!text.contains("p@ss") && !text.contains("repo-secret"), "{text}");
         assert!(text.contains("machine-1"), "{text}");
     }
 
@@ -288,9 +256,7 @@ mod tests {
     fn backend_options_are_accepted() {
         // Builds rustic's REST backend with our option values: catches renamed options or
         // unparsable durations without any network access.
-        let prepared = target("https://backup.example.org:8000/m1")
-            .prepare()
-            .unwrap();
+        let prepared = target("https://backup.example.org:8000/m1").prepare().unwrap();
         assert_eq!(prepared.url.as_str(), "https://backup.example.org:8000/m1/");
         assert_eq!(prepared.redactor.redact("x p@ss:w/rd% y"), "x *** y");
         assert_eq!(prepared.redactor.redact("p%40ss%3Aw%2Frd%25"), "***");

@@ -29,11 +29,7 @@ fn restic_lists_and_restores_what_the_engine_backed_up() {
     assert_eq!(report.hostname, "test-host");
     assert_eq!(report.paths, vec![src.to_str().unwrap().to_owned()]);
     assert!(report.files_new >= 13, "{report:?}");
-    assert_eq!(
-        report.files_changed + report.files_unmodified,
-        0,
-        "{report:?}"
-    );
+    assert_eq!(report.files_changed + report.files_unmodified, 0, "{report:?}");
     assert!(report.bytes_processed > 8 << 20, "{report:?}");
     assert!(report.bytes_added_packed > 0 && report.bytes_added_packed < report.bytes_added);
     let age = chrono::Utc::now() - report.snapshot_time;
@@ -43,33 +39,18 @@ fn restic_lists_and_restores_what_the_engine_backed_up() {
     let snapshots = server.restic_json("repo-c", &["snapshots"]);
     let snap = &snapshots[0];
     assert_eq!(snapshots.as_array().unwrap().len(), 1);
-    assert_eq!(
-        snap["id"].as_str(),
-        Some(report.snapshot_id.as_str()),
-        "{snapshots}"
-    );
+    assert_eq!(snap["id"].as_str(), Some(report.snapshot_id.as_str()), "{snapshots}");
     assert_eq!(snap["hostname"].as_str(), Some("test-host"));
     assert_eq!(snap["paths"][0].as_str(), src.to_str());
     assert_eq!(snap["tags"][0].as_str(), Some("cofre-test"));
     let time = chrono::DateTime::parse_from_rfc3339(snap["time"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        time.timestamp_nanos_opt(),
-        report.snapshot_time.timestamp_nanos_opt()
-    );
+    assert_eq!(time.timestamp_nanos_opt(), report.snapshot_time.timestamp_nanos_opt());
 
     server.restic("repo-c", &["check", "--read-data"]);
 
     // restic restore recreates the absolute path under the target.
     let out = tempfile::tempdir().unwrap();
-    server.restic(
-        "repo-c",
-        &[
-            "restore",
-            &report.snapshot_id,
-            "--target",
-            out.path().to_str().unwrap(),
-        ],
-    );
+    server.restic("repo-c", &["restore", &report.snapshot_id, "--target", out.path().to_str().unwrap()]);
     let restored = out.path().join(src.strip_prefix("/").unwrap());
     assert_same_tree_restic_014(&src, &restored);
 
@@ -82,17 +63,8 @@ fn restic_lists_and_restores_what_the_engine_backed_up() {
     // ... a single file by abbreviated snapshot id ...
     let single = mine.path().join("single");
     let file = src.join("sub dir/nested.bin");
-    restore(
-        &t,
-        &report.snapshot_id[..8],
-        Some(file.to_str().unwrap()),
-        &single,
-    )
-    .unwrap();
-    assert_eq!(
-        std::fs::read(single.join("nested.bin")).unwrap(),
-        std::fs::read(&file).unwrap()
-    );
+    restore(&t, &report.snapshot_id[..8], Some(file.to_str().unwrap()), &single).unwrap();
+    assert_eq!(std::fs::read(single.join("nested.bin")).unwrap(), std::fs::read(&file).unwrap());
 
     // ... and the whole snapshot like restic does.
     let whole = mine.path().join("whole");
@@ -131,14 +103,7 @@ fn second_backup_uses_the_parent_and_counts_changes() {
     let started = Instant::now();
     let second = backup(&t, &req).unwrap();
     eprintln!("second backup took {:?}: {second:?}", started.elapsed());
-    assert_eq!(
-        (
-            second.files_new,
-            second.files_changed,
-            second.files_unmodified
-        ),
-        (1, 1, 19)
-    );
+    assert_eq!((second.files_new, second.files_changed, second.files_unmodified), (1, 1, 19));
     assert_eq!(second.files_processed, 21);
     assert_ne!(first.snapshot_id, second.snapshot_id);
 
@@ -173,11 +138,7 @@ fn refuses_a_repository_with_another_id_and_writes_nothing() {
     assert_eq!(err.retry_class(), RetryClass::Permanent);
     assert!(restic_snapshot_ids(&server, "repo-e").is_empty());
     let packs = server.restic("repo-e", &["list", "packs"]);
-    assert!(
-        packs.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&packs.stdout)
-    );
+    assert!(packs.stdout.is_empty(), "{}", String::from_utf8_lossy(&packs.stdout));
 
     // A wrong repository password is reported as such, and nothing is written either.
     let wrong = target(&server.url("repo-e"), REST_PASSWORD, "wrong password");
@@ -203,11 +164,7 @@ fn a_server_refusing_writes_fails_the_backup_with_its_status() {
         .arg(&repo_dir)
         .output()
         .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
 
     let t = server.target("ro");
     let id = cofre_engine::repository_id(&t).expect("reading is allowed");
@@ -216,10 +173,7 @@ fn a_server_refusing_writes_fails_the_backup_with_its_status() {
     let started = Instant::now();
     let err = backup(&t, &request(&id, &[work.path()])).unwrap_err();
     eprintln!("refused write after {:?}: {err}", started.elapsed());
-    assert!(
-        matches!(err, EngineError::AccessDenied { status: 403, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, EngineError::AccessDenied { status: 403, .. }), "{err:?}");
     assert_eq!(err.retry_class(), RetryClass::Permanent);
     assert!(!err.to_string().contains(REST_PASSWORD), "{err}");
 }
@@ -251,45 +205,24 @@ fn the_backup_root_directory_keeps_its_own_metadata() {
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
 
     let out = tempfile::tempdir().unwrap();
-    server.restic(
-        "repo-root",
-        &[
-            "restore",
-            &report.snapshot_id,
-            "--target",
-            out.path().to_str().unwrap(),
-        ],
-    );
+    server.restic("repo-root", &["restore", &report.snapshot_id, "--target", out.path().to_str().unwrap()]);
     let restored = out.path().join(src.strip_prefix("/").unwrap());
     assert_same_tree_restic_014(&src, &restored);
 
     // The root itself: mtime to the nanosecond, mode, owner, xattrs.
-    let (want, got) = (
-        std::fs::metadata(&src).unwrap(),
-        std::fs::metadata(&restored).unwrap(),
-    );
+    let (want, got) = (std::fs::metadata(&src).unwrap(), std::fs::metadata(&restored).unwrap());
     assert_eq!(
         (got.mtime(), got.mtime_nsec()),
         (want.mtime(), want.mtime_nsec()),
         "mtime of the restored backup root"
     );
-    assert_eq!(
-        got.mode() & 0o7777,
-        0o750,
-        "mode of the restored backup root"
-    );
+    assert_eq!(got.mode() & 0o7777, 0o750, "mode of the restored backup root");
     assert_eq!((got.uid(), got.gid()), (want.uid(), want.gid()));
-    assert_eq!(
-        xattr::get(&restored, "user.cofre-root").unwrap().as_deref(),
-        Some(&b"root dir xattr"[..])
-    );
+    assert_eq!(xattr::get(&restored, "user.cofre-root").unwrap().as_deref(), Some(&b"root dir xattr"[..]));
 
     // Its ancestors carry their real metadata too, as in restic's own snapshots.
     let restored_parent = restored.parent().unwrap();
-    let (want, got) = (
-        std::fs::metadata(&parent).unwrap(),
-        std::fs::metadata(restored_parent).unwrap(),
-    );
+    let (want, got) = (std::fs::metadata(&parent).unwrap(), std::fs::metadata(restored_parent).unwrap());
     assert_eq!(
         (got.mtime(), got.mtime_nsec()),
         (want.mtime(), want.mtime_nsec()),
@@ -299,13 +232,5 @@ fn the_backup_root_directory_keeps_its_own_metadata() {
 
     // The parent snapshot still matches: nothing is read again.
     let second = backup(&t, &request(&id, &[&src])).expect("second backup");
-    assert_eq!(
-        (
-            second.files_new,
-            second.files_changed,
-            second.files_unmodified
-        ),
-        (0, 0, 1),
-        "{second:?}"
-    );
+    assert_eq!((second.files_new, second.files_changed, second.files_unmodified), (0, 0, 1), "{second:?}");
 }

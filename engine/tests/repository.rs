@@ -61,33 +61,14 @@ fn missing_repository_and_wrong_passwords() {
     assert_eq!(err.retry_class(), RetryClass::Permanent);
 
     // Wrong REST server password: refused, permanent, never taken for a missing repository.
-    let wrong_rest = target(
-        &server.url("repo-b"),
-        "not-the-rest-password",
-        REPO_PASSWORD,
-    );
-    for err in [
-        repository_id(&wrong_rest).unwrap_err(),
-        init_repository(&wrong_rest).unwrap_err(),
-    ] {
+    let wrong_rest = target(&server.url("repo-b"), "not-the-rest-password", REPO_PASSWORD);
+    for err in [repository_id(&wrong_rest).unwrap_err(), init_repository(&wrong_rest).unwrap_err()] {
         eprintln!("wrong REST password: {err}");
-        assert!(
-            matches!(
-                err,
-                EngineError::AccessDenied {
-                    status: 401 | 403,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, EngineError::AccessDenied { status: 401 | 403, .. }), "{err:?}");
         assert_eq!(err.retry_class(), RetryClass::Permanent);
         let text = err.to_string();
         assert!(text.contains("refused the credentials"), "{text}");
-        assert!(
-            !text.contains("not-the-rest-password") && !text.contains(REPO_PASSWORD),
-            "{text}"
-        );
+        assert!(!text.contains("not-the-rest-password") && !text.contains(REPO_PASSWORD), "{text}");
     }
 
     // A repository path the user is not granted.
@@ -99,46 +80,29 @@ fn missing_repository_and_wrong_passwords() {
 #[test]
 fn dead_server_is_a_temporary_backend_error_within_seconds() {
     let port = free_port();
-    let t = target(
-        &format!("http://127.0.0.1:{port}/repo"),
-        REST_PASSWORD,
-        REPO_PASSWORD,
-    );
+    let t = target(&format!("http://127.0.0.1:{port}/repo"), REST_PASSWORD, REPO_PASSWORD);
     for call in [repository_id as fn(&_) -> _, init_repository] {
         let started = Instant::now();
         let err = call(&t).unwrap_err();
         let took = started.elapsed();
         eprintln!("dead server answered in {took:?}: {err}");
         assert!(took < Duration::from_secs(5), "took {took:?}");
-        assert!(
-            matches!(err, EngineError::Backend { status: None, .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, EngineError::Backend { status: None, .. }), "{err:?}");
         assert_eq!(err.retry_class(), RetryClass::Temporary);
         let text = err.to_string();
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
         assert!(text.to_lowercase().contains("refused"), "{text}");
-        assert!(
-            !text.contains("p@ss") && !text.contains(REPO_PASSWORD),
-            "{text}"
-        );
+        assert!(!text.contains("p@ss") && !text.contains(REPO_PASSWORD), "{text}");
     }
 }
 
 #[test]
 fn plain_http_to_a_remote_host_is_refused() {
-    let t = target(
-        "http://198.51.100.7:8000/repo",
-        REST_PASSWORD,
-        REPO_PASSWORD,
-    );
+    let t = target("http://198.51.100.7:8000/repo", REST_PASSWORD, REPO_PASSWORD);
     let started = Instant::now();
     let err = init_repository(&t).unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(500));
-    assert!(
-        matches!(&err, EngineError::InvalidInput(m) if m.contains("plain http")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, EngineError::InvalidInput(m) if m.contains("plain http")), "{err:?}");
     assert_eq!(err.retry_class(), RetryClass::Permanent);
 
     let mut allowed = t;
@@ -149,14 +113,7 @@ fn plain_http_to_a_remote_host_is_refused() {
 
 #[test]
 fn debug_output_has_no_secrets() {
-    let t = target(
-        "https://backup.example.org/m1",
-        REST_PASSWORD,
-        REPO_PASSWORD,
-    );
+    let t = target("https://backup.example.org/m1", REST_PASSWORD, REPO_PASSWORD);
     let text = format!("{t:?}");
-    assert!(
-        !text.contains(REST_PASSWORD) && !text.contains(REPO_PASSWORD),
-        "{text}"
-    );
+    assert!(!text.contains(REST_PASSWORD) && !text.contains(REPO_PASSWORD), "{text}");
 }

@@ -11,27 +11,15 @@ use cofre_engine::{EngineError, RetryClass, backup, init_repository, repository_
 use common::{RestServer, Tls, request};
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl CLI");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl CLI");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Writes `name.pem` (certificate) and `name.key` signed by the CA in `dir`.
 fn leaf(dir: &Path, name: &str, ext: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    let (key, csr, pem, extfile) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-        format!("{name}.ext"),
-    );
+    let (key, csr, pem, extfile) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
     openssl(
         dir,
         &[
@@ -109,26 +97,14 @@ fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let mut both = std::fs::read(dir.join("client.pem")).unwrap();
     both.extend(std::fs::read(dir.join("client.key")).unwrap());
     std::fs::write(&identity, both).unwrap();
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-        identity,
-    )
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"), identity)
 }
 
 #[test]
 fn private_ca_and_client_identity() {
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key, identity) = make_pki(pki.path());
-    let server = RestServer::start_with(
-        &["tls-repo"],
-        Some(Tls {
-            cacert: &ca,
-            cert: &cert,
-            key: &key,
-        }),
-    );
+    let server = RestServer::start_with(&["tls-repo"], Some(Tls { cacert: &ca, cert: &cert, key: &key }));
 
     // With the private CA (and a client identity the server does not ask for) all works, and
     // restic agrees on the id.
@@ -151,10 +127,7 @@ fn private_ca_and_client_identity() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(matches!(err, EngineError::Tls(_)), "{err:?}");
     assert_eq!(err.retry_class(), RetryClass::Permanent);
-    assert!(
-        err.to_string().to_lowercase().contains("certificate"),
-        "{err}"
-    );
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
 
     // A client identity file without its private key is rejected before any connection.
     let mut no_key = server.target("tls-repo");

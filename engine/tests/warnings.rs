@@ -26,24 +26,16 @@ fn make_too_deep(base: &Path, depth: usize) {
          done && echo deep > file"
     );
     // bash with `set -P` changes directory relatively; dash rebuilds the absolute path and fails.
-    let status = Command::new("bash")
-        .args(["-c", &script, "bash"])
-        .arg(base)
-        .status()
-        .unwrap();
+    let status = Command::new("bash").args(["-c", &script, "bash"]).arg(base).status().unwrap();
     assert!(status.success());
 }
 
 /// A write-only sysfs attribute, if this machine has one that root cannot open for reading.
 fn write_only_sysfs_file() -> Option<PathBuf> {
-    [
-        "/sys/bus/pci/rescan",
-        "/sys/class/zram-control/hot_remove",
-        "/sys/kernel/mm/ksm/run_never",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists() && std::fs::File::open(p).is_err())
+    ["/sys/bus/pci/rescan", "/sys/class/zram-control/hot_remove", "/sys/kernel/mm/ksm/run_never"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists() && std::fs::File::open(p).is_err())
 }
 
 #[test]
@@ -69,28 +61,19 @@ fn unreadable_entries_are_warnings_not_failures() {
     let report = backup(&t, &request(&id, &paths)).expect("the backup itself must succeed");
     eprintln!("warnings: {:#?}", report.warnings);
     assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.contains("skipped") && w.contains("ddddd")),
+        report.warnings.iter().any(|w| w.contains("skipped") && w.contains("ddddd")),
         "{:?}",
         report.warnings
     );
     if let Some(p) = &sysfs {
         let name = p.to_str().unwrap();
         assert!(
-            report
-                .warnings
-                .iter()
-                .any(|w| w.starts_with(name) && w.contains("cannot be opened")),
+            report.warnings.iter().any(|w| w.starts_with(name) && w.contains("cannot be opened")),
             "{:?}",
             report.warnings
         );
     }
-    assert_eq!(
-        restic_snapshot_ids(&server, "repo-w"),
-        vec![report.snapshot_id.clone()]
-    );
+    assert_eq!(restic_snapshot_ids(&server, "repo-w"), vec![report.snapshot_id.clone()]);
     let ls = server.restic("repo-w", &["ls", &report.snapshot_id]);
     assert!(String::from_utf8_lossy(&ls.stdout).contains("/fine.txt"));
     server.restic("repo-w", &["check", "--read-data"]);
@@ -142,38 +125,19 @@ fn a_file_growing_during_the_backup_is_reported_and_stays_consistent() {
 
     let log_text = log.to_str().unwrap();
     assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.starts_with(log_text) && w.contains("changed while being read")),
+        report.warnings.iter().any(|w| w.starts_with(log_text) && w.contains("changed while being read")),
         "{:?}",
         report.warnings
     );
-    assert!(
-        !report.warnings.iter().any(|w| w.contains("quiet.txt")),
-        "{:?}",
-        report.warnings
-    );
+    assert!(!report.warnings.iter().any(|w| w.contains("quiet.txt")), "{:?}", report.warnings);
 
     // The stored node is self-consistent: restic's check and restore accept it, and the
     // restored file is the prefix that existed when the walk saw it.
     server.restic("repo-g", &["check", "--read-data"]);
     let out = tempfile::tempdir().unwrap();
-    server.restic(
-        "repo-g",
-        &[
-            "restore",
-            &report.snapshot_id,
-            "--target",
-            out.path().to_str().unwrap(),
-        ],
-    );
+    server.restic("repo-g", &["restore", &report.snapshot_id, "--target", out.path().to_str().unwrap()]);
     let restored = std::fs::read(out.path().join(log.strip_prefix("/").unwrap())).unwrap();
     let now = std::fs::read(&log).unwrap();
-    assert!(
-        restored.len() >= 24 << 20 && restored.len() < now.len(),
-        "{}",
-        restored.len()
-    );
+    assert!(restored.len() >= 24 << 20 && restored.len() < now.len(), "{}", restored.len());
     assert_eq!(&now[..restored.len()], &restored[..]);
 }

@@ -53,7 +53,8 @@ struct Protected {
 }
 
 async fn protect(f: &mut Fixture, source: &Path) -> Result<Protected> {
-    let token = f.admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
+    let token =
+        f.admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
     let mut agent = Agent::new(&f.tmp.path().join("agent"));
     let out = agent.enroll(&f.ctrl.grpc_url(), &token.token)?;
     assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -85,17 +86,22 @@ async fn protect(f: &mut Fixture, source: &Path) -> Result<Protected> {
     f.admin.assign_policy_to_machine(policy.id, machine).await?;
     agent.start()?;
     let policy_id = policy.id.to_string();
-    wait_until_async("the agent stores a plan with the policy", Duration::from_secs(60), Duration::from_millis(200), || {
-        let plan = agent.stored_plan();
-        let policy_id = policy_id.clone();
-        async move {
-            match plan {
-                Ok(p) if p.policies.iter().any(|x| x.id == policy_id) => Ok(()),
-                Ok(_) => Err("plan without the policy yet".to_string()),
-                Err(e) => Err(e.to_string()),
+    wait_until_async(
+        "the agent stores a plan with the policy",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let plan = agent.stored_plan();
+            let policy_id = policy_id.clone();
+            async move {
+                match plan {
+                    Ok(p) if p.policies.iter().any(|x| x.id == policy_id) => Ok(()),
+                    Ok(_) => Err("plan without the policy yet".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
-        }
-    })
+        },
+    )
     .await?;
     Ok(Protected { agent, machine, policy: policy.id })
 }
@@ -146,7 +152,10 @@ async fn backup_through_the_controller_is_restorable_with_restic() -> Result<()>
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     assert_eq!(snaps[0]["id"].as_str(), Some(snapshot_id.as_str()));
     let recorded = f.admin.list_snapshots(p.machine).await?;
-    assert_eq!(recorded.iter().map(|s| s.snapshot_id.as_str()).collect::<Vec<_>>(), vec![snapshot_id.as_str()]);
+    assert_eq!(
+        recorded.iter().map(|s| s.snapshot_id.as_str()).collect::<Vec<_>>(),
+        vec![snapshot_id.as_str()]
+    );
     assert_eq!(plan.repositories[0].restic_id.len(), 64);
 
     // restic restores contents, names, links, modes, xattrs and mtimes.
@@ -168,7 +177,8 @@ async fn backup_through_the_controller_is_restorable_with_restic() -> Result<()>
     assert!(stats2["files_changed"].as_u64() >= Some(mutation.modified.len() as u64), "{stats2}");
     let snaps = restic.snapshots_json()?;
     assert_eq!(snaps.len(), 2);
-    let ids: Vec<String> = f.admin.list_snapshots(p.machine).await?.into_iter().map(|s| s.snapshot_id).collect();
+    let ids: Vec<String> =
+        f.admin.list_snapshots(p.machine).await?.into_iter().map(|s| s.snapshot_id).collect();
     assert_eq!(ids.len(), 2);
     assert!(snaps.iter().all(|s| ids.iter().any(|i| Some(i.as_str()) == s["id"].as_str())));
     let target = f.tmp.path().join("restore-2");
@@ -186,17 +196,29 @@ async fn backup_through_the_controller_is_restorable_with_restic() -> Result<()>
 
 /// Opens a Session as an agent would, with the given client identity (or none), and returns
 /// the first thing the controller says: a message, or the refusal.
-async fn try_session(grpc_url: &str, ca_pem: &str, identity: Option<(String, String)>) -> Result<pb::ControllerMessage, String> {
+async fn try_session(
+    grpc_url: &str,
+    ca_pem: &str,
+    identity: Option<(String, String)>,
+) -> Result<pb::ControllerMessage, String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
-    let endpoint = Endpoint::from_shared(grpc_url.to_string()).map_err(|e| e.to_string())?.tls_config(tls).map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::from_shared(grpc_url.to_string())
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?;
     let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
     let hello = pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Hello(pb::Hello { plan_version: 0, inventory: None, interrupted_job_ids: vec![] })),
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            plan_version: 0,
+            inventory: None,
+            interrupted_job_ids: vec![],
+        })),
     };
     // Keep the request stream open so the controller answers before it sees our end.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -232,7 +254,8 @@ async fn unauthorised_agents_and_clients_are_refused() -> Result<()> {
     assert!(matches!(first.msg, Some(pb::controller_message::Msg::Plan(_))), "{first:?}");
 
     // A used-up token.
-    let token = f.admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
+    let token =
+        f.admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
     let first_use = Agent::new(&f.tmp.path().join("agent-b")).enroll(&grpc, &token.token)?;
     assert!(first_use.status.success());
     let second_use = Agent::new(&f.tmp.path().join("agent-c")).enroll(&grpc, &token.token)?;
@@ -264,10 +287,15 @@ async fn unauthorised_agents_and_clients_are_refused() -> Result<()> {
     // Revocation: the running agent's stream closes at once, and the certificate is refused.
     let revoked_at = std::time::Instant::now();
     f.admin.revoke_machine(p.machine).await?;
-    wait_until_async("the agent's session is closed", Duration::from_secs(10), Duration::from_millis(50), || {
-        let log = p.agent.log();
-        async move { if log.contains("certificate revoked") { Ok(()) } else { Err("still connected") } }
-    })
+    wait_until_async(
+        "the agent's session is closed",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let log = p.agent.log();
+            async move { if log.contains("certificate revoked") { Ok(()) } else { Err("still connected") } }
+        },
+    )
     .await?;
     eprintln!("revocation reached the agent in {:?}", revoked_at.elapsed());
     let err = try_session(&grpc, &ca, Some(identity)).await.expect_err("revoked certificate");
@@ -323,11 +351,22 @@ async fn results_survive_a_controller_outage_and_are_stored_once() -> Result<()>
     // The agent finishes on its own and keeps the result in its spool.
     let running = p.agent.state_dir.join("running");
     let agent = &p.agent;
-    wait_until_async("the backup finishes while the controller is down", Duration::from_secs(600), Duration::from_millis(200), || {
-        let idle = std::fs::read_dir(&running).map(|rd| rd.count() == 0).unwrap_or(false);
-        let spooled = agent.spooled();
-        async move { if idle && spooled > 0 { Ok(()) } else { Err(format!("running: {}, spooled: {spooled}", !idle)) } }
-    })
+    wait_until_async(
+        "the backup finishes while the controller is down",
+        Duration::from_secs(600),
+        Duration::from_millis(200),
+        || {
+            let idle = std::fs::read_dir(&running).map(|rd| rd.count() == 0).unwrap_or(false);
+            let spooled = agent.spooled();
+            async move {
+                if idle && spooled > 0 {
+                    Ok(())
+                } else {
+                    Err(format!("running: {}, spooled: {spooled}", !idle))
+                }
+            }
+        },
+    )
     .await?;
 
     f.ctrl.restart()?;
@@ -356,7 +395,11 @@ async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<(
     let group = f.admin.create_group("finance").await?;
     let token = f
         .admin
-        .create_enrollment_token(&NewEnrollmentToken { group_id: Some(group.id), requires_approval: true, ..Default::default() })
+        .create_enrollment_token(&NewEnrollmentToken {
+            group_id: Some(group.id),
+            requires_approval: true,
+            ..Default::default()
+        })
         .await?;
     let mut agent = Agent::new(&f.tmp.path().join("agent"));
     let out = agent.enroll(&f.ctrl.grpc_url(), &token.token)?;
@@ -395,10 +438,15 @@ async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<(
     f.admin.assign_policy_to_group(policy.id, group.id).await?;
     agent.start()?;
     let a = &agent;
-    wait_until_async("the agent hears it awaits approval", Duration::from_secs(30), Duration::from_millis(100), || {
-        let log = a.log();
-        async move { if log.contains("waiting for an administrator") { Ok(()) } else { Err("not yet") } }
-    })
+    wait_until_async(
+        "the agent hears it awaits approval",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let log = a.log();
+            async move { if log.contains("waiting for an administrator") { Ok(()) } else { Err("not yet") } }
+        },
+    )
     .await?;
     assert!(agent.stored_plan().is_err(), "a pending machine must not receive a plan");
     let refused = f.admin.run_now(machine, policy.id, None).await.expect_err("pending machines run nothing");
@@ -406,33 +454,49 @@ async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<(
 
     f.admin.approve_machine(machine).await?;
     let policy_id = policy.id.to_string();
-    wait_until_async("the approved machine receives its plan", Duration::from_secs(30), Duration::from_millis(100), || {
-        let plan = a.stored_plan();
-        let policy_id = policy_id.clone();
-        async move {
-            match plan {
-                Ok(p) if p.policies.iter().any(|x| x.id == policy_id) => Ok(()),
-                _ => Err("no plan with the policy yet"),
+    wait_until_async(
+        "the approved machine receives its plan",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let plan = a.stored_plan();
+            let policy_id = policy_id.clone();
+            async move {
+                match plan {
+                    Ok(p) if p.policies.iter().any(|x| x.id == policy_id) => Ok(()),
+                    _ => Err("no plan with the policy yet"),
+                }
             }
-        }
-    })
+        },
+    )
     .await?;
 
     // Renewal at 2/3 of the lifetime, over the session, with a new key.
-    wait_until_async("the certificate is renewed", Duration::from_secs(90), Duration::from_millis(500), || {
-        let now = a.identity_pem().unwrap_or_default();
-        let changed = now != first_identity;
-        async move { if changed { Ok(()) } else { Err("same certificate") } }
-    })
+    wait_until_async(
+        "the certificate is renewed",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || {
+            let now = a.identity_pem().unwrap_or_default();
+            let changed = now != first_identity;
+            async move { if changed { Ok(()) } else { Err("same certificate") } }
+        },
+    )
     .await?;
     let renewed = agent.identity_pem()?;
     let (old_cert, old_key) = split_identity(&first_identity);
     let (new_cert, new_key) = split_identity(&renewed);
     assert_ne!(old_cert, new_cert);
     assert_ne!(old_key, new_key, "renewal must use a new key");
-    let certs: i64 = f._pg.psql(&f.ctrl.db.name, &format!("select count(*) from certificates where machine_id = '{machine}'"))?.trim().parse()?;
+    let certs: i64 = f
+        ._pg
+        .psql(&f.ctrl.db.name, &format!("select count(*) from certificates where machine_id = '{machine}'"))?
+        .trim()
+        .parse()?;
     assert_eq!(certs, 2);
-    let first = try_session(&f.ctrl.grpc_url(), &agent.ca_pem()?, Some((new_cert, new_key))).await.map_err(anyhow::Error::msg)?;
+    let first = try_session(&f.ctrl.grpc_url(), &agent.ca_pem()?, Some((new_cert, new_key)))
+        .await
+        .map_err(anyhow::Error::msg)?;
     assert!(matches!(first.msg, Some(pb::controller_message::Msg::Plan(_))), "{first:?}");
     Ok(())
 }

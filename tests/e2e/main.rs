@@ -2,5 +2,5 @@
 
 mod harness;
 
-mod harness_selftest;
 mod foundation;
+mod harness_selftest;

@@ -62,14 +62,24 @@ impl Client {
     /// Logs in with a password and keeps the access token.
     pub async fn login(&mut self, username: &str, password: &str) -> Result<LoginResponse> {
         let r: LoginResponse = self
-            .request(Method::POST, "/api/v1/auth/login", Some(&serde_json::json!({"username": username, "password": password})), &[])
+            .request(
+                Method::POST,
+                "/api/v1/auth/login",
+                Some(&serde_json::json!({"username": username, "password": password})),
+                &[],
+            )
             .await?;
         self.token = Some(r.access_token.clone());
         Ok(r)
     }
 
     /// A raw request: status and body, without interpreting errors (for tests of error paths).
-    pub async fn raw(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<(StatusCode, String)> {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, String)> {
         let mut rb = self.http.request(method, self.base.join(path)?);
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
@@ -146,11 +156,19 @@ impl Client {
     }
 
     pub async fn assign_policy_to_machine(&self, policy: Uuid, machine: Uuid) -> Result<Assignment> {
-        self.post(&format!("/api/v1/policies/{policy}/assignments"), &serde_json::json!({ "machine_id": machine })).await
+        self.post(
+            &format!("/api/v1/policies/{policy}/assignments"),
+            &serde_json::json!({ "machine_id": machine }),
+        )
+        .await
     }
 
     pub async fn assign_policy_to_group(&self, policy: Uuid, group: Uuid) -> Result<Assignment> {
-        self.post(&format!("/api/v1/policies/{policy}/assignments"), &serde_json::json!({ "group_id": group })).await
+        self.post(
+            &format!("/api/v1/policies/{policy}/assignments"),
+            &serde_json::json!({ "group_id": group }),
+        )
+        .await
     }
 
     pub async fn list_machines(&self) -> Result<Vec<Machine>> {
@@ -184,9 +202,15 @@ impl Client {
 
     /// Queues a backup now. With an idempotency key, retrying returns the same job.
     pub async fn run_now(&self, machine: Uuid, policy: Uuid, idempotency_key: Option<&str>) -> Result<Job> {
-        let headers: Vec<(&str, &str)> = idempotency_key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
-        self.request(Method::POST, &format!("/api/v1/machines/{machine}/jobs"), Some(&serde_json::json!({ "policy_id": policy })), &headers)
-            .await
+        let headers: Vec<(&str, &str)> =
+            idempotency_key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        self.request(
+            Method::POST,
+            &format!("/api/v1/machines/{machine}/jobs"),
+            Some(&serde_json::json!({ "policy_id": policy })),
+            &headers,
+        )
+        .await
     }
 
     pub async fn get_job(&self, id: Uuid) -> Result<Job> {

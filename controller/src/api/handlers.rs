@@ -67,7 +67,11 @@ pub async fn create_token(
     Ok(created(t))
 }
 
-pub async fn revoke_token(State(st): State<AppState>, Extension(c): Extension<Claims>, Path(p): Path<String>) -> Result<StatusCode> {
+pub async fn revoke_token(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<StatusCode> {
     enrollment::revoke_token(&st.pool, &c.actor(), id(&p, "enrollment token")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -189,27 +193,42 @@ fn limit(l: Option<usize>) -> Result<usize> {
 pub async fn list_machines(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response> {
     let after = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
     if let Some(s) = &q.status
-        && !["pending", "active", "revoked", "decommissioned"].contains(&s.as_str()) {
-            return Err(Error::field("status", "one of pending, active, revoked, decommissioned"));
-        }
-    Ok(axum::Json(machines::list(&st.pool, after, limit(q.limit)?, q.status.as_deref()).await?).into_response())
+        && !["pending", "active", "revoked", "decommissioned"].contains(&s.as_str())
+    {
+        return Err(Error::field("status", "one of pending, active, revoked, decommissioned"));
+    }
+    Ok(axum::Json(machines::list(&st.pool, after, limit(q.limit)?, q.status.as_deref()).await?)
+        .into_response())
 }
 
 pub async fn get_machine(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
     Ok(axum::Json(machines::get(&st.pool, id(&p, "machine")?).await?).into_response())
 }
 
-pub async fn approve_machine(State(st): State<AppState>, Extension(c): Extension<Claims>, Path(p): Path<String>) -> Result<Response> {
+pub async fn approve_machine(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<Response> {
     Ok(axum::Json(machines::approve(&st.pool, &c.actor(), id(&p, "machine")?).await?).into_response())
 }
 
-pub async fn revoke_machine(State(st): State<AppState>, Extension(c): Extension<Claims>, Path(p): Path<String>) -> Result<Response> {
+pub async fn revoke_machine(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<Response> {
     Ok(axum::Json(machines::revoke(&st.pool, &c.actor(), id(&p, "machine")?).await?).into_response())
 }
 
-pub async fn list_jobs(State(st): State<AppState>, Path(p): Path<String>, Query(q): Query<ListQuery>) -> Result<Response> {
+pub async fn list_jobs(
+    State(st): State<AppState>,
+    Path(p): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response> {
     let before = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
-    Ok(axum::Json(jobs::list_for_machine(&st.pool, id(&p, "machine")?, before, limit(q.limit)?).await?).into_response())
+    Ok(axum::Json(jobs::list_for_machine(&st.pool, id(&p, "machine")?, before, limit(q.limit)?).await?)
+        .into_response())
 }
 
 pub async fn run_now(
@@ -219,13 +238,17 @@ pub async fn run_now(
     headers: HeaderMap,
     Json(req): Json<jobs::RunNow>,
 ) -> Result<Response> {
-    let key = headers.get("idempotency-key").map(|v| v.to_str().map_err(|_| Error::invalid("Idempotency-Key must be ASCII"))).transpose()?;
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map_err(|_| Error::invalid("Idempotency-Key must be ASCII")))
+        .transpose()?;
     let job = jobs::run_now(&st.pool, &c.actor(), id(&p, "machine")?, req, key).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
 }
 
 pub async fn list_snapshots(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": jobs::snapshots_for_machine(&st.pool, id(&p, "machine")?).await? })).into_response())
+    Ok(axum::Json(json!({ "items": jobs::snapshots_for_machine(&st.pool, id(&p, "machine")?).await? }))
+        .into_response())
 }
 
 pub async fn get_job(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {

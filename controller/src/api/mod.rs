@@ -70,7 +70,12 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         r(Method::PUT, "/api/v1/policies/{id}", Admin, put(h::update_policy)),
         r(Method::GET, "/api/v1/policies/{id}/assignments", Read, get(h::list_assignments)),
         r(Method::POST, "/api/v1/policies/{id}/assignments", Admin, post(h::assign_policy)),
-        r(Method::DELETE, "/api/v1/policies/{id}/assignments/{assignment}", Admin, delete(h::unassign_policy)),
+        r(
+            Method::DELETE,
+            "/api/v1/policies/{id}/assignments/{assignment}",
+            Admin,
+            delete(h::unassign_policy),
+        ),
         r(Method::GET, "/api/v1/machines", Read, get(h::list_machines)),
         r(Method::GET, "/api/v1/machines/{id}", Read, get(h::get_machine)),
         r(Method::POST, "/api/v1/machines/{id}/approve", Operate, post(h::approve_machine)),

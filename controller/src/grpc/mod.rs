@@ -61,9 +61,12 @@ impl AgentService for AgentApi {
     async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
         let ip = req.remote_addr().map(|a| a.ip());
         if let Some(ip) = ip
-            && !self.limiter.allow(ip) {
-                return Err(Status::resource_exhausted("too many enrollment attempts from this address; wait a minute"));
-            }
+            && !self.limiter.allow(ip)
+        {
+            return Err(Status::resource_exhausted(
+                "too many enrollment attempts from this address; wait a minute",
+            ));
+        }
         let req = req.into_inner();
         if req.csr_der.is_empty() || req.csr_der.len() > 16 * 1024 {
             return Err(Status::invalid_argument("csr_der must be a DER PKCS#10 request"));
@@ -74,9 +77,12 @@ impl AgentService for AgentApi {
         }
         let st = &self.state;
         let lifetime = Duration::from_secs(st.settings.certificates.agent_lifetime_seconds);
-        let enrolled = enrollment::enroll(&st.pool, &st.ca, lifetime, &req.token, &req.csr_der, inv.clone()).await;
+        let enrolled =
+            enrollment::enroll(&st.pool, &st.ca, lifetime, &req.token, &req.csr_der, inv.clone()).await;
         match &enrolled {
-            Ok(e) => tracing::info!(machine.id = %e.machine_id, hostname = %inv.hostname, ?ip, "machine enrolled"),
+            Ok(e) => {
+                tracing::info!(machine.id = %e.machine_id, hostname = %inv.hostname, ?ip, "machine enrolled");
+            }
             Err(e) => tracing::warn!(error = %e, ?ip, "enrollment refused"),
         }
         let e = enrolled?;
@@ -90,7 +96,10 @@ impl AgentService for AgentApi {
 
     type SessionStream = session::OutStream;
 
-    async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         session::open(self.state.clone(), req).await
     }
 }
@@ -120,4 +129,3 @@ impl RateLimiter {
         e.1 <= self.per_minute
     }
 }
-

@@ -27,9 +27,9 @@ pub type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Sta
 
 /// The machine id (CN) and serial of the verified client certificate.
 fn identity<T>(req: &Request<T>) -> Result<(Uuid, String), Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required: enroll this agent first"))?;
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("a client certificate is required: enroll this agent first")
+    })?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
@@ -39,18 +39,25 @@ fn identity<T>(req: &Request<T>) -> Result<(Uuid, String), Status> {
         .next()
         .and_then(|c| c.as_str().ok())
         .ok_or_else(|| Status::unauthenticated("client certificate has no machine id"))?;
-    let id = Uuid::try_parse(cn).map_err(|_| Status::unauthenticated("client certificate has no machine id"))?;
+    let id =
+        Uuid::try_parse(cn).map_err(|_| Status::unauthenticated("client certificate has no machine id"))?;
     Ok((id, crate::pki::serial_hex(cert.raw_serial())))
 }
 
-pub async fn open(state: AppState, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<OutStream>, Status> {
+pub async fn open(
+    state: AppState,
+    req: Request<Streaming<pb::AgentMessage>>,
+) -> Result<Response<OutStream>, Status> {
     let (machine, serial) = identity(&req)?;
     let standing = machines::session_standing(&state.pool, machine, &serial).await?;
     let events = state.events.subscribe();
     let inbound = req.into_inner();
     let (tx, rx) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(64);
-    let session = Session { state, machine, serial, standing, tx, sent_plan: None, sent_jobs: HashSet::new() };
-    tokio::spawn(session.run(inbound, events).instrument(tracing::info_span!("session", machine.id = %machine)));
+    let session =
+        Session { state, machine, serial, standing, tx, sent_plan: None, sent_jobs: HashSet::new() };
+    tokio::spawn(
+        session.run(inbound, events).instrument(tracing::info_span!("session", machine.id = %machine)),
+    );
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
 
@@ -105,7 +112,9 @@ impl Session {
             .map_err(|_| End::Refuse(Status::deadline_exceeded("no Hello within 30 s")))?;
         let hello = match first {
             Some(Ok(pb::AgentMessage { msg: Some(In::Hello(h)) })) => h,
-            Some(Ok(_)) => return Err(End::Refuse(Status::invalid_argument("the first message must be Hello"))),
+            Some(Ok(_)) => {
+                return Err(End::Refuse(Status::invalid_argument("the first message must be Hello")));
+            }
             Some(Err(_)) | None => return Err(End::Gone),
         };
         self.on_hello(hello).await?;
@@ -139,7 +148,8 @@ impl Session {
     async fn on_hello(&mut self, hello: pb::Hello) -> Result<(), End> {
         let inv = super::inventory(hello.inventory);
         machines::record_hello(&self.state.pool, self.machine, &inv, hello.plan_version).await?;
-        let interrupted: Vec<Uuid> = hello.interrupted_job_ids.iter().filter_map(|s| Uuid::try_parse(s).ok()).collect();
+        let interrupted: Vec<Uuid> =
+            hello.interrupted_job_ids.iter().filter_map(|s| Uuid::try_parse(s).ok()).collect();
         jobs::mark_interrupted(&self.state.pool, self.machine, &interrupted).await?;
         tracing::info!(machine.id = %self.machine, agent_version = %inv.agent_version, plan_version = hello.plan_version, "agent connected");
         self.sent_plan = Some(hello.plan_version);
@@ -163,7 +173,8 @@ impl Session {
         // initialised) stays queued; it is sent with the plan that includes it.
         for (job, policy) in jobs::queued_for(&self.state.pool, self.machine).await? {
             if in_plan.contains(&policy.to_string()) && self.sent_jobs.insert(job) {
-                self.send(Out::RunNow(pb::RunNow { job_id: job.to_string(), policy_id: policy.to_string() })).await?;
+                self.send(Out::RunNow(pb::RunNow { job_id: job.to_string(), policy_id: policy.to_string() }))
+                    .await?;
             }
         }
         Ok(())

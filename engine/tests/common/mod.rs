@@ -42,23 +42,13 @@ pub struct Tls<'a> {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn server_binary() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
     let candidate = home.join(".cargo/bin/rustic-server");
-    if candidate.exists() {
-        candidate
-    } else {
-        PathBuf::from("rustic-server")
-    }
+    if candidate.exists() { candidate } else { PathBuf::from("rustic-server") }
 }
 
 impl RestServer {
@@ -71,9 +61,7 @@ impl RestServer {
     /// Starts a server; with `tls` it speaks https.
     pub fn start_with(repos: &[&str], tls: Option<Tls<'_>>) -> Self {
         // Keep rustic's cache out of the home directory of whoever runs the tests.
-        cofre_engine::set_cache_dir(Some(
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cofre-engine-cache"),
-        ));
+        cofre_engine::set_cache_dir(Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("cofre-engine-cache")));
         let dir = tempfile::tempdir().unwrap();
         let htpasswd = dir.path().join("htpasswd");
         let status = Command::new(server_binary())
@@ -111,25 +99,11 @@ impl RestServer {
             .arg("--acl-path")
             .arg(&acl);
         if let Some(tls) = &tls {
-            command
-                .arg("--tls")
-                .arg("--tls-cert")
-                .arg(tls.cert)
-                .arg("--tls-key")
-                .arg(tls.key);
+            command.arg("--tls").arg("--tls-cert").arg(tls.cert).arg("--tls-key").arg(tls.key);
         }
-        let child = command
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = command.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         let cacert = tls.map(|t| t.cacert.to_path_buf());
-        let server = Self {
-            child,
-            port,
-            dir,
-            cacert,
-        };
+        let server = Self { child, port, dir, cacert };
         server.wait_ready();
         server
     }
@@ -155,18 +129,11 @@ impl RestServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-        panic!(
-            "rustic-server did not become ready on port {}:\n{log}",
-            self.port
-        );
+        panic!("rustic-server did not become ready on port {}:\n{log}", self.port);
     }
 
     fn scheme(&self) -> &'static str {
-        if self.cacert.is_some() {
-            "https"
-        } else {
-            "http"
-        }
+        if self.cacert.is_some() { "https" } else { "http" }
     }
 
     pub fn url(&self, repo: &str) -> String {
@@ -184,19 +151,9 @@ impl RestServer {
     pub fn restic_repo(&self, repo: &str) -> String {
         let encoded: String = REST_PASSWORD
             .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
+            .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
             .collect();
-        format!(
-            "rest:{}://{USER}:{encoded}@127.0.0.1:{}/{repo}",
-            self.scheme(),
-            self.port
-        )
+        format!("rest:{}://{USER}:{encoded}@127.0.0.1:{}/{repo}", self.scheme(), self.port)
     }
 
     /// Runs the restic CLI against `repo` (no cache, password from the environment).
@@ -228,10 +185,7 @@ impl RestServer {
         all.push("--json");
         let out = self.restic(repo, &all);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
-            panic!(
-                "restic {args:?}: bad JSON ({err}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
+            panic!("restic {args:?}: bad JSON ({err}): {}", String::from_utf8_lossy(&out.stdout))
         })
     }
 }
@@ -258,11 +212,7 @@ pub fn target(url: &str, rest_password: &str, repo_password: &str) -> RepoTarget
 /// Snapshot ids as listed by `restic snapshots --json`.
 pub fn restic_snapshot_ids(server: &RestServer, repo: &str) -> Vec<String> {
     let list = server.restic_json(repo, &["snapshots"]);
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect()
+    list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect()
 }
 
 /// A request for `paths` on host `test-host`.

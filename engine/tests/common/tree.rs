@@ -17,12 +17,7 @@ pub fn odd_time(offset_secs: u64) -> SystemTime {
 
 fn set_mtime(path: &Path, offset_secs: u64) {
     let file = File::open(path).unwrap();
-    file.set_times(
-        FileTimes::new()
-            .set_modified(odd_time(offset_secs))
-            .set_accessed(odd_time(1)),
-    )
-    .unwrap();
+    file.set_times(FileTimes::new().set_modified(odd_time(offset_secs)).set_accessed(odd_time(1))).unwrap();
 }
 
 /// Builds the awkward tree under `root` (which must exist and be empty).
@@ -37,36 +32,20 @@ pub fn build_awkward_tree(root: &Path) {
     write(OsStr::new("empty.txt"), b"", 0o644);
     write(OsStr::new("script.sh"), b"#!/bin/sh\necho hi\n", 0o755);
     write(OsStr::new("private.key"), b"secret-ish\n", 0o600);
-    write(
-        OsStr::from_bytes(b"not-utf8-\xff\xfe-name"),
-        b"latin-1 name\n",
-        0o644,
-    );
+    write(OsStr::from_bytes(b"not-utf8-\xff\xfe-name"), b"latin-1 name\n", 0o644);
     write(OsStr::new("new\nline"), b"newline in the name\n", 0o644);
     write(OsStr::new("emoji 🎉 ü ß.txt"), b"unicode\n", 0o644);
-    write(
-        OsStr::new("back\\slash \"quoted\" \ttab"),
-        b"escapes\n",
-        0o644,
-    );
+    write(OsStr::new("back\\slash \"quoted\" \ttab"), b"escapes\n", 0o644);
 
     let sub = root.join("sub dir");
     fs::create_dir(&sub).unwrap();
-    fs::write(
-        sub.join("nested.bin"),
-        (0..=255u8).cycle().take(300_000).collect::<Vec<_>>(),
-    )
-    .unwrap();
+    fs::write(sub.join("nested.bin"), (0..=255u8).cycle().take(300_000).collect::<Vec<_>>()).unwrap();
     set_mtime(&sub.join("nested.bin"), 20);
     fs::create_dir(root.join("empty dir")).unwrap();
 
     symlink("file.txt", root.join("link-to-file")).unwrap();
     symlink("/nonexistent/target", root.join("dangling-link")).unwrap();
-    symlink(
-        OsStr::from_bytes(b"odd-\xff-target"),
-        root.join("link-non-utf8"),
-    )
-    .unwrap();
+    symlink(OsStr::from_bytes(b"odd-\xff-target"), root.join("link-non-utf8")).unwrap();
 
     fs::write(root.join("hard-1"), b"hardlinked content\n").unwrap();
     fs::hard_link(root.join("hard-1"), root.join("hard-2")).unwrap();
@@ -82,13 +61,7 @@ pub fn build_awkward_tree(root: &Path) {
     xattr::set(root.join("xattr.txt"), "user.cofre", b"kept \x00 binary").unwrap();
 
     let fifo = root.join("fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
 
     // Directory mtimes last, once their contents exist.
     set_mtime(&sub, 30);
@@ -154,18 +127,12 @@ fn describe(root: &Path) -> BTreeMap<OsString, Entry> {
         };
         let entry = Entry {
             kind,
-            mode: if ft.is_symlink() {
-                0
-            } else {
-                meta.mode() & 0o7777
-            },
+            mode: if ft.is_symlink() { 0 } else { meta.mode() & 0o7777 },
             uid: meta.uid(),
             gid: meta.gid(),
             mtime: (ft.is_file() || ft.is_dir()).then(|| (meta.mtime(), meta.mtime_nsec())),
             content: ft.is_file().then(|| fs::read(&path).unwrap()),
-            link: ft
-                .is_symlink()
-                .then(|| fs::read_link(&path).unwrap().into_os_string()),
+            link: ft.is_symlink().then(|| fs::read_link(&path).unwrap().into_os_string()),
             xattrs,
             hardlinks: if ft.is_file() { inodes[&meta.ino()] } else { 0 },
         };

@@ -37,7 +37,8 @@ impl Controller {
         let db = pg.create_database(db_name)?;
         std::fs::create_dir_all(dir)?;
         let key = dir.join("master.key");
-        let out = Command::new(workspace_bin("cofre-controller")).arg("generate-master-key").arg(&key).output()?;
+        let out =
+            Command::new(workspace_bin("cofre-controller")).arg("generate-master-key").arg(&key).output()?;
         if !out.status.success() {
             bail!("generate-master-key: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -57,9 +58,14 @@ impl Controller {
                 key.display()
             ),
         )?;
-        let out = Command::new(workspace_bin("cofre-controller")).arg("-c").arg(&config).arg("migrate").output()?;
+        let out =
+            Command::new(workspace_bin("cofre-controller")).arg("-c").arg(&config).arg("migrate").output()?;
         if !out.status.success() {
-            bail!("migrate failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "migrate failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let mut c = Controller { db, dir: dir.to_path_buf(), http_port, grpc_port, config, proc: None };
         c.restart()?;
@@ -155,7 +161,9 @@ impl Agent {
     }
 
     pub fn spooled(&self) -> usize {
-        std::fs::read_dir(self.state_dir.join("spool")).map(|rd| rd.filter_map(|e| e.ok()).count()).unwrap_or(0)
+        std::fs::read_dir(self.state_dir.join("spool"))
+            .map(|rd| rd.filter_map(|e| e.ok()).count())
+            .unwrap_or(0)
     }
 
     pub fn start(&mut self) -> Result<()> {

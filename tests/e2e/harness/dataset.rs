@@ -41,10 +41,7 @@ pub struct DatasetOptions {
 
 impl Default for DatasetOptions {
     fn default() -> Self {
-        DatasetOptions {
-            seed: 0xC0F2E,
-            require_xattrs: true,
-        }
+        DatasetOptions { seed: 0xC0F2E, require_xattrs: true }
     }
 }
 
@@ -76,11 +73,7 @@ impl Dataset {
 /// Generates the data set into `root` (created if missing; must be empty).
 pub fn generate(root: &Path, options: &DatasetOptions) -> Result<Dataset> {
     fs::create_dir_all(root)?;
-    ensure!(
-        fs::read_dir(root)?.next().is_none(),
-        "data set root {} is not empty",
-        root.display()
-    );
+    ensure!(fs::read_dir(root)?.next().is_none(), "data set root {} is not empty", root.display());
     let xattrs = probe_xattrs(root, options.require_xattrs)?;
     generator::Generator::new(root, options.seed, xattrs).run()
 }

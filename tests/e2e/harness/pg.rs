@@ -49,9 +49,8 @@ impl PgCluster {
     /// `initdb` + `pg_ctl start` as the `postgres` user; returns once the server accepts
     /// connections. Errors carry the server log.
     pub fn start() -> Result<PgCluster> {
-        let postgres = User::from_name("postgres")?.context(
-            "no `postgres` system user: install PostgreSQL 15 (apt-get install postgresql)",
-        )?;
+        let postgres = User::from_name("postgres")?
+            .context("no `postgres` system user: install PostgreSQL 15 (apt-get install postgresql)")?;
         let dir = tempfile::Builder::new().prefix("cofre-pg-").tempdir()?;
         chown(dir.path(), Some(postgres.uid), Some(postgres.gid))
             .with_context(|| format!("chown postgres {}", dir.path().display()))?;
@@ -86,9 +85,7 @@ impl PgCluster {
             match pg_ctl_start(dir.path(), port) {
                 Ok(()) => break port,
                 // Only a lost race for the port is worth another try.
-                Err(_)
-                    if attempt < START_ATTEMPTS
-                        && read_lossy(&log_path).contains("could not bind") => {}
+                Err(_) if attempt < START_ATTEMPTS && read_lossy(&log_path).contains("could not bind") => {}
                 Err(err) => {
                     // A server that came up after pg_ctl gave up must not outlive the test.
                     let _ = pg_ctl_stop(dir.path());
@@ -96,11 +93,7 @@ impl PgCluster {
                 }
             }
         };
-        let cluster = PgCluster {
-            dir,
-            port,
-            superuser_password,
-        };
+        let cluster = PgCluster { dir, port, superuser_password };
         // `pg_ctl -w` already waited for readiness; one query proves the socket works for us.
         cluster.psql("postgres", "select 1").with_context(|| {
             format!(
@@ -117,10 +110,7 @@ impl PgCluster {
 
     /// Superuser URL for `db` over TCP.
     pub fn admin_url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{db}",
-            self.superuser_password, self.port
-        )
+        format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.superuser_password, self.port)
     }
 
     /// The temp dir: holds the data dir, the server log and the Unix socket.
@@ -145,16 +135,7 @@ impl PgCluster {
     /// output. Statements stop at the first error.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
         let output = Command::new(pg_bin("psql")?)
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-            ])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
             .arg("-h")
             .arg(self.dir.path())
             .arg("-p")
@@ -178,9 +159,7 @@ impl PgCluster {
         ensure!(
             !name.is_empty()
                 && name.len() <= 50
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                 && !name.as_bytes()[0].is_ascii_digit(),
             "database name {name:?}: use lowercase letters, digits and _ (max 50)"
         );
@@ -195,10 +174,7 @@ impl PgCluster {
         )?;
         // A separate call: psql runs a multi-statement -c in one transaction, and CREATE
         // DATABASE refuses to run inside one.
-        self.psql(
-            "postgres",
-            &format!("CREATE DATABASE {name} OWNER {owner_user}"),
-        )?;
+        self.psql("postgres", &format!("CREATE DATABASE {name} OWNER {owner_user}"))?;
         self.psql(
             "postgres",
             &format!(
@@ -212,10 +188,7 @@ impl PgCluster {
             ),
         )?;
         let url = |user: &str, password: &str| {
-            format!(
-                "postgres://{user}:{password}@127.0.0.1:{}/{name}",
-                self.port
-            )
+            format!("postgres://{user}:{password}@127.0.0.1:{}/{name}", self.port)
         };
         Ok(PgDatabase {
             name: name.to_owned(),
@@ -232,10 +205,7 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if let Err(err) = pg_ctl_stop(self.dir.path()) {
-            eprintln!(
-                "cofre-e2e: stopping PostgreSQL in {} failed: {err:#}",
-                self.dir.path().display()
-            );
+            eprintln!("cofre-e2e: stopping PostgreSQL in {} failed: {err:#}", self.dir.path().display());
         }
     }
 }
@@ -260,10 +230,7 @@ fn pg_ctl_start(dir: &Path, port: u16) -> Result<()> {
         "start".as_ref(),
     ]));
     result.with_context(|| {
-        format!(
-            "pg_ctl start failed\n--- server log ---\n{}",
-            tail(&read_lossy(&log_path), 8000)
-        )
+        format!("pg_ctl start failed\n--- server log ---\n{}", tail(&read_lossy(&log_path), 8000))
     })
 }
 
@@ -271,11 +238,7 @@ fn pg_ctl_start(dir: &Path, port: u16) -> Result<()> {
 /// (Debian installs the server programs there, off `PATH`).
 pub fn pg_bin(name: &str) -> Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
-        .map(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(name))
-                .collect::<Vec<_>>()
-        })
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).collect::<Vec<_>>())
         .unwrap_or_default();
     if let Some(found) = on_path.into_iter().find(|p| p.is_file()) {
         return Ok(found);

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context as _, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose,
 };
 use tempfile::TempDir;
 
@@ -42,11 +42,8 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
         let cert_path = dir.path().join("ca.pem");
@@ -120,13 +117,7 @@ impl TestCa {
         std::fs::write(&cert_path, &cert_pem)?;
         std::fs::write(&key_path, &key_pem)?;
         std::fs::write(&bundle_path, format!("{cert_pem}{key_pem}"))?;
-        Ok(IssuedCert {
-            cert_pem,
-            key_pem,
-            cert_path,
-            key_path,
-            bundle_path,
-        })
+        Ok(IssuedCert { cert_pem, key_pem, cert_path, key_path, bundle_path })
     }
 }
 

@@ -43,20 +43,9 @@ impl Proc {
         let stderr = log.try_clone()?;
         // A process group of its own: signals reach the grandchildren too, and a Ctrl-C aimed
         // at `cargo test` does not race our orderly shutdown.
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(stderr))
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
-        Ok(Proc {
-            name: name.to_owned(),
-            child,
-            log_path,
-            grace: DEFAULT_GRACE,
-            status: None,
-        })
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(stderr)).process_group(0);
+        let child = cmd.spawn().with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        Ok(Proc { name: name.to_owned(), child, log_path, grace: DEFAULT_GRACE, status: None })
     }
 
     /// Changes the SIGTERM → SIGKILL grace period used by `terminate` and `Drop`.
@@ -124,12 +113,9 @@ impl Proc {
     /// Waits for the process to exit by itself (polling), up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let name = self.name.clone();
-        wait_until(
-            &format!("{name} to exit"),
-            timeout,
-            Duration::from_millis(20),
-            || self.try_status().ok_or("still running"),
-        )
+        wait_until(&format!("{name} to exit"), timeout, Duration::from_millis(20), || {
+            self.try_status().ok_or("still running")
+        })
         .with_context(|| format!("log of {name}:\n{}", tail(&self.log(), 4000)))
     }
 }
@@ -192,12 +178,7 @@ pub fn wait_until<T, E: std::fmt::Display>(
             Err(err) => err.to_string(),
         };
         if start.elapsed() >= timeout {
-            return Err(WaitTimeout {
-                what: what.to_owned(),
-                waited: start.elapsed(),
-                attempts,
-                last_error,
-            });
+            return Err(WaitTimeout { what: what.to_owned(), waited: start.elapsed(), attempts, last_error });
         }
         std::thread::sleep(interval.min(timeout.saturating_sub(start.elapsed())));
     }
@@ -224,12 +205,7 @@ where
             Err(err) => err.to_string(),
         };
         if start.elapsed() >= timeout {
-            return Err(WaitTimeout {
-                what: what.to_owned(),
-                waited: start.elapsed(),
-                attempts,
-                last_error,
-            });
+            return Err(WaitTimeout { what: what.to_owned(), waited: start.elapsed(), attempts, last_error });
         }
         tokio::time::sleep(interval.min(timeout.saturating_sub(start.elapsed()))).await;
     }
@@ -264,10 +240,7 @@ pub fn find_workspace_bin(name: &str) -> Result<PathBuf> {
             return Ok(path);
         }
     }
-    let searched: Vec<String> = candidates
-        .iter()
-        .map(|dir| format!("  {}", dir.display()))
-        .collect();
+    let searched: Vec<String> = candidates.iter().map(|dir| format!("  {}", dir.display())).collect();
     bail!(
         "binary `{name}` not found; build them first with cargo build --workspace --bins\n\
          searched:\n{}",

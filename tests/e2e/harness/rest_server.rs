@@ -88,12 +88,11 @@ impl RestServer {
             .into_iter()
             .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
             .map(|dir| dir.join("rustic-server"));
-        let in_cargo_home = std::env::var_os("HOME")
-            .map(|home| PathBuf::from(home).join(".cargo/bin/rustic-server"));
-        on_path
-            .chain(in_cargo_home)
-            .find(|candidate| candidate.is_file())
-            .context("rustic-server not found on PATH nor in ~/.cargo/bin: cargo install rustic_server --locked")
+        let in_cargo_home =
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin/rustic-server"));
+        on_path.chain(in_cargo_home).find(|candidate| candidate.is_file()).context(
+            "rustic-server not found on PATH nor in ~/.cargo/bin: cargo install rustic_server --locked",
+        )
     }
 
     /// The command line the server runs with (shown in its log and in the harness report).
@@ -144,10 +143,7 @@ impl RestServer {
                 break "rustic-server exited during start-up".to_owned();
             }
             let probe = super::block_on_isolated(async {
-                let response = https_client(&self.ca_pem, None)?
-                    .get(&health)
-                    .send()
-                    .await?;
+                let response = https_client(&self.ca_pem, None)?.get(&health).send().await?;
                 anyhow::Ok(response.status())
             });
             match probe {
@@ -200,8 +196,7 @@ impl RestServer {
     }
 
     fn write_acl(&self) -> Result<()> {
-        let mut acl =
-            String::from("# Written by the cofre-e2e harness: one entry per repository.\n");
+        let mut acl = String::from("# Written by the cofre-e2e harness: one entry per repository.\n");
         for repo in &self.repos {
             acl.push_str(&format!("[{repo:?}]\n{STORAGE_USER:?} = \"Modify\"\n"));
         }
@@ -222,10 +217,7 @@ impl RestServer {
     /// The repository string for restic and rustic:
     /// `rest:https://USER:PASS@127.0.0.1:PORT/<repo>`.
     pub fn restic_repository(&self, repo: &str) -> String {
-        format!(
-            "rest:https://{STORAGE_USER}:{}@127.0.0.1:{}/{repo}",
-            self.password, self.port
-        )
+        format!("rest:https://{STORAGE_USER}:{}@127.0.0.1:{}/{repo}", self.password, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -278,9 +270,7 @@ fn check_repo_name(name: &str) -> Result<()> {
     ensure!(
         !name.is_empty()
             && !RESERVED_NAMES.contains(&name)
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
             && !name.starts_with('.'),
         "repository name {name:?}: one path component of [A-Za-z0-9._-], not starting with '.', \
          and none of {RESERVED_NAMES:?}"

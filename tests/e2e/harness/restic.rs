@@ -54,12 +54,7 @@ impl Restic {
 
     /// Repository `repo` on `server`, as its storage user, trusting the server's test CA.
     pub fn for_rest(server: &RestServer, repo: &str, password: &str, cache_dir: &Path) -> Restic {
-        Restic::new(
-            server.restic_repository(repo),
-            password,
-            Some(&server.ca_pem_path()),
-            cache_dir,
-        )
+        Restic::new(server.restic_repository(repo), password, Some(&server.ca_pem_path()), cache_dir)
     }
 
     pub fn repository(&self) -> &str {
@@ -107,14 +102,12 @@ impl Restic {
         let mut cmd = self.command();
         cmd.args(args);
         let shown = format!("{:?}", cmd.get_args().collect::<Vec<_>>());
-        cmd.output()
-            .with_context(|| format!("running restic {shown} (is restic installed?)"))
+        cmd.output().with_context(|| format!("running restic {shown} (is restic installed?)"))
     }
 
     /// `restic init --repository-version 2` (compression needs version 2).
     pub fn init_v2(&self) -> Result<()> {
-        self.run(["init", "--repository-version", "2"])
-            .context("restic init")?;
+        self.run(["init", "--repository-version", "2"]).context("restic init")?;
         Ok(())
     }
 
@@ -132,26 +125,14 @@ impl Restic {
         let output = self.run_unchecked(&args)?;
         let incomplete = output.status.code() == Some(EXIT_INCOMPLETE);
         if !output.status.success() && !incomplete {
-            bail!(
-                "restic backup {}: {}",
-                path.display(),
-                describe_failure(&output)
-            );
+            bail!("restic backup {}: {}", path.display(), describe_failure(&output));
         }
         let summary = String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .find(|msg| msg["message_type"] == "summary")
-            .with_context(|| {
-                format!(
-                    "restic backup printed no summary: {}",
-                    describe_failure(&output)
-                )
-            })?;
-        let snapshot_id = summary["snapshot_id"]
-            .as_str()
-            .context("summary without snapshot_id")?
-            .to_owned();
+            .with_context(|| format!("restic backup printed no summary: {}", describe_failure(&output)))?;
+        let snapshot_id = summary["snapshot_id"].as_str().context("summary without snapshot_id")?.to_owned();
         Ok(BackupOutcome {
             snapshot_id,
             summary,
@@ -171,13 +152,8 @@ impl Restic {
     /// `restic restore <snapshot> --target <target>`. restic recreates the snapshot's absolute
     /// paths below `target`: see [`restored_path`].
     pub fn restore(&self, snapshot_id: &str, target: &Path) -> Result<()> {
-        self.run([
-            "restore".as_ref(),
-            snapshot_id.as_ref(),
-            "--target".as_ref(),
-            target.as_os_str(),
-        ])
-        .with_context(|| format!("restic restore {snapshot_id}"))?;
+        self.run(["restore".as_ref(), snapshot_id.as_ref(), "--target".as_ref(), target.as_os_str()])
+            .with_context(|| format!("restic restore {snapshot_id}"))?;
         Ok(())
     }
 

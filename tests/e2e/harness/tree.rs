@@ -140,11 +140,7 @@ impl Differences {
     /// Panics with the list when there is any difference.
     #[track_caller]
     pub fn assert_none(&self, context: &str) {
-        assert!(
-            self.is_empty(),
-            "{context}: {} differences:\n{self}",
-            self.len()
-        );
+        assert!(self.is_empty(), "{context}: {} differences:\n{self}", self.len());
     }
 }
 
@@ -164,11 +160,7 @@ impl fmt::Display for Differences {
 /// A path for humans: Rust's debug form of the raw bytes (`"dir-\xFF/new\nline"`), `.` for
 /// the root.
 pub fn show_path(path: &Path) -> String {
-    if path.as_os_str().is_empty() {
-        ".".to_owned()
-    } else {
-        format!("{:?}", path.as_os_str())
-    }
+    if path.as_os_str().is_empty() { ".".to_owned() } else { format!("{:?}", path.as_os_str()) }
 }
 
 impl TreeSnapshot {
@@ -176,10 +168,7 @@ impl TreeSnapshot {
     pub fn scan(root: &Path) -> Result<TreeSnapshot> {
         let mut entries = BTreeMap::new();
         scan_into(root, Path::new(""), &mut entries)?;
-        Ok(TreeSnapshot {
-            root: root.to_path_buf(),
-            entries,
-        })
+        Ok(TreeSnapshot { root: root.to_path_buf(), entries })
     }
 
     pub fn get(&self, relative: impl AsRef<Path>) -> Option<&Entry> {
@@ -188,38 +177,22 @@ impl TreeSnapshot {
 }
 
 /// Scans both trees and compares them.
-pub fn compare_dirs(
-    expected: &Path,
-    actual: &Path,
-    options: &CompareOptions,
-) -> Result<Differences> {
+pub fn compare_dirs(expected: &Path, actual: &Path, options: &CompareOptions) -> Result<Differences> {
     let expected =
         TreeSnapshot::scan(expected).with_context(|| format!("scanning {}", expected.display()))?;
-    let actual =
-        TreeSnapshot::scan(actual).with_context(|| format!("scanning {}", actual.display()))?;
+    let actual = TreeSnapshot::scan(actual).with_context(|| format!("scanning {}", actual.display()))?;
     Ok(compare(&expected, &actual, options))
 }
 
 /// Every way `actual` differs from `expected`, in path order.
-pub fn compare(
-    expected: &TreeSnapshot,
-    actual: &TreeSnapshot,
-    options: &CompareOptions,
-) -> Differences {
+pub fn compare(expected: &TreeSnapshot, actual: &TreeSnapshot, options: &CompareOptions) -> Differences {
     let excluded = |path: &Path| options.exclude.iter().any(|ex| path.starts_with(ex));
     let mut diffs = Vec::new();
     let mut push = |path: &Path, what: String| {
-        diffs.push(Difference {
-            path: path.to_path_buf(),
-            what,
-        });
+        diffs.push(Difference { path: path.to_path_buf(), what });
     };
 
-    let paths: BTreeSet<&PathBuf> = expected
-        .entries
-        .keys()
-        .chain(actual.entries.keys())
-        .collect();
+    let paths: BTreeSet<&PathBuf> = expected.entries.keys().chain(actual.entries.keys()).collect();
     for path in paths {
         if excluded(path) {
             continue;
@@ -237,10 +210,7 @@ pub fn compare(
             (None, None) => unreachable!("path came from one of the maps"),
         };
         if exp.kind != act.kind {
-            push(
-                path,
-                format!("type {:?}, expected {:?}", act.kind, exp.kind),
-            );
+            push(path, format!("type {:?}, expected {:?}", act.kind, exp.kind));
             continue;
         }
         if exp.kind == Kind::File && (exp.size != act.size || exp.sha256 != act.sha256) {
@@ -267,19 +237,10 @@ pub fn compare(
         }
         // Symlink permission bits are meaningless on Linux (always 0777).
         if options.mode && exp.kind != Kind::Symlink && exp.mode != act.mode {
-            push(
-                path,
-                format!("mode {:04o}, expected {:04o}", act.mode, exp.mode),
-            );
+            push(path, format!("mode {:04o}, expected {:04o}", act.mode, exp.mode));
         }
         if options.ownership && (exp.uid, exp.gid) != (act.uid, act.gid) {
-            push(
-                path,
-                format!(
-                    "owner {}:{}, expected {}:{}",
-                    act.uid, act.gid, exp.uid, exp.gid
-                ),
-            );
+            push(path, format!("owner {}:{}, expected {}:{}", act.uid, act.gid, exp.uid, exp.gid));
         }
         if options.xattrs && exp.xattrs != act.xattrs {
             push(path, describe_xattr_diff(&exp.xattrs, &act.xattrs));
@@ -295,25 +256,15 @@ pub fn compare(
             TimeCheck::Ignore => false,
         };
         if differs {
-            push(
-                path,
-                format!(
-                    "mtime {}, expected {}",
-                    show_time(act.mtime),
-                    show_time(exp.mtime)
-                ),
-            );
+            push(path, format!("mtime {}, expected {}", show_time(act.mtime), show_time(exp.mtime)));
         }
     }
 
     if options.hardlinks == HardlinkCheck::SameInode {
         for group in hardlink_groups(expected) {
             let group: Vec<&PathBuf> = group.into_iter().filter(|p| !excluded(p)).collect();
-            let inodes: BTreeSet<(u64, u64)> = group
-                .iter()
-                .filter_map(|p| actual.entries.get(*p))
-                .map(|e| e.inode)
-                .collect();
+            let inodes: BTreeSet<(u64, u64)> =
+                group.iter().filter_map(|p| actual.entries.get(*p)).map(|e| e.inode).collect();
             if group.len() > 1 && inodes.len() > 1 {
                 let names: Vec<String> = group.iter().map(|p| show_path(p)).collect();
                 push(
@@ -350,11 +301,7 @@ pub fn allocated_bytes(path: &Path) -> Result<u64> {
 }
 
 fn scan_into(root: &Path, relative: &Path, entries: &mut BTreeMap<PathBuf, Entry>) -> Result<()> {
-    let abs = if relative.as_os_str().is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(relative)
-    };
+    let abs = if relative.as_os_str().is_empty() { root.to_path_buf() } else { root.join(relative) };
     let meta = fs::symlink_metadata(&abs).with_context(|| format!("lstat {}", abs.display()))?;
     let file_type = meta.file_type();
     let kind = if file_type.is_dir() {
@@ -445,10 +392,7 @@ fn show_time((secs, nanos): (i64, i64)) -> String {
     format!("{secs}.{nanos:09}")
 }
 
-fn describe_xattr_diff(
-    exp: &BTreeMap<OsString, Vec<u8>>,
-    act: &BTreeMap<OsString, Vec<u8>>,
-) -> String {
+fn describe_xattr_diff(exp: &BTreeMap<OsString, Vec<u8>>, act: &BTreeMap<OsString, Vec<u8>>) -> String {
     let mut parts = Vec::new();
     let names: BTreeSet<&OsString> = exp.keys().chain(act.keys()).collect();
     for name in names {

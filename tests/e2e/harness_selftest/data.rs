@@ -30,26 +30,17 @@ fn dataset_is_deterministic_and_tree_reports_changes() -> Result<()> {
     assert!(first.large_files.len() >= 4);
     assert!(first.xattrs);
     let a = TreeSnapshot::scan(&first.root)?;
-    let deepest = a
-        .entries
-        .keys()
-        .map(|p| p.components().count())
-        .max()
-        .unwrap_or(0);
+    let deepest = a.entries.keys().map(|p| p.components().count()).max().unwrap_or(0);
     assert!(deepest >= 6, "depth {deepest}");
     for group in &first.hardlink_groups {
-        let inodes: std::collections::BTreeSet<_> =
-            group.iter().map(|p| a.get(p).map(|e| e.inode)).collect();
+        let inodes: std::collections::BTreeSet<_> = group.iter().map(|p| a.get(p).map(|e| e.inode)).collect();
         assert_eq!(inodes.len(), 1, "{group:?} share one inode");
     }
     let entry = |path: &[u8]| {
         a.get(std::ffi::OsStr::from_bytes(path))
             .unwrap_or_else(|| panic!("{:?} missing", String::from_utf8_lossy(path)))
     };
-    assert_eq!(
-        entry(b"names/invalid-utf8-\xff\xfe.bin").kind,
-        tree::Kind::File
-    );
+    assert_eq!(entry(b"names/invalid-utf8-\xff\xfe.bin").kind, tree::Kind::File);
     assert_eq!(entry(b"names/new\nline.txt").kind, tree::Kind::File);
     assert_eq!(entry("names/🦀-crab.txt".as_bytes()).kind, tree::Kind::File);
     assert_eq!(entry(b"names/dir-\xc3\x28-invalid").kind, tree::Kind::Dir);
@@ -57,15 +48,9 @@ fn dataset_is_deterministic_and_tree_reports_changes() -> Result<()> {
     assert_eq!(entry(b"modes/dir-0700").mode, 0o700);
     assert_eq!(entry(b"modes/readonly-dir-0555").mode, 0o555);
     assert_eq!(entry(b"modes/mode-0444.txt").mode, 0o444);
+    assert_eq!(entry(b"modes/mode-0444.txt").mtime, (4_102_444_800, 123_456_789));
     assert_eq!(
-        entry(b"modes/mode-0444.txt").mtime,
-        (4_102_444_800, 123_456_789)
-    );
-    assert_eq!(
-        (
-            entry(b"owners/uid-1234-gid-5678.txt").uid,
-            entry(b"owners/uid-1234-gid-5678.txt").gid
-        ),
+        (entry(b"owners/uid-1234-gid-5678.txt").uid, entry(b"owners/uid-1234-gid-5678.txt").gid),
         (1234, 5678)
     );
     assert_eq!(entry(b"xattrs/with-xattrs.txt").xattrs.len(), 4);
@@ -74,75 +59,31 @@ fn dataset_is_deterministic_and_tree_reports_changes() -> Result<()> {
         Some("/nonexistent/cofre-e2e/target".as_ref())
     );
     assert_eq!(entry(b"empty/empty-dir").kind, tree::Kind::Dir);
-    let in_empty_dir = a
-        .entries
-        .keys()
-        .filter(|p| p.starts_with("empty/empty-dir"));
+    let in_empty_dir = a.entries.keys().filter(|p| p.starts_with("empty/empty-dir"));
     assert_eq!(in_empty_dir.count(), 1, "empty/empty-dir has no children");
     let sparse = a.get(dataset::SPARSE_FILE).expect("sparse file");
     assert_eq!(sparse.size, dataset::SPARSE_SIZE);
-    assert!(
-        sparse.allocated < 1024 * 1024,
-        "sparse file allocates {} bytes",
-        sparse.allocated
-    );
+    assert!(sparse.allocated < 1024 * 1024, "sparse file allocates {} bytes", sparse.allocated);
 
-    let same = tree::compare_dirs(
-        &first.root,
-        &tmp.path().join("b"),
-        &CompareOptions::default(),
-    )?;
+    let same = tree::compare_dirs(&first.root, &tmp.path().join("b"), &CompareOptions::default())?;
     same.assert_none("two data sets from one seed");
 
-    let other = dataset::generate(
-        &tmp.path().join("c"),
-        &DatasetOptions { seed: 1, ..options },
-    )?;
+    let other = dataset::generate(&tmp.path().join("c"), &DatasetOptions { seed: 1, ..options })?;
     let differ = tree::compare_dirs(&first.root, &other.root, &CompareOptions::default())?;
-    assert!(
-        differ.len() > 1000,
-        "another seed changes contents and times"
-    );
+    assert!(differ.len() > 1000, "another seed changes contents and times");
 
     let mutation: dataset::Mutation = dataset::mutate(&tmp.path().join("b"))?;
-    let diffs = tree::compare_dirs(
-        &first.root,
-        &tmp.path().join("b"),
-        &CompareOptions::default(),
-    )?;
-    for path in mutation
-        .modified
-        .iter()
-        .chain(&mutation.added)
-        .chain(&mutation.removed)
-    {
-        assert!(
-            !diffs.at(path).is_empty(),
-            "{} not reported:\n{diffs}",
-            path.display()
-        );
+    let diffs = tree::compare_dirs(&first.root, &tmp.path().join("b"), &CompareOptions::default())?;
+    for path in mutation.modified.iter().chain(&mutation.added).chain(&mutation.removed) {
+        assert!(!diffs.at(path).is_empty(), "{} not reported:\n{diffs}", path.display());
     }
     let text = diffs.to_string();
-    assert!(
-        text.contains("\"docs/readme.txt\": content differs"),
-        "{text}"
-    );
-    assert!(
-        text.contains("\"docs/added-after-first-backup.txt\": unexpected File"),
-        "{text}"
-    );
-    assert!(
-        text.contains("\"tree/d2/d1/f005.bin\": File missing"),
-        "{text}"
-    );
+    assert!(text.contains("\"docs/readme.txt\": content differs"), "{text}");
+    assert!(text.contains("\"docs/added-after-first-backup.txt\": unexpected File"), "{text}");
+    assert!(text.contains("\"tree/d2/d1/f005.bin\": File missing"), "{text}");
     // Exclusions hide a path and everything below it.
     let mut options = CompareOptions::default();
-    for path in mutation
-        .modified
-        .iter()
-        .chain(&mutation.added)
-        .chain(&mutation.removed)
-    {
+    for path in mutation.modified.iter().chain(&mutation.added).chain(&mutation.removed) {
         options = options.exclude(path);
     }
     // Directories whose entries changed have new mtimes: leave them out too.
@@ -176,17 +117,13 @@ fn tree_compare_reports_each_kind_of_difference() -> Result<()> {
     let (expected, actual) = (tmp.path().join("expected"), tmp.path().join("actual"));
     make(&expected)?;
     make(&actual)?;
-    tree::compare_dirs(&expected, &actual, &CompareOptions::default())?
-        .assert_none("identical trees");
+    tree::compare_dirs(&expected, &actual, &CompareOptions::default())?.assert_none("identical trees");
 
     // Break the hard link (same content, mode, owner and time), change one of everything else.
     std::fs::remove_file(actual.join("b"))?;
     std::fs::write(actual.join("b"), "linked")?;
     std::os::unix::fs::lchown(actual.join("b"), Some(1000), Some(1000))?;
-    std::fs::set_permissions(
-        actual.join("dir/file"),
-        std::fs::Permissions::from_mode(0o600),
-    )?;
+    std::fs::set_permissions(actual.join("dir/file"), std::fs::Permissions::from_mode(0o600))?;
     xattr::remove(actual.join("dir/file"), "user.test")?;
     std::fs::remove_file(actual.join("link"))?;
     symlink("elsewhere", actual.join("link"))?;
@@ -208,10 +145,7 @@ fn tree_compare_reports_each_kind_of_difference() -> Result<()> {
         "\"extra-\\xFF\": unexpected File",
         "\"link\": symlink target \"elsewhere\", expected \"dir/file\"",
     ] {
-        assert!(
-            text.contains(expected_line),
-            "missing {expected_line:?} in:\n{text}"
-        );
+        assert!(text.contains(expected_line), "missing {expected_line:?} in:\n{text}");
     }
     assert_eq!(diffs.len(), 7, "{text}");
 
@@ -236,12 +170,9 @@ fn change_while_reading_keeps_changing_the_file() -> Result<()> {
     std::fs::write(&path, vec![7u8; 1024 * 1024])?;
     let before = TreeSnapshot::scan(tmp.path())?;
     let changer = ChangeWhileReading::start(&path)?;
-    wait_until(
-        "20 writes",
-        Duration::from_secs(10),
-        Duration::from_millis(5),
-        || (changer.writes() >= 20).then_some(()).ok_or("fewer"),
-    )?;
+    wait_until("20 writes", Duration::from_secs(10), Duration::from_millis(5), || {
+        (changer.writes() >= 20).then_some(()).ok_or("fewer")
+    })?;
     let writes = changer.stop()?;
     assert!(writes >= 20);
     let after = TreeSnapshot::scan(tmp.path())?;

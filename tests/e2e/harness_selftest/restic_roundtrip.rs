@@ -22,23 +22,11 @@ fn assert_only_known_restic_losses(diffs: &tree::Differences, context: &str) {
     let unexpected: Vec<String> = diffs
         .0
         .iter()
-        .filter(|d| {
-            !RESTIC_014_LOSES
-                .iter()
-                .any(|(path, what)| d.path == Path::new(path) && d.what == *what)
-        })
+        .filter(|d| !RESTIC_014_LOSES.iter().any(|(path, what)| d.path == Path::new(path) && d.what == *what))
         .map(ToString::to_string)
         .collect();
-    assert!(
-        unexpected.is_empty(),
-        "{context}: restore differs from the source:\n{}",
-        unexpected.join("\n")
-    );
-    assert_eq!(
-        diffs.len(),
-        RESTIC_014_LOSES.len(),
-        "{context}: known restic 0.14 losses changed:\n{diffs}"
-    );
+    assert!(unexpected.is_empty(), "{context}: restore differs from the source:\n{}", unexpected.join("\n"));
+    assert_eq!(diffs.len(), RESTIC_014_LOSES.len(), "{context}: known restic 0.14 losses changed:\n{diffs}");
 }
 
 #[test]
@@ -47,21 +35,12 @@ fn restic_backup_restore_roundtrip_through_rest_server() -> Result<()> {
     let source = tmp.path().join("source");
     let t = Instant::now();
     let ds = dataset::generate(&source, &DatasetOptions::default())?;
-    eprintln!(
-        "roundtrip: generate {} files, {} MB: {:.2?}",
-        ds.files,
-        ds.bytes / 1_000_000,
-        t.elapsed()
-    );
+    eprintln!("roundtrip: generate {} files, {} MB: {:.2?}", ds.files, ds.bytes / 1_000_000, t.elapsed());
 
     let pki = TestPki::new()?;
     let server = RestServer::start(&pki.ca, &["roundtrip"])?;
-    let restic = Restic::for_rest(
-        &server,
-        "roundtrip",
-        "correct horse battery staple",
-        &tmp.path().join("cache"),
-    );
+    let restic =
+        Restic::for_rest(&server, "roundtrip", "correct horse battery staple", &tmp.path().join("cache"));
     let t = Instant::now();
     restic.init_v2()?;
     eprintln!("roundtrip: restic init: {:.2?}", t.elapsed());
@@ -75,16 +54,10 @@ fn restic_backup_restore_roundtrip_through_rest_server() -> Result<()> {
     assert_eq!(first.summary["files_new"], ds.files + ds.hardlink_names);
     let snapshots = restic.snapshots_json()?;
     assert_eq!(snapshots.len(), 1);
-    assert_eq!(
-        snapshots[0]["paths"][0],
-        source.to_str().expect("utf-8 temp path")
-    );
+    assert_eq!(snapshots[0]["paths"][0], source.to_str().expect("utf-8 temp path"));
     assert!(
         first.snapshot_id.len() >= 8
-            && snapshots[0]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with(&first.snapshot_id)
+            && snapshots[0]["id"].as_str().unwrap_or_default().starts_with(&first.snapshot_id)
     );
 
     let target = tmp.path().join("restore-1");
@@ -109,10 +82,7 @@ fn restic_backup_restore_roundtrip_through_rest_server() -> Result<()> {
     let second = restic.backup(&source);
     let writes = changer.stop()?;
     let second = second?;
-    eprintln!(
-        "roundtrip: backup 2 (with {writes} concurrent writes): {:.2?}",
-        t.elapsed()
-    );
+    eprintln!("roundtrip: backup 2 (with {writes} concurrent writes): {:.2?}", t.elapsed());
     assert_eq!(second.summary["files_new"], mutation.added.len());
     assert!(second.summary["files_changed"].as_u64() >= Some(mutation.modified.len() as u64));
     assert_eq!(restic.snapshots_json()?.len(), 2);
@@ -120,18 +90,10 @@ fn restic_backup_restore_roundtrip_through_rest_server() -> Result<()> {
     let target = tmp.path().join("restore-2");
     restic.restore(&second.snapshot_id, &target)?;
     let restored = restored_path(&target, &source);
-    let diffs = tree::compare_dirs(
-        &source,
-        &restored,
-        &CompareOptions::default().exclude(CHANGING_FILE),
-    )?;
+    let diffs = tree::compare_dirs(&source, &restored, &CompareOptions::default().exclude(CHANGING_FILE))?;
     assert_only_known_restic_losses(&diffs, "restore of snapshot 2");
     let changing = std::fs::metadata(restored.join(CHANGING_FILE))?;
-    assert!(
-        changing.len() >= 12 * 1024 * 1024,
-        "{} bytes",
-        changing.len()
-    );
+    assert!(changing.len() >= 12 * 1024 * 1024, "{} bytes", changing.len());
 
     let t = Instant::now();
     restic.check(true)?;

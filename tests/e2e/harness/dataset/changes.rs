@@ -43,10 +43,7 @@ pub fn mutate(root: &Path) -> Result<Mutation> {
     m.modified.push(big);
 
     let added = PathBuf::from("docs/added-after-first-backup.txt");
-    fs::write(
-        root.join(&added),
-        "This file did not exist in the first snapshot.\n",
-    )?;
+    fs::write(root.join(&added), "This file did not exist in the first snapshot.\n")?;
     m.added.push(added);
 
     let removed = PathBuf::from("tree/d2/d1/f005.bin");
@@ -77,12 +74,7 @@ impl ChangeWhileReading {
                 .name("change-while-reading".into())
                 .spawn(move || change_loop(&path, &stop, &writes, &ready_tx))?
         };
-        let mut this = ChangeWhileReading {
-            path: path.to_path_buf(),
-            stop,
-            writes,
-            handle: Some(handle),
-        };
+        let mut this = ChangeWhileReading { path: path.to_path_buf(), stop, writes, handle: Some(handle) };
         if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
             let err = this.join().err();
             bail!("changing {} did not start: {err:?}", path.display());
@@ -108,9 +100,9 @@ impl ChangeWhileReading {
     fn join(&mut self) -> Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         match self.handle.take() {
-            Some(handle) => handle
-                .join()
-                .map_err(|_| anyhow::anyhow!("change-while-reading thread panicked"))?,
+            Some(handle) => {
+                handle.join().map_err(|_| anyhow::anyhow!("change-while-reading thread panicked"))?
+            }
             None => Ok(()),
         }
     }

@@ -12,8 +12,8 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, RngCore as _, SeedableRng as _};
 
 use super::{
-    CHANGING_FILE, Dataset, MIB, MTIME_RANGE, SPARSE_FILE, SPARSE_SIZE, TREE_FANOUT,
-    TREE_FILES_PER_DIR, set_mtime,
+    CHANGING_FILE, Dataset, MIB, MTIME_RANGE, SPARSE_FILE, SPARSE_SIZE, TREE_FANOUT, TREE_FILES_PER_DIR,
+    set_mtime,
 };
 
 pub(super) struct Generator {
@@ -82,8 +82,7 @@ impl Generator {
 
     fn dir(&mut self, relative: impl AsRef<Path>) -> Result<PathBuf> {
         let relative = relative.as_ref().to_path_buf();
-        fs::create_dir(self.abs(&relative))
-            .with_context(|| format!("mkdir {}", relative.display()))?;
+        fs::create_dir(self.abs(&relative)).with_context(|| format!("mkdir {}", relative.display()))?;
         self.dirs.push(relative.clone());
         self.modes.push((relative.clone(), 0o755));
         self.ds.dirs += 1;
@@ -126,8 +125,7 @@ impl Generator {
         if let Some(entry) = self.timed.iter_mut().find(|(path, _)| path == relative) {
             entry.1 = Some((secs, nanos));
         } else {
-            self.timed
-                .push((relative.to_path_buf(), Some((secs, nanos))));
+            self.timed.push((relative.to_path_buf(), Some((secs, nanos))));
         }
     }
 
@@ -160,11 +158,7 @@ impl Generator {
         while out.len() < approx_len {
             let word = WORDS[self.rng.gen_range(0..WORDS.len())];
             out.extend_from_slice(word.as_bytes());
-            out.push(if self.rng.gen_ratio(1, 12) {
-                b'\n'
-            } else {
-                b' '
-            });
+            out.push(if self.rng.gen_ratio(1, 12) { b'\n' } else { b' ' });
         }
         out.truncate(approx_len);
         out
@@ -263,11 +257,7 @@ impl Generator {
                 70..95 => self.rng.gen_range(2048..32 * 1024),
                 _ => self.rng.gen_range(32 * 1024..128 * 1024),
             };
-            let content = if j % 2 == 0 {
-                self.text(len)
-            } else {
-                self.random_bytes(len)
-            };
+            let content = if j % 2 == 0 { self.text(len) } else { self.random_bytes(len) };
             self.file(dir.join(format!("f{j:03}.{}", EXT[j % 4])), &content)?;
         }
         Ok(())
@@ -284,20 +274,11 @@ impl Generator {
 
     fn empties(&mut self) -> Result<()> {
         self.dir("empty")?;
-        for dir in [
-            "empty/empty-dir",
-            "empty/nested",
-            "empty/nested/empty",
-            "empty/nested/empty/dirs",
-        ] {
+        for dir in ["empty/empty-dir", "empty/nested", "empty/nested/empty", "empty/nested/empty/dirs"] {
             self.dir(dir)?;
         }
         self.ds.empty_dirs = vec!["empty/empty-dir".into(), "empty/nested/empty/dirs".into()];
-        for file in [
-            "empty/empty-file.txt",
-            "empty/.empty-hidden",
-            "empty/nested/zero.bin",
-        ] {
+        for file in ["empty/empty-file.txt", "empty/.empty-hidden", "empty/nested/zero.bin"] {
             self.file(file, b"")?;
         }
         Ok(())
@@ -336,14 +317,8 @@ impl Generator {
             self.file(Path::new("names").join(rel(name)), &content)?;
         }
         let bad_dir = self.dir(Path::new("names").join(rel(b"dir-\xc3\x28-invalid")))?;
-        self.file(
-            bad_dir.join("plain.txt"),
-            b"inside a directory whose name is not UTF-8\n",
-        )?;
-        self.file(
-            bad_dir.join(rel(b"also-\x80-invalid")),
-            b"both names invalid\n",
-        )?;
+        self.file(bad_dir.join("plain.txt"), b"inside a directory whose name is not UTF-8\n")?;
+        self.file(bad_dir.join(rel(b"also-\x80-invalid")), b"both names invalid\n")?;
         let emoji_dir = self.dir("names/📦 package dir")?;
         self.file(emoji_dir.join("inside.txt"), b"inside an emoji directory\n")?;
         Ok(())
@@ -376,11 +351,9 @@ impl Generator {
         let content = self.random_bytes(100 * 1024);
         let original = self.file("hardlinks/original.bin", &content)?;
         let mut group = vec![original.clone()];
-        for name in [
-            "hardlinks/second-name.bin",
-            "hardlinks/sub/third-name.bin",
-            "tree/d0/hardlink-from-tree.bin",
-        ] {
+        for name in
+            ["hardlinks/second-name.bin", "hardlinks/sub/third-name.bin", "tree/d0/hardlink-from-tree.bin"]
+        {
             fs::hard_link(self.abs(&original), self.abs(Path::new(name)))?;
             group.push(name.into());
         }
@@ -391,16 +364,12 @@ impl Generator {
         let a = self.file("hardlinks/pair-a.txt", &text)?;
         fs::hard_link(self.abs(&a), self.abs(Path::new("hardlinks/pair-b.txt")))?;
         self.ds.hardlink_names += 1;
-        self.ds
-            .hardlink_groups
-            .push(vec![a, "hardlinks/pair-b.txt".into()]);
+        self.ds.hardlink_groups.push(vec![a, "hardlinks/pair-b.txt".into()]);
 
         let empty = self.file("hardlinks/empty-a", b"")?;
         fs::hard_link(self.abs(&empty), self.abs(Path::new("hardlinks/empty-b")))?;
         self.ds.hardlink_names += 1;
-        self.ds
-            .hardlink_groups
-            .push(vec![empty, "hardlinks/empty-b".into()]);
+        self.ds.hardlink_groups.push(vec![empty, "hardlinks/empty-b".into()]);
         Ok(())
     }
 
@@ -428,10 +397,7 @@ impl Generator {
         ] {
             let dir = self.dir(Path::new("modes").join(name))?;
             self.set_mode(&dir, mode);
-            self.file(
-                dir.join("child.txt"),
-                b"a child, created before the mode was set\n",
-            )?;
+            self.file(dir.join("child.txt"), b"a child, created before the mode was set\n")?;
             self.dir(dir.join("subdir"))?;
         }
         // Times at the edges: just after the epoch, a whole second, past 2038.
@@ -448,10 +414,7 @@ impl Generator {
         let file = self.file(dir.join("root-gid-100.txt"), b"owned by 0:100\n")?;
         self.owners.push((file, 0, 100));
         let nobody = self.dir(dir.join("nobody-dir"))?;
-        self.file(
-            nobody.join("root-file.txt"),
-            b"root's file in nobody's dir\n",
-        )?;
+        self.file(nobody.join("root-file.txt"), b"root's file in nobody's dir\n")?;
         self.owners.push((nobody, 65534, 65534));
         let link = dir.join("link-owned-4321");
         self.symlink(&link, b"uid-1234-gid-5678.txt")?;
@@ -461,10 +424,7 @@ impl Generator {
 
     fn xattr_entries(&mut self) -> Result<()> {
         let dir = self.dir("xattrs")?;
-        let file = self.file(
-            dir.join("with-xattrs.txt"),
-            b"this file carries extended attributes\n",
-        )?;
+        let file = self.file(dir.join("with-xattrs.txt"), b"this file carries extended attributes\n")?;
         let sub = self.dir(dir.join("dir-with-xattr"))?;
         self.file(sub.join("plain.txt"), b"no xattrs here\n")?;
         if !self.xattrs {
@@ -481,11 +441,7 @@ impl Generator {
             xattr::set(self.abs(&file), name, value)?;
         }
         xattr::set(self.abs(&sub), "user.cofre.dir", b"directory attribute")?;
-        xattr::set(
-            self.abs(Path::new("big/random-0.bin")),
-            "user.cofre.note",
-            b"large",
-        )?;
+        xattr::set(self.abs(Path::new("big/random-0.bin")), "user.cofre.note", b"large")?;
         Ok(())
     }
 
@@ -503,16 +459,10 @@ impl Generator {
         }
         let timed = std::mem::take(&mut self.timed);
         let dirs = self.dirs.clone();
-        let all = timed
-            .into_iter()
-            .chain(dirs.into_iter().rev().map(|dir| (dir, None)));
+        let all = timed.into_iter().chain(dirs.into_iter().rev().map(|dir| (dir, None)));
         for (path, fixed) in all {
-            let (secs, nanos) = fixed.unwrap_or_else(|| {
-                (
-                    self.rng.gen_range(MTIME_RANGE),
-                    self.rng.gen_range(0..1_000_000_000),
-                )
-            });
+            let (secs, nanos) = fixed
+                .unwrap_or_else(|| (self.rng.gen_range(MTIME_RANGE), self.rng.gen_range(0..1_000_000_000)));
             set_mtime(&self.root.join(&path), secs, nanos)
                 .with_context(|| format!("setting the mtime of {:?}", path.as_os_str()))?;
         }
