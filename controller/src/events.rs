@@ -23,6 +23,9 @@ pub enum Event {
     Provision,
     /// The listener reconnected and may have missed events: re-check everything.
     Resync,
+    /// This process is shutting down (local only, never sent through Postgres): sessions
+    /// end so the servers' graceful shutdown does not wait for agents forever.
+    Shutdown,
 }
 
 impl Event {
@@ -32,7 +35,7 @@ impl Event {
             Event::Plans { machines } => machines.as_ref().is_none_or(|m| m.contains(&machine)),
             Event::Jobs { machine: m } => *m == machine,
             Event::Provision => false,
-            Event::Resync => true,
+            Event::Resync | Event::Shutdown => true,
         }
     }
 }
@@ -52,6 +55,11 @@ pub struct Events {
 impl Events {
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    /// Tells this process's sessions to end.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Event::Shutdown);
     }
 
     /// Starts the listener task. Reconnects forever; after a reconnect it broadcasts

@@ -85,11 +85,14 @@ pub async fn start(
         state: state.clone(),
         first_admin,
     };
-    repositories::spawn_provisioner(pool, master, events);
+    repositories::spawn_provisioner(pool, master, events.clone());
     let tls = grpc::tls_config(&state)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let session_events = events.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Agent sessions are endless streams: end them, or graceful shutdown waits forever.
+        session_events.shutdown();
         let _ = stop_tx.send(true);
     });
     let router = api::router(state.clone());

@@ -498,5 +498,51 @@ async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<(
         .await
         .map_err(anyhow::Error::msg)?;
     assert!(matches!(first.msg, Some(pb::controller_message::Msg::Plan(_))), "{first:?}");
+
+    // A controller with a connected agent still stops cleanly on SIGTERM (no SIGKILL needed).
+    let status = f.ctrl.stop()?.context("controller was running")?;
+    assert!(status.success(), "controller exit: {status:?}\n{}", f.ctrl.log());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cut_short_by_an_agent_crash_is_reported_interrupted() -> Result<()> {
+    let mut f = fixture("crash").await?;
+    let source = f.tmp.path().join("bulk");
+    write_random_files(&source, 4, 64)?;
+    let mut p = protect(&mut f, &source).await?;
+    let job = f.admin.run_now(p.machine, p.policy, None).await?;
+    let admin = f.admin.clone();
+    wait_until_async("the job is running", Duration::from_secs(60), Duration::from_millis(50), || {
+        let admin = admin.clone();
+        async move {
+            match admin.get_job(job.id).await {
+                Ok(j) if j.state == "running" => Ok(()),
+                Ok(j) => Err(j.state),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await?;
+    p.agent.kill9()?;
+    let marker = p.agent.state_dir.join("running").join(format!("{}.json", job.id));
+    assert!(marker.exists(), "the running job leaves a marker");
+
+    p.agent.start()?;
+    let done = f.admin.wait_for_job(job.id, Duration::from_secs(60)).await?;
+    assert_eq!(done.state, "interrupted", "{done:?}");
+    assert!(done.error_message.as_deref().unwrap_or_default().contains("stopped"), "{done:?}");
+    assert!(!marker.exists());
+
+    // The half-written backup harms nothing: the next one succeeds and restic checks clean.
+    let next = f.admin.run_now(p.machine, p.policy, None).await?;
+    let next = f.admin.wait_for_job(next.id, Duration::from_secs(600)).await?;
+    assert_eq!(next.state, "succeeded", "{next:?}\n{}", p.agent.log());
+    let plan = p.agent.stored_plan()?;
+    let restic = restic_for(&f, &plan, &f.tmp.path().join("restic-cache"))?;
+    // rustic leaves the crashed run's lock behind; restic check must not be blocked by it.
+    restic.run(["unlock"])?;
+    restic.check(true)?;
+    assert_eq!(restic.snapshots_json()?.len(), 1);
     Ok(())
 }

@@ -4,3 +4,4 @@ mod harness;
 
 mod foundation;
 mod harness_selftest;
+mod local_start;

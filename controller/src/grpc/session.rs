@@ -134,6 +134,7 @@ impl Session {
                     Some(Err(_)) | None => return Err(End::Gone),
                 },
                 ev = events.recv() => match ev {
+                    Ok(Event::Shutdown) => return Err(End::Refuse(Status::unavailable("controller shutting down"))),
                     Ok(ev) if ev.concerns(self.machine) => self.on_event(&ev).await?,
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => self.on_event(&Event::Resync).await?,

@@ -106,6 +106,14 @@ impl Controller {
         Ok(())
     }
 
+    /// SIGTERM; SIGKILL only if it has not exited after the grace period.
+    pub fn stop(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.proc.take() {
+            Some(mut p) => Ok(Some(p.terminate()?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("controller.log")).unwrap_or_default()
     }
@@ -176,6 +184,13 @@ impl Agent {
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut p) = self.proc.take() {
             p.terminate()?;
+        }
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9()?;
         }
         Ok(())
     }

@@ -1,0 +1,104 @@
+//! `cofre-controller up`, as the README's first set-up command runs it: its own PostgreSQL and
+//! master key on the first run, the admin password and an enrollment line printed, everything
+//! stopped on Ctrl-C, and the same data reused by a second run.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+
+use crate::harness::block_on_isolated;
+use crate::harness::procs::{Proc, free_port, wait_until, workspace_bin};
+
+fn up(data: &std::path::Path, http: u16, grpc: u16) -> Command {
+    let mut c = Command::new(workspace_bin("cofre-controller"));
+    c.arg("up")
+        .arg("--data-dir")
+        .arg(data)
+        .env("COFRE_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+        .env("COFRE_GRPC__LISTEN", format!("127.0.0.1:{grpc}"))
+        .env("COFRE_GRPC__PUBLIC_URL", format!("https://localhost:{grpc}"))
+        .env_remove("COFRE_MASTER_KEY")
+        .env_remove("COFRE_CONFIG");
+    c
+}
+
+fn wait_for_banner(p: &mut Proc) -> Result<String> {
+    Ok(wait_until("up prints where to log in", Duration::from_secs(180), Duration::from_millis(200), || {
+        let log = p.log();
+        if log.contains("Press Ctrl-C") {
+            Ok(log)
+        } else if !p.is_running() {
+            Err(format!("up exited:\n{log}"))
+        } else {
+            Err("not yet".to_string())
+        }
+    })?)
+}
+
+fn login(http: u16, password: &str) -> Result<()> {
+    block_on_isolated(async {
+        let mut c = cofre_client::Client::new(&format!("http://127.0.0.1:{http}"))?;
+        c.login("admin", password).await?;
+        c.list_machines().await?;
+        anyhow::Ok(())
+    })
+}
+
+fn stop(mut p: Proc, data: &std::path::Path) -> Result<()> {
+    p.signal(Signal::SIGINT)?;
+    let status = p.wait_exit(Duration::from_secs(60))?;
+    assert!(status.success(), "up exits cleanly on Ctrl-C: {status:?}\n{}", p.log());
+    assert!(p.log().contains("PostgreSQL stopped."), "{}", p.log());
+    assert!(!data.join("postgres/postmaster.pid").exists(), "PostgreSQL is still running");
+    Ok(())
+}
+
+#[test]
+fn up_runs_cofre_on_its_own_postgres_and_a_second_up_reuses_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // PostgreSQL runs as the postgres user when we are root: it must reach the data dir.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711))?;
+    let data = tmp.path().join("cofre");
+    let (http, grpc) = (free_port(), free_port());
+
+    let mut first =
+        Proc::spawn("up-1", up(&data, http, grpc), tmp.path())?.with_grace(Duration::from_secs(30));
+    let banner = wait_for_banner(&mut first)?;
+    let password = banner
+        .lines()
+        .find_map(|l| l.split("password ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("the first run prints the admin password")?
+        .to_string();
+    let key = data.join("master.key");
+    assert!(banner.contains(&key.display().to_string()) && banner.contains("BACK IT UP"), "{banner}");
+    assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+    let enroll_line = banner.lines().find(|l| l.contains("enroll --controller")).context("an enroll line")?;
+    assert!(enroll_line.contains(&format!("https://localhost:{grpc} --token cofre1.")), "{enroll_line}");
+    login(http, &password)?;
+
+    // The printed line enrolls an agent as it is.
+    let state = tmp.path().join("agent");
+    let args: Vec<&str> = enroll_line.split_whitespace().skip(1).collect();
+    let out =
+        Command::new(workspace_bin("cofre-agent")).arg("--state-dir").arg(&state).args(&args).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    stop(first, &data)?;
+
+    let mut second =
+        Proc::spawn("up-2", up(&data, http, grpc), tmp.path())?.with_grace(Duration::from_secs(30));
+    let banner = wait_for_banner(&mut second)?;
+    assert!(!banner.contains(&password), "the password is shown on the first run only");
+    login(http, &password)?;
+    let machines = block_on_isolated(async {
+        let mut c = cofre_client::Client::new(&format!("http://127.0.0.1:{http}"))?;
+        c.login("admin", &password).await?;
+        anyhow::Ok(c.list_machines().await?)
+    })?;
+    assert_eq!(machines.len(), 1, "the second run has the first run's data");
+    stop(second, &data)?;
+    Ok(())
+}
