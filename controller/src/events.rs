@@ -57,6 +57,11 @@ impl Events {
         self.tx.subscribe()
     }
 
+    /// Events without a database listener (for tests that do not need cross-process events).
+    pub fn local() -> Self {
+        Self { tx: broadcast::channel(1024).0 }
+    }
+
     /// Tells this process's sessions to end.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Event::Shutdown);

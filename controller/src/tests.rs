@@ -23,7 +23,7 @@ async fn state(pool: PgPool) -> AppState {
     crate::keys::ensure(&pool, &master).await.unwrap();
     let keys = crate::keys::load(&pool, &master).await.unwrap();
     let jwt = JwtKeys::new(&keys.jwt_secret, keys.jwt_kid.clone(), 600);
-    let events = crate::events::Events::start(pool.clone()).await.unwrap();
+    let events = crate::events::Events::local();
     AppState {
         pool,
         master,

@@ -546,3 +546,100 @@ async fn a_job_cut_short_by_an_agent_crash_is_reported_interrupted() -> Result<(
     assert_eq!(restic.snapshots_json()?.len(), 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_backs_up_on_schedule_while_the_controller_is_down() -> Result<()> {
+    let mut f = fixture("offline").await?;
+    let source = f.tmp.path().join("docs");
+    std::fs::create_dir_all(&source)?;
+    std::fs::write(source.join("ata.txt"), "ata da reunião")?;
+    let token = f.admin.create_enrollment_token(&NewEnrollmentToken::default()).await?;
+    let mut agent = Agent::new(&f.tmp.path().join("agent"));
+    assert!(agent.enroll(&f.ctrl.grpc_url(), &token.token)?.status.success());
+    let machine = agent.machine_id()?;
+    f.rest.allow_repo(&machine.to_string())?;
+    let repo = f
+        .admin
+        .create_repository(&NewRepository {
+            name: "rest".into(),
+            url: f.rest.url(),
+            per_machine: true,
+            username: Some(f.rest.username().into()),
+            password: Some(f.rest.password().into()),
+            ca_certificate_pem: Some(f.rest.ca_pem().into()),
+            ..Default::default()
+        })
+        .await?;
+    let policy = f
+        .admin
+        .create_policy(&PolicyInput {
+            name: "hourly".into(),
+            repository_id: repo.id,
+            paths: vec![source.to_str().context("utf-8")?.into()],
+            excludes: vec![],
+            interval_seconds: 3600,
+        })
+        .await?;
+    f.admin.assign_policy_to_machine(policy.id, machine).await?;
+    agent.start()?;
+    // A new policy is due at once: the first scheduled backup lands and is reported.
+    let admin = f.admin.clone();
+    wait_until_async(
+        "the first scheduled backup is reported",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let admin = admin.clone();
+            async move {
+                let jobs = admin.list_jobs(machine).await.map_err(|e| e.to_string())?;
+                match jobs.first() {
+                    Some(j) if j.state == "succeeded" && j.trigger == "schedule" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await?;
+
+    // The controller goes away; the agent restarts and its hour is up (its schedule state is
+    // gone): it backs up from the plan it stored, and keeps the results.
+    f.ctrl.kill9()?;
+    agent.stop()?;
+    std::fs::remove_file(agent.state_dir.join("schedule.json"))?;
+    agent.start()?;
+    let plan = agent.stored_plan()?;
+    let restic = restic_for(&f, &plan, &f.tmp.path().join("restic-cache"))?;
+    let a = &agent;
+    wait_until_async(
+        "a second snapshot while the controller is down",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || {
+            let n = restic.snapshots_json().map(|s| s.len()).unwrap_or(0);
+            let spooled = a.spooled();
+            async move {
+                if n == 2 && spooled >= 2 { Ok(()) } else { Err(format!("{n} snapshots, {spooled} spooled")) }
+            }
+        },
+    )
+    .await?;
+
+    f.ctrl.restart()?;
+    wait_until_async(
+        "the offline backup is reported",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let admin = admin.clone();
+            async move {
+                let snaps = admin.list_snapshots(machine).await.map_err(|e| e.to_string())?;
+                if snaps.len() == 2 { Ok(()) } else { Err(format!("{} snapshots recorded", snaps.len())) }
+            }
+        },
+    )
+    .await?;
+    let jobs = f.admin.list_jobs(machine).await?;
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j.state == "succeeded" && j.trigger == "schedule"), "{jobs:?}");
+    Ok(())
+}

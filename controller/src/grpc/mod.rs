@@ -129,3 +129,18 @@ impl RateLimiter {
         e.1 <= self.per_minute
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enroll_attempts_are_limited_per_address() {
+        let l = RateLimiter::new(3);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!((0..3).all(|_| l.allow(a)));
+        assert!(!l.allow(a), "the fourth attempt within a minute is refused");
+        assert!(l.allow(b), "other addresses are not affected");
+    }
+}
