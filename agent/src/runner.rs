@@ -164,6 +164,15 @@ impl Agent {
         due
     }
 
+    /// A run-now counts as the policy's last run: the next scheduled one is an interval later.
+    fn record_run(&self, policy_id: &str, at: DateTime<Utc>) {
+        let mut schedule = self.schedule.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        schedule.insert(policy_id.to_string(), at);
+        if let Err(e) = self.state.save_schedule(&schedule) {
+            tracing::warn!(error = %e, "cannot save the schedule");
+        }
+    }
+
     /// The local scheduler: runs whether or not the controller is reachable.
     pub async fn schedule_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -210,6 +219,9 @@ impl Agent {
             })),
         })?;
         tracing::info!(job.id = %job.job_id, policy = %job.policy_id, "backup started");
+        if job.trigger == pb::TriggerKind::RunNow {
+            self.record_run(&job.policy_id, started_at);
+        }
         let mut finished = pb::JobFinished {
             policy_id: job.policy_id.clone(),
             trigger: job.trigger as i32,
@@ -330,5 +342,46 @@ fn stats(r: &cofre_engine::BackupReport) -> pb::BackupStats {
         snapshot_time: Some(ts(r.snapshot_time)),
         paths: r.paths.clone(),
         hostname: r.hostname.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_with_policy(interval: u64) -> (tempfile::TempDir, Arc<Agent>) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let (agent, _rx) = Agent::new(state);
+        let plan = pb::Plan {
+            version: 1,
+            repositories: vec![],
+            policies: vec![pb::PlanPolicy {
+                id: "p1".into(),
+                interval_seconds: interval,
+                ..Default::default()
+            }],
+        };
+        agent.set_plan(plan).unwrap();
+        (dir, agent)
+    }
+
+    #[test]
+    fn a_new_policy_is_due_at_once_then_an_interval_later() {
+        let (_d, agent) = agent_with_policy(3600);
+        assert_eq!(agent.due_policies(), vec!["p1".to_string()]);
+        assert!(agent.due_policies().is_empty(), "not due again within the interval");
+        // The schedule survives a restart of the agent.
+        let (again, _rx) = Agent::new(agent.state.clone());
+        assert!(again.due_policies().is_empty());
+    }
+
+    #[test]
+    fn a_run_now_postpones_the_next_scheduled_run() {
+        let (_d, agent) = agent_with_policy(3600);
+        agent.record_run("p1", Utc::now());
+        assert!(agent.due_policies().is_empty());
+        let (_d2, on_demand) = agent_with_policy(0);
+        assert!(on_demand.due_policies().is_empty(), "interval 0 means on demand only");
     }
 }
