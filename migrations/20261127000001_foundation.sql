@@ -32,6 +32,8 @@ create table users (
     username        text not null unique,
     password_hash   text not null,
     role            text not null check (role in ('admin', 'operator', 'auditor')),
+    -- A user limited to one group (department) sees only that group's machines; null: fleet-wide.
+    group_id        uuid references groups (id),
     created_at      timestamptz not null default now()
 );
 

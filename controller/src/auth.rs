@@ -53,6 +53,9 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: Uuid,
+    /// The group this user is limited to; absent for fleet-wide users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grp: Option<Uuid>,
 }
 
 impl Claims {
@@ -88,7 +91,7 @@ impl JwtKeys {
         self.ttl
     }
 
-    pub fn issue(&self, user: Uuid, name: &str, role: Role) -> Result<String> {
+    pub fn issue(&self, user: Uuid, name: &str, role: Role, group: Option<Uuid>) -> Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user,
@@ -99,6 +102,7 @@ impl JwtKeys {
             iat: now,
             exp: now + self.ttl,
             jti: Uuid::new_v4(),
+            grp: group,
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());
@@ -196,8 +200,8 @@ pub async fn ensure_first_admin(
 
 /// Password login. Unknown users and wrong passwords get the same answer.
 pub async fn login(pool: &PgPool, jwt: &JwtKeys, username: &str, password: &str) -> Result<String> {
-    let row: Option<(Uuid, String, String)> =
-        sqlx::query_as("select id, password_hash, role from users where username = $1")
+    let row: Option<(Uuid, String, String, Option<Uuid>)> =
+        sqlx::query_as("select id, password_hash, role, group_id from users where username = $1")
             .bind(username)
             .fetch_optional(pool)
             .await?;
@@ -209,10 +213,10 @@ pub async fn login(pool: &PgPool, jwt: &JwtKeys, username: &str, password: &str)
         }
     };
     match (ok, row) {
-        (true, Some((id, _, role))) => {
+        (true, Some((id, _, role, group))) => {
             let role =
                 Role::parse(&role).ok_or_else(|| Error::internal(anyhow::anyhow!("bad role {role}")))?;
-            jwt.issue(id, username, role)
+            jwt.issue(id, username, role, group)
         }
         _ => Err(Error::Unauthenticated("wrong username or password".into())),
     }
@@ -225,7 +229,7 @@ mod tests {
     #[test]
     fn jwt_round_trip_and_tampering() {
         let k = JwtKeys::new(b"0123456789abcdef0123456789abcdef", "k1".into(), 60);
-        let t = k.issue(Uuid::new_v4(), "admin", Role::Admin).unwrap();
+        let t = k.issue(Uuid::new_v4(), "admin", Role::Admin, None).unwrap();
         assert_eq!(k.verify(&t).unwrap().role, Role::Admin);
         let other = JwtKeys::new(b"another-secret-another-secret-xx", "k1".into(), 60);
         assert!(other.verify(&t).is_err());

@@ -76,19 +76,23 @@ pub fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> Uuid) -> Page
     Page { items, next_cursor }
 }
 
+/// Machines in id order after `after`; `group` limits the list to one group's machines.
 pub async fn list(
     pool: &PgPool,
     after: Option<Uuid>,
     limit: usize,
     status: Option<&str>,
+    group: Option<Uuid>,
 ) -> Result<Page<Machine>> {
     let q = format!(
-        "{SELECT} where ($1::uuid is null or m.id > $1) and ($2::text is null or m.status = $2) order by m.id limit $3"
+        "{SELECT} where ($1::uuid is null or m.id > $1) and ($2::text is null or m.status = $2)
+           and ($4::uuid is null or m.group_id = $4) order by m.id limit $3"
     );
     let items: Vec<Machine> = sqlx::query_as(sqlx::AssertSqlSafe(q))
         .bind(after)
         .bind(status)
         .bind(i64::try_from(limit + 1).unwrap_or(101))
+        .bind(group)
         .fetch_all(pool)
         .await?;
     Ok(page(items, limit, |m| m.id))

@@ -278,11 +278,11 @@ async fn call(st: &AppState, method: &axum::http::Method, path: &str, token: Opt
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn every_route_enforces_its_access_level(pool: PgPool) {
     let st = state(pool).await;
-    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin).unwrap();
-    let auditor = st.jwt.issue(Uuid::now_v7(), "u", Role::Auditor).unwrap();
-    let operator = st.jwt.issue(Uuid::now_v7(), "o", Role::Operator).unwrap();
+    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin, None).unwrap();
+    let auditor = st.jwt.issue(Uuid::now_v7(), "u", Role::Auditor, None).unwrap();
+    let operator = st.jwt.issue(Uuid::now_v7(), "o", Role::Operator, None).unwrap();
     let foreign = JwtKeys::new(b"some-other-controller-secret-xyz", "zz".into(), 600)
-        .issue(Uuid::now_v7(), "a", Role::Admin)
+        .issue(Uuid::now_v7(), "a", Role::Admin, None)
         .unwrap();
     let routes = crate::api::routes();
     assert!(routes.len() >= 20, "route table looks truncated");
@@ -315,7 +315,7 @@ async fn every_route_enforces_its_access_level(pool: PgPool) {
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn hostile_payloads_get_problem_json(pool: PgPool) {
     let st = state(pool).await;
-    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin).unwrap();
+    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin, None).unwrap();
     let router = crate::api::router(st.clone());
     let cases: [(&str, &str); 5] = [
         ("/api/v1/policies", "{not json"),
@@ -342,4 +342,98 @@ async fn hostile_payloads_get_problem_json(pool: PgPool) {
     let nothing: i64 =
         sqlx::query_scalar("select count(*) from repositories").fetch_one(&st.pool).await.unwrap();
     assert_eq!(nothing, 0);
+}
+
+async fn call_json(
+    st: &AppState,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(if method == "GET" { Body::empty() } else { Body::from(body.to_string()) })
+        .unwrap();
+    let resp = crate::api::router(st.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn a_user_limited_to_a_group_sees_and_acts_on_its_machines_only(pool: PgPool) {
+    let st = state(pool).await;
+    let mut machines = Vec::new();
+    let mut groups = Vec::new();
+    for name in ["finance", "health"] {
+        let g = crate::policies::create_group(
+            &st.pool,
+            &Actor::System,
+            crate::policies::NewGroup { name: name.into() },
+        )
+        .await
+        .unwrap();
+        let t = enrollment::create_token(
+            &st.pool,
+            &Actor::System,
+            &st.ca,
+            &st.settings.enrollment,
+            NewToken {
+                description: String::new(),
+                group_id: Some(g.id),
+                uses: None,
+                ttl_seconds: None,
+                requires_approval: false,
+            },
+        )
+        .await
+        .unwrap();
+        machines.push(
+            enrollment::enroll(&st.pool, &st.ca, LIFE, &t.token, &csr(), inv()).await.unwrap().machine_id,
+        );
+        groups.push(g.id);
+    }
+    let (mine, theirs) = (machines[0], machines[1]);
+    let op = st.jwt.issue(Uuid::now_v7(), "op", Role::Operator, Some(groups[0])).unwrap();
+    let (s, body) = call_json(&st, "GET", "/api/v1/machines", &op, "").await;
+    assert_eq!(s, StatusCode::OK);
+    let ids: Vec<&str> =
+        body["items"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![mine.to_string()]);
+    assert_eq!(call_json(&st, "GET", &format!("/api/v1/machines/{mine}"), &op, "").await.0, StatusCode::OK);
+    for path in [
+        format!("/api/v1/machines/{theirs}"),
+        format!("/api/v1/machines/{theirs}/jobs"),
+        format!("/api/v1/machines/{theirs}/snapshots"),
+    ] {
+        assert_eq!(call_json(&st, "GET", &path, &op, "").await.0, StatusCode::NOT_FOUND, "{path}");
+    }
+    let run = format!(r#"{{"policy_id":"{}"}}"#, Uuid::now_v7());
+    assert_eq!(
+        call_json(&st, "POST", &format!("/api/v1/machines/{theirs}/jobs"), &op, &run).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // On its own machine the request gets as far as the business rule (policy not assigned).
+    assert_eq!(
+        call_json(&st, "POST", &format!("/api/v1/machines/{mine}/jobs"), &op, &run).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    // A group-limited admin may read fleet configuration but not change it.
+    let admin = st.jwt.issue(Uuid::now_v7(), "ga", Role::Admin, Some(groups[0])).unwrap();
+    assert_eq!(call_json(&st, "GET", "/api/v1/policies", &admin, "").await.0, StatusCode::OK);
+    let (s, body) = call_json(&st, "POST", "/api/v1/groups", &admin, r#"{"name":"x"}"#).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        call_json(&st, "POST", &format!("/api/v1/machines/{theirs}/revoke"), &admin, "{}").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (s, body) = call_json(&st, "POST", &format!("/api/v1/machines/{mine}/revoke"), &admin, "{}").await;
+    assert_eq!((s, body["status"].as_str()), (StatusCode::OK, Some("revoked")));
+    let theirs_now = crate::machines::get(&st.pool, theirs).await.unwrap();
+    assert_eq!(theirs_now.status, "active", "the other group's machine is untouched");
 }

@@ -20,6 +20,16 @@ fn id(s: &str, what: &str) -> Result<Uuid> {
     Uuid::try_parse(s).map_err(|_| Error::NotFound(what.into()))
 }
 
+/// The machine, if the caller may see it: a user limited to a group gets 404 for machines of
+/// other groups, exactly as for machines that do not exist.
+async fn machine_in_scope(st: &AppState, c: &Claims, id: Uuid) -> Result<machines::Machine> {
+    let m = machines::get(&st.pool, id).await?;
+    match c.grp {
+        Some(g) if m.group_id != Some(g) => Err(Error::NotFound("machine".into())),
+        _ => Ok(m),
+    }
+}
+
 fn created<T: serde::Serialize>(v: T) -> Response {
     (StatusCode::CREATED, axum::Json(v)).into_response()
 }
@@ -190,19 +200,27 @@ fn limit(l: Option<usize>) -> Result<usize> {
     }
 }
 
-pub async fn list_machines(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response> {
+pub async fn list_machines(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response> {
     let after = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
     if let Some(s) = &q.status
         && !["pending", "active", "revoked", "decommissioned"].contains(&s.as_str())
     {
         return Err(Error::field("status", "one of pending, active, revoked, decommissioned"));
     }
-    Ok(axum::Json(machines::list(&st.pool, after, limit(q.limit)?, q.status.as_deref()).await?)
+    Ok(axum::Json(machines::list(&st.pool, after, limit(q.limit)?, q.status.as_deref(), c.grp).await?)
         .into_response())
 }
 
-pub async fn get_machine(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    Ok(axum::Json(machines::get(&st.pool, id(&p, "machine")?).await?).into_response())
+pub async fn get_machine(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<Response> {
+    Ok(axum::Json(machine_in_scope(&st, &c, id(&p, "machine")?).await?).into_response())
 }
 
 pub async fn approve_machine(
@@ -210,7 +228,8 @@ pub async fn approve_machine(
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
 ) -> Result<Response> {
-    Ok(axum::Json(machines::approve(&st.pool, &c.actor(), id(&p, "machine")?).await?).into_response())
+    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
+    Ok(axum::Json(machines::approve(&st.pool, &c.actor(), m.id).await?).into_response())
 }
 
 pub async fn revoke_machine(
@@ -218,17 +237,19 @@ pub async fn revoke_machine(
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
 ) -> Result<Response> {
-    Ok(axum::Json(machines::revoke(&st.pool, &c.actor(), id(&p, "machine")?).await?).into_response())
+    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
+    Ok(axum::Json(machines::revoke(&st.pool, &c.actor(), m.id).await?).into_response())
 }
 
 pub async fn list_jobs(
     State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
     Path(p): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response> {
+    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
     let before = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
-    Ok(axum::Json(jobs::list_for_machine(&st.pool, id(&p, "machine")?, before, limit(q.limit)?).await?)
-        .into_response())
+    Ok(axum::Json(jobs::list_for_machine(&st.pool, m.id, before, limit(q.limit)?).await?).into_response())
 }
 
 pub async fn run_now(
@@ -242,15 +263,27 @@ pub async fn run_now(
         .get("idempotency-key")
         .map(|v| v.to_str().map_err(|_| Error::invalid("Idempotency-Key must be ASCII")))
         .transpose()?;
-    let job = jobs::run_now(&st.pool, &c.actor(), id(&p, "machine")?, req, key).await?;
+    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
+    let job = jobs::run_now(&st.pool, &c.actor(), m.id, req, key).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
 }
 
-pub async fn list_snapshots(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": jobs::snapshots_for_machine(&st.pool, id(&p, "machine")?).await? }))
-        .into_response())
+pub async fn list_snapshots(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<Response> {
+    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
+    Ok(axum::Json(json!({ "items": jobs::snapshots_for_machine(&st.pool, m.id).await? })).into_response())
 }
 
-pub async fn get_job(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    Ok(axum::Json(jobs::get(&st.pool, id(&p, "job")?).await?).into_response())
+pub async fn get_job(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<Response> {
+    let job = jobs::get(&st.pool, id(&p, "job")?).await?;
+    // A job of a machine outside the caller's group does not exist for the caller.
+    machine_in_scope(&st, &c, job.machine_id).await.map_err(|_| Error::NotFound("job".into()))?;
+    Ok(axum::Json(job).into_response())
 }

@@ -44,13 +44,20 @@ pub struct RouteDef {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    /// Open to users limited to one group; otherwise changes need a fleet-wide user.
+    pub group_scoped: bool,
 }
 
 fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
     use Access::*;
     use handlers as h;
+    // `r`: fleet-wide configuration; `g`: a group's machines and what hangs off them, open to
+    // users limited to a group (their handlers answer 404 for other groups' machines).
     let r = |method: Method, path: &'static str, access: Access, mr: MethodRouter<AppState>| {
-        (RouteDef { method, path, access }, mr)
+        (RouteDef { method, path, access, group_scoped: false }, mr)
+    };
+    let g = |method: Method, path: &'static str, access: Access, mr: MethodRouter<AppState>| {
+        (RouteDef { method, path, access, group_scoped: true }, mr)
     };
     vec![
         r(Method::GET, "/healthz", Public, get(h::healthz)),
@@ -76,14 +83,14 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
             Admin,
             delete(h::unassign_policy),
         ),
-        r(Method::GET, "/api/v1/machines", Read, get(h::list_machines)),
-        r(Method::GET, "/api/v1/machines/{id}", Read, get(h::get_machine)),
-        r(Method::POST, "/api/v1/machines/{id}/approve", Operate, post(h::approve_machine)),
-        r(Method::POST, "/api/v1/machines/{id}/revoke", Admin, post(h::revoke_machine)),
-        r(Method::GET, "/api/v1/machines/{id}/jobs", Read, get(h::list_jobs)),
-        r(Method::POST, "/api/v1/machines/{id}/jobs", Operate, post(h::run_now)),
-        r(Method::GET, "/api/v1/machines/{id}/snapshots", Read, get(h::list_snapshots)),
-        r(Method::GET, "/api/v1/jobs/{id}", Read, get(h::get_job)),
+        g(Method::GET, "/api/v1/machines", Read, get(h::list_machines)),
+        g(Method::GET, "/api/v1/machines/{id}", Read, get(h::get_machine)),
+        g(Method::POST, "/api/v1/machines/{id}/approve", Operate, post(h::approve_machine)),
+        g(Method::POST, "/api/v1/machines/{id}/revoke", Admin, post(h::revoke_machine)),
+        g(Method::GET, "/api/v1/machines/{id}/jobs", Read, get(h::list_jobs)),
+        g(Method::POST, "/api/v1/machines/{id}/jobs", Operate, post(h::run_now)),
+        g(Method::GET, "/api/v1/machines/{id}/snapshots", Read, get(h::list_snapshots)),
+        g(Method::GET, "/api/v1/jobs/{id}", Read, get(h::get_job)),
     ]
 }
 
@@ -95,11 +102,11 @@ pub fn routes() -> Vec<RouteDef> {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for (def, mr) in table() {
-        let access = def.access;
+        let rule = (def.access, def.group_scoped);
         let mr = mr.route_layer(middleware::from_fn_with_state(
-            (state.clone(), access),
-            move |State((st, acc)): State<(AppState, Access)>, req: Request, next: Next| {
-                authorise(st, acc, req, next)
+            (state.clone(), rule),
+            move |State((st, rule)): State<(AppState, (Access, bool))>, req: Request, next: Next| {
+                authorise(st, rule, req, next)
             },
         ));
         router = router.route(def.path, mr);
@@ -112,8 +119,14 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The one authorisation check: bearer token from the Authorization header only, role at
-/// least the route's. Claims are handed to the handler as an extension.
-async fn authorise(state: AppState, access: Access, mut req: Request, next: Next) -> Response {
+/// least the route's, and a fleet-wide user for changes outside a group's machines. Claims are
+/// handed to the handler as an extension; group-scoped handlers filter by `claims.grp`.
+async fn authorise(
+    state: AppState,
+    (access, group_scoped): (Access, bool),
+    mut req: Request,
+    next: Next,
+) -> Response {
     let Some(min) = access.min_role() else {
         return next.run(req).await;
     };
@@ -132,6 +145,12 @@ async fn authorise(state: AppState, access: Access, mut req: Request, next: Next
     };
     if claims.role < min {
         return Error::Forbidden(format!("requires the {} role", min.as_str())).into_response();
+    }
+    if claims.grp.is_some() && !group_scoped && access != Access::Read {
+        return Error::Forbidden(
+            "this account is limited to one group; this change needs a fleet-wide account".into(),
+        )
+        .into_response();
     }
     req.extensions_mut().insert(claims);
     next.run(req).await
