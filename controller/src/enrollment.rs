@@ -233,15 +233,7 @@ pub async fn enroll(
     .bind(token_id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "insert into certificates (serial, machine_id, not_before, not_after) values ($1, $2, $3, $4)",
-    )
-    .bind(&issued.serial)
-    .bind(machine_id)
-    .bind(issued.not_before)
-    .bind(issued.not_after)
-    .execute(&mut *tx)
-    .await?;
+    crate::machines::insert_certificate(&mut tx, machine_id, &issued).await?;
     audit::record(
         &mut tx,
         &Actor::Machine(machine_id),

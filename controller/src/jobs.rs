@@ -351,14 +351,27 @@ pub async fn mark_interrupted(pool: &PgPool, machine: Uuid, jobs: &[Uuid]) -> Re
     if jobs.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let mut tx = pool.begin().await?;
+    let marked: Vec<Uuid> = sqlx::query_scalar(
         "update jobs set state = 'interrupted', finished_at = now()
-         where machine_id = $1 and id = any($2) and state in ('queued', 'running')",
+         where machine_id = $1 and id = any($2) and state in ('queued', 'running') returning id",
     )
     .bind(machine)
     .bind(jobs)
-    .execute(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    if !marked.is_empty() {
+        audit::record(
+            &mut tx,
+            &Actor::Machine(machine),
+            "job.interrupted",
+            "machine",
+            &machine.to_string(),
+            serde_json::json!({"jobs": marked}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

@@ -231,18 +231,28 @@ pub async fn touch(pool: &PgPool, id: Uuid) -> Result<()> {
     Ok(())
 }
 
-/// Records a renewed certificate for an active machine.
-pub async fn record_certificate(pool: &PgPool, id: Uuid, issued: &crate::pki::Issued) -> Result<()> {
-    let mut tx = pool.begin().await?;
+/// Records a certificate issued to `machine` (its serial is what sessions are checked by).
+pub async fn insert_certificate(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    machine: Uuid,
+    issued: &crate::pki::Issued,
+) -> Result<()> {
     sqlx::query(
         "insert into certificates (serial, machine_id, not_before, not_after) values ($1, $2, $3, $4)",
     )
     .bind(&issued.serial)
-    .bind(id)
+    .bind(machine)
     .bind(issued.not_before)
     .bind(issued.not_after)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Records a renewed certificate for an active machine.
+pub async fn record_certificate(pool: &PgPool, id: Uuid, issued: &crate::pki::Issued) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    insert_certificate(&mut tx, id, issued).await?;
     audit::record(
         &mut tx,
         &Actor::Machine(id),

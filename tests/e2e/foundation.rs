@@ -52,17 +52,9 @@ struct Protected {
     policy: Uuid,
 }
 
-async fn protect(f: &mut Fixture, source: &Path) -> Result<Protected> {
-    let token =
-        f.admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
-    let mut agent = Agent::new(&f.tmp.path().join("agent"));
-    let out = agent.enroll(&f.ctrl.grpc_url(), &token.token)?;
-    assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
-    let machine = agent.machine_id()?;
-    // rustic-server serves only repositories named in its ACL: grant this machine's.
-    f.rest.allow_repo(&machine.to_string())?;
-    let repo = f
-        .admin
+/// The per-machine repository definition on the fixture's REST server (TLS, private CA).
+async fn rest_repository(f: &Fixture) -> Result<cofre_client::Repository> {
+    Ok(f.admin
         .create_repository(&NewRepository {
             name: "rest-tls".into(),
             url: f.rest.url(),
@@ -72,17 +64,38 @@ async fn protect(f: &mut Fixture, source: &Path) -> Result<Protected> {
             ca_certificate_pem: Some(f.rest.ca_pem().into()),
             ..Default::default()
         })
-        .await?;
-    let policy = f
-        .admin
+        .await?)
+}
+
+async fn backup_policy(
+    f: &Fixture,
+    name: &str,
+    repository: Uuid,
+    source: &Path,
+    interval: u64,
+) -> Result<cofre_client::Policy> {
+    Ok(f.admin
         .create_policy(&PolicyInput {
-            name: "documents".into(),
-            repository_id: repo.id,
+            name: name.into(),
+            repository_id: repository,
             paths: vec![source.to_str().context("utf-8 source path")?.into()],
             excludes: vec![],
-            interval_seconds: 0,
+            interval_seconds: interval,
         })
-        .await?;
+        .await?)
+}
+
+async fn protect(f: &mut Fixture, source: &Path) -> Result<Protected> {
+    let token =
+        f.admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
+    let mut agent = Agent::new(&f.tmp.path().join("agent"));
+    let out = agent.enroll(&f.ctrl.grpc_url(), &token.token)?;
+    assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+    let machine = agent.machine_id()?;
+    // rustic-server serves only repositories named in its ACL: grant this machine's.
+    f.rest.allow_repo(&machine.to_string())?;
+    let repo = rest_repository(f).await?;
+    let policy = backup_policy(f, "documents", repo.id, source, 0).await?;
     f.admin.assign_policy_to_machine(policy.id, machine).await?;
     agent.start()?;
     let policy_id = policy.id.to_string();
@@ -411,30 +424,10 @@ async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<(
 
     // A policy for the whole group: the pending machine gets no plan and no secret.
     f.rest.allow_repo(&machine.to_string())?;
-    let repo = f
-        .admin
-        .create_repository(&NewRepository {
-            name: "rest".into(),
-            url: f.rest.url(),
-            per_machine: true,
-            username: Some(f.rest.username().into()),
-            password: Some(f.rest.password().into()),
-            ca_certificate_pem: Some(f.rest.ca_pem().into()),
-            ..Default::default()
-        })
-        .await?;
+    let repo = rest_repository(&f).await?;
     let source = f.tmp.path().join("src");
     std::fs::create_dir_all(&source)?;
-    let policy = f
-        .admin
-        .create_policy(&PolicyInput {
-            name: "finance-docs".into(),
-            repository_id: repo.id,
-            paths: vec![source.to_str().context("utf-8")?.into()],
-            excludes: vec![],
-            interval_seconds: 0,
-        })
-        .await?;
+    let policy = backup_policy(&f, "finance-docs", repo.id, &source, 0).await?;
     f.admin.assign_policy_to_group(policy.id, group.id).await?;
     agent.start()?;
     let a = &agent;
@@ -558,28 +551,8 @@ async fn the_agent_backs_up_on_schedule_while_the_controller_is_down() -> Result
     assert!(agent.enroll(&f.ctrl.grpc_url(), &token.token)?.status.success());
     let machine = agent.machine_id()?;
     f.rest.allow_repo(&machine.to_string())?;
-    let repo = f
-        .admin
-        .create_repository(&NewRepository {
-            name: "rest".into(),
-            url: f.rest.url(),
-            per_machine: true,
-            username: Some(f.rest.username().into()),
-            password: Some(f.rest.password().into()),
-            ca_certificate_pem: Some(f.rest.ca_pem().into()),
-            ..Default::default()
-        })
-        .await?;
-    let policy = f
-        .admin
-        .create_policy(&PolicyInput {
-            name: "hourly".into(),
-            repository_id: repo.id,
-            paths: vec![source.to_str().context("utf-8")?.into()],
-            excludes: vec![],
-            interval_seconds: 3600,
-        })
-        .await?;
+    let repo = rest_repository(&f).await?;
+    let policy = backup_policy(&f, "hourly", repo.id, &source, 3600).await?;
     f.admin.assign_policy_to_machine(policy.id, machine).await?;
     agent.start()?;
     // A new policy is due at once: the first scheduled backup lands and is reported.
