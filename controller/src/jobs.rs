@@ -197,7 +197,7 @@ pub async fn ingest(pool: &PgPool, machine: Uuid, ev: &pb::JobEvent) -> Result<(
             )
             .bind(job_id)
             .bind(machine)
-            .bind(policy.filter(|_| owner.is_none()))
+            .bind(policy)
             .bind(trigger_str(s.trigger))
             .bind(ts(s.started_at.as_ref()))
             .execute(&mut *tx)
