@@ -98,25 +98,43 @@ async fn protect(f: &mut Fixture, source: &Path) -> Result<Protected> {
     let policy = backup_policy(f, "documents", repo.id, source, 0).await?;
     f.admin.assign_policy_to_machine(policy.id, machine).await?;
     agent.start()?;
-    let policy_id = policy.id.to_string();
-    wait_until_async(
-        "the agent stores a plan with the policy",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            let plan = agent.stored_plan();
-            let policy_id = policy_id.clone();
-            async move {
-                match plan {
-                    Ok(p) if p.policies.iter().any(|x| x.id == policy_id) => Ok(()),
-                    Ok(_) => Err("plan without the policy yet".to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        },
-    )
-    .await?;
+    wait_for_policy_in_plan(&agent, policy.id, "the agent stores a plan with the policy").await?;
     Ok(Protected { agent, machine, policy: policy.id })
+}
+
+/// Waits until the agent has stored a plan that contains `policy`.
+async fn wait_for_policy_in_plan(agent: &Agent, policy: Uuid, what: &str) -> Result<()> {
+    let policy = policy.to_string();
+    wait_until_async(what, Duration::from_secs(60), Duration::from_millis(100), || {
+        let plan = agent.stored_plan();
+        let policy = policy.clone();
+        async move {
+            match plan {
+                Ok(p) if p.policies.iter().any(|x| x.id == policy) => Ok(()),
+                Ok(_) => Err("plan without the policy yet".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Waits until `job` is running; fails if it finished before we could see it running.
+async fn wait_until_running(admin: &Client, job: Uuid) -> Result<()> {
+    wait_until_async("the job is running", Duration::from_secs(60), Duration::from_millis(50), || {
+        let admin = admin.clone();
+        async move {
+            match admin.get_job(job).await {
+                Ok(j) if j.state == "running" => Ok(()),
+                Ok(j) if j.is_final() => Err(format!("finished before it was seen running: {}", j.state)),
+                Ok(j) => Err(j.state),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 fn restic_for(f: &Fixture, plan: &pb::Plan, cache: &Path) -> Result<Restic> {
@@ -341,19 +359,7 @@ async fn results_survive_a_controller_outage_and_are_stored_once() -> Result<()>
     let p = protect(&mut f, &source).await?;
 
     let job = f.admin.run_now(p.machine, p.policy, None).await?;
-    let admin = f.admin.clone();
-    wait_until_async("the job is running", Duration::from_secs(60), Duration::from_millis(50), || {
-        let admin = admin.clone();
-        async move {
-            match admin.get_job(job.id).await {
-                Ok(j) if j.state == "running" => Ok(()),
-                Ok(j) if j.is_final() => Err(format!("finished before the outage could start: {}", j.state)),
-                Ok(j) => Err(j.state),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-    .await?;
+    wait_until_running(&f.admin, job.id).await?;
     f.ctrl.kill9()?;
     let db = f.ctrl.db.name.clone();
     let results = |pg: &PgCluster, table: &str| -> Result<i64> {
@@ -446,23 +452,7 @@ async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<(
     assert_eq!(refused.status().map(|s| s.as_u16()), Some(409));
 
     f.admin.approve_machine(machine).await?;
-    let policy_id = policy.id.to_string();
-    wait_until_async(
-        "the approved machine receives its plan",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || {
-            let plan = a.stored_plan();
-            let policy_id = policy_id.clone();
-            async move {
-                match plan {
-                    Ok(p) if p.policies.iter().any(|x| x.id == policy_id) => Ok(()),
-                    _ => Err("no plan with the policy yet"),
-                }
-            }
-        },
-    )
-    .await?;
+    wait_for_policy_in_plan(a, policy.id, "the approved machine receives its plan").await?;
 
     // Renewal at 2/3 of the lifetime, over the session, with a new key.
     wait_until_async(
@@ -505,18 +495,7 @@ async fn a_job_cut_short_by_an_agent_crash_is_reported_interrupted() -> Result<(
     write_random_files(&source, 4, 64)?;
     let mut p = protect(&mut f, &source).await?;
     let job = f.admin.run_now(p.machine, p.policy, None).await?;
-    let admin = f.admin.clone();
-    wait_until_async("the job is running", Duration::from_secs(60), Duration::from_millis(50), || {
-        let admin = admin.clone();
-        async move {
-            match admin.get_job(job.id).await {
-                Ok(j) if j.state == "running" => Ok(()),
-                Ok(j) => Err(j.state),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-    .await?;
+    wait_until_running(&f.admin, job.id).await?;
     p.agent.kill9()?;
     let marker = p.agent.state_dir.join("running").join(format!("{}.json", job.id));
     assert!(marker.exists(), "the running job leaves a marker");
