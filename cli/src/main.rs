@@ -15,6 +15,9 @@ struct Cli {
     /// The controller's HTTP address.
     #[arg(long, global = true, env = "COFRE_URL", default_value = "http://127.0.0.1:8080")]
     api_url: String,
+    /// PEM file of a private CA the controller's HTTPS certificate chains to.
+    #[arg(long, global = true, env = "COFRE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// An access token from `cofre login`.
     #[arg(long, global = true, env = "COFRE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -132,7 +135,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = Client::new(&cli.api_url)?;
+    let ca = match &cli.ca_file {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
+    };
+    let mut client = Client::with_ca(&cli.api_url, ca.as_deref())?;
     if let Some(t) = &cli.token {
         client = client.with_token(t.clone());
     }

@@ -40,6 +40,12 @@ pub struct DatabaseSettings {
 pub struct HttpSettings {
     /// REST API (`/api/v1`), health endpoints and, later, the portal.
     pub listen: SocketAddr,
+    /// PEM certificate chain and key for HTTPS. Without them the API is plain HTTP, which is
+    /// allowed only on a loopback address unless `allow_plain_http` is set.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
+    pub allow_plain_http: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,7 +114,12 @@ impl Default for DatabaseSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_plain_http: false,
+        }
     }
 }
 
@@ -185,6 +196,20 @@ impl Settings {
         if self.certificates.agent_lifetime_seconds < 60 {
             return Err(ConfigError("certificates.agent_lifetime_seconds must be at least 60".into()));
         }
+        match (&self.http.tls_cert_file, &self.http.tls_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError("http.tls_cert_file and http.tls_key_file go together".into()));
+            }
+            (None, None) if !self.http.listen.ip().is_loopback() && !self.http.allow_plain_http => {
+                return Err(ConfigError(format!(
+                    "http.listen {} is not a loopback address: passwords and tokens would cross the network \
+                     unencrypted. Set http.tls_cert_file and http.tls_key_file, or http.allow_plain_http = true \
+                     behind a TLS-terminating proxy",
+                    self.http.listen
+                )));
+            }
+            _ => {}
+        }
         if self.enrollment.token_uses == 0 {
             return Err(ConfigError("enrollment.token_uses must be at least 1".into()));
         }
@@ -222,6 +247,19 @@ mod tests {
         std::fs::write(&f, "[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
         let err = Settings::load(Some(&f)).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[http]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        let err = Settings::load(Some(&f)).unwrap_err().to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        std::fs::write(&f, "[http]\nlisten = \"0.0.0.0:8080\"\nallow_plain_http = true\n").unwrap();
+        assert!(Settings::load(Some(&f)).is_ok());
+        std::fs::write(&f, "[http]\ntls_cert_file = \"/x.pem\"\n").unwrap();
+        assert!(Settings::load(Some(&f)).unwrap_err().to_string().contains("go together"));
     }
 
     #[test]

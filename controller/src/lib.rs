@@ -21,6 +21,7 @@ pub mod repositories;
 pub mod seal;
 pub mod serve;
 pub mod state;
+pub mod tls_listener;
 pub mod up;
 
 /// Initialises tracing: `pretty` for people, `json` for log collectors.

@@ -87,6 +87,10 @@ pub async fn start(
     };
     repositories::spawn_provisioner(pool, master, events.clone());
     let tls = grpc::tls_config(&state)?;
+    let http_tls = match (&settings.http.tls_cert_file, &settings.http.tls_key_file) {
+        (Some(cert), Some(key)) => Some(crate::tls_listener::server_config(cert, key)?),
+        _ => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let session_events = events.clone();
     tokio::spawn(async move {
@@ -99,10 +103,18 @@ pub async fn start(
     let mut rx1 = stop_rx.clone();
     let mut rx2 = stop_rx;
     let fut = async move {
-        let http_fut = axum::serve(http, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = rx1.wait_for(|v| *v).await;
-            });
+        let stop_http = async move {
+            let _ = rx1.wait_for(|v| *v).await;
+        };
+        let http_fut = async move {
+            match http_tls {
+                Some(config) => {
+                    let listener = crate::tls_listener::TlsListener::new(http, config)?;
+                    axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop_http).await
+                }
+                None => axum::serve(http, router.into_make_service()).with_graceful_shutdown(stop_http).await,
+            }
+        };
         let grpc_fut = tonic::transport::Server::builder()
             .tls_config(tls)?
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

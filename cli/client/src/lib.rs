@@ -46,8 +46,16 @@ pub struct Client {
 impl Client {
     /// `base` is the controller's HTTP address, e.g. `http://127.0.0.1:8080`.
     pub fn new(base: &str) -> Result<Self> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        Ok(Self { base: url::Url::parse(base)?, http, token: None })
+        Self::with_ca(base, None)
+    }
+
+    /// Like [`Client::new`], trusting `ca_pem` (a private CA) for an `https://` controller.
+    pub fn with_ca(base: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(pem) = ca_pem {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+        }
+        Ok(Self { base: url::Url::parse(base)?, http: builder.build()?, token: None })
     }
 
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
