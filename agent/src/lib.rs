@@ -32,6 +32,46 @@ pub async fn run(state_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A human-readable summary of the state directory (no secrets).
+pub fn status(state: &state::StateDir) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let id = state.identity()?;
+    let mut out = String::new();
+    writeln!(out, "machine:      {}", id.machine_id)?;
+    writeln!(out, "controller:   {}", id.controller_url)?;
+    writeln!(out, "CA sha256:    {}", id.ca_fingerprint)?;
+    let (cert, _key) = state.certificate()?;
+    match session::certificate_validity(&cert) {
+        Some((nb, na)) => writeln!(out, "certificate:  valid {nb} .. {na}")?,
+        None => writeln!(out, "certificate:  unreadable")?,
+    }
+    match state.load_plan() {
+        Some(plan) => {
+            writeln!(out, "plan:         version {}", plan.version)?;
+            for p in &plan.policies {
+                let every = if p.interval_seconds == 0 {
+                    "on demand".to_string()
+                } else {
+                    format!("every {} s", p.interval_seconds)
+                };
+                writeln!(
+                    out,
+                    "  policy {} ({}): {} -> repository {}, {every}",
+                    p.name,
+                    p.id,
+                    p.paths.join(", "),
+                    p.repository_id
+                )?;
+            }
+        }
+        None => writeln!(out, "plan:         none received yet")?,
+    }
+    let count = |dir: std::path::PathBuf| std::fs::read_dir(dir).map(|rd| rd.count()).unwrap_or(0);
+    writeln!(out, "unsent results: {}", count(state.spool_dir()))?;
+    writeln!(out, "running jobs:   {}", count(state.running_dir()))?;
+    Ok(out)
+}
+
 /// Shell lines that point the restic CLI at each repository of the stored plan.
 pub fn restic_env(state: &state::StateDir) -> anyhow::Result<String> {
     let plan = state.load_plan().ok_or_else(|| anyhow::anyhow!("no plan stored yet: run the agent first"))?;

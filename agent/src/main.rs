@@ -36,6 +36,8 @@ enum Command {
     /// Print shell `export` lines that point the restic CLI at this machine's repositories
     /// (from the stored plan; prints secrets: for restores by this machine's administrator).
     ResticEnv,
+    /// Show what this agent holds: identity, certificate validity, plan, unsent results.
+    Status,
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +58,11 @@ fn main() -> std::process::ExitCode {
                 cofre_agent::enroll::enroll(&state, &controller, &token, force).await.map(|_| ())
             }
             Command::Run => cofre_agent::run(&cli.state_dir).await,
+            Command::Status => {
+                let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
+                print!("{}", cofre_agent::status(&state)?);
+                Ok(())
+            }
             Command::ResticEnv => {
                 let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
                 print!("{}", cofre_agent::restic_env(&state)?);

@@ -27,6 +27,13 @@ pub fn pem_fingerprint(pem: &str) -> Option<String> {
     Some(hex::encode(Sha256::digest(der.as_ref())))
 }
 
+/// (not_before, not_after) of a PEM certificate, as RFC 3339 text, for people.
+pub fn certificate_validity(pem: &str) -> Option<(String, String)> {
+    let (nb, na) = validity(pem)?;
+    let fmt = |t: i64| chrono::DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
+    Some((fmt(nb), fmt(na)))
+}
+
 /// (not_before, not_after) of a PEM certificate, as Unix seconds.
 fn validity(pem: &str) -> Option<(i64, i64)> {
     use rustls_pki_types::CertificateDer;

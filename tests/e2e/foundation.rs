@@ -280,6 +280,18 @@ async fn unauthorised_agents_and_clients_are_refused() -> Result<()> {
     let ca = p.agent.ca_pem()?;
     let identity = split_identity(&p.agent.identity_pem()?);
 
+    // `cofre-agent status` tells a sysadmin what the agent holds, without secrets.
+    let out = std::process::Command::new(crate::harness::procs::workspace_bin("cofre-agent"))
+        .arg("--state-dir")
+        .arg(&p.agent.state_dir)
+        .arg("status")
+        .output()?;
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(status.contains(&p.machine.to_string()) && status.contains("policy documents"), "{status}");
+    let plan = p.agent.stored_plan()?;
+    assert!(!status.contains(&plan.repositories[0].repository_password), "status must not print secrets");
+
     // The enrolled agent's identity opens a session and receives its plan.
     let first = try_session(&grpc, &ca, Some(identity.clone())).await.map_err(anyhow::Error::msg)?;
     assert!(matches!(first.msg, Some(pb::controller_message::Msg::Plan(_))), "{first:?}");
