@@ -28,7 +28,19 @@ pub enum Event {
     Shutdown,
 }
 
+/// A NOTIFY payload must stay under 8000 bytes: past this many machines, say "all".
+const MAX_NAMED_MACHINES: usize = 100;
+
 impl Event {
+    /// Plans changed for these machines; "possibly all" when there are too many to name.
+    pub fn plans_for(machines: Vec<Uuid>) -> Self {
+        if machines.len() > MAX_NAMED_MACHINES {
+            Event::Plans { machines: None }
+        } else {
+            Event::Plans { machines: Some(machines) }
+        }
+    }
+
     pub fn concerns(&self, machine: Uuid) -> bool {
         match self {
             Event::Machine { id } => *id == machine,

@@ -110,6 +110,18 @@ fn validate(p: &PolicyInput) -> Result<()> {
     Ok(())
 }
 
+/// Machines a policy reaches, directly or through their group.
+async fn machines_of(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, policy: Uuid) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "select distinct m.id from machines m join policy_assignments a
+           on a.machine_id = m.id or (a.group_id is not null and a.group_id = m.group_id)
+         where a.policy_id = $1",
+    )
+    .bind(policy)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
 pub async fn create(pool: &PgPool, actor: &Actor, req: PolicyInput) -> Result<Policy> {
     validate(&req)?;
     let id = Uuid::now_v7();
@@ -199,7 +211,8 @@ pub async fn update(
         serde_json::to_value(&p).unwrap_or_default(),
     )
     .await?;
-    events::notify(&mut tx, &Event::Plans { machines: None }).await?;
+    let affected = machines_of(&mut tx, id).await?;
+    events::notify(&mut tx, &Event::plans_for(affected)).await?;
     events::notify(&mut tx, &Event::Provision).await?;
     tx.commit().await?;
     Ok(p)
@@ -247,8 +260,17 @@ pub async fn assign(pool: &PgPool, actor: &Actor, policy: Uuid, req: NewAssignme
         serde_json::json!({"assignment_id": id, "machine_id": req.machine_id, "group_id": req.group_id}),
     )
     .await?;
-    let machines = req.machine_id.map(|m| vec![m]);
-    events::notify(&mut tx, &Event::Plans { machines }).await?;
+    let affected = match (req.machine_id, req.group_id) {
+        (Some(m), _) => vec![m],
+        (None, Some(g)) => {
+            sqlx::query_scalar("select id from machines where group_id = $1")
+                .bind(g)
+                .fetch_all(&mut *tx)
+                .await?
+        }
+        (None, None) => Vec::new(),
+    };
+    events::notify(&mut tx, &Event::plans_for(affected)).await?;
     events::notify(&mut tx, &Event::Provision).await?;
     tx.commit().await?;
     Ok(a)
@@ -265,6 +287,7 @@ pub async fn list_assignments(pool: &PgPool, policy: Uuid) -> Result<Vec<Assignm
 
 pub async fn unassign(pool: &PgPool, actor: &Actor, policy: Uuid, assignment: Uuid) -> Result<()> {
     let mut tx = pool.begin().await?;
+    let affected = machines_of(&mut tx, policy).await?;
     let n = sqlx::query("delete from policy_assignments where id = $1 and policy_id = $2")
         .bind(assignment)
         .bind(policy)
@@ -283,7 +306,7 @@ pub async fn unassign(pool: &PgPool, actor: &Actor, policy: Uuid, assignment: Uu
         serde_json::json!({"assignment_id": assignment}),
     )
     .await?;
-    events::notify(&mut tx, &Event::Plans { machines: None }).await?;
+    events::notify(&mut tx, &Event::plans_for(affected)).await?;
     tx.commit().await?;
     Ok(())
 }

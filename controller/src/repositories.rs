@@ -338,18 +338,18 @@ pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<Vec<Uuid>> {
                     serde_json::json!({"url": url, "restic_id": restic_id}),
                 )
                 .await?;
-                let machines: Vec<Option<Uuid>> =
-                    sqlx::query_scalar("select machine_id from restic_repositories where id = $1")
-                        .bind(id)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                let m: Vec<Uuid> = machines.into_iter().flatten().collect();
-                let ev = if m.is_empty() {
-                    Event::Plans { machines: None }
-                } else {
-                    Event::Plans { machines: Some(m.clone()) }
-                };
-                events::notify(&mut tx, &ev).await?;
+                // The machines whose plans now include this repository.
+                let m: Vec<Uuid> = sqlx::query_scalar(
+                    "select distinct m.id from machines m
+                     join policy_assignments a on a.machine_id = m.id or (a.group_id is not null and a.group_id = m.group_id)
+                     join policies p on p.id = a.policy_id
+                     join restic_repositories rr on rr.repository_id = p.repository_id
+                     where rr.id = $1 and (rr.machine_id is null or rr.machine_id = m.id)",
+                )
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+                events::notify(&mut tx, &Event::plans_for(m.clone())).await?;
                 changed.extend(m);
                 tracing::info!(restic_repository = %id, %url, %restic_id, "initialised restic repository");
             }

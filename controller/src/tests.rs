@@ -437,3 +437,76 @@ async fn a_user_limited_to_a_group_sees_and_acts_on_its_machines_only(pool: PgPo
     let theirs_now = crate::machines::get(&st.pool, theirs).await.unwrap();
     assert_eq!(theirs_now.status, "active", "the other group's machine is untouched");
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn plan_changes_notify_exactly_the_machines_they_reach(pool: PgPool) {
+    use crate::events::Event;
+    let st = state(pool).await;
+    let g = crate::policies::create_group(
+        &st.pool,
+        &Actor::System,
+        crate::policies::NewGroup { name: "sales".into() },
+    )
+    .await
+    .unwrap();
+    let grouped = enrollment::create_token(
+        &st.pool,
+        &Actor::System,
+        &st.ca,
+        &st.settings.enrollment,
+        NewToken {
+            description: String::new(),
+            group_id: Some(g.id),
+            uses: None,
+            ttl_seconds: None,
+            requires_approval: false,
+        },
+    )
+    .await
+    .unwrap();
+    let inside =
+        enrollment::enroll(&st.pool, &st.ca, LIFE, &grouped.token, &csr(), inv()).await.unwrap().machine_id;
+    let t = token(&st, 1, None).await;
+    let outside = enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await.unwrap().machine_id;
+    let repo = crate::repositories::create(
+        &st.pool,
+        &st.master,
+        &Actor::System,
+        serde_json::from_value(serde_json::json!({"name": "r", "url": "https://rest.example"})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let policy = crate::policies::create(
+        &st.pool,
+        &Actor::System,
+        serde_json::from_value(serde_json::json!({"name": "p", "repository_id": repo.id, "paths": ["/srv"], "interval_seconds": 0}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let mut listener = sqlx::postgres::PgListener::connect_with(&st.pool).await.unwrap();
+    listener.listen(crate::events::CHANNEL).await.unwrap();
+    crate::policies::assign(
+        &st.pool,
+        &Actor::System,
+        policy.id,
+        crate::policies::NewAssignment { machine_id: None, group_id: Some(g.id) },
+    )
+    .await
+    .unwrap();
+    let mut plans = None;
+    while plans.is_none() {
+        let n =
+            tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
+        if let Ok(Event::Plans { machines }) = serde_json::from_str::<Event>(n.payload()) {
+            plans = Some(machines);
+        }
+    }
+    drop(listener); // an open LISTEN connection would hold up the test database's cleanup
+    let machines = plans.unwrap().expect("the group's machines are named");
+    assert!(machines.contains(&inside) && !machines.contains(&outside), "{machines:?}");
+
+    let many: Vec<Uuid> = (0..101).map(|_| Uuid::now_v7()).collect();
+    assert_eq!(Event::plans_for(many), Event::Plans { machines: None }, "too many to name in one NOTIFY");
+}
