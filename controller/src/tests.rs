@@ -510,3 +510,65 @@ async fn plan_changes_notify_exactly_the_machines_they_reach(pool: PgPool) {
     let many: Vec<Uuid> = (0..101).map(|_| Uuid::now_v7()).collect();
     assert_eq!(Event::plans_for(many), Event::Plans { machines: None }, "too many to name in one NOTIFY");
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn policy_edits_need_the_current_etag_and_revoked_tokens_enroll_nothing(pool: PgPool) {
+    let st = state(pool).await;
+    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin, None).unwrap();
+    let (s, repo) = call_json(
+        &st,
+        "POST",
+        "/api/v1/repositories",
+        &admin,
+        r#"{"name":"r","url":"https://rest.example"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{repo}");
+    let body = format!(
+        r#"{{"name":"p","repository_id":"{}","paths":["/srv"],"interval_seconds":3600}}"#,
+        repo["id"].as_str().unwrap()
+    );
+    let (s, pol) = call_json(&st, "POST", "/api/v1/policies", &admin, &body).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let path = format!("/api/v1/policies/{}", pol["id"].as_str().unwrap());
+    let put = |etag: &'static str| {
+        Request::builder()
+            .method("PUT")
+            .uri(&path)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {admin}"))
+            .header("if-match", etag)
+            .body(Body::from(body.replace("3600", "7200")))
+            .unwrap()
+    };
+    let router = crate::api::router(st.clone());
+    let stale = router.clone().oneshot(put("\"rev-7\"")).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::CONFLICT);
+    let ok = router.clone().oneshot(put("\"rev-1\"")).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["etag"], "\"rev-2\"");
+    let again = router.clone().oneshot(put("\"rev-1\"")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT, "a second edit from the same old copy loses nothing");
+
+    // A revoked token enrolls nothing.
+    let created = enrollment::create_token(
+        &st.pool,
+        &Actor::System,
+        &st.ca,
+        &st.settings.enrollment,
+        NewToken {
+            description: String::new(),
+            group_id: None,
+            uses: Some(5),
+            ttl_seconds: None,
+            requires_approval: false,
+        },
+    )
+    .await
+    .unwrap();
+    let (s, _) =
+        call_json(&st, "DELETE", &format!("/api/v1/enrollment-tokens/{}", created.info.id), &admin, "").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let err = enrollment::enroll(&st.pool, &st.ca, LIFE, &created.token, &csr(), inv()).await.unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+}
