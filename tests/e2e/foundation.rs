@@ -173,6 +173,7 @@ async fn backup_through_the_controller_is_restorable_with_restic() -> Result<()>
     );
     let snapshot_id = job.snapshot_id.clone().context("job has a snapshot id")?;
     let stats = job.stats.clone().context("job has stats")?;
+    eprintln!("first backup: {stats}");
     assert!(stats["files_new"].as_u64() >= Some(ds.files as u64), "{stats}");
     assert!(stats["bytes_added"].as_u64() > Some(0), "{stats}");
 
