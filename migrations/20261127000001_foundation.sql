@@ -4,11 +4,14 @@
 -- as a login role that is a member of the NOLOGIN group role `cofre_app`. The app role may not
 -- UPDATE, DELETE or TRUNCATE the audit log or job results: those are insert-only.
 
+-- Roles are cluster-wide: another database's migration may create it at the same moment.
 do $$
 begin
     if not exists (select from pg_roles where rolname = 'cofre_app') then
         create role cofre_app nologin;
     end if;
+exception when duplicate_object or unique_violation then
+    null;
 end
 $$;
 
