@@ -608,3 +608,41 @@ async fn the_agent_backs_up_on_schedule_while_the_controller_is_down() -> Result
     assert!(jobs.iter().all(|j| j.state == "succeeded" && j.trigger == "schedule"), "{jobs:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_rest_server_fails_the_job_clearly_and_loses_nothing() -> Result<()> {
+    let mut f = fixture("deadrest").await?;
+    let source = f.tmp.path().join("docs");
+    std::fs::create_dir_all(&source)?;
+    std::fs::write(source.join("oficio.txt"), "ofício nº 1")?;
+    let p = protect(&mut f, &source).await?;
+    let first = f.admin.run_now(p.machine, p.policy, None).await?;
+    assert_eq!(f.admin.wait_for_job(first.id, Duration::from_secs(120)).await?.state, "succeeded");
+
+    f.rest.stop()?;
+    std::fs::write(source.join("oficio-2.txt"), "ofício nº 2")?;
+    let failed = f.admin.run_now(p.machine, p.policy, None).await?;
+    let failed = f.admin.wait_for_job(failed.id, Duration::from_secs(120)).await?;
+    assert_eq!(failed.state, "failed", "{failed:?}");
+    assert_eq!(failed.retry_class.as_deref(), Some("temporary"), "{failed:?}");
+    let msg = failed.error_message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("127.0.0.1") || msg.to_lowercase().contains("connect"),
+        "the error names the problem: {msg}"
+    );
+    assert!(!msg.contains(f.rest.password()), "no secrets in errors: {msg}");
+    eprintln!("dead REST server: {msg}");
+    let m = f.admin.get_machine(p.machine).await?;
+    assert_eq!(m.last_result.as_deref(), Some("failed"));
+    assert!(m.last_backup_at.is_some(), "the last successful backup is still known");
+
+    f.rest.restart()?;
+    let again = f.admin.run_now(p.machine, p.policy, None).await?;
+    let again = f.admin.wait_for_job(again.id, Duration::from_secs(120)).await?;
+    assert_eq!(again.state, "succeeded", "{again:?}");
+    let plan = p.agent.stored_plan()?;
+    let restic = restic_for(&f, &plan, &f.tmp.path().join("restic-cache"))?;
+    assert_eq!(restic.snapshots_json()?.len(), 2);
+    restic.check(true)?;
+    Ok(())
+}
