@@ -44,6 +44,8 @@ pub struct Agent {
     /// Policies with a job queued or running, so the schedule does not pile up.
     busy: Mutex<HashSet<String>>,
     schedule: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    /// Consecutive temporary failures per policy, for retry backoff.
+    failures: Mutex<std::collections::HashMap<String, u32>>,
     pub hostname: String,
 }
 
@@ -69,6 +71,7 @@ impl Agent {
             accepted: Mutex::new(HashSet::new()),
             busy: Mutex::new(HashSet::new()),
             schedule: Mutex::new(schedule),
+            failures: Mutex::new(std::collections::HashMap::new()),
             hostname,
         });
         (agent, rx)
@@ -141,9 +144,12 @@ impl Agent {
 
     /// Policies due by the local schedule; records their start time.
     fn due_policies(&self) -> Vec<String> {
+        self.due_policies_at(Utc::now())
+    }
+
+    fn due_policies_at(&self, now: DateTime<Utc>) -> Vec<String> {
         let plan = self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let Some(plan) = plan else { return Vec::new() };
-        let now = Utc::now();
         let busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut schedule = self.schedule.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut due = Vec::new();
@@ -192,14 +198,18 @@ impl Agent {
     pub async fn worker_loop(self: Arc<Self>, mut rx: mpsc::Receiver<JobRequest>) {
         while let Some(job) = rx.recv().await {
             let policy = job.policy_id.clone();
-            if let Err(e) = self.run_job(&job).await {
-                tracing::error!(job.id = %job.job_id, error = %e, "cannot record job; it will be reported as interrupted");
+            match self.run_job(&job).await {
+                Ok(finished) => self.after_job(&policy, &finished, Utc::now()),
+                Err(e) => {
+                    tracing::error!(job.id = %job.job_id, error = %e, "cannot record job; it will be reported as interrupted");
+                }
             }
             self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&policy);
         }
     }
 
-    async fn run_job(&self, job: &JobRequest) -> anyhow::Result<()> {
+    /// Runs one job; returns its result as reported.
+    async fn run_job(&self, job: &JobRequest) -> anyhow::Result<pb::JobFinished> {
         let started_at = Utc::now();
         let marker_path = self.state.running_dir().join(format!("{}.json", job.job_id));
         let marker = RunningMarker {
@@ -275,10 +285,42 @@ impl Agent {
         self.spool.push(&pb::JobEvent {
             event_id: Uuid::now_v7().to_string(),
             job_id: job.job_id.to_string(),
-            kind: Some(pb::job_event::Kind::Finished(finished)),
+            kind: Some(pb::job_event::Kind::Finished(finished.clone())),
         })?;
         std::fs::remove_file(&marker_path)?;
-        Ok(())
+        Ok(finished)
+    }
+
+    /// After a temporary failure a scheduled policy is retried sooner than its interval: after
+    /// 1, 2, 4, ... minutes, never later than the interval itself. Success resets the count; a
+    /// permanent failure waits for the next interval (something must change first).
+    fn after_job(&self, policy_id: &str, finished: &pb::JobFinished, now: DateTime<Utc>) {
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let temporary = finished.outcome == pb::JobOutcome::Failed as i32
+            && finished.error.as_ref().is_some_and(|e| e.retry_class == pb::RetryClass::Temporary as i32);
+        if !temporary {
+            failures.remove(policy_id);
+            return;
+        }
+        let attempts = failures.entry(policy_id.to_string()).or_insert(0);
+        *attempts += 1;
+        let interval = self.interval_of(policy_id);
+        if interval == 0 {
+            return;
+        }
+        let backoff = (60_u64 << (*attempts - 1).min(16)).min(interval);
+        let due_at = now + chrono::Duration::seconds(i64::try_from(backoff).unwrap_or(i64::MAX / 4));
+        let last = due_at - chrono::Duration::seconds(i64::try_from(interval).unwrap_or(i64::MAX / 4));
+        tracing::info!(policy = %policy_id, attempt = *attempts, retry_in_s = backoff, "temporary failure: retrying sooner");
+        drop(failures);
+        self.record_run(policy_id, last);
+    }
+
+    fn interval_of(&self, policy_id: &str) -> u64 {
+        let plan = self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        plan.as_ref()
+            .and_then(|p| p.policies.iter().find(|x| x.id == policy_id))
+            .map_or(0, |p| p.interval_seconds)
     }
 
     /// The engine's inputs for a policy of the current plan.
@@ -374,6 +416,32 @@ mod tests {
         // The schedule survives a restart of the agent.
         let (again, _rx) = Agent::new(agent.state.clone());
         assert!(again.due_policies().is_empty());
+    }
+
+    fn failed(class: pb::RetryClass) -> pb::JobFinished {
+        pb::JobFinished {
+            outcome: pb::JobOutcome::Failed as i32,
+            error: Some(pb::JobError { message: "x".into(), retry_class: class as i32 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn temporary_failures_retry_sooner_with_backoff_permanent_ones_wait() {
+        let (_d, agent) = agent_with_policy(3600);
+        let t0 = Utc::now();
+        assert_eq!(agent.due_policies_at(t0).len(), 1);
+        agent.after_job("p1", &failed(pb::RetryClass::Temporary), t0);
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        assert!(agent.due_policies_at(at(59)).is_empty());
+        assert_eq!(agent.due_policies_at(at(61)).len(), 1, "first retry after a minute");
+        agent.after_job("p1", &failed(pb::RetryClass::Temporary), at(61));
+        assert!(agent.due_policies_at(at(61 + 119)).is_empty());
+        assert_eq!(agent.due_policies_at(at(61 + 121)).len(), 1, "then after two minutes");
+        // A permanent failure does not hurry: the next run is an interval after the last start.
+        agent.after_job("p1", &failed(pb::RetryClass::Permanent), at(182));
+        assert!(agent.due_policies_at(at(182 + 600)).is_empty());
+        assert_eq!(agent.due_policies_at(at(182 + 3601)).len(), 1);
     }
 
     #[test]
