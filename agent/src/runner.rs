@@ -41,8 +41,8 @@ pub struct Agent {
     queue: mpsc::Sender<JobRequest>,
     /// Jobs accepted in this process (queued or done), so a repeated RunNow runs once.
     accepted: Mutex<HashSet<Uuid>>,
-    /// Policies with a job queued or running, so the schedule does not pile up.
-    busy: Mutex<HashSet<String>>,
+    /// Jobs queued or running per policy, so the schedule does not pile up.
+    busy: Mutex<std::collections::HashMap<String, usize>>,
     schedule: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// Consecutive temporary failures per policy, for retry backoff.
     failures: Mutex<std::collections::HashMap<String, u32>>,
@@ -69,7 +69,7 @@ impl Agent {
             plan: RwLock::new(plan),
             queue: tx,
             accepted: Mutex::new(HashSet::new()),
-            busy: Mutex::new(HashSet::new()),
+            busy: Mutex::new(std::collections::HashMap::new()),
             schedule: Mutex::new(schedule),
             failures: Mutex::new(std::collections::HashMap::new()),
             hostname,
@@ -93,12 +93,31 @@ impl Agent {
         if !self.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(req.job_id) {
             return false;
         }
-        self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(req.policy_id.clone());
+        *self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(req.policy_id.clone())
+            .or_insert(0) += 1;
+        let (job, policy) = (req.job_id, req.policy_id.clone());
         match self.queue.try_send(req) {
             Ok(()) => true,
             Err(e) => {
+                // Undo, so the job may be offered again and the policy is not stuck as busy.
                 tracing::warn!(error = %e, "job queue full; dropping request");
+                self.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&job);
+                self.done_with(&policy);
                 false
+            }
+        }
+    }
+
+    fn done_with(&self, policy: &str) {
+        let mut busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = busy.get_mut(policy) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(policy);
             }
         }
     }
@@ -157,7 +176,7 @@ impl Agent {
             let interval =
                 chrono::Duration::seconds(i64::try_from(p.interval_seconds).unwrap_or(i64::MAX / 2));
             let is_due = schedule.get(&p.id).is_none_or(|last| now - *last >= interval);
-            if is_due && !busy.contains(&p.id) {
+            if is_due && !busy.contains_key(&p.id) {
                 schedule.insert(p.id.clone(), now);
                 due.push(p.id.clone());
             }
@@ -204,7 +223,7 @@ impl Agent {
                     tracing::error!(job.id = %job.job_id, error = %e, "cannot record job; it will be reported as interrupted");
                 }
             }
-            self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&policy);
+            self.done_with(&policy);
         }
     }
 
@@ -391,10 +410,14 @@ fn stats(r: &cofre_engine::BackupReport) -> pb::BackupStats {
 mod tests {
     use super::*;
 
-    fn agent_with_policy(interval: u64) -> (tempfile::TempDir, Arc<Agent>) {
+    /// Keeps the state dir and the job queue's receiver alive for the test's duration.
+    #[allow(dead_code, reason = "held only to be dropped at the end of the test")]
+    struct Held(tempfile::TempDir, mpsc::Receiver<JobRequest>);
+
+    fn agent_with_policy(interval: u64) -> (Held, Arc<Agent>) {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(&dir.path().join("state")).unwrap();
-        let (agent, _rx) = Agent::new(state);
+        let (agent, rx) = Agent::new(state);
         let plan = pb::Plan {
             version: 1,
             repositories: vec![],
@@ -405,7 +428,7 @@ mod tests {
             }],
         };
         agent.set_plan(plan).unwrap();
-        (dir, agent)
+        (Held(dir, rx), agent)
     }
 
     #[test]
@@ -442,6 +465,21 @@ mod tests {
         agent.after_job("p1", &failed(pb::RetryClass::Permanent), at(182));
         assert!(agent.due_policies_at(at(182 + 600)).is_empty());
         assert_eq!(agent.due_policies_at(at(182 + 3601)).len(), 1);
+    }
+
+    #[test]
+    fn a_policy_with_a_job_queued_is_not_scheduled_again() {
+        let (_d, agent) = agent_with_policy(3600);
+        let job = |id| JobRequest { job_id: id, policy_id: "p1".into(), trigger: pb::TriggerKind::RunNow };
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(agent.submit(job(a)));
+        assert!(!agent.submit(job(a)), "the same job is accepted once");
+        assert!(agent.submit(job(b)));
+        assert!(agent.due_policies().is_empty(), "busy");
+        agent.done_with("p1");
+        assert!(agent.due_policies().is_empty(), "one job still queued");
+        agent.done_with("p1");
+        assert_eq!(agent.due_policies(), vec!["p1".to_string()]);
     }
 
     #[test]
