@@ -284,8 +284,9 @@ pub async fn access_for(
 }
 
 /// Creates the per-machine restic repository rows that are missing for active machines and
-/// initialises every repository that has no restic id yet. Returns machines whose plans changed.
-pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<Vec<Uuid>> {
+/// initialises every repository that has no restic id yet; affected sessions hear of it
+/// through a plans notification.
+pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<()> {
     // Missing rows: active machines with a per-machine repository through an assigned policy.
     let missing: Vec<(Uuid, Uuid, String, String, Option<String>, String)> = sqlx::query_as(
         "select distinct r.id, m.id, r.url, r.path_template, g.name, m.hostname
@@ -314,7 +315,6 @@ pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<Vec<Uuid>> {
     )))
     .fetch_all(pool)
     .await?;
-    let mut changed = Vec::new();
     for row in pending {
         let access = open_access(master, row)?;
         let id = access.id;
@@ -349,8 +349,7 @@ pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<Vec<Uuid>> {
                 .bind(id)
                 .fetch_all(&mut *tx)
                 .await?;
-                events::notify(&mut tx, &Event::plans_for(m.clone())).await?;
-                changed.extend(m);
+                events::notify(&mut tx, &Event::plans_for(m)).await?;
                 tracing::info!(restic_repository = %id, %url, %restic_id, "initialised restic repository");
             }
             Err(e) => {
@@ -364,7 +363,7 @@ pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<Vec<Uuid>> {
         }
         tx.commit().await?;
     }
-    Ok(changed)
+    Ok(())
 }
 
 fn init_restic(access: &ResticAccess) -> std::result::Result<String, cofre_engine::EngineError> {
@@ -440,5 +439,5 @@ async fn try_provision(pool: &PgPool, master: &MasterKey) -> Result<()> {
         .bind(crate::db::locks::PROVISIONER)
         .execute(&mut *conn)
         .await?;
-    res.map(|_| ())
+    res
 }

@@ -48,7 +48,13 @@ fn inv() -> Inventory {
     }
 }
 
-async fn token(st: &AppState, uses: u32, ttl: Option<u64>) -> String {
+/// An enrollment token with the given use count, lifetime and group (defaults otherwise).
+async fn new_token(
+    st: &AppState,
+    uses: u32,
+    ttl: Option<u64>,
+    group: Option<Uuid>,
+) -> enrollment::CreatedToken {
     enrollment::create_token(
         &st.pool,
         &Actor::System,
@@ -56,7 +62,7 @@ async fn token(st: &AppState, uses: u32, ttl: Option<u64>) -> String {
         &st.settings.enrollment,
         NewToken {
             description: String::new(),
-            group_id: None,
+            group_id: group,
             uses: Some(uses),
             ttl_seconds: ttl,
             requires_approval: false,
@@ -64,7 +70,25 @@ async fn token(st: &AppState, uses: u32, ttl: Option<u64>) -> String {
     )
     .await
     .unwrap()
-    .token
+}
+
+async fn token(st: &AppState, uses: u32, ttl: Option<u64>) -> String {
+    new_token(st, uses, ttl, None).await.token
+}
+
+/// A new group with one enrolled machine in it: (group, machine).
+async fn machine_in_new_group(st: &AppState, name: &str) -> (Uuid, Uuid) {
+    let g = crate::policies::create_group(
+        &st.pool,
+        &Actor::System,
+        crate::policies::NewGroup { name: name.into() },
+    )
+    .await
+    .unwrap();
+    let t = new_token(st, 1, None, Some(g.id)).await;
+    let machine =
+        enrollment::enroll(&st.pool, &st.ca, LIFE, &t.token, &csr(), inv()).await.unwrap().machine_id;
+    (g.id, machine)
 }
 
 const LIFE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -367,38 +391,9 @@ async fn call_json(
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn a_user_limited_to_a_group_sees_and_acts_on_its_machines_only(pool: PgPool) {
     let st = state(pool).await;
-    let mut machines = Vec::new();
-    let mut groups = Vec::new();
-    for name in ["finance", "health"] {
-        let g = crate::policies::create_group(
-            &st.pool,
-            &Actor::System,
-            crate::policies::NewGroup { name: name.into() },
-        )
-        .await
-        .unwrap();
-        let t = enrollment::create_token(
-            &st.pool,
-            &Actor::System,
-            &st.ca,
-            &st.settings.enrollment,
-            NewToken {
-                description: String::new(),
-                group_id: Some(g.id),
-                uses: None,
-                ttl_seconds: None,
-                requires_approval: false,
-            },
-        )
-        .await
-        .unwrap();
-        machines.push(
-            enrollment::enroll(&st.pool, &st.ca, LIFE, &t.token, &csr(), inv()).await.unwrap().machine_id,
-        );
-        groups.push(g.id);
-    }
-    let (mine, theirs) = (machines[0], machines[1]);
-    let op = st.jwt.issue(Uuid::now_v7(), "op", Role::Operator, Some(groups[0])).unwrap();
+    let (finance, mine) = machine_in_new_group(&st, "finance").await;
+    let (_health, theirs) = machine_in_new_group(&st, "health").await;
+    let op = st.jwt.issue(Uuid::now_v7(), "op", Role::Operator, Some(finance)).unwrap();
     let (s, body) = call_json(&st, "GET", "/api/v1/machines", &op, "").await;
     assert_eq!(s, StatusCode::OK);
     let ids: Vec<&str> =
@@ -424,7 +419,7 @@ async fn a_user_limited_to_a_group_sees_and_acts_on_its_machines_only(pool: PgPo
     );
 
     // A group-limited admin may read fleet configuration but not change it.
-    let admin = st.jwt.issue(Uuid::now_v7(), "ga", Role::Admin, Some(groups[0])).unwrap();
+    let admin = st.jwt.issue(Uuid::now_v7(), "ga", Role::Admin, Some(finance)).unwrap();
     assert_eq!(call_json(&st, "GET", "/api/v1/policies", &admin, "").await.0, StatusCode::OK);
     let (s, body) = call_json(&st, "POST", "/api/v1/groups", &admin, r#"{"name":"x"}"#).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
@@ -442,30 +437,7 @@ async fn a_user_limited_to_a_group_sees_and_acts_on_its_machines_only(pool: PgPo
 async fn plan_changes_notify_exactly_the_machines_they_reach(pool: PgPool) {
     use crate::events::Event;
     let st = state(pool).await;
-    let g = crate::policies::create_group(
-        &st.pool,
-        &Actor::System,
-        crate::policies::NewGroup { name: "sales".into() },
-    )
-    .await
-    .unwrap();
-    let grouped = enrollment::create_token(
-        &st.pool,
-        &Actor::System,
-        &st.ca,
-        &st.settings.enrollment,
-        NewToken {
-            description: String::new(),
-            group_id: Some(g.id),
-            uses: None,
-            ttl_seconds: None,
-            requires_approval: false,
-        },
-    )
-    .await
-    .unwrap();
-    let inside =
-        enrollment::enroll(&st.pool, &st.ca, LIFE, &grouped.token, &csr(), inv()).await.unwrap().machine_id;
+    let (sales, inside) = machine_in_new_group(&st, "sales").await;
     let t = token(&st, 1, None).await;
     let outside = enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await.unwrap().machine_id;
     let repo = crate::repositories::create(
@@ -491,7 +463,7 @@ async fn plan_changes_notify_exactly_the_machines_they_reach(pool: PgPool) {
         &st.pool,
         &Actor::System,
         policy.id,
-        crate::policies::NewAssignment { machine_id: None, group_id: Some(g.id) },
+        crate::policies::NewAssignment { machine_id: None, group_id: Some(sales) },
     )
     .await
     .unwrap();
@@ -551,21 +523,7 @@ async fn policy_edits_need_the_current_etag_and_revoked_tokens_enroll_nothing(po
     assert_eq!(again.status(), StatusCode::CONFLICT, "a second edit from the same old copy loses nothing");
 
     // A revoked token enrolls nothing.
-    let created = enrollment::create_token(
-        &st.pool,
-        &Actor::System,
-        &st.ca,
-        &st.settings.enrollment,
-        NewToken {
-            description: String::new(),
-            group_id: None,
-            uses: Some(5),
-            ttl_seconds: None,
-            requires_approval: false,
-        },
-    )
-    .await
-    .unwrap();
+    let created = new_token(&st, 5, None, None).await;
     let (s, _) =
         call_json(&st, "DELETE", &format!("/api/v1/enrollment-tokens/{}", created.info.id), &admin, "").await;
     assert_eq!(s, StatusCode::NO_CONTENT);

@@ -18,7 +18,6 @@ use crate::harness::rest_server::RestServer;
 
 #[test]
 fn wait_until_polls_and_reports_the_last_error() {
-    let start = Instant::now();
     let mut calls = 0;
     let value = wait_until("the third call", Duration::from_secs(5), Duration::from_millis(1), || {
         calls += 1;
@@ -26,7 +25,6 @@ fn wait_until_polls_and_reports_the_last_error() {
     })
     .expect("third call succeeds");
     assert_eq!(value, 3);
-    assert!(start.elapsed() < Duration::from_secs(1));
 
     let err = wait_until(
         "something that never happens",

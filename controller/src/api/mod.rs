@@ -15,8 +15,6 @@ use crate::auth::Role;
 use crate::error::Error;
 use crate::state::AppState;
 
-pub use error::status_of;
-
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
