@@ -1,7 +1,7 @@
 //! Compiles the .proto files with the pure-Rust `protox`, so nobody needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/cofre/agent/v1/agent.proto"];
+    let protos = ["proto/cofre/agent/v1/agent.proto", "proto/cofre/store/v1/store.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

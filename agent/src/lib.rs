@@ -41,7 +41,7 @@ pub fn status(state: &state::StateDir) -> anyhow::Result<String> {
     writeln!(out, "controller:   {}", id.controller_url)?;
     writeln!(out, "CA sha256:    {}", id.ca_fingerprint)?;
     let (cert, _key) = state.certificate()?;
-    match session::certificate_validity(&cert) {
+    match cofre_dial::certificate_validity(&cert) {
         Some((nb, na)) => writeln!(out, "certificate:  valid {nb} .. {na}")?,
         None => writeln!(out, "certificate:  unreadable")?,
     }
@@ -89,6 +89,12 @@ pub fn restic_env(state: &state::StateDir) -> anyhow::Result<String> {
         if !repo.ca_certificate_pem.is_empty() {
             let ca = state.rest_ca_file(&repo.id, &repo.ca_certificate_pem)?;
             out.push_str(&format!("# the REST server uses a private CA: pass --cacert {}\n", ca.display()));
+        }
+        if repo.client_certificate {
+            out.push_str(&format!(
+                "# the repository is on a cofre-store: pass --tls-client-cert {}\n",
+                state.identity_pem_path().display()
+            ));
         }
     }
     Ok(out)

@@ -373,7 +373,9 @@ impl Agent {
             password: Some(repo.password.clone()).filter(|p| !p.is_empty()).map(SecretString::from),
             repository_password: SecretString::from(repo.repository_password.clone()),
             ca_cert_file,
-            client_identity_file: None,
+            // A cofre-store knows this machine by its certificate (identity.pem: certificate
+            // and key in one file, replaced atomically on renewal).
+            client_identity_file: repo.client_certificate.then(|| self.state.identity_pem_path()),
             allow_insecure_http: repo.allow_insecure_http,
         };
         let req = cofre_engine::BackupRequest {

@@ -6,85 +6,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use cofre_proto::agent::v1 as pb;
 use pb::agent_message::Msg as Out;
 use pb::controller_message::Msg as In;
-use rand::Rng;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use uuid::Uuid;
 
 use crate::runner::{Agent, JobRequest};
 
-/// SHA-256 of the first certificate in a PEM, lowercase hex.
-pub fn pem_fingerprint(pem: &str) -> Option<String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
-    Some(hex::encode(Sha256::digest(der.as_ref())))
-}
-
-/// (not_before, not_after) of a PEM certificate, as RFC 3339 text, for people.
-pub fn certificate_validity(pem: &str) -> Option<(String, String)> {
-    let (nb, na) = validity(pem)?;
-    let fmt = |t: i64| chrono::DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
-    Some((fmt(nb), fmt(na)))
-}
-
-/// (not_before, not_after) of a PEM certificate, as Unix seconds.
-fn validity(pem: &str) -> Option<(i64, i64)> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    Some((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
-}
-
-/// When to renew: at 2/3 of the certificate's lifetime as this agent received it. The
-/// controller backdates notBefore by a few minutes for clock skew, so the lifetime is counted
-/// from when the certificate was stored here (the identity file's mtime), not from notBefore.
-#[derive(Debug, Clone, Copy)]
-struct Renewal {
-    due_at: i64,
-    check_every: Duration,
-}
-
-impl Renewal {
-    fn of(cert_pem: &str, received_at: i64) -> Renewal {
-        match validity(cert_pem) {
-            Some((nb, na)) => {
-                let start = received_at.clamp(nb, na);
-                let lifetime = na - start;
-                Renewal {
-                    due_at: start + lifetime * 2 / 3,
-                    check_every: Duration::from_secs(
-                        u64::try_from(lifetime / 20).unwrap_or(3600).clamp(1, 3600),
-                    ),
-                }
-            }
-            None => Renewal { due_at: 0, check_every: Duration::from_secs(60) },
-        }
-    }
-
-    fn is_due(&self) -> bool {
-        chrono::Utc::now().timestamp() >= self.due_at
-    }
-}
-
-fn mtime_secs(path: &std::path::Path) -> i64 {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
-}
-
 /// Connects forever, with capped, jittered exponential backoff between attempts.
 pub async fn run_forever(agent: Arc<Agent>, interrupted: Vec<String>) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = cofre_dial::Backoff::default();
     let mut interrupted = interrupted;
     loop {
         let started = tokio::time::Instant::now();
@@ -92,14 +25,9 @@ pub async fn run_forever(agent: Arc<Agent>, interrupted: Vec<String>) {
             Ok(()) => tracing::warn!("controller closed the session"),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "session with the controller ended"),
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
-        }
-        let jitter = rand::thread_rng().gen_range(0.5..1.5);
-        let wait = backoff.mul_f64(jitter);
+        let wait = backoff.after(started.elapsed());
         tracing::info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the controller later");
         tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(Duration::from_secs(60));
     }
 }
 
@@ -107,21 +35,7 @@ async fn connect_once(agent: &Arc<Agent>, interrupted: Vec<String>) -> anyhow::R
     let id = agent.state.identity()?;
     let (cert_pem, key_pem) = agent.state.certificate()?;
     let ca_pem = agent.state.ca_pem()?;
-    let url = url::Url::parse(&id.controller_url)?;
-    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca_pem))
-        .identity(Identity::from_pem(&cert_pem, &key_pem))
-        .domain_name(host);
-    let channel = Endpoint::from_shared(id.controller_url.clone())?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the controller at {}", id.controller_url))?;
+    let channel = cofre_dial::session_channel(&id.controller_url, &ca_pem, &cert_pem, &key_pem).await?;
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     tx.send(pb::AgentMessage {
@@ -177,13 +91,14 @@ async fn receive(
 ) -> anyhow::Result<()> {
     // A key generated for a renewal in flight; it becomes ours only with its certificate.
     let mut pending_key: Option<String> = None;
-    let mut renewal = Renewal::of(cert_pem, mtime_secs(&agent.state.identity_pem_path()));
+    let mut renewal =
+        cofre_dial::Renewal::of(cert_pem, cofre_dial::mtime_secs(&agent.state.identity_pem_path()));
     let mut renew_check = tokio::time::interval(renewal.check_every);
     loop {
         tokio::select! {
             _ = renew_check.tick() => {
                 if pending_key.is_none() && renewal.is_due() {
-                    let (key, csr) = crate::enroll::new_key_and_csr()?;
+                    let (key, csr) = cofre_dial::new_key_and_csr()?;
                     pending_key = Some(key);
                     tracing::info!("certificate at 2/3 of its lifetime: requesting a new one");
                     tx.send(pb::AgentMessage { msg: Some(Out::Renew(pb::RenewCertificate { csr_der: csr })) }).await?;
@@ -214,7 +129,7 @@ async fn receive(
                     Some(In::CertificateRenewed(c)) => {
                         if let Some(key) = pending_key.take() {
                             agent.state.save_certificate(&c.certificate_pem, &key)?;
-                            renewal = Renewal::of(&c.certificate_pem, chrono::Utc::now().timestamp());
+                            renewal = cofre_dial::Renewal::of(&c.certificate_pem, chrono::Utc::now().timestamp());
                             tracing::info!("certificate renewed; the next connection uses it");
                         }
                     }

@@ -116,6 +116,55 @@ enum Command {
     Jobs { machine: Uuid },
     /// List a machine's snapshots as the controller recorded them.
     Snapshots { machine: Uuid },
+    /// cofre-store instances: register, list, inventory, revoke.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Set or clear the storage quota cofre-store enforces for a machine or a group.
+    Quota {
+        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+        machine: Option<Uuid>,
+        #[arg(long)]
+        group: Option<Uuid>,
+        /// The limit in bytes (suffixes K, M, G, T: powers of 1024).
+        #[arg(long, conflicts_with = "unlimited", required_unless_present = "unlimited")]
+        bytes: Option<String>,
+        /// Remove the limit.
+        #[arg(long)]
+        unlimited: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Register a store; prints the one-time token for `cofre-store enroll`.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// The URL agents reach the store at, e.g. https://backup.example:8443/. Repositories
+        /// whose URL starts with it are served by this store.
+        #[arg(long)]
+        url: String,
+    },
+    /// List stores.
+    List,
+    /// What a store holds, per repository, with snapshots the controller never recorded.
+    Inventory { store: Uuid },
+    /// Revoke a store: it can no longer connect to the controller.
+    Revoke { store: Uuid },
+}
+
+/// "500M", "2G", "1048576" → bytes.
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: u64 = num.trim().parse().with_context(|| format!("{s:?} is not a size like 500M or 2G"))?;
+    n.checked_mul(mult).with_context(|| format!("{s} is too large"))
 }
 
 fn print<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -276,6 +325,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|s| serde_json::json!({"snapshot_id": s.snapshot_id, "time": s.time, "hostname": s.hostname, "paths": s.paths}))
                 .collect();
             print(&rows)?;
+        }
+        Command::Store(StoreCommand::Add { name, url }) => {
+            let s = client.create_store(&name, &url).await?;
+            print(&s.store)?;
+            println!(
+                "\nOn the store machine, run once:\n  cofre-store --config /etc/cofre/store.toml enroll --controller https://<controller>:7443 --token {}",
+                s.token
+            );
+        }
+        Command::Store(StoreCommand::List) => print(&client.list_stores().await?)?,
+        Command::Store(StoreCommand::Inventory { store }) => print(&client.store_inventory(store).await?)?,
+        Command::Store(StoreCommand::Revoke { store }) => print(&client.revoke_store(store).await?)?,
+        Command::Quota { machine, group, bytes, unlimited: _ } => {
+            let bytes = bytes.as_deref().map(parse_size).transpose()?;
+            match (machine, group) {
+                (Some(m), _) => client.set_machine_quota(m, bytes).await?,
+                (None, Some(g)) => client.set_group_quota(g, bytes).await?,
+                (None, None) => anyhow::bail!("give --machine or --group"),
+            }
+            println!("quota set");
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ use crate::error::Result;
 pub enum Actor {
     User { id: uuid::Uuid, name: String },
     Machine(uuid::Uuid),
+    Store(uuid::Uuid),
     System,
 }
 
@@ -21,6 +22,7 @@ impl std::fmt::Display for Actor {
         match self {
             Actor::User { id, name } => write!(f, "user:{id}:{name}"),
             Actor::Machine(id) => write!(f, "machine:{id}"),
+            Actor::Store(id) => write!(f, "store:{id}"),
             Actor::System => f.write_str("system"),
         }
     }

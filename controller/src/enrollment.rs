@@ -48,7 +48,7 @@ pub struct CreatedToken {
     pub token: String,
 }
 
-fn hash_secret(secret: &[u8]) -> Vec<u8> {
+pub(crate) fn hash_secret(secret: &[u8]) -> Vec<u8> {
     Sha256::new().chain_update(b"cofre-enroll-token:").chain_update(secret).finalize().to_vec()
 }
 
@@ -143,7 +143,7 @@ pub async fn revoke_token(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<()> 
 
 /// Splits a token into (id, secret). The fingerprint part is for the agent; the controller
 /// checks it is its own so a token for another controller is refused clearly.
-fn parse_token(token: &str, ca: &Ca) -> Result<(Uuid, Vec<u8>)> {
+pub(crate) fn parse_token(token: &str, ca: &Ca) -> Result<(Uuid, Vec<u8>)> {
     let refuse = || Error::Unauthenticated("enrollment token not recognised".into());
     let parts: Vec<&str> = token.trim().split('.').collect();
     if parts.len() != 4 || parts[0] != "cofre1" {
@@ -249,6 +249,6 @@ pub async fn enroll(
     Ok(Enrolled { machine_id, certificate_pem: issued.pem, pending_approval: requires_approval })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -21,6 +21,8 @@ pub enum Event {
     Jobs { machine: Uuid },
     /// Repositories may need provisioning.
     Provision,
+    /// Stores' access lists may have changed (quotas) or a store was revoked.
+    Stores,
     /// The listener reconnected and may have missed events: re-check everything.
     Resync,
     /// This process is shutting down (local only, never sent through Postgres): sessions
@@ -41,12 +43,17 @@ impl Event {
         }
     }
 
+    /// Plans of possibly every machine changed.
+    pub fn plans_for_all() -> Self {
+        Event::Plans { machines: None }
+    }
+
     pub fn concerns(&self, machine: Uuid) -> bool {
         match self {
             Event::Machine { id } => *id == machine,
             Event::Plans { machines } => machines.as_ref().is_none_or(|m| m.contains(&machine)),
             Event::Jobs { machine: m } => *m == machine,
-            Event::Provision => false,
+            Event::Provision | Event::Stores => false,
             Event::Resync | Event::Shutdown => true,
         }
     }

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod jobs;
 pub mod keys;
 pub mod machines;
+pub mod maintenance;
 pub mod pki;
 pub mod plans;
 pub mod policies;
@@ -21,6 +22,7 @@ pub mod repositories;
 pub mod seal;
 pub mod serve;
 pub mod state;
+pub mod stores;
 pub mod tls_listener;
 pub mod up;
 

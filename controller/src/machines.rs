@@ -27,6 +27,8 @@ pub struct Machine {
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub plan_version: i64,
+    /// Storage quota enforced by cofre-store (None: no limit).
+    pub storage_quota_bytes: Option<i64>,
     /// Finish time of the last successful backup (with or without warnings).
     pub last_backup_at: Option<DateTime<Utc>>,
     pub last_result: Option<String>,
@@ -36,7 +38,7 @@ pub struct Machine {
 
 const SELECT: &str = "
 select m.id, m.hostname, m.os, m.arch, m.agent_version, m.group_id, g.name as group_name, m.status,
-       m.enrolled_at, m.approved_at, m.revoked_at, m.last_seen_at, m.plan_version,
+       m.enrolled_at, m.approved_at, m.revoked_at, m.last_seen_at, m.plan_version, m.storage_quota_bytes,
        (select max(r.finished_at) from job_results r join jobs j on j.id = r.job_id
          where j.machine_id = m.id and r.outcome in ('succeeded', 'warning')) as last_backup_at,
        lr.outcome as last_result, lr.finished_at as last_result_at, lr.error_message as last_error

@@ -129,11 +129,42 @@ impl Ca {
         lifetime: std::time::Duration,
     ) -> Result<Issued, PkiError> {
         let key = CsrKey::from_csr(csr_der)?;
+        self.issue_client_cert(&machine_id.to_string(), &key, lifetime)
+    }
+
+    /// A cofre-store's certificate: CN `cofre-store:<id>`, which is neither a machine id (so it
+    /// opens no agent session) nor the maintenance identity (so it opens no repository).
+    pub fn issue_store_cert(
+        &self,
+        store_id: Uuid,
+        csr_der: &[u8],
+        lifetime: std::time::Duration,
+    ) -> Result<Issued, PkiError> {
+        let key = CsrKey::from_csr(csr_der)?;
+        self.issue_client_cert(&store_cn(store_id), &key, lifetime)
+    }
+
+    /// A cofre-store's TLS server certificate for `host` (its registered URL's host), for the
+    /// key of the CSR (the same key as its client certificate). Returns the chain PEM (leaf
+    /// then CA), so clients trusting the Cofre CA can verify it.
+    pub fn issue_store_server_cert(
+        &self,
+        store_id: Uuid,
+        csr_der: &[u8],
+        host: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<Issued, PkiError> {
+        let key = CsrKey::from_csr(csr_der)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, machine_id.to_string());
+        dn.push(DnType::CommonName, store_cn(store_id));
         params.distinguished_name = dn;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let host = host.trim_matches(['[', ']']);
+        params.subject_alt_names.push(match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(host.to_string().try_into()?),
+        });
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);
@@ -144,11 +175,58 @@ impl Ca {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             serial: serial_hex,
+            pem: format!("{}{}", cert.pem(), self.cert_pem),
+            not_before: to_chrono(params.not_before),
+            not_after: to_chrono(params.not_after),
+        })
+    }
+
+    /// The controller's maintenance identity towards cofre-store (CN [`MAINTENANCE_CN`]): a
+    /// new key pair and certificate, kept only in this process's memory and renewed before it
+    /// expires. Returns (certificate PEM, key PEM).
+    pub fn issue_maintenance_identity(
+        &self,
+        lifetime: std::time::Duration,
+    ) -> Result<(Issued, String), PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let issued = self.issue_client_cert(MAINTENANCE_CN, &key, lifetime)?;
+        Ok((issued, key.serialize_pem()))
+    }
+
+    fn issue_client_cert(
+        &self,
+        common_name: &str,
+        key: &impl PublicKeyData,
+        lifetime: std::time::Duration,
+    ) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after =
+            now + time::Duration::try_from(lifetime).map_err(|e| PkiError::Ca(e.to_string()))?;
+        let (serial, serial_hex) = random_serial();
+        params.serial_number = Some(serial);
+        let cert = params.signed_by(key, &self.issuer)?;
+        Ok(Issued {
+            serial: serial_hex,
             pem: cert.pem(),
             not_before: to_chrono(params.not_before),
             not_after: to_chrono(params.not_after),
         })
     }
+}
+
+/// The common name of the controller's maintenance identity towards cofre-store.
+pub const MAINTENANCE_CN: &str = "cofre-maintenance";
+
+/// The common name in a cofre-store's certificate.
+pub fn store_cn(store_id: Uuid) -> String {
+    format!("cofre-store:{store_id}")
 }
 
 fn to_chrono(t: time::OffsetDateTime) -> chrono::DateTime<chrono::Utc> {

@@ -13,7 +13,14 @@ use crate::error::Result;
 use crate::repositories;
 use crate::seal::MasterKey;
 
-pub async fn compute(pool: &PgPool, master: &MasterKey, machine: Uuid) -> Result<pb::Plan> {
+/// `cofre_ca_pem` is trusted, besides the system roots, for repositories on a cofre-store that
+/// have no CA of their own: the store may serve with the certificate Cofre's CA issued it.
+pub async fn compute(
+    pool: &PgPool,
+    master: &MasterKey,
+    cofre_ca_pem: &str,
+    machine: Uuid,
+) -> Result<pb::Plan> {
     let rows: Vec<(Uuid, String, Uuid, Vec<String>, Vec<String>, i64)> = sqlx::query_as(
         "select distinct p.id, p.name, p.repository_id, p.paths, p.excludes, p.interval_seconds
          from policies p
@@ -37,12 +44,25 @@ pub async fn compute(pool: &PgPool, master: &MasterKey, machine: Uuid) -> Result
             plan.repositories.push(pb::PlanRepository {
                 id: rid.clone(),
                 url: access.url.clone(),
-                username: access.username.clone().unwrap_or_default(),
-                password: access.password.as_ref().map(|p| p.expose_secret().to_string()).unwrap_or_default(),
+                // A cofre-store knows the agent by its certificate: no shared credential is sent.
+                username: if access.on_store {
+                    String::new()
+                } else {
+                    access.username.clone().unwrap_or_default()
+                },
+                password: match &access.password {
+                    Some(p) if !access.on_store => p.expose_secret().to_string(),
+                    _ => String::new(),
+                },
                 repository_password: access.repository_password.expose_secret().to_string(),
                 restic_id: access.restic_id.clone().unwrap_or_default(),
-                ca_certificate_pem: access.ca_certificate_pem.clone().unwrap_or_default(),
+                ca_certificate_pem: match &access.ca_certificate_pem {
+                    Some(pem) => pem.clone(),
+                    None if access.on_store => cofre_ca_pem.to_string(),
+                    None => String::new(),
+                },
                 allow_insecure_http: access.allow_insecure_http,
+                client_certificate: access.on_store,
             });
         }
         plan.policies.push(pb::PlanPolicy {

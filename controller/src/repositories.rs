@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::audit::{self, Actor};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
+use crate::maintenance::MaintenanceIdentity;
 use crate::seal::{MasterKey, Place};
 
 #[derive(Debug, Deserialize)]
@@ -168,7 +169,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Repository> {
         .ok_or_else(|| Error::NotFound("repository".into()))
 }
 
-async fn insert_restic_repository(
+pub(crate) async fn insert_restic_repository(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     master: &MasterKey,
     repository: Uuid,
@@ -225,6 +226,9 @@ pub struct ResticAccess {
     pub restic_id: Option<String>,
     pub ca_certificate_pem: Option<String>,
     pub allow_insecure_http: bool,
+    /// The repository is served by an enrolled cofre-store: clients authenticate with their
+    /// certificate, and REST credentials are not used.
+    pub on_store: bool,
 }
 
 impl std::fmt::Debug for ResticAccess {
@@ -233,16 +237,27 @@ impl std::fmt::Debug for ResticAccess {
     }
 }
 
-type AccessRow =
-    (Uuid, Uuid, String, Option<String>, Option<Vec<u8>>, Vec<u8>, Option<String>, Option<String>, bool);
+type AccessRow = (
+    Uuid,
+    Uuid,
+    String,
+    Option<String>,
+    Option<Vec<u8>>,
+    Vec<u8>,
+    Option<String>,
+    Option<String>,
+    bool,
+    bool,
+);
 
 const ACCESS_SELECT: &str =
     "select rr.id, r.id, rr.url, r.username, r.sealed_password, rr.sealed_repository_password,
-    rr.restic_id, r.ca_certificate_pem, r.allow_insecure_http
+    rr.restic_id, r.ca_certificate_pem, r.allow_insecure_http,
+    exists (select 1 from stores s where s.status <> 'revoked' and starts_with(rr.url, s.url)) as on_store
     from restic_repositories rr join repositories r on r.id = rr.repository_id";
 
 fn open_access(master: &MasterKey, row: AccessRow) -> Result<ResticAccess> {
-    let (rid, repo_id, url, username, sealed_pw, sealed_repo_pw, restic_id, ca, insecure) = row;
+    let (rid, repo_id, url, username, sealed_pw, sealed_repo_pw, restic_id, ca, insecure, on_store) = row;
     let password = match sealed_pw {
         Some(s) => Some(SecretString::from(master.open_string(
             &Place { table: "repositories", column: "sealed_password", row: &repo_id.to_string() },
@@ -262,6 +277,7 @@ fn open_access(master: &MasterKey, row: AccessRow) -> Result<ResticAccess> {
         restic_id,
         ca_certificate_pem: ca,
         allow_insecure_http: insecure,
+        on_store,
     })
 }
 
@@ -286,7 +302,7 @@ pub async fn access_for(
 /// Creates the per-machine restic repository rows that are missing for active machines and
 /// initialises every repository that has no restic id yet; affected sessions hear of it
 /// through a plans notification.
-pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<()> {
+pub async fn provision(pool: &PgPool, master: &MasterKey, maintenance: &MaintenanceIdentity) -> Result<()> {
     // Missing rows: active machines with a per-machine repository through an assigned policy.
     let missing: Vec<(Uuid, Uuid, String, String, Option<String>, String)> = sqlx::query_as(
         "select distinct r.id, m.id, r.url, r.path_template, g.name, m.hostname
@@ -319,8 +335,18 @@ pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<()> {
         let access = open_access(master, row)?;
         let id = access.id;
         let url = access.url.clone();
-        let result =
-            tokio::task::spawn_blocking(move || init_restic(&access)).await.map_err(Error::internal)?;
+        let identity =
+            if access.on_store { Some(maintenance.bundle_pem().map_err(Error::internal)?) } else { None };
+        let mut access = access;
+        if access.on_store && access.ca_certificate_pem.is_none() {
+            // The store may serve with the certificate Cofre's CA issued it.
+            access.ca_certificate_pem = Some(maintenance.ca_pem().to_string());
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            init_restic(&access, identity.as_deref().map(String::as_str))
+        })
+        .await
+        .map_err(Error::internal)?;
         let mut tx = pool.begin().await?;
         match result {
             Ok(restic_id) => {
@@ -366,17 +392,32 @@ pub async fn provision(pool: &PgPool, master: &MasterKey) -> Result<()> {
     Ok(())
 }
 
-fn init_restic(access: &ResticAccess) -> std::result::Result<String, cofre_engine::EngineError> {
+fn init_restic(
+    access: &ResticAccess,
+    identity_pem: Option<&str>,
+) -> std::result::Result<String, cofre_engine::EngineError> {
     let dir = tempfile::tempdir().map_err(|e| cofre_engine::EngineError::Other(e.to_string()))?;
-    let target = engine_target(access, dir.path())?;
+    let target = engine_target(access, dir.path(), identity_pem)?;
     cofre_engine::init_repository(&target)
 }
 
-/// Builds the engine's target; a private CA is written into `scratch` (the engine takes a file).
+/// Builds the engine's target; a private CA and the maintenance identity (for repositories on
+/// a cofre-store) are written into `scratch`, a private temp dir (the engine takes files).
 pub fn engine_target(
     access: &ResticAccess,
     scratch: &std::path::Path,
+    identity_pem: Option<&str>,
 ) -> std::result::Result<cofre_engine::RepoTarget, cofre_engine::EngineError> {
+    let client_identity_file = match identity_pem {
+        Some(pem) => {
+            let p = scratch.join("maintenance.pem");
+            write_private(&p, pem).map_err(|e| cofre_engine::EngineError::Other(e.to_string()))?;
+            Some(p)
+        }
+        None => None,
+    };
+    let (username, password) =
+        if access.on_store { (None, None) } else { (access.username.clone(), access.password.clone()) };
     let ca_cert_file = match &access.ca_certificate_pem {
         Some(pem) => {
             let p = scratch.join("rest-ca.pem");
@@ -387,22 +428,35 @@ pub fn engine_target(
     };
     Ok(cofre_engine::RepoTarget {
         url: access.url.clone(),
-        username: access.username.clone(),
-        password: access.password.clone(),
+        username,
+        password,
         repository_password: access.repository_password.clone(),
         ca_cert_file,
-        client_identity_file: None,
+        client_identity_file,
         allow_insecure_http: access.allow_insecure_http,
     })
 }
 
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(content.as_bytes())
+}
+
 /// Runs the provisioner: on `Provision` events and every 30 s (to retry failures), under an
 /// advisory lock so exactly one replica works at a time.
-pub fn spawn_provisioner(pool: PgPool, master: MasterKey, events: crate::events::Events) {
+pub fn spawn_provisioner(
+    pool: PgPool,
+    master: MasterKey,
+    events: crate::events::Events,
+    maintenance: std::sync::Arc<MaintenanceIdentity>,
+) {
     tokio::spawn(async move {
         let mut rx = events.subscribe();
         loop {
-            match try_provision(&pool, &master).await {
+            match try_provision(&pool, &master, &maintenance).await {
                 Ok(()) => {}
                 Err(e) => {
                     crate::error::log_internal(&e);
@@ -425,7 +479,7 @@ pub fn spawn_provisioner(pool: PgPool, master: MasterKey, events: crate::events:
     });
 }
 
-async fn try_provision(pool: &PgPool, master: &MasterKey) -> Result<()> {
+async fn try_provision(pool: &PgPool, master: &MasterKey, maintenance: &MaintenanceIdentity) -> Result<()> {
     let mut conn = pool.acquire().await?;
     let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
         .bind(crate::db::locks::PROVISIONER)
@@ -434,7 +488,7 @@ async fn try_provision(pool: &PgPool, master: &MasterKey) -> Result<()> {
     if !locked {
         return Ok(());
     }
-    let res = provision(pool, master).await;
+    let res = provision(pool, master, maintenance).await;
     sqlx::query("select pg_advisory_unlock($1)")
         .bind(crate::db::locks::PROVISIONER)
         .execute(&mut *conn)

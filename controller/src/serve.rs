@@ -85,7 +85,8 @@ pub async fn start(
         state: state.clone(),
         first_admin,
     };
-    repositories::spawn_provisioner(pool, master, events.clone());
+    let maintenance = Arc::new(crate::maintenance::MaintenanceIdentity::new(state.ca.clone()));
+    repositories::spawn_provisioner(pool, master, events.clone(), maintenance);
     let tls = grpc::tls_config(&state)?;
     let http_tls = match (&settings.http.tls_cert_file, &settings.http.tls_key_file) {
         (Some(cert), Some(key)) => Some(crate::tls_listener::server_config(cert, key)?),
@@ -119,7 +120,8 @@ pub async fn start(
             .tls_config(tls)?
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-            .add_service(grpc::service(state))
+            .add_service(grpc::service(state.clone()))
+            .add_service(grpc::store::service(state))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 async move {

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::seal::MasterKey;
 use crate::state::AppState;
 
-async fn state(pool: PgPool) -> AppState {
+pub(crate) async fn state(pool: PgPool) -> AppState {
     let master = MasterKey::generate();
     crate::keys::ensure(&pool, &master).await.unwrap();
     let keys = crate::keys::load(&pool, &master).await.unwrap();
@@ -34,12 +34,12 @@ async fn state(pool: PgPool) -> AppState {
     }
 }
 
-fn csr() -> Vec<u8> {
+pub(crate) fn csr() -> Vec<u8> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec()
 }
 
-fn inv() -> Inventory {
+pub(crate) fn inv() -> Inventory {
     Inventory {
         hostname: "pc-01".into(),
         os: "Debian".into(),
@@ -49,7 +49,7 @@ fn inv() -> Inventory {
 }
 
 /// An enrollment token with the given use count, lifetime and group (defaults otherwise).
-async fn new_token(
+pub(crate) async fn new_token(
     st: &AppState,
     uses: u32,
     ttl: Option<u64>,
@@ -77,7 +77,7 @@ async fn token(st: &AppState, uses: u32, ttl: Option<u64>) -> String {
 }
 
 /// A new group with one enrolled machine in it: (group, machine).
-async fn machine_in_new_group(st: &AppState, name: &str) -> (Uuid, Uuid) {
+pub(crate) async fn machine_in_new_group(st: &AppState, name: &str) -> (Uuid, Uuid) {
     let g = crate::policies::create_group(
         &st.pool,
         &Actor::System,
@@ -91,7 +91,7 @@ async fn machine_in_new_group(st: &AppState, name: &str) -> (Uuid, Uuid) {
     (g.id, machine)
 }
 
-const LIFE: std::time::Duration = std::time::Duration::from_secs(3600);
+pub(crate) const LIFE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn tokens_are_single_use_and_refusals_are_clear(pool: PgPool) {

@@ -5,3 +5,4 @@ mod harness;
 mod foundation;
 mod harness_selftest;
 mod local_start;
+mod store;

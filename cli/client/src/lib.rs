@@ -235,6 +235,51 @@ impl Client {
         Ok(l.items)
     }
 
+    /// Registers a cofre-store; the answer holds its one-time enrollment token.
+    pub async fn create_store(&self, name: &str, url: &str) -> Result<CreatedStore> {
+        self.post("/api/v1/stores", &serde_json::json!({ "name": name, "url": url })).await
+    }
+
+    pub async fn list_stores(&self) -> Result<Vec<Store>> {
+        let l: Items<Store> = self.get("/api/v1/stores").await?;
+        Ok(l.items)
+    }
+
+    pub async fn get_store(&self, id: Uuid) -> Result<Store> {
+        self.get(&format!("/api/v1/stores/{id}")).await
+    }
+
+    pub async fn revoke_store(&self, id: Uuid) -> Result<Store> {
+        self.post(&format!("/api/v1/stores/{id}/revoke"), &serde_json::json!({})).await
+    }
+
+    pub async fn store_inventory(&self, id: Uuid) -> Result<Vec<RepositoryInventory>> {
+        let l: Items<RepositoryInventory> = self.get(&format!("/api/v1/stores/{id}/inventory")).await?;
+        Ok(l.items)
+    }
+
+    /// Sets a machine's storage quota on cofre-store (`None`: no limit).
+    pub async fn set_machine_quota(&self, machine: Uuid, bytes: Option<u64>) -> Result<()> {
+        self.request(
+            Method::PUT,
+            &format!("/api/v1/machines/{machine}/quota"),
+            Some(&serde_json::json!({ "storage_quota_bytes": bytes })),
+            &[],
+        )
+        .await
+    }
+
+    /// Sets a group's storage quota on cofre-store (`None`: no limit).
+    pub async fn set_group_quota(&self, group: Uuid, bytes: Option<u64>) -> Result<()> {
+        self.request(
+            Method::PUT,
+            &format!("/api/v1/groups/{group}/quota"),
+            Some(&serde_json::json!({ "storage_quota_bytes": bytes })),
+            &[],
+        )
+        .await
+    }
+
     /// Polls a job until it reaches a final state.
     pub async fn wait_for_job(&self, id: Uuid, timeout: Duration) -> Result<Job> {
         let deadline = tokio::time::Instant::now() + timeout;

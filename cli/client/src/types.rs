@@ -171,3 +171,46 @@ pub struct Snapshot {
     pub hostname: String,
     pub paths: Vec<String>,
 }
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Store {
+    pub id: Uuid,
+    pub name: String,
+    pub url: String,
+    pub status: String,
+    pub store_version: String,
+    pub access_list_version: i64,
+    pub created_at: DateTime<Utc>,
+    pub token_expires_at: Option<DateTime<Utc>>,
+    pub enrolled_at: Option<DateTime<Utc>>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CreatedStore {
+    #[serde(flatten)]
+    pub store: Store,
+    /// One-time enrollment token for `cofre-store enroll`.
+    pub token: String,
+}
+
+/// One repository a store holds, as it reported it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RepositoryInventory {
+    pub path: String,
+    pub url: String,
+    pub restic_repository_id: Option<Uuid>,
+    pub machine_id: Option<Uuid>,
+    pub size_bytes: i64,
+    pub data_objects: i64,
+    pub index_objects: i64,
+    pub snapshot_objects: i64,
+    pub key_objects: i64,
+    pub lock_objects: i64,
+    pub has_config: bool,
+    pub last_snapshot_at: Option<DateTime<Utc>>,
+    /// Snapshot objects on the store that no job reported to the controller.
+    pub unrecorded_snapshots: Vec<String>,
+    pub reported_at: DateTime<Utc>,
+}

@@ -15,14 +15,14 @@ use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::{enrollment, jobs, machines, policies, repositories};
 
-fn id(s: &str, what: &str) -> Result<Uuid> {
+pub(super) fn id(s: &str, what: &str) -> Result<Uuid> {
     // A malformed id names nothing: answer like an unknown one.
     Uuid::try_parse(s).map_err(|_| Error::NotFound(what.into()))
 }
 
 /// The machine, if the caller may see it: a user limited to a group gets 404 for machines of
 /// other groups, exactly as for machines that do not exist.
-async fn machine_in_scope(st: &AppState, c: &Claims, id: Uuid) -> Result<machines::Machine> {
+pub(super) async fn machine_in_scope(st: &AppState, c: &Claims, id: Uuid) -> Result<machines::Machine> {
     let m = machines::get(&st.pool, id).await?;
     match c.grp {
         Some(g) if m.group_id != Some(g) => Err(Error::NotFound("machine".into())),
@@ -30,7 +30,7 @@ async fn machine_in_scope(st: &AppState, c: &Claims, id: Uuid) -> Result<machine
     }
 }
 
-fn created<T: serde::Serialize>(v: T) -> Response {
+pub(super) fn created<T: serde::Serialize>(v: T) -> Response {
     (StatusCode::CREATED, axum::Json(v)).into_response()
 }
 

@@ -3,6 +3,7 @@
 
 mod error;
 mod handlers;
+mod stores;
 
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -49,6 +50,7 @@ pub struct RouteDef {
 fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
     use Access::*;
     use handlers as h;
+    use stores as s;
     // `r`: fleet-wide configuration; `g`: a group's machines and what hangs off them, open to
     // users limited to a group (their handlers answer 404 for other groups' machines).
     let r = |method: Method, path: &'static str, access: Access, mr: MethodRouter<AppState>| {
@@ -66,6 +68,12 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         r(Method::DELETE, "/api/v1/enrollment-tokens/{id}", Admin, delete(h::revoke_token)),
         r(Method::GET, "/api/v1/groups", Read, get(h::list_groups)),
         r(Method::POST, "/api/v1/groups", Admin, post(h::create_group)),
+        r(Method::PUT, "/api/v1/groups/{id}/quota", Admin, put(s::set_group_quota)),
+        r(Method::GET, "/api/v1/stores", Read, get(s::list_stores)),
+        r(Method::POST, "/api/v1/stores", Admin, post(s::create_store)),
+        r(Method::GET, "/api/v1/stores/{id}", Read, get(s::get_store)),
+        r(Method::POST, "/api/v1/stores/{id}/revoke", Admin, post(s::revoke_store)),
+        g(Method::GET, "/api/v1/stores/{id}/inventory", Read, get(s::store_inventory)),
         r(Method::GET, "/api/v1/repositories", Read, get(h::list_repositories)),
         r(Method::POST, "/api/v1/repositories", Admin, post(h::create_repository)),
         r(Method::GET, "/api/v1/repositories/{id}", Read, get(h::get_repository)),
@@ -85,6 +93,7 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         g(Method::GET, "/api/v1/machines/{id}", Read, get(h::get_machine)),
         g(Method::POST, "/api/v1/machines/{id}/approve", Operate, post(h::approve_machine)),
         g(Method::POST, "/api/v1/machines/{id}/revoke", Admin, post(h::revoke_machine)),
+        r(Method::PUT, "/api/v1/machines/{id}/quota", Admin, put(s::set_machine_quota)),
         g(Method::GET, "/api/v1/machines/{id}/jobs", Read, get(h::list_jobs)),
         g(Method::POST, "/api/v1/machines/{id}/jobs", Operate, post(h::run_now)),
         g(Method::GET, "/api/v1/machines/{id}/snapshots", Read, get(h::list_snapshots)),

@@ -1,9 +1,11 @@
-//! The agent-facing gRPC service (`cofre.agent.v1.AgentService`) over TLS: Enroll needs no
-//! client certificate; Session requires one, verified against our CA by rustls and then
-//! checked against the database on every open.
+//! The gRPC services over TLS: `cofre.agent.v1.AgentService` here and
+//! `cofre.store.v1.StoreService` in `store.rs`. Enroll needs no client certificate; Session
+//! requires one, verified against our CA by rustls and then checked against the database on
+//! every open.
 
 mod error;
 mod session;
+pub mod store;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

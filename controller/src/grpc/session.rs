@@ -162,7 +162,9 @@ impl Session {
         if self.standing == SessionStanding::Pending {
             return self.send(Out::PendingApproval(pb::PendingApproval {})).await;
         }
-        let plan = plans::compute(&self.state.pool, &self.state.master, self.machine).await?;
+        let plan =
+            plans::compute(&self.state.pool, &self.state.master, &self.state.ca.cert_pem, self.machine)
+                .await?;
         let in_plan: HashSet<String> = plan.policies.iter().map(|p| p.id.clone()).collect();
         if self.sent_plan != Some(plan.version) {
             let v = plan.version;

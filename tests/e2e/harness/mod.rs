@@ -12,6 +12,7 @@ pub mod pki;
 pub mod procs;
 pub mod rest_server;
 pub mod restic;
+pub mod store;
 pub mod tree;
 
 /// Runs `fut` to completion on a fresh current-thread runtime in a scoped thread.

@@ -1,0 +1,251 @@
+//! Typed store settings: defaults → TOML file (`--config FILE`) → `COFRE_STORE_…` environment
+//! (`__` separates levels, e.g. `COFRE_STORE_LOG__FILTER`). Validation names the bad key.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{Mode, RepoPattern};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address to listen on (HTTPS; plain HTTP only on loopback with `allow_plain_http`).
+    pub listen: SocketAddr,
+    /// Root of the repositories, laid out exactly as restic's rest-server lays them out.
+    pub data_dir: PathBuf,
+    /// Where the Cofre CA (`ca.pem`) and the access list (`access-list.json`) live.
+    pub state_dir: PathBuf,
+    /// PEM certificate chain and private key of this server.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (no client certificates, passwords in clear): loopback addresses only.
+    pub allow_plain_http: bool,
+    /// htpasswd file (bcrypt as `htpasswd -B` writes, or `{SHA}`); re-read when it changes.
+    pub htpasswd_file: Option<PathBuf>,
+    /// Largest object (pack file, index, config…) accepted, in bytes.
+    pub max_object_size: u64,
+    pub log: LogSettings,
+    /// What htpasswd users may reach. A user without a rule gets rest-server's
+    /// `--private-repos` behaviour, append-only: repositories equal to or below its name.
+    pub users: Vec<UserRule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserRule {
+    pub name: String,
+    pub mode: Mode,
+    /// Exact repository paths, `prefix/*` for everything below a prefix, or `*`.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Limit on the bytes stored in all the repositories this rule reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info,cofre_store::access=info`.
+    pub filter: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir: PathBuf::from("/var/lib/cofre-store/data"),
+            state_dir: PathBuf::from("/var/lib/cofre-store/state"),
+            tls_cert: None,
+            tls_key: None,
+            allow_plain_http: false,
+            htpasswd_file: None,
+            max_object_size: 4 << 30,
+            log: LogSettings::default(),
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: "pretty".into(), filter: "info".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// The documented defaults (`print-default-config`). A test checks it loads as `Settings::default()`.
+const DEFAULT_TOML: &str = r#"# cofre-store configuration. Every key may also come from the environment:
+# COFRE_STORE_LISTEN, COFRE_STORE_DATA_DIR, COFRE_STORE_LOG__FILTER, ...
+
+# HTTPS address. Plain HTTP needs a loopback address and allow_plain_http = true (and then
+# carries no client certificates: only htpasswd users can work).
+listen = "127.0.0.1:8000"
+# Repositories, in restic rest-server's layout (an existing rest-server data dir works as is).
+data_dir = "/var/lib/cofre-store/data"
+# Cofre CA (ca.pem) and the access list the controller pushes (access-list.json).
+state_dir = "/var/lib/cofre-store/state"
+# This server's certificate chain and key (PEM). Without them the store serves with the
+# certificate Cofre's CA issues it at enrollment (for the host of its registered URL).
+# tls_cert = "/etc/cofre-store/cert.pem"
+# tls_key = "/etc/cofre-store/key.pem"
+allow_plain_http = false
+# Users for plain restic / Backrest clients (htpasswd -B). Re-read when it changes.
+# htpasswd_file = "/etc/cofre-store/htpasswd"
+# Largest object accepted, in bytes (4 GiB).
+max_object_size = 4294967296
+
+[log]
+# pretty or json
+format = "pretty"
+filter = "info"
+
+# What htpasswd users may reach. mode: "append-only", "read-only" or "full".
+# repositories: exact paths, "prefix/*" for everything below, or "*".
+# A user without a rule may reach, append-only, the repositories equal to or below its name.
+# [[users]]
+# name = "auditor"
+# mode = "read-only"
+# repositories = ["*"]
+#
+# [[users]]
+# name = "backrest"
+# mode = "append-only"
+# repositories = ["legacy/*"]
+# quota_bytes = 107374182400
+"#;
+
+impl Settings {
+    /// Loads defaults, then `file` (if given; it must exist), then `COFRE_STORE_…` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", file.display())));
+            }
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        // COFRE_STORE_CONFIG names the file (a flag's variable), it is not a setting.
+        fig = fig.merge(Env::prefixed("COFRE_STORE_").ignore(&["CONFIG"]).split("__"));
+        let s: Settings = fig
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The documented default configuration, as TOML.
+    pub fn default_toml() -> &'static str {
+        DEFAULT_TOML
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        // Without certificate files the store serves with the certificate Cofre's CA issued it at
+        // enrollment (checked when it starts: see `StoreState::open`).
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => return err("tls_cert and tls_key go together".into()),
+            (None, None) if self.allow_plain_http && !self.listen.ip().is_loopback() => {
+                return err(format!(
+                    "allow_plain_http needs a loopback listen address, not {} (agents authenticate with \
+                     client certificates, so a TLS-terminating proxy cannot stand in)",
+                    self.listen
+                ));
+            }
+            _ => {}
+        }
+        if self.max_object_size == 0 {
+            return err("max_object_size must be positive".into());
+        }
+        if self.log.format != "pretty" && self.log.format != "json" {
+            return err(format!("log.format must be \"pretty\" or \"json\", not {:?}", self.log.format));
+        }
+        let mut names = HashSet::new();
+        for (i, rule) in self.users.iter().enumerate() {
+            if rule.name.is_empty() || rule.name.contains(':') || rule.name.chars().any(char::is_control) {
+                return err(format!("users[{i}].name {:?} is not a valid htpasswd user name", rule.name));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return err(format!("users[{i}].name {:?}: one rule per user", rule.name));
+            }
+            for (j, pattern) in rule.repositories.iter().enumerate() {
+                if let Err(e) = RepoPattern::parse(pattern) {
+                    return err(format!("users[{i}].repositories[{j}] {pattern:?}: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, text).unwrap();
+        Settings::load(Some(&f))
+    }
+
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        assert_eq!(load(DEFAULT_TOML).unwrap(), Settings::default());
+        let text = DEFAULT_TOML.replace("allow_plain_http = false", "allow_plain_http = true");
+        let loaded = load(&text).unwrap();
+        assert_eq!(loaded, Settings { allow_plain_http: true, ..Settings::default() });
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        let e = load("allow_plain_http = true\nlisen = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = load("allow_plain_http = true\nmax_object_size = \"big\"\n").unwrap_err().to_string();
+        assert!(e.contains("max_object_size"), "{e}");
+        let e = load(
+            "allow_plain_http = true\n[[users]]\nname = \"a\"\nmode = \"full\"\nrepositories = [\"x/../y\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("users[0].repositories[0]"), "{e}");
+        let e = load("allow_plain_http = true\n[[users]]\nname = \"a\"\nmode = \"all\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mode") || e.contains("all"), "{e}");
+    }
+
+    #[test]
+    fn users_rules_parse() {
+        let s = load(
+            "allow_plain_http = true\n[[users]]\nname = \"audit\"\nmode = \"read-only\"\nrepositories = [\"*\"]\n\
+             [[users]]\nname = \"b\"\nmode = \"append-only\"\nrepositories = [\"legacy/*\", \"city/pc-01\"]\n\
+             quota_bytes = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(s.users.len(), 2);
+        assert_eq!(s.users[0].mode, Mode::ReadOnly);
+        assert_eq!(s.users[1].quota_bytes, Some(1000));
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let e = load("listen = \"0.0.0.0:8000\"\nallow_plain_http = true\n").unwrap_err().to_string();
+        assert!(e.contains("allow_plain_http needs a loopback"), "{e}");
+        // Without files on a public address: the certificate from Cofre's CA (checked at start).
+        assert!(load("listen = \"0.0.0.0:8000\"\n").is_ok());
+        let e = load("allow_plain_http = true\ntls_cert = \"/c.pem\"\n").unwrap_err().to_string();
+        assert!(e.contains("go together"), "{e}");
+        assert!(load("listen = \"0.0.0.0:8000\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\n").is_ok());
+    }
+}

@@ -1,0 +1,90 @@
+//! The crate's one error type and its single mapping to HTTP statuses (rest-server's codes).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A malformed path, query or body (also: an upload whose content does not match its name).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("not found")]
+    NotFound,
+    /// No identity, or a wrong password: the client may retry with credentials.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// A known identity that may not do this (also: overwriting an existing object).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("object larger than the configured max_object_size")]
+    PayloadTooLarge,
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("storage quota exceeded ({0})")]
+    QuotaExceeded(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl StoreError {
+    /// Wraps an I/O error with what was being done (the path is for the log, never the client).
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io { context: context.into(), source }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            StoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            StoreError::NotFound => StatusCode::NOT_FOUND,
+            StoreError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            StoreError::Forbidden(_) => StatusCode::FORBIDDEN,
+            StoreError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            StoreError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            StoreError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            StoreError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            StoreError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::Io { .. } | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for StoreError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // Internal errors are logged here, once, with their cause chain; the client only learns
+        // that something went wrong (paths and OS messages stay in the log).
+        let body = if matches!(self, StoreError::Io { .. } | StoreError::Internal(_)) {
+            tracing::error!(error = ?self, "internal error");
+            "internal server error".to_string()
+        } else {
+            self.to_string()
+        };
+        let mut resp = (status, body).into_response();
+        let headers = resp.headers_mut();
+        match &self {
+            StoreError::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"restic\""));
+            }
+            StoreError::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            StoreError::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,105 @@
+//! `cofre-store`: parse arguments, initialise tracing, call the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cofre_store::state::StateDir;
+use cofre_store::{Settings, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "cofre-store",
+    version,
+    about = "Cofre's restic REST server: identity-aware, append-only for machines"
+)]
+struct Cli {
+    /// TOML configuration file (settings may also come from COFRE_STORE_… variables).
+    #[arg(long, short, global = true, env = "COFRE_STORE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the repositories of the data dir (and, once enrolled, keep a session with the
+    /// controller for the access list and the inventory).
+    Serve,
+    /// Enroll this store with the controller, with a token from `cofre store add`.
+    Enroll {
+        /// The controller's gRPC URL, e.g. https://cofre.example:7443
+        #[arg(long)]
+        controller: String,
+        #[arg(long, env = "COFRE_STORE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Enroll again as a new store, replacing the identity in the state dir.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the documented default configuration.
+    PrintDefaultConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    // Two rustls crypto providers exist in the dependency tree: pick ring explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{}", Settings::default_toml());
+            Ok(())
+        }
+        Command::Serve => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            cofre_store::init_tracing(&settings.log.format, &settings.log.filter);
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(serve(settings))
+        }
+        Command::Enroll { controller, token, force } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let state = StateDir::open(&settings.state_dir)?;
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let e = rt.block_on(cofre_store::session::enroll(&state, &controller, &token, force))?;
+            println!("Enrolled as store {} serving {}.", e.store_id, e.url);
+            println!("Start (or restart) it with: cofre-store serve");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let state_dir = StateDir::open(&settings.state_dir)?;
+    let store = Store::bind(settings).await?;
+    if state_dir.is_enrolled() {
+        tokio::spawn(cofre_store::session::run_forever(store.state().clone(), state_dir));
+    } else {
+        tracing::warn!(
+            "not enrolled with a controller: serving htpasswd users only (run `cofre-store enroll`)"
+        );
+    }
+    store.run(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

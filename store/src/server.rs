@@ -1,0 +1,143 @@
+//! The connection loop: accepts TCP connections, runs each TLS handshake in its own task with a
+//! deadline, reads the verified client certificate's identity and serves the router over HTTP/1.1
+//! or HTTP/2 with that identity attached to every request of the connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tower::Service as _;
+
+use crate::access::Identity;
+use crate::config::Settings;
+use crate::{StoreState, tls};
+
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// hyper's HTTP/1 read buffer: a request head larger than this is refused with 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What the connection proved, attached to each of its requests as an extension.
+#[derive(Clone, Debug, Default)]
+pub struct ConnInfo {
+    pub peer: Option<SocketAddr>,
+    /// From a client certificate verified against the Cofre CA, if it names a known identity.
+    pub identity: Option<Identity>,
+}
+
+/// A bound store: the shared state and the listening socket, not yet serving.
+pub struct Store {
+    state: StoreState,
+    listener: TcpListener,
+}
+
+impl Store {
+    /// Opens the state (scan, sweep, access list, CA, TLS files) and binds `settings.listen`.
+    pub async fn bind(settings: Settings) -> anyhow::Result<Store> {
+        let listen = settings.listen;
+        let state = StoreState::open(settings).await?;
+        let listener =
+            TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        Ok(Store { state, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.state.settings().listen)
+    }
+
+    pub fn state(&self) -> &StoreState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then lets open requests finish (up to 10 s).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let router = crate::router(self.state.clone());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(MAX_HEAD_BYTES);
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        tracing::info!(addr = %self.local_addr(), tls = self.state.shared().tls.is_some(), "cofre-store serving");
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.state.shared().tls.as_ref().map(tls::Tls::acceptor);
+            let conn =
+                Conn { router: router.clone(), builder: Arc::clone(&builder), watcher: graceful.watcher() };
+            tokio::spawn(conn.serve(tcp, peer, acceptor));
+        }
+        drop(self.listener);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("open requests cut at shutdown"),
+        }
+        Ok(())
+    }
+}
+
+struct Conn {
+    router: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+}
+
+impl Conn {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr, acceptor: Option<tokio_rustls::TlsAcceptor>) {
+        let Some(acceptor) = acceptor else {
+            let info = ConnInfo { peer: Some(peer), identity: None };
+            return self.http(TokioIo::new(tcp), info).await;
+        };
+        let tls = match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        };
+        // rustls only hands out a peer certificate it verified against the client CA.
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| tls::identity_from_certificate(c));
+        self.http(TokioIo::new(tls), ConnInfo { peer: Some(peer), identity }).await;
+    }
+
+    async fn http<I>(self, io: TokioIo<I>, info: ConnInfo)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = self.router;
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(info.clone());
+            let mut router = router.clone();
+            async move { router.call(req.map(axum::body::Body::new)).await }
+        });
+        let conn = self.builder.serve_connection(io, service).into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}

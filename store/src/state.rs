@@ -1,0 +1,159 @@
+//! What cofre-store keeps in its state directory once enrolled: the Cofre CA (`ca.pem`, which
+//! also verifies agents' client certificates), its own certificate and key (`identity.pem`,
+//! 0600), who it is (`store.json`) and the last access list the controller sent
+//! (`access-list.json`), which it serves from while the controller is away.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::access::AccessList;
+use crate::{ACCESS_LIST_FILE, CA_FILE, SERVER_CERT_FILE};
+
+/// Who this store is, as enrollment made it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub store_id: String,
+    pub controller_url: String,
+    /// The URL the controller registered for this store.
+    pub url: String,
+    pub ca_fingerprint: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+const IDENTITY_FILE: &str = "identity.pem";
+const ENROLLMENT_FILE: &str = "store.json";
+
+/// Writes `data` to `path` atomically (temp file, fsync, rename, fsync dir), readable only by
+/// the owner.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    {
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl StateDir {
+    /// Opens (creating it, 0700) the state directory.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", root.display()))?;
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn is_enrolled(&self) -> bool {
+        self.root.join(ENROLLMENT_FILE).exists()
+    }
+
+    pub fn identity_path(&self) -> PathBuf {
+        self.root.join(IDENTITY_FILE)
+    }
+
+    pub fn save_enrollment(
+        &self,
+        e: &Enrollment,
+        ca_pem: &str,
+        cert_pem: &str,
+        server_chain_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<()> {
+        write_atomic(&self.root.join(CA_FILE), ca_pem.as_bytes())?;
+        self.save_server_certificate(server_chain_pem, key_pem)?;
+        self.save_certificate(cert_pem, key_pem)?;
+        write_atomic(&self.root.join(ENROLLMENT_FILE), &serde_json::to_vec_pretty(e)?)?;
+        Ok(())
+    }
+
+    /// Replaces certificate and key together (one file, one rename).
+    pub fn save_certificate(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        write_atomic(&self.identity_path(), format!("{cert_pem}{key_pem}").as_bytes())?;
+        Ok(())
+    }
+
+    /// The server certificate chain Cofre's CA issued, with its key (one file, one rename).
+    /// Returns what was written. An empty chain (an older controller) writes nothing.
+    pub fn save_server_certificate(&self, chain_pem: &str, key_pem: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        if chain_pem.trim().is_empty() {
+            return Ok(None);
+        }
+        let both = format!("{chain_pem}{key_pem}").into_bytes();
+        write_atomic(&self.root.join(SERVER_CERT_FILE), &both)?;
+        Ok(Some(both))
+    }
+
+    pub fn enrollment(&self) -> anyhow::Result<Enrollment> {
+        let p = self.root.join(ENROLLMENT_FILE);
+        let raw = std::fs::read(&p).with_context(|| {
+            format!("this store is not enrolled ({} missing): run `cofre-store enroll` first", p.display())
+        })?;
+        serde_json::from_slice(&raw).with_context(|| format!("{} is corrupt", p.display()))
+    }
+
+    /// (certificate PEM, key PEM).
+    pub fn certificate(&self) -> anyhow::Result<(String, String)> {
+        let pem = std::fs::read_to_string(self.identity_path())
+            .with_context(|| format!("cannot read {}", self.identity_path().display()))?;
+        let idx = pem.find("-----BEGIN PRIVATE KEY-----").context("identity.pem holds no private key")?;
+        Ok((pem[..idx].to_string(), pem[idx..].to_string()))
+    }
+
+    pub fn ca_pem(&self) -> anyhow::Result<String> {
+        let p = self.root.join(CA_FILE);
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+    }
+
+    pub fn save_access_list(&self, list: &AccessList) -> anyhow::Result<()> {
+        write_atomic(&self.root.join(ACCESS_LIST_FILE), &serde_json::to_vec_pretty(list)?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_are_private_and_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir::open(&dir.path().join("state")).unwrap();
+        let e = Enrollment {
+            store_id: "s".into(),
+            controller_url: "https://c:7443".into(),
+            url: "https://s:8443/".into(),
+            ca_fingerprint: "ab".into(),
+        };
+        st.save_enrollment(&e, "CA", "CERT\n", "SERVER\n", "-----BEGIN PRIVATE KEY-----\nK\n").unwrap();
+        assert!(st.is_enrolled());
+        for f in [st.identity_path(), st.root().join(SERVER_CERT_FILE)] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+        let (cert, key) = st.certificate().unwrap();
+        assert_eq!(cert, "CERT\n");
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let names: Vec<_> = std::fs::read_dir(st.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "{names:?}");
+    }
+}
