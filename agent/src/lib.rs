@@ -72,7 +72,9 @@ pub fn status(state: &state::StateDir) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Shell lines that point the restic CLI at each repository of the stored plan.
+/// Shell lines that point the restic CLI at each repository of the stored plan (the last one
+/// wins when `eval`ed): the repository, its password, and a `restic` shell function adding the
+/// TLS flags.
 pub fn restic_env(state: &state::StateDir) -> anyhow::Result<String> {
     let plan = state.load_plan().ok_or_else(|| anyhow::anyhow!("no plan stored yet: run the agent first"))?;
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
@@ -86,15 +88,24 @@ pub fn restic_env(state: &state::StateDir) -> anyhow::Result<String> {
         out.push_str(&format!("# repository {} (restic id {})\n", repo.id, repo.restic_id));
         out.push_str(&format!("export RESTIC_REPOSITORY={}\n", quote(&format!("rest:{url}"))));
         out.push_str(&format!("export RESTIC_PASSWORD={}\n", quote(&repo.repository_password)));
+        // restic 0.14 reads these only as flags: a shell function adds them (unlike an alias,
+        // it also works in scripts and on the line that defines it).
+        let mut flags = Vec::new();
         if !repo.ca_certificate_pem.is_empty() {
             let ca = state.rest_ca_file(&repo.id, &repo.ca_certificate_pem)?;
-            out.push_str(&format!("# the REST server uses a private CA: pass --cacert {}\n", ca.display()));
+            flags.push(format!("--cacert {}", quote(&ca.display().to_string())));
         }
         if repo.client_certificate {
-            out.push_str(&format!(
-                "# the repository is on a cofre-store: pass --tls-client-cert {}\n",
-                state.identity_pem_path().display()
+            // The repository is on a cofre-store, which knows this machine by its certificate.
+            flags.push(format!(
+                "--tls-client-cert {}",
+                quote(&state.identity_pem_path().display().to_string())
             ));
+        }
+        if flags.is_empty() {
+            out.push_str("unset -f restic 2>/dev/null || true\n");
+        } else {
+            out.push_str(&format!("restic() {{ command restic {} \"$@\"; }}\n", flags.join(" ")));
         }
     }
     Ok(out)

@@ -168,8 +168,18 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 fn print<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    out(&serde_json::to_string_pretty(v)?)
+}
+
+/// Writes a line to stdout; a closed pipe (`cofre … | head`) ends the program quietly instead
+/// of panicking as `println!` does.
+fn out(line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
 }
 
 #[tokio::main]
@@ -201,7 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut pw = String::new();
             std::io::stdin().read_to_string(&mut pw).context("reading the password from stdin")?;
             let r = client.login(&username, pw.trim_end_matches(['\n', '\r'])).await?;
-            println!("{}", r.access_token);
+            out(&r.access_token)?;
         }
         Command::Token { uses, ttl_seconds, group, requires_approval, description } => {
             let t = client
@@ -329,10 +339,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(StoreCommand::Add { name, url }) => {
             let s = client.create_store(&name, &url).await?;
             print(&s.store)?;
-            println!(
+            out(&format!(
                 "\nOn the store machine, run once:\n  cofre-store --config /etc/cofre/store.toml enroll --controller https://<controller>:7443 --token {}",
                 s.token
-            );
+            ))?;
         }
         Command::Store(StoreCommand::List) => print(&client.list_stores().await?)?,
         Command::Store(StoreCommand::Inventory { store }) => print(&client.store_inventory(store).await?)?,
@@ -344,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(g)) => client.set_group_quota(g, bytes).await?,
                 (None, None) => anyhow::bail!("give --machine or --group"),
             }
-            println!("quota set");
+            out("quota set")?;
         }
     }
     Ok(())

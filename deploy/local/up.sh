@@ -7,5 +7,5 @@ cd "$(dirname "$0")/../.."
 deploy/local/install-deps.sh
 cargo build --workspace --bins --locked
 bin="${CARGO_TARGET_DIR:-$PWD/target}/debug"
-echo "Binaries are in $bin (cofre-controller, cofre-agent, cofre)."
+echo "Binaries are in $bin (cofre-controller, cofre-agent, cofre-store, cofre)."
 exec "$bin/cofre-controller" up "$@"

@@ -72,7 +72,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let e = rt.block_on(cofre_store::session::enroll(&state, &controller, &token, force))?;
             println!("Enrolled as store {} serving {}.", e.store_id, e.url);
-            println!("Start (or restart) it with: cofre-store serve");
+            let config =
+                cli.config.as_ref().map(|c| format!(" --config {}", c.display())).unwrap_or_default();
+            println!("Start (or restart) it with: cofre-store{config} serve");
             Ok(())
         }
     }
