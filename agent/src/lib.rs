@@ -2,6 +2,7 @@
 //! rustic_core, spools results and delivers them whenever the controller is reachable.
 
 pub mod enroll;
+pub mod job_process;
 pub mod runner;
 pub mod session;
 pub mod spool;
@@ -14,8 +15,6 @@ pub async fn run(state_dir: &Path) -> anyhow::Result<()> {
     let state = state::StateDir::open(state_dir)?;
     let id = state.identity()?;
     tracing::info!(machine.id = %id.machine_id, controller = %id.controller_url, "agent starting");
-    // rustic's local cache lives with the agent's state, not in the service user's home.
-    cofre_engine::set_cache_dir(Some(state.root().join("cache")));
     let (agent, jobs) = runner::Agent::new(state);
     let interrupted = agent.recover_interrupted();
     if agent.plan_version() != 0 {
@@ -123,8 +122,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// Whether logs are JSON lines (a job's child process logs the same way).
+pub(crate) static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Bridges the `log` records of rustic_core into `tracing` and initialises output.
 pub fn init_tracing(json: bool) {
+    LOG_JSON.store(json, std::sync::atomic::Ordering::Relaxed);
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("COFRE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

@@ -41,6 +41,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // A job's child process (see job_process): no runtime, no arguments but its name.
+    if std::env::args().nth(1).as_deref() == Some(cofre_agent::job_process::SUBCOMMAND) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        cofre_agent::init_tracing(std::env::var_os("COFRE_AGENT_LOG_JSON").is_some());
+        return cofre_agent::job_process::child_main();
+    }
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     cofre_agent::init_tracing(cli.log_json);

@@ -1,6 +1,7 @@
 //! Running jobs: one at a time, from the local schedule or a run-now request. Each job leaves
 //! a marker while it runs (so a crash is reported as an interrupted job on the next start),
-//! spools a started and a finished event, and runs the backup engine on a blocking thread.
+//! spools a started and a finished event, and runs the backup engine in a child process
+//! (`job_process`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -265,9 +266,10 @@ impl Agent {
             }
             Ok((target, req, repository_id)) => {
                 finished.repository_id = repository_id;
-                let res = tokio::task::spawn_blocking(move || cofre_engine::backup(&target, &req)).await;
-                match res {
-                    Ok(Ok(report)) => {
+                let child =
+                    crate::job_process::ChildJob::new(&target, &req, Some(self.state.root().join("cache")));
+                match crate::job_process::run(&child).await {
+                    Ok(report) => {
                         finished.outcome = if report.warnings.is_empty() {
                             pb::JobOutcome::Succeeded
                         } else {
@@ -279,22 +281,15 @@ impl Agent {
                         finished.warnings = report.warnings.clone();
                         finished.stats = Some(stats(&report));
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!(job.id = %job.job_id, error = %e, "backup failed");
+                    Err(e) => {
+                        tracing::error!(job.id = %job.job_id, error = %e.message, "backup failed");
                         finished.outcome = pb::JobOutcome::Failed as i32;
                         finished.error = Some(pb::JobError {
-                            message: e.to_string(),
-                            retry_class: match e.retry_class() {
+                            message: e.message,
+                            retry_class: match e.retry_class {
                                 cofre_engine::RetryClass::Temporary => pb::RetryClass::Temporary,
                                 cofre_engine::RetryClass::Permanent => pb::RetryClass::Permanent,
                             } as i32,
-                        });
-                    }
-                    Err(join) => {
-                        finished.outcome = pb::JobOutcome::Failed as i32;
-                        finished.error = Some(pb::JobError {
-                            message: format!("the backup engine crashed: {join}"),
-                            retry_class: pb::RetryClass::Temporary as i32,
                         });
                     }
                 }

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use rustic_core::RusticError;
 
 /// Whether retrying the same call later can succeed without anybody changing anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RetryClass {
     /// Network trouble, server errors, timeouts: retry with backoff.
     Temporary,

@@ -56,8 +56,9 @@ pub struct BackupRequest {
     pub tags: Vec<String>,
 }
 
-/// The outcome of a successful backup.
-#[derive(Debug, Clone)]
+/// The outcome of a successful backup. Serialisable: the agent runs each job in a child
+/// process, which hands its report back as JSON.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BackupReport {
     /// Full hex id, as `restic snapshots --json` prints in `"id"`.
     pub snapshot_id: String,

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod agent_process;
 mod foundation;
 mod harness_selftest;
 mod local_start;

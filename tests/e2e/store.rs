@@ -23,19 +23,19 @@ use crate::harness::tree::{self, CompareOptions};
 const AUDITOR: &str = "auditor";
 const AUDITOR_PASSWORD: &str = "auditor-password";
 
-struct Fixture {
-    tmp: tempfile::TempDir,
+pub(crate) struct Fixture {
+    pub tmp: tempfile::TempDir,
     _pg: PgCluster,
     pki: TestPki,
-    ctrl: Controller,
-    admin: Client,
-    store: CofreStore,
+    pub ctrl: Controller,
+    pub admin: Client,
+    pub store: CofreStore,
     store_id: Uuid,
 }
 
 /// Controller, store (registered, enrolled, running) with a read-only `auditor` user and a
 /// certificate from the test CA.
-async fn fixture(name: &str) -> Result<Fixture> {
+pub(crate) async fn fixture(name: &str) -> Result<Fixture> {
     fixture_with(name, true).await
 }
 
@@ -56,15 +56,15 @@ async fn fixture_with(name: &str, own_certificate: bool) -> Result<Fixture> {
     Ok(Fixture { tmp, _pg: pg, pki, ctrl, admin, store, store_id })
 }
 
-struct Protected {
-    agent: Agent,
-    machine: Uuid,
-    policy: Uuid,
+pub(crate) struct Protected {
+    pub agent: Agent,
+    pub machine: Uuid,
+    pub policy: Uuid,
 }
 
 /// An enrolled, running agent with one policy backing `source` up to its own repository on
 /// the store (initialised by the controller through the store).
-async fn protect(f: &Fixture, source: &Path) -> Result<Protected> {
+pub(crate) async fn protect(f: &Fixture, source: &Path) -> Result<Protected> {
     let token =
         f.admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
     let mut agent = Agent::new(&f.tmp.path().join("agent"));
@@ -116,7 +116,7 @@ async fn protect(f: &Fixture, source: &Path) -> Result<Protected> {
     Ok(Protected { agent, machine, policy: policy.id })
 }
 
-fn write_files(dir: &Path, count: usize, size: usize, seed: u8) -> Result<()> {
+pub(crate) fn write_files(dir: &Path, count: usize, size: usize, seed: u8) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     for i in 0..count {
         let mut content = vec![0u8; size];

@@ -198,4 +198,9 @@ impl Agent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_dir.join("agent.log")).unwrap_or_default()
     }
+
+    /// The running agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(super::procs::Proc::pid)
+    }
 }
