@@ -19,12 +19,14 @@
 
 mod ceiling;
 mod child;
+mod compare;
 mod dataset;
 mod machine;
 mod measure;
 mod report;
 mod runner;
 mod server;
+mod store_server;
 mod tools;
 
 use std::path::PathBuf;
@@ -71,6 +73,10 @@ pub struct BenchArgs {
     /// The REST server to run the repositories on.
     #[arg(long, value_enum, default_value_t = ServerKind::RusticServer)]
     pub server: ServerKind,
+    /// Instead of the scenarios: restic backup and restore of the data set through rustic-server
+    /// and through cofre-store (same data, same transport, alternating), as a ratio.
+    #[arg(long)]
+    pub compare_servers: bool,
     /// Serve HTTPS (private CA made for the run) instead of plain HTTP on loopback.
     #[arg(long)]
     pub tls: bool,
@@ -100,7 +106,9 @@ pub struct BenchArgs {
 pub enum ServerKind {
     /// rustic-server 0.4 (from `PATH` or `~/.cargo/bin`).
     RusticServer,
-    // `CofreStore` (target/*/cofre-store, issue #3) joins here: see `server::start`.
+    /// Cofre's own store (the `cofre-store` binary next to this one), an htpasswd user with
+    /// full rights: build it with `cargo build --release -p cofre-bench -p cofre-store`.
+    CofreStore,
 }
 
 /// Hidden subcommands: the Cofre side of each scenario, run as a child process.

@@ -61,6 +61,15 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         if set.generated { format!("generated in {generation_s:.1} s") } else { "reused".to_owned() }
     ));
 
+    if args.compare_servers {
+        set.warm_page_cache()?;
+        let md = crate::compare::run(&args, &tools, &set, &work, &machine)?;
+        println!("{md}");
+        if let Some(out) = &args.out {
+            fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
+        }
+        return Ok(());
+    }
     let mut run_names: Vec<String> = (1..=args.runs).map(|r| format!("r{r}")).collect();
     if args.perf {
         run_names.push("perf".to_owned());

@@ -1,9 +1,8 @@
 //! The REST server the repositories live on, as a child process on 127.0.0.1.
 //!
-//! Only rustic-server 0.4 for now. The seam for `cofre-store` (issue #3) is [`RepoServer`]:
-//! the runner only asks a server for [`RepoAccess`] (URL, HTTP credentials, CA, client
-//! identity: what both restic and cofre-engine need), its pid (CPU accounting) and to delete a
-//! repository; a `CofreStore` variant of [`ServerKind`] and one more `impl` add it.
+//! rustic-server 0.4 here, cofre-store in `store_server.rs`: the runner only asks a server for
+//! [`RepoAccess`] (URL, HTTP credentials, CA, client identity: what both restic and
+//! cofre-engine need), its pid (CPU accounting) and to delete a repository.
 
 use std::fs;
 use std::io::Read as _;
@@ -63,6 +62,7 @@ pub trait RepoServer {
 pub fn start(kind: ServerKind, dir: &Path, tls: bool, repos: &[String]) -> Result<Box<dyn RepoServer>> {
     match kind {
         ServerKind::RusticServer => Ok(Box::new(RusticServer::start(dir, tls, repos)?)),
+        ServerKind::CofreStore => Ok(Box::new(crate::store_server::CofreStore::start(dir, tls)?)),
     }
 }
 
@@ -251,7 +251,7 @@ fn rustic_server_binary() -> Result<PathBuf> {
         .context("rustic-server not found on PATH nor in ~/.cargo/bin: cargo install rustic_server --locked")
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -263,7 +263,7 @@ pub fn random_hex(n: usize) -> Result<String> {
 }
 
 /// A throwaway CA and a server certificate for 127.0.0.1 and localhost: (CA PEM, cert PEM, key PEM).
-fn localhost_certificates() -> Result<(String, String, String)> {
+pub(crate) fn localhost_certificates() -> Result<(String, String, String)> {
     let dn = |cn: &str| {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, cn);

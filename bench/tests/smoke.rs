@@ -48,3 +48,25 @@ fn smoke_run_reports_every_scenario_with_ratios() {
     assert_eq!(results[0]["cofre_backup"]["files_new"].as_u64(), Some(files));
     assert_eq!(results[1]["cofre_backup"]["files_unmodified"].as_u64(), Some(files));
 }
+
+/// `--compare-servers` in smoke mode: restic through rustic-server and through cofre-store (the
+/// debug `cofre-store` built beside the bench binary), both restores checked, one ratio table.
+#[test]
+fn smoke_run_compares_cofre_store_with_rustic_server() {
+    let dir = tempfile::Builder::new().prefix("cofre-bench-compare-").tempdir().unwrap();
+    let out = dir.path().join("compare.md");
+    let run = Command::new(env!("CARGO_BIN_EXE_cofre-bench"))
+        .args(["--smoke", "--compare-servers", "--work-dir"])
+        .arg(dir.path().join("work"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "cofre-bench --compare-servers failed:\n{stderr}");
+    let report = std::fs::read_to_string(&out).unwrap();
+    assert!(report.contains("| cofre-store / rustic-server |"), "{report}");
+    for row in ["backup wall time", "restore wall time", "server CPU, backup"] {
+        assert!(report.contains(&format!("| {row} |")), "no row {row:?} in:\n{report}");
+    }
+}
