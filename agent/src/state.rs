@@ -4,8 +4,7 @@
 //! atomic (temp file, fsync, rename), so a crash never leaves half a file.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -26,27 +25,7 @@ pub struct Identity {
     pub ca_fingerprint: String,
 }
 
-/// Writes `data` to `path` atomically with mode 0600.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    {
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    // Make the rename itself durable.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
+pub use cofre_dial::files::write_atomic;
 
 impl StateDir {
     /// Opens (creating with mode 0700) the state directory.
@@ -99,8 +78,7 @@ impl StateDir {
 
     /// Replaces certificate and key together (one file, one rename).
     pub fn save_certificate(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
-        write_atomic(&self.identity_pem_path(), format!("{cert_pem}{key_pem}").as_bytes())?;
-        Ok(())
+        cofre_dial::files::write_identity(&self.identity_pem_path(), cert_pem, key_pem)
     }
 
     pub fn identity(&self) -> anyhow::Result<Identity> {
@@ -113,10 +91,7 @@ impl StateDir {
 
     /// (certificate PEM, key PEM) from the identity file.
     pub fn certificate(&self) -> anyhow::Result<(String, String)> {
-        let pem = std::fs::read_to_string(self.identity_pem_path())
-            .with_context(|| format!("cannot read {}", self.identity_pem_path().display()))?;
-        let idx = pem.find("-----BEGIN PRIVATE KEY-----").context("identity.pem holds no private key")?;
-        Ok((pem[..idx].to_string(), pem[idx..].to_string()))
+        cofre_dial::files::read_identity(&self.identity_pem_path())
     }
 
     pub fn ca_pem(&self) -> anyhow::Result<String> {

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use crate::dataset::{self, Dataset};
 use crate::machine::Machine;
 use crate::measure::{Meter, Sample};
+use crate::report::median;
 use crate::server::{self, RepoServer};
 use crate::tools::{self, Tool, Tools};
 use crate::{BenchArgs, ServerKind};
@@ -20,15 +21,6 @@ struct Row {
     server: usize,
     backup: Sample,
     restore: Sample,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 pub fn run(args: &BenchArgs, tools: &Tools, set: &Dataset, work: &Path, machine: &Machine) -> Result<String> {

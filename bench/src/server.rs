@@ -62,21 +62,37 @@ pub trait RepoServer {
 pub fn start(kind: ServerKind, dir: &Path, tls: bool, repos: &[String]) -> Result<Box<dyn RepoServer>> {
     match kind {
         ServerKind::RusticServer => Ok(Box::new(RusticServer::start(dir, tls, repos)?)),
-        ServerKind::CofreStore => Ok(Box::new(crate::store_server::CofreStore::start(dir, tls)?)),
+        ServerKind::CofreStore => Ok(Box::new(crate::store_server::start(dir, tls)?)),
     }
 }
 
-struct RusticServer {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-    password: String,
-    ca_file: Option<PathBuf>,
-    version: String,
+/// A REST server process on 127.0.0.1 with one HTTP user, killed on drop. Each kind of server
+/// has its own start-up (see `RusticServer::start`, `store_server::start`).
+pub(crate) struct ServerProcess {
+    pub(crate) child: Child,
+    pub(crate) dir: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) user: &'static str,
+    pub(crate) password: String,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) version: String,
 }
 
+impl ServerProcess {
+    pub(crate) fn base_url(&self) -> String {
+        let scheme = if self.ca_file.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    pub(crate) fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+struct RusticServer;
+
 impl RusticServer {
-    fn start(dir: &Path, tls: bool, repos: &[String]) -> Result<RusticServer> {
+    fn start(dir: &Path, tls: bool, repos: &[String]) -> Result<ServerProcess> {
         let binary = rustic_server_binary()?;
         if dir.exists() {
             fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -154,47 +170,39 @@ impl RusticServer {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut server = RusticServer { child, dir: dir.to_path_buf(), port, password, ca_file, version };
-        server.wait_ready()?;
+        let mut server =
+            ServerProcess { child, dir: dir.to_path_buf(), port, user: USER, password, ca_file, version };
+        Self::wait_ready(&mut server)?;
         Ok(server)
-    }
-
-    fn base_url(&self) -> String {
-        let scheme = if self.ca_file.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Polls `/health/live`: rustic-server exits with status 0 on fatal start-up errors, so
     /// neither its exit code nor a fixed sleep says it is ready.
-    fn wait_ready(&mut self) -> Result<()> {
+    fn wait_ready(server: &mut ServerProcess) -> Result<()> {
         let mut builder = reqwest_rustic::blocking::Client::builder().timeout(Duration::from_secs(2));
-        if let Some(ca) = &self.ca_file {
+        if let Some(ca) = &server.ca_file {
             let pem = fs::read(ca)?;
             builder = builder.tls_certs_only([reqwest_rustic::Certificate::from_pem(&pem)?]);
         }
         let client = builder.build()?;
-        let url = format!("{}/health/live", self.base_url());
+        let url = format!("{}/health/live", server.base_url());
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("rustic-server exited during start-up ({status}):\n{}", self.log());
+            if let Some(status) = server.child.try_wait()? {
+                bail!("rustic-server exited during start-up ({status}):\n{}", server.log());
             }
             match client.get(&url).send() {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 _ if start.elapsed() > START_TIMEOUT => {
-                    bail!("rustic-server not ready after {START_TIMEOUT:?}:\n{}", self.log());
+                    bail!("rustic-server not ready after {START_TIMEOUT:?}:\n{}", server.log());
                 }
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
 }
 
-impl RepoServer for RusticServer {
+impl RepoServer for ServerProcess {
     fn describe(&self) -> String {
         self.version.clone()
     }
@@ -210,7 +218,7 @@ impl RepoServer for RusticServer {
     fn access(&self, repo: &str) -> RepoAccess {
         RepoAccess {
             url: format!("{}/{repo}", self.base_url()),
-            user: USER.to_owned(),
+            user: self.user.to_owned(),
             password: self.password.clone(),
             ca_file: self.ca_file.clone(),
             client_identity: None,
@@ -230,7 +238,7 @@ impl RepoServer for RusticServer {
     }
 }
 
-impl Drop for RusticServer {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -155,30 +155,15 @@ impl Ca {
         lifetime: std::time::Duration,
     ) -> Result<Issued, PkiError> {
         let key = CsrKey::from_csr(csr_der)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, store_cn(store_id));
-        params.distinguished_name = dn;
         let host = host.trim_matches(['[', ']']);
-        params.subject_alt_names.push(match host.parse::<std::net::IpAddr>() {
+        let san = match host.parse::<std::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(host.to_string().try_into()?),
-        });
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
-        params.not_after =
-            now + time::Duration::try_from(lifetime).map_err(|e| PkiError::Ca(e.to_string()))?;
-        let (serial, serial_hex) = random_serial();
-        params.serial_number = Some(serial);
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued {
-            serial: serial_hex,
-            pem: format!("{}{}", cert.pem(), self.cert_pem),
-            not_before: to_chrono(params.not_before),
-            not_after: to_chrono(params.not_after),
-        })
+        };
+        let mut issued =
+            self.sign(&store_cn(store_id), vec![san], ExtendedKeyUsagePurpose::ServerAuth, &key, lifetime)?;
+        issued.pem.push_str(&self.cert_pem);
+        Ok(issued)
     }
 
     /// The controller's maintenance identity towards cofre-store (CN [`MAINTENANCE_CN`]): a
@@ -199,11 +184,25 @@ impl Ca {
         key: &impl PublicKeyData,
         lifetime: std::time::Duration,
     ) -> Result<Issued, PkiError> {
+        self.sign(common_name, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth, key, lifetime)
+    }
+
+    /// A leaf certificate: CN, SANs, one extended key usage, notBefore five minutes back (clock
+    /// skew), a random serial.
+    fn sign(
+        &self,
+        common_name: &str,
+        sans: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+        key: &impl PublicKeyData,
+        lifetime: std::time::Duration,
+    ) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);

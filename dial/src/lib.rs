@@ -2,6 +2,7 @@
 //! enrollment tokens, pinning the controller's CA on first contact, key pairs and CSRs,
 //! certificate renewal timing and the reconnect backoff.
 
+pub mod files;
 mod pinning;
 
 use std::time::Duration;

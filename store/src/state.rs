@@ -3,8 +3,7 @@
 //! 0600), who it is (`store.json`) and the last access list the controller sent
 //! (`access-list.json`), which it serves from while the controller is away.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -31,24 +30,7 @@ pub struct StateDir {
 const IDENTITY_FILE: &str = "identity.pem";
 const ENROLLMENT_FILE: &str = "store.json";
 
-/// Writes `data` to `path` atomically (temp file, fsync, rename, fsync dir), readable only by
-/// the owner.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
-    {
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
+pub use cofre_dial::files::write_atomic;
 
 impl StateDir {
     /// Opens (creating it, 0700) the state directory.
@@ -88,8 +70,7 @@ impl StateDir {
 
     /// Replaces certificate and key together (one file, one rename).
     pub fn save_certificate(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
-        write_atomic(&self.identity_path(), format!("{cert_pem}{key_pem}").as_bytes())?;
-        Ok(())
+        cofre_dial::files::write_identity(&self.identity_path(), cert_pem, key_pem)
     }
 
     /// The server certificate chain Cofre's CA issued, with its key (one file, one rename).
@@ -113,10 +94,7 @@ impl StateDir {
 
     /// (certificate PEM, key PEM).
     pub fn certificate(&self) -> anyhow::Result<(String, String)> {
-        let pem = std::fs::read_to_string(self.identity_path())
-            .with_context(|| format!("cannot read {}", self.identity_path().display()))?;
-        let idx = pem.find("-----BEGIN PRIVATE KEY-----").context("identity.pem holds no private key")?;
-        Ok((pem[..idx].to_string(), pem[idx..].to_string()))
+        cofre_dial::files::read_identity(&self.identity_path())
     }
 
     pub fn ca_pem(&self) -> anyhow::Result<String> {
