@@ -24,6 +24,7 @@
 
 mod backup;
 mod error;
+mod keyfile;
 mod probe;
 mod repo;
 mod restore;

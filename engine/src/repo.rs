@@ -96,7 +96,35 @@ pub(crate) fn init_repository(target: &RepoTarget) -> Result<String, EngineError
     let repo = Repository::new(&repository_options(false), &prepared.backends)
         .and_then(|repo| repo.init(&credentials(target), &key_opts, &config_opts))
         .map_err(|err| from_rustic(&err, &prepared.redactor, &doing))?;
+    replace_key_with_light_one(target, &prepared, &repo.key())?;
     Ok(repo.config().id.to_hex().to_string())
+}
+
+/// Swaps the key rustic wrote (scrypt N = 2^17) for one with restic's cost (see `keyfile`):
+/// the new key is written first, then the old one removed, so the repository always has a key.
+fn replace_key_with_light_one(
+    target: &RepoTarget,
+    prepared: &crate::target::Prepared,
+    master: &rustic_core::repofile::MasterKey,
+) -> Result<(), EngineError> {
+    use rustic_core::{FileType, Id, ReadBackend as _, WriteBackend as _};
+    let be = prepared.backends.repository();
+    let doing = format!("writing the repository key at {}", prepared.url);
+    let fail = |err: Box<rustic_core::RusticError>| from_rustic(&err, &prepared.redactor, &doing);
+    let old = be.list(FileType::Key).map_err(fail)?;
+    let hostname = nix_hostname();
+    let (bytes, id) =
+        crate::keyfile::light_key_file(master, target.repository_password.expose_secret(), hostname)?;
+    let id: Id = id.parse().map_err(fail)?;
+    be.write_bytes(FileType::Key, &id, false, bytes.into()).map_err(fail)?;
+    for old_id in old.iter().filter(|o| **o != id) {
+        be.remove(FileType::Key, old_id, false).map_err(fail)?;
+    }
+    Ok(())
+}
+
+fn nix_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string())
 }
 
 /// See [`crate::repository_id`].

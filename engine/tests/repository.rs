@@ -24,6 +24,18 @@ fn init_returns_the_id_restic_sees_and_refuses_a_second_init() {
 
     assert_eq!(repository_id(&t).expect("id"), id);
 
+    // One key, written with restic's scrypt cost (32 MiB), not rustic's (128 MiB).
+    let out = server.restic("repo-a", &["list", "keys"]);
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key_id = keys[0].clone();
+    let key = server.restic_json("repo-a", &["cat", "key", &key_id]);
+    assert_eq!(
+        (key["N"].as_u64(), key["r"].as_u64(), key["p"].as_u64()),
+        (Some(32768), Some(8), Some(1)),
+        "{key}"
+    );
+
     match init_repository(&t) {
         Err(EngineError::AlreadyInitialised { restic_id }) => {
             assert_eq!(restic_id.as_deref(), Some(id.as_str()));
