@@ -60,7 +60,8 @@ mod tests {
         let (cert, key) = read_identity(&p).unwrap();
         assert_eq!(cert, "CERT\n");
         assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let leftovers: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(leftovers.len(), 1, "no temp file left: {leftovers:?}");
     }
 }
