@@ -90,7 +90,13 @@ pub(crate) fn init_repository(target: &RepoTarget) -> Result<String, EngineError
 
     // Repository format version 2 with rustic's default zstd compression; the chunker
     // polynomial and the repository id are random, as with `restic init`.
-    let config_opts = ConfigOptions::default().set_version(2u32);
+    // Data packs of 16 MiB, restic's default, instead of rustic's 32 MiB: rustic's restorer
+    // holds up to 20 whole pack ranges at once, so pack size sets its memory; the size still
+    // grows slowly with the repository (rustic's grow factor) up to 128 MiB.
+    let config_opts = ConfigOptions::default()
+        .set_version(2u32)
+        .set_datapack_size(bytesize::ByteSize::mib(16))
+        .set_datapack_size_limit(bytesize::ByteSize::mib(128));
     let key_opts = KeyOptions::default().with_created(true);
     let doing = format!("initialising a repository at {}", prepared.url);
     let repo = Repository::new(&repository_options(false), &prepared.backends)
