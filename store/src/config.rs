@@ -29,6 +29,9 @@ pub struct Settings {
     pub htpasswd_file: Option<PathBuf>,
     /// Largest object (pack file, index, config…) accepted, in bytes.
     pub max_object_size: u64,
+    /// An upload that sends nothing for this long is abandoned (408): its temp file is removed
+    /// and its reserved quota released.
+    pub upload_idle_timeout_seconds: u64,
     pub log: LogSettings,
     /// What htpasswd users may reach. A user without a rule gets rest-server's
     /// `--private-repos` behaviour, append-only: repositories equal to or below its name.
@@ -68,6 +71,7 @@ impl Default for Settings {
             allow_plain_http: false,
             htpasswd_file: None,
             max_object_size: 4 << 30,
+            upload_idle_timeout_seconds: 300,
             log: LogSettings::default(),
             users: Vec::new(),
         }
@@ -104,6 +108,8 @@ allow_plain_http = false
 # htpasswd_file = "/etc/cofre-store/htpasswd"
 # Largest object accepted, in bytes (4 GiB).
 max_object_size = 4294967296
+# An upload that sends nothing for this long is abandoned (HTTP 408).
+upload_idle_timeout_seconds = 300
 
 [log]
 # pretty or json
@@ -166,6 +172,9 @@ impl Settings {
         }
         if self.max_object_size == 0 {
             return err("max_object_size must be positive".into());
+        }
+        if self.upload_idle_timeout_seconds == 0 {
+            return err("upload_idle_timeout_seconds must be positive".into());
         }
         if self.log.format != "pretty" && self.log.format != "json" {
             return err(format!("log.format must be \"pretty\" or \"json\", not {:?}", self.log.format));

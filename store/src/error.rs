@@ -20,6 +20,8 @@ pub enum StoreError {
     MethodNotAllowed(&'static str),
     #[error("object larger than the configured max_object_size")]
     PayloadTooLarge,
+    #[error("the upload stalled: nothing received for upload_idle_timeout_seconds")]
+    RequestTimeout,
     #[error("request headers too large")]
     HeadersTooLarge,
     #[error("requested range not satisfiable")]
@@ -50,6 +52,7 @@ impl StoreError {
             StoreError::Forbidden(_) => StatusCode::FORBIDDEN,
             StoreError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             StoreError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            StoreError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             StoreError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             StoreError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             StoreError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,

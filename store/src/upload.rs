@@ -96,7 +96,12 @@ pub async fn receive(
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut stream = body.take().unwrap_or_default().into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    let idle = std::time::Duration::from_secs(s.settings.upload_idle_timeout_seconds);
+    // A client that stops sending must not hold its connection, temp file and reserved quota
+    // forever: each chunk has to arrive within the idle timeout.
+    while let Some(chunk) =
+        tokio::time::timeout(idle, stream.next()).await.map_err(|_| StoreError::RequestTimeout)?
+    {
         let chunk = chunk.map_err(|e| StoreError::BadRequest(format!("upload interrupted: {e}")))?;
         size += chunk.len() as u64;
         if size > max {

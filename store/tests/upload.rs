@@ -142,3 +142,42 @@ async fn leftover_temp_files_are_swept_at_start() {
     assert_eq!(inv.len(), 1);
     assert_eq!(inv[0].total_bytes, 0);
 }
+
+#[tokio::test]
+async fn a_stalled_upload_times_out_and_leaves_nothing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let store = TestStore::start(Options { tls: false, upload_idle_timeout_seconds: Some(1), ..options() });
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/r/?create=true", store.base()))
+        .basic_auth("ops", Some("pw-ops"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+
+    // Announce 1000 bytes, send 10, then stop sending (the connection stays open).
+    let name = common::sha256_hex(&[7u8; 1000]);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", store.port)).await.unwrap();
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ops:pw-ops");
+    let head = format!(
+        "POST /r/data/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\nContent-Length: 1000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[7u8; 10]).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut answer))
+        .await
+        .expect("the store answers a stalled upload")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(store.temp_files().is_empty(), "the temp file is removed: {:?}", store.temp_files());
+    let head = http
+        .head(format!("{}/r/data/{name}", store.base()))
+        .basic_auth("ops", Some("pw-ops"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 404, "nothing was stored");
+}

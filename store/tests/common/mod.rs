@@ -104,6 +104,7 @@ pub struct Options {
     pub htpasswd: Vec<(&'static str, &'static str)>,
     pub users: Vec<UserRule>,
     pub max_object_size: Option<u64>,
+    pub upload_idle_timeout_seconds: Option<u64>,
 }
 
 impl Default for Options {
@@ -115,6 +116,7 @@ impl Default for Options {
             htpasswd: vec![],
             users: vec![],
             max_object_size: None,
+            upload_idle_timeout_seconds: None,
         }
     }
 }
@@ -163,6 +165,9 @@ impl TestStore {
         };
         if let Some(max) = opts.max_object_size {
             settings.max_object_size = max;
+        }
+        if let Some(secs) = opts.upload_idle_timeout_seconds {
+            settings.upload_idle_timeout_seconds = secs;
         }
         if opts.tls {
             let server = ca.server();
