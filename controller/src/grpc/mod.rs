@@ -106,6 +106,35 @@ impl AgentService for AgentApi {
     }
 }
 
+/// Why a session (agent or store) ends early.
+pub(crate) enum End {
+    /// The peer went away.
+    Gone,
+    /// Tell the peer why, then close.
+    Refuse(Status),
+}
+
+impl From<crate::error::Error> for End {
+    fn from(e: crate::error::Error) -> Self {
+        End::Refuse(e.into())
+    }
+}
+
+/// The first message of a session, which must arrive within 30 s.
+pub(crate) async fn first_message<M>(inbound: &mut Streaming<M>) -> Result<M, End> {
+    use tokio_stream::StreamExt as _;
+    match tokio::time::timeout(Duration::from_secs(30), inbound.next()).await {
+        Err(_) => Err(End::Refuse(Status::deadline_exceeded("no Hello within 30 s"))),
+        Ok(Some(Ok(m))) => Ok(m),
+        Ok(Some(Err(_)) | None) => Err(End::Gone),
+    }
+}
+
+/// The refusal for a session whose first message is not Hello.
+pub(crate) fn hello_first() -> End {
+    End::Refuse(Status::invalid_argument("the first message must be Hello"))
+}
+
 /// A fixed-window limiter per source address (per replica).
 struct RateLimiter {
     per_minute: u32,

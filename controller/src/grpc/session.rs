@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::End;
 use crate::error::Error;
 use crate::events::Event;
 use crate::machines::{self, SessionStanding};
@@ -71,20 +72,6 @@ struct Session {
     sent_jobs: HashSet<Uuid>,
 }
 
-/// Why a session ends early.
-enum End {
-    /// The agent went away.
-    Gone,
-    /// Tell the agent why, then close.
-    Refuse(Status),
-}
-
-impl From<Error> for End {
-    fn from(e: Error) -> Self {
-        End::Refuse(e.into())
-    }
-}
-
 impl Session {
     async fn run(mut self, mut inbound: Streaming<pb::AgentMessage>, mut events: broadcast::Receiver<Event>) {
         let result = self.drive(&mut inbound, &mut events).await;
@@ -106,16 +93,8 @@ impl Session {
         inbound: &mut Streaming<pb::AgentMessage>,
         events: &mut broadcast::Receiver<Event>,
     ) -> Result<(), End> {
-        // The first message must be Hello.
-        let first = tokio::time::timeout(Duration::from_secs(30), inbound.next())
-            .await
-            .map_err(|_| End::Refuse(Status::deadline_exceeded("no Hello within 30 s")))?;
-        let hello = match first {
-            Some(Ok(pb::AgentMessage { msg: Some(In::Hello(h)) })) => h,
-            Some(Ok(_)) => {
-                return Err(End::Refuse(Status::invalid_argument("the first message must be Hello")));
-            }
-            Some(Err(_)) | None => return Err(End::Gone),
+        let Some(In::Hello(hello)) = super::first_message(inbound).await?.msg else {
+            return Err(super::hello_first());
         };
         self.on_hello(hello).await?;
         let mut recheck = tokio::time::interval(Duration::from_secs(60));

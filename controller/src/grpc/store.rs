@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::End;
 use super::RateLimiter;
 use crate::error::Error;
 use crate::events::Event;
@@ -114,17 +115,6 @@ struct Session {
     sent: Option<u64>,
 }
 
-enum End {
-    Gone,
-    Refuse(Status),
-}
-
-impl From<Error> for End {
-    fn from(e: Error) -> Self {
-        End::Refuse(e.into())
-    }
-}
-
 impl Session {
     async fn run(mut self, mut inbound: Streaming<pb::StoreMessage>, mut events: broadcast::Receiver<Event>) {
         match self.drive(&mut inbound, &mut events).await {
@@ -145,15 +135,8 @@ impl Session {
         inbound: &mut Streaming<pb::StoreMessage>,
         events: &mut broadcast::Receiver<Event>,
     ) -> Result<(), End> {
-        let first = tokio::time::timeout(Duration::from_secs(30), inbound.next())
-            .await
-            .map_err(|_| End::Refuse(Status::deadline_exceeded("no Hello within 30 s")))?;
-        let hello = match first {
-            Some(Ok(pb::StoreMessage { msg: Some(In::Hello(h)) })) => h,
-            Some(Ok(_)) => {
-                return Err(End::Refuse(Status::invalid_argument("the first message must be Hello")));
-            }
-            Some(Err(_)) | None => return Err(End::Gone),
+        let Some(In::Hello(hello)) = super::first_message(inbound).await?.msg else {
+            return Err(super::hello_first());
         };
         let sync_started = Utc::now();
         stores::record_hello(&self.state.pool, self.store, &hello.store_version, hello.access_list_version)
