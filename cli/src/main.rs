@@ -367,3 +367,18 @@ fn print_job(j: &cofre_client::Job) -> anyhow::Result<()> {
         "warnings": j.warnings, "error": j.error_message, "retry_class": j.retry_class,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size(" 1T ").unwrap(), 1 << 40);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err(), "overflow is refused");
+    }
+}

@@ -98,26 +98,8 @@ async fn protect(f: &mut Fixture, source: &Path) -> Result<Protected> {
     let policy = backup_policy(f, "documents", repo.id, source, 0).await?;
     f.admin.assign_policy_to_machine(policy.id, machine).await?;
     agent.start()?;
-    wait_for_policy_in_plan(&agent, policy.id, "the agent stores a plan with the policy").await?;
+    agent.wait_for_policy(policy.id, "the agent stores a plan with the policy").await?;
     Ok(Protected { agent, machine, policy: policy.id })
-}
-
-/// Waits until the agent has stored a plan that contains `policy`.
-async fn wait_for_policy_in_plan(agent: &Agent, policy: Uuid, what: &str) -> Result<()> {
-    let policy = policy.to_string();
-    wait_until_async(what, Duration::from_secs(60), Duration::from_millis(100), || {
-        let plan = agent.stored_plan();
-        let policy = policy.clone();
-        async move {
-            match plan {
-                Ok(p) if p.policies.iter().any(|x| x.id == policy) => Ok(()),
-                Ok(_) => Err("plan without the policy yet".to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-    .await?;
-    Ok(())
 }
 
 /// Waits until `job` is running; fails if it finished before we could see it running.
@@ -465,7 +447,7 @@ async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<(
     assert_eq!(refused.status().map(|s| s.as_u16()), Some(409));
 
     f.admin.approve_machine(machine).await?;
-    wait_for_policy_in_plan(a, policy.id, "the approved machine receives its plan").await?;
+    a.wait_for_policy(policy.id, "the approved machine receives its plan").await?;
 
     // Renewal at 2/3 of the lifetime, over the session, with a new key.
     wait_until_async(

@@ -94,25 +94,10 @@ pub(crate) async fn protect(f: &Fixture, source: &Path) -> Result<Protected> {
         .await?;
     f.admin.assign_policy_to_machine(policy.id, machine).await?;
     agent.start()?;
-    let want = policy.id.to_string();
-    wait_until_async(
-        "the plan holds the policy",
-        Duration::from_secs(90),
-        Duration::from_millis(100),
-        || {
-            let plan = agent.stored_plan();
-            let want = want.clone();
-            async move {
-                match plan {
-                    Ok(p) if p.policies.iter().any(|x| x.id == want) => Ok(()),
-                    Ok(_) => Err("not yet".to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        },
-    )
-    .await
-    .with_context(|| format!("store log:\n{}\ncontroller log:\n{}", f.store.log(), f.ctrl.log()))?;
+    agent
+        .wait_for_policy(policy.id, "the plan holds the policy")
+        .await
+        .with_context(|| format!("store log:\n{}\ncontroller log:\n{}", f.store.log(), f.ctrl.log()))?;
     Ok(Protected { agent, machine, policy: policy.id })
 }
 

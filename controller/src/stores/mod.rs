@@ -48,8 +48,8 @@ pub struct Store {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-const SELECT: &str = "select id, name, url, status, store_version, access_list_version, created_at,
-    token_expires_at, enrolled_at, last_seen_at, revoked_at from stores";
+const COLUMNS: &str = "id, name, url, status, store_version, access_list_version, created_at,
+    token_expires_at, enrolled_at, last_seen_at, revoked_at";
 
 #[derive(Debug, Serialize)]
 pub struct CreatedStore {
@@ -99,8 +99,7 @@ pub async fn create(pool: &PgPool, actor: &Actor, ca: &Ca, req: NewStore) -> Res
     let store: Store = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "insert into stores (id, name, url, status, token_hash, token_expires_at)
          values ($1, $2, $3, 'pending', $4, $5)
-         returning {}",
-        SELECT.trim_start_matches("select ").trim_end_matches(" from stores")
+         returning {COLUMNS}"
     )))
     .bind(id)
     .bind(&name)
@@ -126,11 +125,13 @@ pub async fn create(pool: &PgPool, actor: &Actor, ca: &Ca, req: NewStore) -> Res
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<Store>> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} order by name"))).fetch_all(pool).await?)
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("select {COLUMNS} from stores order by name")))
+        .fetch_all(pool)
+        .await?)
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Store> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where id = $1")))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("select {COLUMNS} from stores where id = $1")))
         .bind(id)
         .fetch_optional(pool)
         .await?

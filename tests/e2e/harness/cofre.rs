@@ -199,6 +199,25 @@ impl Agent {
         std::fs::read_to_string(self.log_dir.join("agent.log")).unwrap_or_default()
     }
 
+    /// Waits until the agent has stored a plan that contains `policy` (the controller may first
+    /// have to initialise the repository).
+    pub async fn wait_for_policy(&self, policy: uuid::Uuid, what: &str) -> Result<()> {
+        let policy = policy.to_string();
+        super::procs::wait_until_async(what, Duration::from_secs(90), Duration::from_millis(100), || {
+            let plan = self.stored_plan();
+            let policy = policy.clone();
+            async move {
+                match plan {
+                    Ok(p) if p.policies.iter().any(|x| x.id == policy) => Ok(()),
+                    Ok(_) => Err("plan without the policy yet".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// The running agent's process id.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(super::procs::Proc::pid)
