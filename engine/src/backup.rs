@@ -53,10 +53,28 @@ pub(crate) fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupR
     )
     .map_err(|err| error(&err, "preparing the backup source"))?;
 
-    let indexed = repo.to_indexed_ids().map_err(|err| error(&err, "reading the repository index"))?;
-    let snap = indexed.archive(&opts, &source, snapshot, &paths).map_err(|err| error(&err, "backing up"))?;
+    let snap = if use_rustic_archiver() {
+        let indexed = repo.to_indexed_ids().map_err(|err| error(&err, "reading the repository index"))?;
+        indexed.archive(&opts, &source, snapshot, &paths).map_err(|err| error(&err, "backing up"))?
+    } else {
+        crate::archiver::run(&repo, prepared.backends.repository(), &source, snapshot, &paths, &warnings).map_err(
+            |failure| match failure {
+                crate::archiver::Failure::Rustic { doing, err } => error(&err, doing),
+                crate::archiver::Failure::Other(message) => {
+                    EngineError::Other(prepared.redactor.redact(&format!("backing up: {message}")))
+                }
+            },
+        )?
+    };
 
     Ok(report(&snap, &paths, started.elapsed(), warnings.take()))
+}
+
+/// `COFRE_ENGINE_ARCHIVER=rustic` runs rustic_core's archiver instead of the engine's own
+/// (`src/archiver`): for comparisons (`cofre-bench`) and as a way back if the engine's archiver
+/// ever misbehaves on some machine.
+fn use_rustic_archiver() -> bool {
+    std::env::var_os("COFRE_ENGINE_ARCHIVER").is_some_and(|v| v == "rustic")
 }
 
 /// Checks and canonicalises the backup paths. Missing paths are skipped with a warning, like

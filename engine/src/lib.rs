@@ -22,6 +22,7 @@
 //! Modules: `target` (URL rules, backend options), `probe`, `repo` (open/init), `backup` with
 //! `source` (warnings), `restore`, `error` (error mapping, redaction).
 
+mod archiver;
 mod backup;
 mod error;
 mod keyfile;

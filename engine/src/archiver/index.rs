@@ -1,0 +1,131 @@
+//! What the repository already holds: the data blob ids (for deduplication and to trust an
+//! unchanged file's content) and where each tree blob is (to read the parent snapshot's trees).
+//!
+//! Loaded from the index files through rustic_core's repository (its local cache applies).
+//! Blob ids are SHA-256 values, so the hash maps use their first 8 bytes as the hash instead of
+//! running SipHash over 32 bytes.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use rustic_core::repofile::{BlobType, IndexFile};
+use rustic_core::{FileType, Id, OpenStatus, ReadBackend, Repository, WriteBackend};
+
+use super::format::Key;
+
+/// A hasher for SHA-256 ids: their first 8 bytes are already uniformly distributed.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        if bytes.len() >= 8 {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 ^= u64::from_le_bytes(first);
+        } else {
+            for b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+            }
+        }
+    }
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+pub(crate) type IdSet = HashSet<Id, BuildHasherDefault<IdHasher>>;
+type IdMap<V> = HashMap<Id, V, BuildHasherDefault<IdHasher>>;
+
+#[derive(Clone, Copy)]
+struct TreeLocation {
+    pack: u32,
+    offset: u32,
+    length: u32,
+    /// 0: stored uncompressed.
+    uncompressed_length: u32,
+}
+
+pub(crate) struct Index {
+    data: IdSet,
+    trees: IdMap<TreeLocation>,
+    packs: Vec<Id>,
+}
+
+impl Index {
+    pub(crate) fn load(repo: &Repository<OpenStatus>) -> Result<Self, Box<rustic_core::RusticError>> {
+        let mut index = Self { data: IdSet::default(), trees: IdMap::default(), packs: Vec::new() };
+        for file in repo.stream_files::<IndexFile>()? {
+            let (_, file) = file?;
+            // `packs_to_delete` (rustic's pending prunes) are not counted as present.
+            for pack in file.packs {
+                let Ok(pack_no) = u32::try_from(index.packs.len()) else { break };
+                index.packs.push(*pack.id);
+                for blob in pack.blobs {
+                    match blob.tpe {
+                        BlobType::Data => {
+                            index.data.insert(*blob.id);
+                        }
+                        BlobType::Tree => {
+                            let loc = TreeLocation {
+                                pack: pack_no,
+                                offset: blob.location.offset,
+                                length: blob.location.length,
+                                uncompressed_length: blob.location.uncompressed_length.map_or(0, |n| n.get()),
+                            };
+                            index.trees.insert(*blob.id, loc);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    pub(crate) fn has_data(&self, id: &Id) -> bool {
+        self.data.contains(id)
+    }
+
+    pub(crate) fn has_tree(&self, id: &Id) -> bool {
+        self.trees.contains_key(id)
+    }
+}
+
+/// Reads tree blobs of earlier snapshots (the parent's), one ranged read each.
+pub(crate) struct TreeReader {
+    pub(crate) be: Arc<dyn WriteBackend>,
+    pub(crate) key: Key,
+    pub(crate) index: Arc<Index>,
+}
+
+impl TreeReader {
+    /// The tree `id`, or why it cannot be read.
+    pub(crate) fn read(&self, id: &Id) -> Result<rustic_core::repofile::Tree, String> {
+        let loc = self.index.trees.get(id).ok_or("not in the index")?;
+        let pack = self.index.packs[loc.pack as usize];
+        let data = self
+            .be
+            .read_partial(FileType::Pack, &pack, true, loc.offset, loc.length)
+            .map_err(|e| crate::error::describe_rustic(&e))?;
+        let plain = self.key.decrypt(&data)?;
+        let plain = if loc.uncompressed_length > 0 {
+            zstd::bulk::decompress(&plain, loc.uncompressed_length as usize).map_err(|e| e.to_string())?
+        } else {
+            plain
+        };
+        if super::format::sha256(&plain) != id_bytes(id) {
+            return Err("its content does not match its id".to_owned());
+        }
+        serde_json::from_slice(&plain).map_err(|e| e.to_string())
+    }
+}
+
+/// The 32 bytes of a rustic `Id` (its only public form is hex).
+pub(crate) fn id_bytes(id: &Id) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // A rustic Id's hex is always 64 digits.
+    let _ = hex::decode_to_slice(id.to_hex().as_str(), &mut out);
+    out
+}
