@@ -17,13 +17,17 @@ use rustic_core::{
 use crate::error::{EngineError, from_rustic};
 use crate::repo::{self, OpenRepo, normalise_id};
 use crate::source::{Warnings, WatchedSource};
-use crate::{BackupReport, BackupRequest, RepoTarget};
+use crate::{Archiver, BackupReport, BackupRequest, RepoTarget};
 
 /// The `command` recorded in the snapshot summary.
 const SNAPSHOT_COMMAND: &str = "cofre backup";
 
 /// See [`crate::backup`].
-pub(crate) fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupReport, EngineError> {
+pub(crate) fn backup(
+    target: &RepoTarget,
+    req: &BackupRequest,
+    archiver: Archiver,
+) -> Result<BackupReport, EngineError> {
     let started = Instant::now();
     let expected = normalise_id(&req.expected_restic_id, "expected repository id")?;
     let warnings = Warnings::default();
@@ -53,7 +57,7 @@ pub(crate) fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupR
     )
     .map_err(|err| error(&err, "preparing the backup source"))?;
 
-    let snap = if use_rustic_archiver() {
+    let snap = if archiver == Archiver::Rustic {
         let indexed = repo.to_indexed_ids().map_err(|err| error(&err, "reading the repository index"))?;
         indexed.archive(&opts, &source, snapshot, &paths).map_err(|err| error(&err, "backing up"))?
     } else {
@@ -68,13 +72,6 @@ pub(crate) fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupR
     };
 
     Ok(report(&snap, &paths, started.elapsed(), warnings.take()))
-}
-
-/// `COFRE_ENGINE_ARCHIVER=rustic` runs rustic_core's archiver instead of the engine's own
-/// (`src/archiver`): for comparisons (`cofre-bench`) and as a way back if the engine's archiver
-/// ever misbehaves on some machine.
-fn use_rustic_archiver() -> bool {
-    std::env::var_os("COFRE_ENGINE_ARCHIVER").is_some_and(|v| v == "rustic")
 }
 
 /// Checks and canonicalises the backup paths. Missing paths are skipped with a warning, like

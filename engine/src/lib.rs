@@ -113,8 +113,35 @@ pub fn repository_id(target: &RepoTarget) -> Result<String, EngineError> {
 /// # Errors
 /// [`EngineError::RepositoryIdMismatch`] (nothing written), [`EngineError::NotInitialised`],
 /// [`EngineError::WrongPassword`], network, credential and input errors.
+///
+/// The engine's own archiver does the work, unless the environment variable
+/// `COFRE_ENGINE_ARCHIVER=rustic` asks for rustic_core's (see [`Archiver`]).
 pub fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupReport, EngineError> {
-    backup::backup(target, req)
+    let archiver = match std::env::var_os("COFRE_ENGINE_ARCHIVER") {
+        Some(v) if v == "rustic" => Archiver::Rustic,
+        _ => Archiver::Engine,
+    };
+    backup::backup(target, req, archiver)
+}
+
+/// Which backup pipeline writes the snapshot. Both write the same format, chunk alike and
+/// produce byte-identical trees, so they deduplicate against each other and each accepts the
+/// other's snapshots as parents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archiver {
+    /// The engine's own (`src/archiver`): the default, several times lighter on small files.
+    Engine,
+    /// rustic_core 0.13's: for comparisons, and as a way back should the engine's archiver
+    /// misbehave on some machine (`COFRE_ENGINE_ARCHIVER=rustic`).
+    Rustic,
+}
+
+/// [`backup`] with an explicit [`Archiver`].
+///
+/// # Errors
+/// As [`backup`].
+pub fn backup_with(target: &RepoTarget, req: &BackupRequest, archiver: Archiver) -> Result<BackupReport, EngineError> {
+    backup::backup(target, req, archiver)
 }
 
 /// Restores snapshot `snapshot_id` (full id or unique prefix) into `dest`.

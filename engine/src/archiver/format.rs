@@ -58,6 +58,20 @@ impl Key {
         Ok(out.len() - start)
     }
 
+    /// Checks the MAC and decrypts `IV ‖ ciphertext ‖ MAC` into `out` (cleared first).
+    pub(crate) fn decrypt_into(&self, data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        if data.len() < 32 {
+            return Err("encrypted object too short".to_owned());
+        }
+        let (nonce, rest) = data.split_at(16);
+        let (cipher, tag) = rest.split_at(rest.len() - 16);
+        out.clear();
+        out.extend_from_slice(cipher);
+        Aes256CtrPoly1305Aes::new(&self.0)
+            .decrypt_in_place_detached(Nonce::<Aes256CtrPoly1305Aes>::from_slice(nonce), &[], out, tag.into())
+            .map_err(|_| "MAC check failed: the object is damaged or was written with another key".to_owned())
+    }
+
     /// Checks the MAC and decrypts `IV ‖ ciphertext ‖ MAC`.
     pub(crate) fn decrypt(&self, data: &[u8]) -> Result<Vec<u8>, String> {
         if data.len() < 32 {

@@ -5,9 +5,11 @@
 //! Blob ids are SHA-256 values, so the hash maps use their first 8 bytes as the hash instead of
 //! running SipHash over 32 bytes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
 
 use rustic_core::repofile::{BlobType, IndexFile};
 use rustic_core::{FileType, Id, OpenStatus, ReadBackend, Repository, WriteBackend};
@@ -93,23 +95,33 @@ impl Index {
     }
 }
 
-/// Reads tree blobs of earlier snapshots (the parent's), one ranged read each.
+/// Tree packs kept in memory while reading the parent snapshot's trees.
+const CACHED_TREE_PACKS: usize = 4;
+
+/// Reads tree blobs of earlier snapshots (the parent's).
+///
+/// Whole tree packs are fetched and the last few kept: the walk visits directories in the
+/// order their trees were written, so most trees come from a pack already here, and an
+/// unchanged re-backup of 2,500 directories costs a handful of requests instead of 2,500.
 pub(crate) struct TreeReader {
-    pub(crate) be: Arc<dyn WriteBackend>,
-    pub(crate) key: Key,
-    pub(crate) index: Arc<Index>,
+    be: Arc<dyn WriteBackend>,
+    key: Key,
+    index: Arc<Index>,
+    packs: Mutex<VecDeque<(u32, Bytes)>>,
 }
 
 impl TreeReader {
+    pub(crate) fn new(be: Arc<dyn WriteBackend>, key: Key, index: Arc<Index>) -> Self {
+        Self { be, key, index, packs: Mutex::new(VecDeque::new()) }
+    }
+
     /// The tree `id`, or why it cannot be read.
     pub(crate) fn read(&self, id: &Id) -> Result<rustic_core::repofile::Tree, String> {
-        let loc = self.index.trees.get(id).ok_or("not in the index")?;
-        let pack = self.index.packs[loc.pack as usize];
-        let data = self
-            .be
-            .read_partial(FileType::Pack, &pack, true, loc.offset, loc.length)
-            .map_err(|e| crate::error::describe_rustic(&e))?;
-        let plain = self.key.decrypt(&data)?;
+        let loc = *self.index.trees.get(id).ok_or("not in the index")?;
+        let pack = self.pack(loc.pack)?;
+        let (start, end) = (loc.offset as usize, loc.offset as usize + loc.length as usize);
+        let data = pack.get(start..end).ok_or("the index points past the end of its pack")?;
+        let plain = self.key.decrypt(data)?;
         let plain = if loc.uncompressed_length > 0 {
             zstd::bulk::decompress(&plain, loc.uncompressed_length as usize).map_err(|e| e.to_string())?
         } else {
@@ -119,6 +131,20 @@ impl TreeReader {
             return Err("its content does not match its id".to_owned());
         }
         serde_json::from_slice(&plain).map_err(|e| e.to_string())
+    }
+
+    fn pack(&self, no: u32) -> Result<Bytes, String> {
+        let mut packs = self.packs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, bytes)) = packs.iter().find(|(n, _)| *n == no) {
+            return Ok(bytes.clone());
+        }
+        let id = self.index.packs[no as usize];
+        let bytes = self.be.read_full(FileType::Pack, &id).map_err(|e| crate::error::describe_rustic(&e))?;
+        if packs.len() == CACHED_TREE_PACKS {
+            packs.pop_front();
+        }
+        packs.push_back((no, bytes.clone()));
+        Ok(bytes)
     }
 }
 

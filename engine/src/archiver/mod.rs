@@ -85,7 +85,7 @@ pub(crate) fn run(
         snap.paths.add(path.to_string_lossy().into_owned());
     }
     let parent = find_parent(repo, &snap);
-    let trees = TreeReader { be: be.clone(), key: key.clone(), index: index.clone() };
+    let trees = TreeReader::new(be.clone(), key.clone(), index.clone());
     let parent_root = parent.as_ref().and_then(|p| match trees.read(&p.tree) {
         Ok(tree) => Some((*p.tree, tree)),
         Err(why) => {
@@ -121,7 +121,8 @@ pub(crate) fn run(
         let (result_tx, result_rx) = unbounded::<(u64, Vec<Option<Vec<DataId>>>)>();
         for _ in 0..workers {
             let (jobs, results, uploads) = (job_rx.clone(), result_tx.clone(), upload_tx.clone());
-            let mut packer = Packer::new(BlobKind::Data, &pack_settings, pack_target(&config, BlobType::Data));
+            let mut packer = Packer::new(BlobKind::Data, &pack_settings, pack_target(&config, BlobType::Data))
+                .map_err(Failure::Other)?;
             let (mut chunker, shared) = (chunker.clone(), &shared);
             s.spawn(move || worker(&jobs, &results, &uploads, &mut packer, &mut chunker, shared));
         }
@@ -129,7 +130,8 @@ pub(crate) fn run(
 
         let (event_tx, event_rx) = bounded::<Event>(EVENTS_AHEAD);
         let assembler = {
-            let mut packer = Packer::new(BlobKind::Tree, &pack_settings, pack_target(&config, BlobType::Tree));
+            let mut packer = Packer::new(BlobKind::Tree, &pack_settings, pack_target(&config, BlobType::Tree))
+                .map_err(Failure::Other)?;
             let uploads = upload_tx.clone();
             let (shared, root_parent) = (&shared, parent_root.as_ref().map(|(id, _)| *id));
             s.spawn(move || assemble(&event_rx, &result_rx, &mut packer, &uploads, shared, root_parent))
@@ -266,46 +268,59 @@ struct Packer {
     kind: BlobKind,
     key: Key,
     compressor: Option<zstd::bulk::Compressor<'static>>,
-    verify: bool,
+    /// Set when blobs are verified after encryption (the repository's `extra_verify`).
+    verifier: Option<zstd::bulk::Decompressor<'static>>,
     target: usize,
     buf: Vec<u8>,
     blobs: Vec<PackedBlob>,
+    /// Scratch space reused for every blob: compressed, decrypted and decompressed bytes.
+    compressed: Vec<u8>,
+    decrypted: Vec<u8>,
+    decompressed: Vec<u8>,
 }
 
 impl Packer {
-    fn new(kind: BlobKind, settings: &PackSettings, target: usize) -> Self {
-        let compressor = settings.compression.and_then(|level| zstd::bulk::Compressor::new(level).ok());
-        Self {
+    fn new(kind: BlobKind, settings: &PackSettings, target: usize) -> Result<Self, String> {
+        let compressor = match settings.compression {
+            Some(level) => Some(zstd::bulk::Compressor::new(level).map_err(|e| format!("zstd: {e}"))?),
+            None => None,
+        };
+        let verifier = match settings.verify {
+            true => Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?),
+            false => None,
+        };
+        Ok(Self {
             kind,
             key: settings.key.clone(),
-            // A repository that asks for compression gets it: if no compressor can be made,
-            // `add` fails instead of silently storing uncompressed blobs.
-            compressor: if settings.compression.is_some() { compressor } else { None },
-            verify: settings.verify,
+            compressor,
+            verifier,
             target,
             buf: Vec::new(),
             blobs: Vec::new(),
-        }
+            compressed: Vec::new(),
+            decrypted: Vec::new(),
+            decompressed: Vec::new(),
+        })
     }
 
-    /// Adds a blob; returns the pack when it is full. Also returns the stored size.
+    /// Adds a blob; returns its stored size, and the pack when it is full.
     fn add(&mut self, id: Hash, plain: &[u8]) -> Result<(u64, Option<Pack>), String> {
-        let compressed = match &mut self.compressor {
-            Some(c) => Some(c.compress(plain).map_err(|e| format!("compression failed: {e}"))?),
-            None => None,
-        };
-        let (payload, uncompressed_length) = match &compressed {
-            Some(z) if z.len() < plain.len() => (&z[..], Some(len32(plain.len())?)),
-            _ => (plain, None),
-        };
+        let mut uncompressed_length = None;
+        if let Some(c) = &mut self.compressor {
+            self.compressed.clear();
+            self.compressed.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+            c.compress_to_buffer(plain, &mut self.compressed).map_err(|e| format!("compression failed: {e}"))?;
+            if self.compressed.len() < plain.len() {
+                uncompressed_length = Some(len32(plain.len())?);
+            }
+        }
+        let payload = if uncompressed_length.is_some() { &self.compressed[..] } else { plain };
         if self.buf.capacity() == 0 {
             self.buf.reserve(self.target + payload.len() + 64);
         }
         let offset = self.buf.len();
         let length = self.key.encrypt_into(payload, &mut self.buf)?;
-        if self.verify {
-            self.verify_blob(id, offset, length, uncompressed_length)?;
-        }
+        self.verify(id, offset, length, uncompressed_length)?;
         self.blobs.push(PackedBlob {
             kind: self.kind,
             id,
@@ -319,13 +334,21 @@ impl Packer {
 
     /// rustic's `extra_verify`: the stored bytes decrypt and decompress to the blob again,
     /// which catches memory or library faults before they reach the repository.
-    fn verify_blob(&self, id: Hash, offset: usize, length: usize, ulen: Option<u32>) -> Result<(), String> {
-        let plain = self.key.decrypt(&self.buf[offset..offset + length])?;
+    fn verify(&mut self, id: Hash, offset: usize, length: usize, ulen: Option<u32>) -> Result<(), String> {
+        let Some(decompressor) = &mut self.verifier else { return Ok(()) };
+        self.key.decrypt_into(&self.buf[offset..offset + length], &mut self.decrypted)?;
         let plain = match ulen {
-            Some(n) => zstd::bulk::decompress(&plain, n as usize).map_err(|e| e.to_string())?,
-            None => plain,
+            Some(n) => {
+                self.decompressed.clear();
+                self.decompressed.reserve(n as usize);
+                decompressor
+                    .decompress_to_buffer(&self.decrypted[..], &mut self.decompressed)
+                    .map_err(|e| e.to_string())?;
+                &self.decompressed
+            }
+            None => &self.decrypted,
         };
-        if sha256(&plain) == id {
+        if sha256(plain) == id {
             Ok(())
         } else {
             Err("a blob did not verify after encryption (memory or library fault); nothing was stored".to_owned())

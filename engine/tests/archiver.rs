@@ -1,0 +1,109 @@
+//! The engine's own archiver (src/archiver) on a tree shaped to stress it: hundreds of small
+//! files with duplicate contents, a file over several chunks and packs, compressible and random
+//! data, empty files, links; then a re-backup with changes. restic 0.14 checks every byte and
+//! restores both snapshots.
+
+mod common;
+
+use std::path::Path;
+
+use cofre_engine::{BackupReport, backup, init_repository};
+use common::tree::assert_same_tree_restic_014;
+use common::{RestServer, request};
+
+/// Deterministic bytes: random-looking, or log-like text that compresses well.
+fn bytes(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    if compressible {
+        let mut out = Vec::with_capacity(len + 64);
+        while out.len() < len {
+            out.extend_from_slice(format!("2026-11-27 10:{:02} INFO request {} ok\n", next() % 60, next() % 1000).as_bytes());
+        }
+        out.truncate(len);
+        out
+    } else {
+        (0..len).map(|_| next() as u8).collect()
+    }
+}
+
+fn build(root: &Path) -> usize {
+    let mut files = 0;
+    for d in 0..12 {
+        let dir = root.join(format!("dir {d}")).join(format!("sub{}", d % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..50 {
+            // Every fifth file has the same content as a file in another directory.
+            let seed = if f % 5 == 0 { f as u64 } else { (d * 100 + f) as u64 };
+            let len = (seed as usize * 397) % 40_000;
+            std::fs::write(dir.join(format!("f{f}.txt")), bytes(len, seed, f % 2 == 0)).unwrap();
+            files += 1;
+        }
+    }
+    std::fs::write(root.join("random.bin"), bytes(21 << 20, 7, false)).unwrap();
+    std::fs::write(root.join("log.txt"), bytes(6 << 20, 8, true)).unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("dir 0/sub0/f1.txt", root.join("link")).unwrap();
+    std::fs::hard_link(root.join("log.txt"), root.join("log hardlink")).unwrap();
+    files + 5
+}
+
+fn check_and_restore(server: &RestServer, repo: &str, report: &BackupReport, src: &Path) {
+    server.restic(repo, &["check", "--read-data"]);
+    let out = tempfile::tempdir().unwrap();
+    server.restic(repo, &["restore", &report.snapshot_id, "--target", out.path().to_str().unwrap()]);
+    assert_same_tree_restic_014(src, &out.path().join(src.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn restic_reads_every_byte_the_archiver_wrote_and_changes_are_detected() {
+    let server = RestServer::start(&["repo-a"]);
+    let t = server.target("repo-a");
+    let id = init_repository(&t).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let src = src.canonicalize().unwrap();
+    let files = build(&src);
+    let req = request(&id, &[&src]);
+
+    let first = backup(&t, &req).unwrap();
+    assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+    assert_eq!((first.files_new, first.files_changed, first.files_unmodified), (files as u64, 0, 0), "{first:?}");
+    // Duplicates and the hard link are stored once, and the text compresses.
+    assert!(first.bytes_added < first.bytes_processed - (6 << 20), "{first:?}");
+    assert!(first.bytes_added_packed < first.bytes_added, "{first:?}");
+    let packs = server.restic("repo-a", &["list", "packs"]);
+    assert!(String::from_utf8_lossy(&packs.stdout).lines().count() >= 3, "data over several packs, trees apart");
+    check_and_restore(&server, "repo-a", &first, &src);
+
+    // Nothing changed: no file is read. Only the trees of the ancestors may be new: /tmp
+    // changed its mtime when the restore above made a temporary directory in it.
+    let same = backup(&t, &req).unwrap();
+    assert_eq!((same.files_new, same.files_changed, same.files_unmodified), (0, 0, files as u64), "{same:?}");
+    assert_eq!(same.dirs_new, 0, "{same:?}");
+    assert!(same.dirs_changed <= 2 && same.bytes_added < 2048, "{same:?}");
+
+    // Five files change (one in the middle of the large one), one appears, one goes.
+    for f in [1, 2, 3] {
+        std::fs::write(src.join(format!("dir 4/sub1/f{f}.txt")), bytes(1000 + f, 99 + f as u64, true)).unwrap();
+    }
+    std::fs::write(src.join("dir 5/sub2/f7.txt"), b"").unwrap();
+    let mut big = std::fs::read(src.join("random.bin")).unwrap();
+    big[10 << 20..(10 << 20) + 4096].copy_from_slice(&bytes(4096, 5, false));
+    std::fs::write(src.join("random.bin"), &big).unwrap();
+    std::fs::write(src.join("dir 0/new file"), b"new").unwrap();
+    std::fs::remove_file(src.join("dir 1/sub1/f9.txt")).unwrap();
+    let second = backup(&t, &req).unwrap();
+    assert_eq!((second.files_new, second.files_changed), (1, 5), "{second:?}");
+    assert_eq!(second.files_unmodified, files as u64 - 6, "{second:?}");
+    // Only the chunks around the change in the large file are new.
+    assert!(second.bytes_added < 6 << 20, "{second:?}");
+    check_and_restore(&server, "repo-a", &second, &src);
+}
+
