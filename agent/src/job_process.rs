@@ -146,6 +146,8 @@ pub async fn run(job: &ChildJob) -> Result<BackupReport, JobFailure> {
     let exe =
         std::env::current_exe().map_err(|e| fail(format!("cannot find the agent's own binary: {e}")))?;
     let mut cmd = tokio::process::Command::new(&exe);
+    let (key, value) = cofre_engine::job_process_env();
+    cmd.env(key, value);
     if crate::LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
         cmd.env("COFRE_AGENT_LOG_JSON", "1");
     }

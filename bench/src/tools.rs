@@ -215,7 +215,10 @@ impl Tools {
     }
 
     fn cofre(&self, repo: &Repo, label: &str, subcommand: &str) -> Invocation {
+        // The environment the agent gives its job processes (glibc malloc tunables).
+        let (key, value) = cofre_engine::job_process_env();
         let mut inv = Invocation::new(label, &self.self_exe)
+            .env(key, value)
             .arg(subcommand)
             .arg("--url")
             .arg(&repo.access.url)

@@ -58,6 +58,8 @@ const BATCH_BYTES: u64 = 1 << 20;
 const EVENTS_AHEAD: usize = 4096;
 /// Pack uploads in parallel.
 const UPLOADERS: usize = 2;
+/// Scratch buffers larger than this are freed after use.
+const SCRATCH_KEPT: usize = 1 << 20;
 /// Packs per index file.
 const PACKS_PER_INDEX: usize = 2000;
 
@@ -328,6 +330,14 @@ impl Packer {
             length: len32(length)?,
             uncompressed_length,
         });
+        // Scratch space beyond a typical blob is given back: with the job process's malloc
+        // settings (`crate::job_process_env`) large buffers are mapped and unmapped, so a few
+        // 8 MiB chunks do not pin 8 MiB per buffer and worker for the rest of the backup.
+        for scratch in [&mut self.compressed, &mut self.decrypted, &mut self.decompressed] {
+            if scratch.capacity() > SCRATCH_KEPT {
+                *scratch = Vec::new();
+            }
+        }
         let full = if self.buf.len() >= self.target { self.finish()? } else { None };
         Ok((length as u64, full))
     }
@@ -421,6 +431,9 @@ fn worker(
 ) {
     let mut buf = Vec::new();
     for batch in jobs {
+        if buf.capacity() > 2 * SCRATCH_KEPT {
+            buf = Vec::new();
+        }
         let mut out = Vec::with_capacity(batch.files.len());
         for (open, size) in batch.files {
             if shared.aborted() {
