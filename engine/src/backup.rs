@@ -61,14 +61,8 @@ pub(crate) fn backup(
         let indexed = repo.to_indexed_ids().map_err(|err| error(&err, "reading the repository index"))?;
         indexed.archive(&opts, &source, snapshot, &paths).map_err(|err| error(&err, "backing up"))?
     } else {
-        crate::archiver::run(&repo, prepared.backends.repository(), &source, snapshot, &paths, &warnings).map_err(
-            |failure| match failure {
-                crate::archiver::Failure::Rustic { doing, err } => error(&err, doing),
-                crate::archiver::Failure::Other(message) => {
-                    EngineError::Other(prepared.redactor.redact(&format!("backing up: {message}")))
-                }
-            },
-        )?
+        crate::archiver::run(&repo, prepared.backends.repository(), &source, snapshot, &paths, &warnings)
+            .map_err(|failure| failure.into_engine(&prepared.redactor, "backing up"))?
     };
 
     Ok(report(&snap, &paths, started.elapsed(), warnings.take()))

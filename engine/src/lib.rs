@@ -29,6 +29,7 @@ mod keyfile;
 mod probe;
 mod repo;
 mod restore;
+mod restorer;
 mod source;
 mod target;
 

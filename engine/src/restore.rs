@@ -39,9 +39,47 @@ pub(crate) fn restore(
     let error = |err: &RusticError, doing: &str| from_rustic(err, &prepared.redactor, doing);
     let snap_id =
         find_snapshot(&repo, &wanted).map_err(|e| e.or_else(|err| error(&err, "listing snapshots")))?;
-    let repo = repo.to_indexed().map_err(|err| error(&err, "reading the repository index"))?;
+    if std::env::var_os("COFRE_ENGINE_RESTORER").is_some_and(|v| v == "rustic") {
+        return restore_with_rustic(repo, &prepared, &snap_id, path_in_snapshot, dest_text);
+    }
     let snap =
         repo.get_snapshot_from_str(&snap_id, |_| true).map_err(|err| error(&err, "reading the snapshot"))?;
+    let outcome = crate::restorer::run(&repo, prepared.backends.repository(), *snap.tree, path_in_snapshot, dest)
+        .map_err(|failure| match failure {
+            crate::archiver::Failure::NotFound(path) => {
+                EngineError::NotFound(format!("{path} is not in snapshot {}", &snap_id[..8]))
+            }
+            other => other.into_engine(&prepared.redactor, "restoring"),
+        })?;
+    for warning in &outcome.warnings {
+        log::warn!("restore: {warning}");
+    }
+    if !outcome.errors.is_empty() {
+        let shown: Vec<&str> = outcome.errors.iter().take(5).map(String::as_str).collect();
+        return Err(EngineError::Other(format!(
+            "the restore is incomplete: {} entries failed ({}{})",
+            outcome.errors.len(),
+            shown.join("; "),
+            if outcome.errors.len() > shown.len() { "; …" } else { "" }
+        )));
+    }
+    log::info!("restored {} files, {} bytes of content", outcome.files, outcome.bytes);
+    Ok(())
+}
+
+/// rustic_core's restorer (`COFRE_ENGINE_RESTORER=rustic`): for comparisons, and as a way back
+/// should the engine's restorer misbehave on some machine.
+fn restore_with_rustic(
+    repo: Repository<rustic_core::OpenStatus>,
+    prepared: &crate::target::Prepared,
+    snap_id: &str,
+    path_in_snapshot: Option<&str>,
+    dest_text: &str,
+) -> Result<(), EngineError> {
+    let error = |err: &RusticError, doing: &str| from_rustic(err, &prepared.redactor, doing);
+    let repo = repo.to_indexed().map_err(|err| error(&err, "reading the repository index"))?;
+    let snap =
+        repo.get_snapshot_from_str(snap_id, |_| true).map_err(|err| error(&err, "reading the snapshot"))?;
     let node = find_node(&repo, &snap, path_in_snapshot)
         .map_err(|e| e.or_else(|err| error(&err, "reading the snapshot's trees")))?;
 

@@ -7,8 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use cofre_engine::{BackupReport, backup, init_repository};
-use common::tree::assert_same_tree_restic_014;
+use cofre_engine::{BackupReport, backup, init_repository, restore};
+use common::tree::{assert_same_tree, assert_same_tree_restic_014};
 use common::{RestServer, request};
 
 /// Deterministic bytes: random-looking, or log-like text that compresses well.
@@ -58,6 +58,10 @@ fn check_and_restore(server: &RestServer, repo: &str, report: &BackupReport, src
     let out = tempfile::tempdir().unwrap();
     server.restic(repo, &["restore", &report.snapshot_id, "--target", out.path().to_str().unwrap()]);
     assert_same_tree_restic_014(src, &out.path().join(src.strip_prefix("/").unwrap()));
+    // The engine's restorer: files over several packs, shared blobs, hard links.
+    let mine = tempfile::tempdir().unwrap();
+    restore(&server.target(repo), &report.snapshot_id, Some(src.to_str().unwrap()), mine.path()).unwrap();
+    assert_same_tree(src, mine.path());
 }
 
 #[test]

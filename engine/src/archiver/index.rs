@@ -41,24 +41,42 @@ impl Hasher for IdHasher {
 pub(crate) type IdSet = HashSet<Id, BuildHasherDefault<IdHasher>>;
 type IdMap<V> = HashMap<Id, V, BuildHasherDefault<IdHasher>>;
 
+/// Where a blob is stored.
 #[derive(Clone, Copy)]
-struct TreeLocation {
-    pack: u32,
-    offset: u32,
-    length: u32,
+pub(crate) struct Location {
+    /// Position in [`Index::packs`].
+    pub(crate) pack: u32,
+    pub(crate) offset: u32,
+    pub(crate) length: u32,
     /// 0: stored uncompressed.
-    uncompressed_length: u32,
+    pub(crate) uncompressed_length: u32,
+}
+
+impl Location {
+    /// The blob's plaintext length.
+    pub(crate) fn plain_length(&self) -> u32 {
+        if self.uncompressed_length > 0 { self.uncompressed_length } else { self.length.saturating_sub(32) }
+    }
 }
 
 pub(crate) struct Index {
+    /// Data blob ids (backups).
     data: IdSet,
-    trees: IdMap<TreeLocation>,
-    packs: Vec<Id>,
+    /// Data blob locations (restores: `data` stays empty).
+    data_locations: IdMap<Location>,
+    trees: IdMap<Location>,
+    pub(crate) packs: Vec<Id>,
 }
 
 impl Index {
-    pub(crate) fn load(repo: &Repository<OpenStatus>) -> Result<Self, Box<rustic_core::RusticError>> {
-        let mut index = Self { data: IdSet::default(), trees: IdMap::default(), packs: Vec::new() };
+    /// The index; with `locate_data`, where each data blob is (for restores), else only
+    /// which data blobs exist (for backups: less memory).
+    pub(crate) fn load(
+        repo: &Repository<OpenStatus>,
+        locate_data: bool,
+    ) -> Result<Self, Box<rustic_core::RusticError>> {
+        let mut index =
+            Self { data: IdSet::default(), data_locations: IdMap::default(), trees: IdMap::default(), packs: Vec::new() };
         for file in repo.stream_files::<IndexFile>()? {
             let (_, file) = file?;
             // `packs_to_delete` (rustic's pending prunes) are not counted as present.
@@ -66,17 +84,20 @@ impl Index {
                 let Ok(pack_no) = u32::try_from(index.packs.len()) else { break };
                 index.packs.push(*pack.id);
                 for blob in pack.blobs {
+                    let loc = Location {
+                        pack: pack_no,
+                        offset: blob.location.offset,
+                        length: blob.location.length,
+                        uncompressed_length: blob.location.uncompressed_length.map_or(0, |n| n.get()),
+                    };
                     match blob.tpe {
+                        BlobType::Data if locate_data => {
+                            index.data_locations.insert(*blob.id, loc);
+                        }
                         BlobType::Data => {
                             index.data.insert(*blob.id);
                         }
                         BlobType::Tree => {
-                            let loc = TreeLocation {
-                                pack: pack_no,
-                                offset: blob.location.offset,
-                                length: blob.location.length,
-                                uncompressed_length: blob.location.uncompressed_length.map_or(0, |n| n.get()),
-                            };
                             index.trees.insert(*blob.id, loc);
                         }
                     }
@@ -87,7 +108,12 @@ impl Index {
     }
 
     pub(crate) fn has_data(&self, id: &Id) -> bool {
-        self.data.contains(id)
+        self.data.contains(id) || self.data_locations.contains_key(id)
+    }
+
+    /// Where data blob `id` is (only when loaded with `locate_data`).
+    pub(crate) fn data_location(&self, id: &Id) -> Option<Location> {
+        self.data_locations.get(id).copied()
     }
 
     pub(crate) fn has_tree(&self, id: &Id) -> bool {

@@ -19,8 +19,8 @@
 //! restic and rustic.
 
 mod chunker;
-mod format;
-mod index;
+pub(crate) mod format;
+pub(crate) mod index;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -47,7 +47,24 @@ use index::{IdSet, Index, TreeReader};
 pub(crate) enum Failure {
     /// A repository operation failed; `doing` says which.
     Rustic { doing: &'static str, err: Box<RusticError> },
+    /// A path asked for is not in the snapshot.
+    NotFound(String),
+    /// The request cannot be carried out as asked.
+    Invalid(String),
     Other(String),
+}
+
+impl Failure {
+    /// The engine's error for it; `what` names the operation ("backing up", "restoring").
+    pub(crate) fn into_engine(self, redactor: &crate::error::Redactor, what: &str) -> crate::EngineError {
+        use crate::EngineError;
+        match self {
+            Self::Rustic { doing, err } => crate::error::from_rustic(&err, redactor, doing),
+            Self::NotFound(what) => EngineError::NotFound(what),
+            Self::Invalid(why) => EngineError::InvalidInput(why),
+            Self::Other(why) => EngineError::Other(redactor.redact(&format!("{what}: {why}"))),
+        }
+    }
 }
 
 /// New and changed files go to the workers in batches of up to this many files…
@@ -80,7 +97,7 @@ pub(crate) fn run(
     let compression = config.zstd().map_err(|err| Failure::Rustic { doing: "reading the repository config", err })?;
     let chunker = Chunker::from_config(&config).map_err(Failure::Other)?;
     let index = Arc::new(
-        Index::load(repo).map_err(|err| Failure::Rustic { doing: "reading the repository index", err })?,
+        Index::load(repo, false).map_err(|err| Failure::Rustic { doing: "reading the repository index", err })?,
     );
 
     for path in paths {
