@@ -178,6 +178,15 @@ pub(crate) fn unpacked_file(key: &Key, json: &[u8], compress: Option<i32>) -> Re
     };
     let mut out = Vec::with_capacity(plain.len() + 32);
     key.encrypt_into(&plain, &mut out)?;
+    // Verified before upload, like blobs (small files: always).
+    let back = key.decrypt(&out)?;
+    let json_back = match compress {
+        Some(_) => zstd::bulk::decompress(&back[1..], json.len()).map_err(|e| format!("verification: {e}"))?,
+        None => back,
+    };
+    if json_back != json {
+        return Err("an index or snapshot file did not verify after encryption; nothing was stored".to_owned());
+    }
     let id = sha256(&out);
     Ok((out, id))
 }
