@@ -307,13 +307,17 @@ impl Plan<'_> {
         if targets.len() != 1 {
             // Empty files and files of several blobs are created here; a single-blob file is
             // created by the worker that writes it.
-            if let Err(e) = File::create(&path).and_then(|f| f.set_len(offset)) {
-                self.outcome.errors.push(format!("{}: cannot create the file: {e}", path.display()));
-                return;
-            }
+            let _ = fs::remove_file(&path);
+            let file = match File::create(&path).and_then(|f| f.set_len(offset).map(|()| f)) {
+                Ok(file) => file,
+                Err(e) => {
+                    self.outcome.errors.push(format!("{}: cannot create the file: {e}", path.display()));
+                    return;
+                }
+            };
             if targets.is_empty() {
                 self.outcome.files += 1;
-                set_metadata(&path, &node.meta, Kind::File, self.is_root, &mut self.outcome.warnings);
+                set_file_metadata(&file, &path, &node.meta, self.is_root, &mut self.outcome.warnings);
                 return;
             }
         }
@@ -418,14 +422,17 @@ impl Content<'_> {
                 let blob = data.get(at..at + t.length as usize).ok_or("the server returned a short range")?;
                 let plain = scratch.open(self.key, blob, t.uncompressed_length)?;
                 let file = &self.files[t.file as usize];
-                if let Err(e) = write_blob(file, plain, t.file_offset) {
-                    out.errors.push(format!("{}: cannot write: {e}", file.path.display()));
-                    continue;
-                }
+                let handle = match write_blob(file, plain, t.file_offset) {
+                    Ok(handle) => handle,
+                    Err(e) => {
+                        out.errors.push(format!("{}: cannot write: {e}", file.path.display()));
+                        continue;
+                    }
+                };
                 out.bytes += plain.len() as u64;
                 if file.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     out.files += 1;
-                    set_metadata(&file.path, &file.meta, Kind::File, self.is_root, &mut out.warnings);
+                    set_file_metadata(&handle, &file.path, &file.meta, self.is_root, &mut out.warnings);
                 }
             }
             i = j;
@@ -434,14 +441,25 @@ impl Content<'_> {
     }
 }
 
-fn write_blob(file: &PlannedFile, plain: &[u8], offset: u64) -> io::Result<()> {
+/// Writes a blob where it belongs; returns the open file (for its metadata).
+fn write_blob(file: &PlannedFile, plain: &[u8], offset: u64) -> io::Result<File> {
     if file.multi {
-        OpenOptions::new().write(true).open(&file.path)?.write_all_at(plain, offset)
-    } else {
-        // Removed first: an existing file may be a hard link of something else.
-        let _ = fs::remove_file(&file.path);
-        File::create(&file.path)?.write_all(plain)
+        let handle = OpenOptions::new().write(true).open(&file.path)?;
+        handle.write_all_at(plain, offset)?;
+        return Ok(handle);
     }
+    // A new file; an existing one is replaced, not written through (it may be a hard link of
+    // something else).
+    let create = || OpenOptions::new().write(true).create_new(true).open(&file.path);
+    let mut handle = match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&file.path)?;
+            create()?
+        }
+        other => other?,
+    };
+    handle.write_all(plain)?;
+    Ok(handle)
 }
 
 /// Per-worker buffers for decrypted and decompressed blobs.
@@ -506,6 +524,43 @@ fn unix_permissions(go_mode: u32) -> u32 {
     mode
 }
 
+/// [`set_metadata`] for a regular file through its open handle: no path look-ups.
+fn set_file_metadata(file: &File, path: &Path, meta: &Metadata, is_root: bool, warnings: &mut Vec<String>) {
+    let mut warn = |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
+    if is_root {
+        if let Err(e) = std::os::unix::fs::fchown(file, meta.uid, meta.gid) {
+            warn("cannot set the owner", &e);
+        }
+    }
+    if let Some(mode) = meta.mode {
+        if let Err(e) = file.set_permissions(fs::Permissions::from_mode(unix_permissions(mode))) {
+            warn("cannot set the permissions", &e);
+        }
+    }
+    for attr in &meta.extended_attributes {
+        if let Err(e) = xattr::set(path, &attr.name, attr.value.as_deref().unwrap_or_default()) {
+            warn(&format!("cannot set the extended attribute {}", attr.name), &e);
+        }
+    }
+    if let Some(mtime) = meta.mtime {
+        let atime = meta.atime.unwrap_or(mtime);
+        let times = fs::FileTimes::new().set_accessed(system_time(atime)).set_modified(system_time(mtime));
+        if let Err(e) = file.set_times(times) {
+            warn("cannot set the times", &e);
+        }
+    }
+}
+
+fn system_time(t: rustic_core::jiff::Timestamp) -> std::time::SystemTime {
+    let ns = t.as_nanosecond();
+    let abs = ns.unsigned_abs();
+    let span = std::time::Duration::new(
+        u64::try_from(abs / 1_000_000_000).unwrap_or(u64::MAX),
+        u32::try_from(abs % 1_000_000_000).unwrap_or(0),
+    );
+    if ns >= 0 { std::time::UNIX_EPOCH + span } else { std::time::UNIX_EPOCH - span }
+}
+
 fn set_metadata(path: &Path, meta: &Metadata, kind: Kind, is_root: bool, warnings: &mut Vec<String>) {
     let mut warn = |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
     if is_root {
@@ -551,6 +606,18 @@ mod tests {
         assert_eq!(unix_permissions(0o644), 0o644);
         assert_eq!(unix_permissions((1 << 31) | 0o755), 0o755, "the directory bit is not a permission");
         assert_eq!(unix_permissions((1 << 23) | (1 << 22) | (1 << 20) | 0o750), 0o7750);
+    }
+
+    #[test]
+    fn times_before_and_after_1970() {
+        use rustic_core::jiff::Timestamp;
+        let t = |s, n| system_time(Timestamp::new(s, n).unwrap());
+        let secs = |st: std::time::SystemTime| match st.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        assert_eq!(secs(t(1_700_000_000, 500_000_000)), 1_700_000_000.5);
+        assert_eq!(secs(t(-2, -500_000_000)), -2.5);
     }
 
     #[test]
