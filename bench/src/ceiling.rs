@@ -62,6 +62,9 @@ pub struct Ceiling {
     pub ceiling_random_mib_s: f64,
     /// With rustic_core's per-blob zstd context and its extra verification.
     pub rustic_pipeline_mib_s: f64,
+    /// The ideal pipeline plus verification of every blob before upload (decrypt, decompress,
+    /// compare), which restic does since 0.17 and Cofre's archiver does by default.
+    pub verified_pipeline_mib_s: f64,
     pub corpus_mib: f64,
     pub seconds_per_stage: f64,
     /// rustic_core builds a new `Rabin64` (two 256-entry tables) for every file it reads:
@@ -87,6 +90,10 @@ struct Costs {
 impl Costs {
     fn ideal(&self) -> f64 {
         self.chunk + self.sha + self.zstd + self.encrypt + self.sha_pack
+    }
+
+    fn verified(&self) -> f64 {
+        self.ideal() + self.verify
     }
 
     fn rustic(&self) -> f64 {
@@ -273,6 +280,7 @@ pub fn measure(set: &Dataset, cores: usize, corpus_bytes: u64, per_stage: Durati
         ceiling_compressible_mib_s: one(Kind::Text),
         ceiling_random_mib_s: one(Kind::Random),
         rustic_pipeline_mib_s: whole(&Costs::rustic),
+        verified_pipeline_mib_s: whole(&Costs::verified),
         corpus_mib: corpus_bytes as f64 / MIB,
         seconds_per_stage: per_stage.as_secs_f64(),
     }

@@ -61,7 +61,8 @@ pub(crate) fn backup(
         let indexed = repo.to_indexed_ids().map_err(|err| error(&err, "reading the repository index"))?;
         indexed.archive(&opts, &source, snapshot, &paths).map_err(|err| error(&err, "backing up"))?
     } else {
-        crate::archiver::run(&repo, prepared.backends.repository(), &source, snapshot, &paths, &warnings)
+        let packs = crate::archiver::PackUploader::new(target, &prepared.url)?;
+        crate::archiver::run(&repo, prepared.backends.repository(), &packs, &source, snapshot, &paths, &warnings)
             .map_err(|failure| failure.into_engine(&prepared.redactor, "backing up"))?
     };
 

@@ -94,7 +94,7 @@ fn probe_once(
     }
 }
 
-fn host_port(url: &url::Url) -> String {
+pub(crate) fn host_port(url: &url::Url) -> String {
     match (url.host_str(), url.port_or_known_default()) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_owned(),
@@ -103,9 +103,15 @@ fn host_port(url: &url::Url) -> String {
 }
 
 fn build_client(target: &RepoTarget) -> Result<Client, EngineError> {
+    client(target, REQUEST_TIMEOUT)
+}
+
+/// An HTTP client for the REST server, configured as rustic_backend's (extra root CA, client
+/// identity), with `timeout` per request.
+pub(crate) fn client(target: &RepoTarget, timeout: Duration) -> Result<Client, EngineError> {
     let mut builder = Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(timeout)
         .user_agent(concat!("cofre-engine/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &target.ca_cert_file {
         let pem = read_pem(path, "CA certificate")?;

@@ -155,7 +155,7 @@ fn refuses_a_repository_with_another_id_and_writes_nothing() {
 #[test]
 fn a_server_refusing_writes_fails_the_backup_with_its_status() {
     // Read-only access: the probe and the open succeed, writing the first pack is refused
-    // (403) inside rustic_core, whose error chain must still yield the status.
+    // (403): the error carries the status and no credentials.
     let server = RestServer::start(&["ro=Read"]);
     let repo_dir = server.dir.path().join("data/ro");
     let init = std::process::Command::new("restic")

@@ -21,6 +21,9 @@
 mod chunker;
 pub(crate) mod format;
 pub(crate) mod index;
+mod upload;
+
+pub(crate) use upload::PackUploader;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -51,6 +54,8 @@ pub(crate) enum Failure {
     NotFound(String),
     /// The request cannot be carried out as asked.
     Invalid(String),
+    /// Already the engine's own error.
+    Engine(crate::EngineError),
     Other(String),
 }
 
@@ -62,6 +67,7 @@ impl Failure {
             Self::Rustic { doing, err } => crate::error::from_rustic(&err, redactor, doing),
             Self::NotFound(what) => EngineError::NotFound(what),
             Self::Invalid(why) => EngineError::InvalidInput(why),
+            Self::Engine(err) => err,
             Self::Other(why) => EngineError::Other(redactor.redact(&format!("{what}: {why}"))),
         }
     }
@@ -85,6 +91,7 @@ const PACKS_PER_INDEX: usize = 2000;
 pub(crate) fn run(
     repo: &Repository<OpenStatus>,
     be: Arc<dyn WriteBackend>,
+    packs: &PackUploader,
     source: &WatchedSource,
     mut snap: SnapshotFile,
     paths: &[PathBuf],
@@ -131,8 +138,8 @@ pub(crate) fn run(
         let (upload_tx, upload_rx) = bounded::<Pack>(0);
         for _ in 0..UPLOADERS {
             let rx = upload_rx.clone();
-            let (be, shared) = (be.clone(), &shared);
-            s.spawn(move || upload(&rx, &*be, shared));
+            let shared = &shared;
+            s.spawn(move || upload(&rx, packs, shared));
         }
         drop(upload_rx);
 
@@ -410,15 +417,15 @@ fn len32(n: usize) -> Result<u32, String> {
 }
 
 /// An uploader: stores packs until the channel closes.
-fn upload(packs: &Receiver<Pack>, be: &dyn WriteBackend, shared: &Shared) {
+fn upload(packs: &Receiver<Pack>, uploader: &PackUploader, shared: &Shared) {
     for pack in packs {
         if shared.aborted() {
             continue;
         }
         let entry = IndexPackJson::new(pack.id, &pack.blobs);
-        match be.write_bytes(FileType::Pack, &Id::new(pack.id), false, pack.bytes.into()) {
+        match uploader.put(&hex::encode(pack.id), pack.bytes.into()) {
             Ok(()) => shared.written.lock().unwrap_or_else(PoisonError::into_inner).push(entry),
-            Err(err) => shared.fail(Failure::Rustic { doing: "uploading a pack", err }),
+            Err(err) => shared.fail(Failure::Engine(err)),
         }
     }
 }
