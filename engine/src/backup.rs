@@ -62,8 +62,16 @@ pub(crate) fn backup(
         indexed.archive(&opts, &source, snapshot, &paths).map_err(|err| error(&err, "backing up"))?
     } else {
         let packs = crate::archiver::PackUploader::new(target, &prepared.url)?;
-        crate::archiver::run(&repo, prepared.backends.repository(), &packs, &source, snapshot, &paths, &warnings)
-            .map_err(|failure| failure.into_engine(&prepared.redactor, "backing up"))?
+        crate::archiver::run(
+            &repo,
+            &prepared.backends.repository(),
+            &packs,
+            &source,
+            snapshot,
+            &paths,
+            &warnings,
+        )
+        .map_err(|failure| failure.into_engine(&prepared.redactor, "backing up"))?
     };
 
     Ok(report(&snap, &paths, started.elapsed(), warnings.take()))

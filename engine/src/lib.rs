@@ -163,7 +163,11 @@ pub enum Archiver {
 ///
 /// # Errors
 /// As [`backup`].
-pub fn backup_with(target: &RepoTarget, req: &BackupRequest, archiver: Archiver) -> Result<BackupReport, EngineError> {
+pub fn backup_with(
+    target: &RepoTarget,
+    req: &BackupRequest,
+    archiver: Archiver,
+) -> Result<BackupReport, EngineError> {
     backup::backup(target, req, archiver)
 }
 

@@ -44,13 +44,14 @@ pub(crate) fn restore(
     }
     let snap =
         repo.get_snapshot_from_str(&snap_id, |_| true).map_err(|err| error(&err, "reading the snapshot"))?;
-    let outcome = crate::restorer::run(&repo, prepared.backends.repository(), *snap.tree, path_in_snapshot, dest)
-        .map_err(|failure| match failure {
-            crate::archiver::Failure::NotFound(path) => {
-                EngineError::NotFound(format!("{path} is not in snapshot {}", &snap_id[..8]))
-            }
-            other => other.into_engine(&prepared.redactor, "restoring"),
-        })?;
+    let outcome =
+        crate::restorer::run(&repo, &prepared.backends.repository(), *snap.tree, path_in_snapshot, dest)
+            .map_err(|failure| match failure {
+                crate::archiver::Failure::NotFound(path) => {
+                    EngineError::NotFound(format!("{path} is not in snapshot {}", &snap_id[..8]))
+                }
+                other => other.into_engine(&prepared.redactor, "restoring"),
+            })?;
     for warning in &outcome.warnings {
         log::warn!("restore: {warning}");
     }

@@ -55,14 +55,16 @@ pub(crate) struct Outcome {
 /// directory: its contents go into `dest`; anything else: it goes to `dest/<name>`).
 pub(crate) fn run(
     repo: &Repository<OpenStatus>,
-    be: Arc<dyn WriteBackend>,
+    be: &Arc<dyn WriteBackend>,
     root: Id,
     path: Option<&str>,
     dest: &Path,
 ) -> Result<Outcome, Failure> {
     let key = Key::from_master(&repo.key()).map_err(Failure::Other)?;
-    let index =
-        Arc::new(Index::load(repo, true).map_err(|err| Failure::Rustic { doing: "reading the repository index", err })?);
+    let index = Arc::new(
+        Index::load(repo, true)
+            .map_err(|err| Failure::Rustic { doing: "reading the repository index", err })?,
+    );
     let trees = TreeReader::new(be.clone(), key.clone(), index.clone());
     let start = find(&trees, root, path)?;
     fs::create_dir_all(dest).map_err(|e| Failure::Other(format!("cannot create {}: {e}", dest.display())))?;
@@ -93,7 +95,7 @@ pub(crate) fn run(
     let mut packs: Vec<(u32, Vec<Target>)> = by_pack.into_iter().collect();
     packs.sort_unstable_by_key(|(pack, _)| *pack);
     let content = Content {
-        be: &*be,
+        be: &**be,
         key: &key,
         index: &index,
         files: &files,
@@ -146,9 +148,9 @@ fn find(trees: &TreeReader, root: Id, path: Option<&str>) -> Result<Start, Failu
         .components()
         .filter_map(|c| match c {
             std::path::Component::Normal(name) => Some(Ok(name)),
-            std::path::Component::ParentDir | std::path::Component::Prefix(_) => {
-                Some(Err(Failure::Invalid(format!("the path in the snapshot `{path}` must not contain `..`"))))
-            }
+            std::path::Component::ParentDir | std::path::Component::Prefix(_) => Some(Err(Failure::Invalid(
+                format!("the path in the snapshot `{path}` must not contain `..`"),
+            ))),
             _ => None,
         })
         .collect::<Result<_, _>>()?;
@@ -160,7 +162,8 @@ fn find(trees: &TreeReader, root: Id, path: Option<&str>) -> Result<Start, Failu
             .read(&tree)
             .map_err(|why| Failure::Other(format!("the tree of {walked} cannot be read: {why}")))?
             .nodes;
-        let node = nodes.into_iter().find(|n| n.name() == *name).ok_or_else(|| Failure::NotFound(walked.clone()))?;
+        let node =
+            nodes.into_iter().find(|n| n.name() == *name).ok_or_else(|| Failure::NotFound(walked.clone()))?;
         if std::ptr::eq(name, last) {
             return Ok(match (node.is_dir(), node.subtree) {
                 (true, Some(subtree)) => Start::Tree(*subtree),
@@ -212,9 +215,9 @@ impl Plan<'_> {
     fn tree(&mut self, trees: &TreeReader, id: Id, dir: &Path) -> Result<(), Failure> {
         let mut pending = vec![(id, dir.to_path_buf())];
         while let Some((id, dir)) = pending.pop() {
-            let tree = trees
-                .read(&id)
-                .map_err(|why| Failure::Other(format!("the tree of {} cannot be read: {why}", dir.display())))?;
+            let tree = trees.read(&id).map_err(|why| {
+                Failure::Other(format!("the tree of {} cannot be read: {why}", dir.display()))
+            })?;
             for node in tree.nodes {
                 self.node(node, &dir, &mut pending)?;
             }
@@ -242,14 +245,18 @@ impl Plan<'_> {
                 let _ = fs::remove_file(&path);
                 match std::os::unix::fs::symlink(node.node_type.to_link(), &path) {
                     Ok(()) => self.links.push((path, node)),
-                    Err(e) => self.outcome.errors.push(format!("{}: cannot create the link: {e}", path.display())),
+                    Err(e) => {
+                        self.outcome.errors.push(format!("{}: cannot create the link: {e}", path.display()));
+                    }
                 }
             }
             NodeType::Fifo => {
                 let _ = fs::remove_file(&path);
                 match nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
                     Ok(()) => self.links.push((path, node)),
-                    Err(e) => self.outcome.errors.push(format!("{}: cannot create the FIFO: {e}", path.display())),
+                    Err(e) => {
+                        self.outcome.errors.push(format!("{}: cannot create the FIFO: {e}", path.display()));
+                    }
                 }
             }
             NodeType::Dev { device } | NodeType::Chardev { device } => {
@@ -268,7 +275,11 @@ impl Plan<'_> {
                 let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
                 match nix::sys::stat::mknod(&path, kind, mode, *device) {
                     Ok(()) => self.links.push((path, node)),
-                    Err(e) => self.outcome.errors.push(format!("{}: cannot create the device: {e}", path.display())),
+                    Err(e) => {
+                        self.outcome
+                            .errors
+                            .push(format!("{}: cannot create the device: {e}", path.display()));
+                    }
                 }
             }
             // restic does not restore sockets either: a socket is only meaningful to the
@@ -399,7 +410,13 @@ impl Content<'_> {
         outcome.warnings.append(&mut local.warnings);
     }
 
-    fn pack(&self, pack: u32, targets: &[Target], scratch: &mut Scratch, out: &mut Outcome) -> Result<(), String> {
+    fn pack(
+        &self,
+        pack: u32,
+        targets: &[Target],
+        scratch: &mut Scratch,
+        out: &mut Outcome,
+    ) -> Result<(), String> {
         let mut order: Vec<&Target> = targets.iter().collect();
         order.sort_unstable_by_key(|t| t.offset);
         let id = self.index.packs[pack as usize];
@@ -409,7 +426,10 @@ impl Content<'_> {
             let start = order[i].offset;
             let mut end = start + order[i].length;
             let mut j = i + 1;
-            while j < order.len() && order[j].offset <= end + READ_GAP && order[j].offset + order[j].length - start <= READ_MAX {
+            while j < order.len()
+                && order[j].offset <= end + READ_GAP
+                && order[j].offset + order[j].length - start <= READ_MAX
+            {
                 end = end.max(order[j].offset + order[j].length);
                 j += 1;
             }
@@ -526,16 +546,15 @@ fn unix_permissions(go_mode: u32) -> u32 {
 
 /// [`set_metadata`] for a regular file through its open handle: no path look-ups.
 fn set_file_metadata(file: &File, path: &Path, meta: &Metadata, is_root: bool, warnings: &mut Vec<String>) {
-    let mut warn = |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
-    if is_root {
-        if let Err(e) = std::os::unix::fs::fchown(file, meta.uid, meta.gid) {
-            warn("cannot set the owner", &e);
-        }
+    let mut warn =
+        |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
+    if is_root && let Err(e) = std::os::unix::fs::fchown(file, meta.uid, meta.gid) {
+        warn("cannot set the owner", &e);
     }
-    if let Some(mode) = meta.mode {
-        if let Err(e) = file.set_permissions(fs::Permissions::from_mode(unix_permissions(mode))) {
-            warn("cannot set the permissions", &e);
-        }
+    if let Some(mode) = meta.mode
+        && let Err(e) = file.set_permissions(fs::Permissions::from_mode(unix_permissions(mode)))
+    {
+        warn("cannot set the permissions", &e);
     }
     for attr in &meta.extended_attributes {
         if let Err(e) = xattr::set(path, &attr.name, attr.value.as_deref().unwrap_or_default()) {
@@ -562,17 +581,16 @@ fn system_time(t: rustic_core::jiff::Timestamp) -> std::time::SystemTime {
 }
 
 fn set_metadata(path: &Path, meta: &Metadata, kind: Kind, is_root: bool, warnings: &mut Vec<String>) {
-    let mut warn = |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
-    if is_root {
-        if let Err(e) = std::os::unix::fs::lchown(path, meta.uid, meta.gid) {
-            warn("cannot set the owner", &e);
-        }
+    let mut warn =
+        |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
+    if is_root && let Err(e) = std::os::unix::fs::lchown(path, meta.uid, meta.gid) {
+        warn("cannot set the owner", &e);
     }
     if kind != Kind::Symlink {
-        if let Some(mode) = meta.mode {
-            if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(unix_permissions(mode))) {
-                warn("cannot set the permissions", &e);
-            }
+        if let Some(mode) = meta.mode
+            && let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(unix_permissions(mode)))
+        {
+            warn("cannot set the permissions", &e);
         }
         for attr in &meta.extended_attributes {
             if let Err(e) = xattr::set(path, &attr.name, attr.value.as_deref().unwrap_or_default()) {

@@ -23,7 +23,9 @@ fn bytes(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
     if compressible {
         let mut out = Vec::with_capacity(len + 64);
         while out.len() < len {
-            out.extend_from_slice(format!("2026-11-27 10:{:02} INFO request {} ok\n", next() % 60, next() % 1000).as_bytes());
+            out.extend_from_slice(
+                format!("2026-11-27 10:{:02} INFO request {} ok\n", next() % 60, next() % 1000).as_bytes(),
+            );
         }
         out.truncate(len);
         out
@@ -78,12 +80,19 @@ fn restic_reads_every_byte_the_archiver_wrote_and_changes_are_detected() {
 
     let first = backup(&t, &req).unwrap();
     assert!(first.warnings.is_empty(), "{:?}", first.warnings);
-    assert_eq!((first.files_new, first.files_changed, first.files_unmodified), (files as u64, 0, 0), "{first:?}");
+    assert_eq!(
+        (first.files_new, first.files_changed, first.files_unmodified),
+        (files as u64, 0, 0),
+        "{first:?}"
+    );
     // Duplicates and the hard link are stored once, and the text compresses.
     assert!(first.bytes_added < first.bytes_processed - (6 << 20), "{first:?}");
     assert!(first.bytes_added_packed < first.bytes_added, "{first:?}");
     let packs = server.restic("repo-a", &["list", "packs"]);
-    assert!(String::from_utf8_lossy(&packs.stdout).lines().count() >= 3, "data over several packs, trees apart");
+    assert!(
+        String::from_utf8_lossy(&packs.stdout).lines().count() >= 3,
+        "data over several packs, trees apart"
+    );
     check_and_restore(&server, "repo-a", &first, &src);
 
     // Nothing changed: no file is read. Only the trees of the ancestors may be new: /tmp
@@ -95,7 +104,8 @@ fn restic_reads_every_byte_the_archiver_wrote_and_changes_are_detected() {
 
     // Five files change (one in the middle of the large one), one appears, one goes.
     for f in [1, 2, 3] {
-        std::fs::write(src.join(format!("dir 4/sub1/f{f}.txt")), bytes(1000 + f, 99 + f as u64, true)).unwrap();
+        std::fs::write(src.join(format!("dir 4/sub1/f{f}.txt")), bytes(1000 + f, 99 + f as u64, true))
+            .unwrap();
     }
     std::fs::write(src.join("dir 5/sub2/f7.txt"), b"").unwrap();
     let mut big = std::fs::read(src.join("random.bin")).unwrap();
@@ -110,4 +120,3 @@ fn restic_reads_every_byte_the_archiver_wrote_and_changes_are_detected() {
     assert!(second.bytes_added < 6 << 20, "{second:?}");
     check_and_restore(&server, "repo-a", &second, &src);
 }
-

@@ -167,7 +167,11 @@ impl IndexPackJson {
 }
 
 /// The stored bytes of an unpacked file (index, snapshot) and its id.
-pub(crate) fn unpacked_file(key: &Key, json: &[u8], compress: Option<i32>) -> Result<(Vec<u8>, Hash), String> {
+pub(crate) fn unpacked_file(
+    key: &Key,
+    json: &[u8],
+    compress: Option<i32>,
+) -> Result<(Vec<u8>, Hash), String> {
     let plain = match compress {
         Some(level) => {
             let mut plain = vec![2u8];
@@ -181,11 +185,15 @@ pub(crate) fn unpacked_file(key: &Key, json: &[u8], compress: Option<i32>) -> Re
     // Verified before upload, like blobs (small files: always).
     let back = key.decrypt(&out)?;
     let json_back = match compress {
-        Some(_) => zstd::bulk::decompress(&back[1..], json.len()).map_err(|e| format!("verification: {e}"))?,
+        Some(_) => {
+            zstd::bulk::decompress(&back[1..], json.len()).map_err(|e| format!("verification: {e}"))?
+        }
         None => back,
     };
     if json_back != json {
-        return Err("an index or snapshot file did not verify after encryption; nothing was stored".to_owned());
+        return Err(
+            "an index or snapshot file did not verify after encryption; nothing was stored".to_owned()
+        );
     }
     let id = sha256(&out);
     Ok((out, id))

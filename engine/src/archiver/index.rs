@@ -75,8 +75,12 @@ impl Index {
         repo: &Repository<OpenStatus>,
         locate_data: bool,
     ) -> Result<Self, Box<rustic_core::RusticError>> {
-        let mut index =
-            Self { data: IdSet::default(), data_locations: IdMap::default(), trees: IdMap::default(), packs: Vec::new() };
+        let mut index = Self {
+            data: IdSet::default(),
+            data_locations: IdMap::default(),
+            trees: IdMap::default(),
+            packs: Vec::new(),
+        };
         for file in repo.stream_files::<IndexFile>()? {
             let (_, file) = file?;
             // `packs_to_delete` (rustic's pending prunes) are not counted as present.

@@ -37,19 +37,23 @@ use rustic_core::jiff::Zoned;
 use rustic_core::repofile::{
     BlobType, ConfigFile, FileType, Metadata, Node, NodeType, SnapshotFile, SnapshotId, SnapshotSummary, Tree,
 };
-use rustic_core::{DataId, Id, OpenStatus, ReadSource as _, ReadSourceEntry, ReadSourceOpen as _, Repository, TreeId};
+use rustic_core::{
+    DataId, Id, OpenStatus, ReadSource as _, ReadSourceEntry, ReadSourceOpen as _, Repository, TreeId,
+};
 use rustic_core::{RusticError, WriteBackend};
 
-use crate::source::{WatchedOpen, WatchedSource, Warnings};
+use crate::source::{Warnings, WatchedOpen, WatchedSource};
 use chunker::{Chunker, SplitError};
 use format::{BlobKind, Hash, IndexJson, IndexPackJson, Key, PackedBlob, sha256};
 use index::{IdSet, Index, TreeReader};
 
-
 /// Why a backup failed.
 pub(crate) enum Failure {
     /// A repository operation failed; `doing` says which.
-    Rustic { doing: &'static str, err: Box<RusticError> },
+    Rustic {
+        doing: &'static str,
+        err: Box<RusticError>,
+    },
     /// A path asked for is not in the snapshot.
     NotFound(String),
     /// The request cannot be carried out as asked.
@@ -90,7 +94,7 @@ const PACKS_PER_INDEX: usize = 2000;
 /// and command already set) for `paths`.
 pub(crate) fn run(
     repo: &Repository<OpenStatus>,
-    be: Arc<dyn WriteBackend>,
+    be: &Arc<dyn WriteBackend>,
     packs: &PackUploader,
     source: &WatchedSource,
     mut snap: SnapshotFile,
@@ -101,10 +105,12 @@ pub(crate) fn run(
     let backup_start = Zoned::now();
     let config = repo.config().clone();
     let key = Key::from_master(&repo.key()).map_err(Failure::Other)?;
-    let compression = config.zstd().map_err(|err| Failure::Rustic { doing: "reading the repository config", err })?;
+    let compression =
+        config.zstd().map_err(|err| Failure::Rustic { doing: "reading the repository config", err })?;
     let chunker = Chunker::from_config(&config).map_err(Failure::Other)?;
     let index = Arc::new(
-        Index::load(repo, false).map_err(|err| Failure::Rustic { doing: "reading the repository index", err })?,
+        Index::load(repo, false)
+            .map_err(|err| Failure::Rustic { doing: "reading the repository index", err })?,
     );
 
     for path in paths {
@@ -124,7 +130,7 @@ pub(crate) fn run(
     });
 
     let shared = Shared {
-        index: index.clone(),
+        index,
         added_data: Mutex::new(IdSet::default()),
         aborted: AtomicBool::new(false),
         failure: Mutex::new(None),
@@ -147,8 +153,9 @@ pub(crate) fn run(
         let (result_tx, result_rx) = unbounded::<(u64, Vec<Option<Vec<DataId>>>)>();
         for _ in 0..workers {
             let (jobs, results, uploads) = (job_rx.clone(), result_tx.clone(), upload_tx.clone());
-            let mut packer = Packer::new(BlobKind::Data, &pack_settings, pack_target(&config, BlobType::Data))
-                .map_err(Failure::Other)?;
+            let mut packer =
+                Packer::new(BlobKind::Data, &pack_settings, pack_target(&config, BlobType::Data))
+                    .map_err(Failure::Other)?;
             let (mut chunker, shared) = (chunker.clone(), &shared);
             s.spawn(move || worker(&jobs, &results, &uploads, &mut packer, &mut chunker, shared));
         }
@@ -156,8 +163,9 @@ pub(crate) fn run(
 
         let (event_tx, event_rx) = bounded::<Event>(EVENTS_AHEAD);
         let assembler = {
-            let mut packer = Packer::new(BlobKind::Tree, &pack_settings, pack_target(&config, BlobType::Tree))
-                .map_err(Failure::Other)?;
+            let mut packer =
+                Packer::new(BlobKind::Tree, &pack_settings, pack_target(&config, BlobType::Tree))
+                    .map_err(Failure::Other)?;
             let uploads = upload_tx.clone();
             let (shared, root_parent) = (&shared, parent_root.as_ref().map(|(id, _)| *id));
             s.spawn(move || assemble(&event_rx, &result_rx, &mut packer, &uploads, shared, root_parent))
@@ -186,7 +194,12 @@ pub(crate) fn run(
     }
     let (root, mut summary) = tree_summary?;
 
-    write_index(&*be, &key, compression, shared.written.into_inner().unwrap_or_else(PoisonError::into_inner))?;
+    write_index(
+        &**be,
+        &key,
+        compression,
+        shared.written.into_inner().unwrap_or_else(PoisonError::into_inner),
+    )?;
 
     shared.stats.apply(&mut summary);
     summary.command = snap.summary.take().map(|s| s.command).unwrap_or_default();
@@ -211,7 +224,9 @@ pub(crate) fn run(
 /// The latest snapshot of the same host and paths (rustic's and restic's default parent).
 fn find_parent(repo: &Repository<OpenStatus>, snap: &SnapshotFile) -> Option<SnapshotFile> {
     let candidates = repo
-        .get_matching_snapshots(|s| s.hostname == snap.hostname && s.label == snap.label && s.paths == snap.paths)
+        .get_matching_snapshots(|s| {
+            s.hostname == snap.hostname && s.label == snap.label && s.paths == snap.paths
+        })
         .ok()?;
     candidates.into_iter().max_by_key(|s| s.time.timestamp())
 }
@@ -335,7 +350,8 @@ impl Packer {
         if let Some(c) = &mut self.compressor {
             self.compressed.clear();
             self.compressed.reserve(zstd::zstd_safe::compress_bound(plain.len()));
-            c.compress_to_buffer(plain, &mut self.compressed).map_err(|e| format!("compression failed: {e}"))?;
+            c.compress_to_buffer(plain, &mut self.compressed)
+                .map_err(|e| format!("compression failed: {e}"))?;
             if self.compressed.len() < plain.len() {
                 uncompressed_length = Some(len32(plain.len())?);
             }
@@ -370,7 +386,13 @@ impl Packer {
     /// same since 0.17): the stored bytes must decrypt and decompress to the blob's plaintext
     /// again, which catches memory faults and library bugs before they reach the repository.
     /// Compared byte for byte with the plaintext still in hand (cheaper than hashing again).
-    fn verify(&mut self, plain: &[u8], offset: usize, length: usize, ulen: Option<u32>) -> Result<(), String> {
+    fn verify(
+        &mut self,
+        plain: &[u8],
+        offset: usize,
+        length: usize,
+        ulen: Option<u32>,
+    ) -> Result<(), String> {
         let Some(decompressor) = &mut self.verifier else { return Ok(()) };
         self.key.decrypt_into(&self.buf[offset..offset + length], &mut self.decrypted)?;
         let stored = match ulen {
@@ -387,7 +409,8 @@ impl Packer {
         if stored[..] == *plain {
             Ok(())
         } else {
-            Err("a blob did not verify after encryption (memory or library fault); nothing was stored".to_owned())
+            Err("a blob did not verify after encryption (memory or library fault); nothing was stored"
+                .to_owned())
         }
     }
 
@@ -423,7 +446,7 @@ fn upload(packs: &Receiver<Pack>, uploader: &PackUploader, shared: &Shared) {
             continue;
         }
         let entry = IndexPackJson::new(pack.id, &pack.blobs);
-        match uploader.put(&hex::encode(pack.id), pack.bytes.into()) {
+        match uploader.put(&hex::encode(pack.id), &pack.bytes.into()) {
             Ok(()) => shared.written.lock().unwrap_or_else(PoisonError::into_inner).push(entry),
             Err(err) => shared.fail(Failure::Engine(err)),
         }
@@ -439,7 +462,8 @@ fn write_index(
 ) -> Result<(), Failure> {
     while !packs.is_empty() {
         let rest = packs.split_off(packs.len().min(PACKS_PER_INDEX));
-        let json = serde_json::to_vec(&IndexJson { packs }).map_err(|e| Failure::Other(format!("index: {e}")))?;
+        let json =
+            serde_json::to_vec(&IndexJson { packs }).map_err(|e| Failure::Other(format!("index: {e}")))?;
         let (bytes, id) = format::unpacked_file(key, &json, compression).map_err(Failure::Other)?;
         be.write_bytes(FileType::Index, &Id::new(id), true, bytes.into())
             .map_err(|err| Failure::Rustic { doing: "saving the index", err })?;
@@ -548,11 +572,22 @@ enum Change {
 
 enum Event {
     /// A directory starts; its parent snapshot's tree id, if it had one there.
-    Enter { node: Node, parent: Option<Id> },
+    Enter {
+        node: Node,
+        parent: Option<Id>,
+    },
     /// A node whose content is known.
-    Ready { node: Node, change: Change },
+    Ready {
+        node: Node,
+        change: Change,
+    },
     /// A file being read by a worker: result `idx` of batch `batch`.
-    Pending { node: Node, change: Change, batch: u64, idx: usize },
+    Pending {
+        node: Node,
+        change: Change,
+        batch: u64,
+        idx: usize,
+    },
     Leave,
 }
 
@@ -599,7 +634,11 @@ impl Walker<'_> {
             }
             // Walk errors are already warnings (source.rs).
             let Ok(ReadSourceEntry { path, node, open }) = entry else { continue };
-            let dir = if node.is_dir() { path.clone() } else { path.parent().map_or_else(PathBuf::new, Path::to_path_buf) };
+            let dir = if node.is_dir() {
+                path.clone()
+            } else {
+                path.parent().map_or_else(PathBuf::new, Path::to_path_buf)
+            };
             while self.stack.len() > 1 && !dir.starts_with(&self.top().path) {
                 self.stack.pop();
                 self.send(Event::Leave);
@@ -627,7 +666,7 @@ impl Walker<'_> {
                         Node::new_node(&name, NodeType::Dir, meta)
                     }
                 };
-                self.enter(name, node);
+                self.enter(&name, node);
             }
             if node.is_dir() {
                 continue;
@@ -640,19 +679,19 @@ impl Walker<'_> {
         self.stack.last().expect("the root frame is never popped")
     }
 
-    fn enter(&mut self, name: OsString, node: Node) {
-        let subtree = self.top().parent_node(&name).and_then(|p| p.subtree).map(|id| *id);
+    fn enter(&mut self, name: &OsStr, node: Node) {
+        let subtree = self.top().parent_node(name).and_then(|p| p.subtree).map(|id| *id);
         let parent_tree = subtree.and_then(|id| match self.trees.read(&id) {
             Ok(tree) => Some(tree),
             Err(why) => {
                 self.warnings.push(format!(
                     "{}: its tree in the parent snapshot cannot be read ({why}); its files are read again",
-                    self.top().path.join(&name).display()
+                    self.top().path.join(name).display()
                 ));
                 None
             }
         });
-        let path = self.top().path.join(&name);
+        let path = self.top().path.join(name);
         self.send(Event::Enter { node, parent: subtree });
         self.stack.push(Frame::new(path, parent_tree));
     }
@@ -739,7 +778,8 @@ fn assemble(
     shared: &Shared,
     root_parent: Option<Id>,
 ) -> Result<(Id, SnapshotSummary), Failure> {
-    let mut a = Assembler { summary: SnapshotSummary::default(), added: IdSet::default(), packer, uploads, shared };
+    let mut a =
+        Assembler { summary: SnapshotSummary::default(), added: IdSet::default(), packer, uploads, shared };
     let mut arrived: HashMap<u64, Vec<Option<Vec<DataId>>>> = HashMap::new();
     let mut stack: Vec<Open> = Vec::new();
     let mut root: Vec<Node> = Vec::new();
@@ -831,7 +871,8 @@ impl Assembler<'_> {
             nodes.sort_by(|a, b| a.name().cmp(&b.name()));
         }
         let tree = Tree { nodes };
-        let (bytes, _) = tree.serialize().map_err(|e| Failure::Other(format!("a tree cannot be serialised: {e}")))?;
+        let (bytes, _) =
+            tree.serialize().map_err(|e| Failure::Other(format!("a tree cannot be serialised: {e}")))?;
         let hash = sha256(&bytes);
         let id = Id::new(hash);
         let s = &mut self.summary;

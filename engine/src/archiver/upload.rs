@@ -46,7 +46,7 @@ impl PackUploader {
     }
 
     /// Stores pack `id` (64 hex digits), retrying temporary failures.
-    pub(crate) fn put(&self, id: &str, bytes: Bytes) -> Result<(), EngineError> {
+    pub(crate) fn put(&self, id: &str, bytes: &Bytes) -> Result<(), EngineError> {
         let url = self
             .base
             .join(&format!("data/{id}"))
