@@ -1,11 +1,12 @@
 //! Each backup runs in a child process (`cofre-agent backup-job`, the same binary): the agent
-//! that waits for its next run never holds rustic's indexes and buffers (it stays small when
+//! that waits for its next run never holds the engine's index and buffers (it stays small when
 //! idle, also right after a large job), a crash or an out-of-memory kill of the engine fails
 //! that job instead of the agent, and a job can be stopped by killing its process.
 //!
 //! The parent writes the job (secrets included) to the child's stdin — never to argv, the
 //! environment or disk — and reads one JSON result from its stdout; the child's logs go to
-//! stderr, which it shares with the agent.
+//! stderr, which it shares with the agent. The child starts with the engine's malloc settings
+//! (`cofre_engine::job_process_env`), which keep its peak memory down.
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;

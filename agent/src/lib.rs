@@ -1,5 +1,5 @@
 //! Cofre's agent: enrolls once, keeps its plan on disk, runs its schedule locally with
-//! rustic_core, spools results and delivers them whenever the controller is reachable.
+//! cofre-engine, spools results and delivers them whenever the controller is reachable.
 
 pub mod enroll;
 pub mod job_process;

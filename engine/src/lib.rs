@@ -1,26 +1,34 @@
-//! Cofre's backup engine: a thin, synchronous wrapper around rustic_core 0.13.
+//! Cofre's backup engine: restic-format backups and restores, on rustic_core 0.13's repository
+//! layer.
 //!
 //! The agent uses it for backups, the controller to initialise repositories. Every function
-//! blocks (rustic_core uses rayon and blocking reqwest): call it from `spawn_blocking` or a
-//! dedicated thread, never directly on an async runtime thread.
+//! blocks (threads and blocking reqwest inside): call it from `spawn_blocking` or a dedicated
+//! thread, never directly on an async runtime thread.
 //!
 //! Repositories live on a restic REST server (rustic_backend's REST backend, nothing else) and
 //! are written in restic repository format version 2 with compression, so the restic CLI (0.14
 //! and later) can read, check and restore them.
 //!
-//! Each call opens the repository at most once (opening costs about 0.45 s of key derivation).
-//! Before opening, a `HEAD config` probe with short timeouts checks the server (see `probe.rs`),
-//! so a dead server fails within about a second instead of rustic's default 31 s of retries, and
-//! refused credentials are not mistaken for a missing repository.
+//! rustic_core opens repositories (key, config), reads index and snapshot files through its
+//! cache, walks the source (wrapped in `source.rs`) and provides the repository types. Backups
+//! and restores are the engine's own (`archiver/`, `restorer.rs`): rustic_core 0.13's were several
+//! times slower on many small files and its restorer used 5× restic's memory (ARCHITECTURE.md,
+//! docs/benchmarks.md). Both write and read exactly what restic does; the engine's tests check
+//! every backup with `restic check --read-data` and restic's restore.
 //!
-//! Backup warnings (unreadable entries, files changed while being read) are collected by
-//! wrapping rustic's backup source, not by capturing the global `log` logger: the engine installs
-//! no logger and composes with the caller's `log` bridge (rustic's own log lines still flow
-//! there). rustic's local cache goes to its default directory unless [`set_cache_dir`] says
-//! otherwise.
+//! Each call opens the repository at most once. Before opening, a `HEAD config` probe with short
+//! timeouts checks the server (see `probe.rs`), so a dead server fails within about a second
+//! instead of rustic's default 31 s of retries, and refused credentials are not mistaken for a
+//! missing repository.
+//!
+//! Backup warnings (unreadable entries, files changed while being read) are collected by the
+//! source wrapper, not by capturing the global `log` logger: the engine installs no logger and
+//! composes with the caller's `log` bridge. rustic's local cache goes to its default directory
+//! unless [`set_cache_dir`] says otherwise.
 //!
 //! Modules: `target` (URL rules, backend options), `probe`, `repo` (open/init), `backup` with
-//! `source` (warnings), `restore`, `error` (error mapping, redaction).
+//! `source` (warnings) and `archiver` (pipeline, restic format, pack uploads), `restore` with
+//! `restorer`, `error` (error mapping, redaction).
 
 mod archiver;
 mod backup;

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use rustic_core::jiff::Timestamp;
 use rustic_core::repofile::{FileType, Metadata, Node, NodeType};
 use rustic_core::{Id, OpenStatus, Repository, WriteBackend};
 
@@ -124,7 +125,13 @@ pub(crate) fn run(
         }
     }
     for (path, node) in links.iter() {
-        set_metadata(path, &node.meta, Kind::of(node), is_root, &mut outcome.warnings);
+        set_metadata(
+            path,
+            &FileMeta::from(node.meta.clone()),
+            Kind::of(node),
+            is_root,
+            &mut outcome.warnings,
+        );
     }
     for (path, meta) in dirs.iter().rev() {
         set_metadata(path, meta, Kind::Dir, is_root, &mut outcome.warnings);
@@ -188,8 +195,8 @@ struct Target {
 }
 
 struct PlannedFile {
-    path: PathBuf,
-    meta: Metadata,
+    path: Box<Path>,
+    meta: FileMeta,
     /// Blobs still to write; whoever writes the last one sets the metadata.
     remaining: AtomicU32,
     /// More than one blob: the file was created (at its size) while planning.
@@ -200,7 +207,7 @@ struct Plan<'a> {
     index: &'a Index,
     files: Vec<PlannedFile>,
     by_pack: HashMap<u32, Vec<Target>>,
-    dirs: Vec<(PathBuf, Metadata)>,
+    dirs: Vec<(PathBuf, FileMeta)>,
     links: Vec<(PathBuf, Node)>,
     hardlinks: Vec<(PathBuf, PathBuf)>,
     /// First path restored for each (device, inode) of a hard-linked file.
@@ -238,7 +245,7 @@ impl Plan<'_> {
                 if let Some(subtree) = node.subtree {
                     pending.push((*subtree, path.clone()));
                 }
-                self.dirs.push((path, node.meta));
+                self.dirs.push((path, node.meta.into()));
             }
             NodeType::File => self.file(node, path),
             NodeType::Symlink { .. } => {
@@ -328,7 +335,7 @@ impl Plan<'_> {
             };
             if targets.is_empty() {
                 self.outcome.files += 1;
-                set_file_metadata(&file, &path, &node.meta, self.is_root, &mut self.outcome.warnings);
+                set_file_metadata(&file, &path, &node.meta.into(), self.is_root, &mut self.outcome.warnings);
                 return;
             }
         }
@@ -336,7 +343,12 @@ impl Plan<'_> {
             self.by_pack.entry(loc.pack).or_default().push(target(loc, file_no, *file_offset));
         }
         let remaining = AtomicU32::new(u32::try_from(targets.len()).unwrap_or(u32::MAX));
-        self.files.push(PlannedFile { path, meta: node.meta, remaining, multi });
+        self.files.push(PlannedFile {
+            path: path.into_boxed_path(),
+            meta: node.meta.into(),
+            remaining,
+            multi,
+        });
     }
 }
 
@@ -510,6 +522,35 @@ impl Scratch {
     }
 }
 
+/// What the restorer keeps of a node's metadata until it sets it (a restore of a million files
+/// holds a million of these).
+struct FileMeta {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    atime: Option<Timestamp>,
+    mtime: Option<Timestamp>,
+    /// Extended attributes: name and value.
+    xattrs: Box<[(String, Vec<u8>)]>,
+}
+
+impl From<Metadata> for FileMeta {
+    fn from(m: Metadata) -> Self {
+        Self {
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            atime: m.atime,
+            mtime: m.mtime,
+            xattrs: m
+                .extended_attributes
+                .into_iter()
+                .map(|a| (a.name, a.value.unwrap_or_default()))
+                .collect(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     File,
@@ -545,7 +586,7 @@ fn unix_permissions(go_mode: u32) -> u32 {
 }
 
 /// [`set_metadata`] for a regular file through its open handle: no path look-ups.
-fn set_file_metadata(file: &File, path: &Path, meta: &Metadata, is_root: bool, warnings: &mut Vec<String>) {
+fn set_file_metadata(file: &File, path: &Path, meta: &FileMeta, is_root: bool, warnings: &mut Vec<String>) {
     let mut warn =
         |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
     if is_root && let Err(e) = std::os::unix::fs::fchown(file, meta.uid, meta.gid) {
@@ -556,9 +597,9 @@ fn set_file_metadata(file: &File, path: &Path, meta: &Metadata, is_root: bool, w
     {
         warn("cannot set the permissions", &e);
     }
-    for attr in &meta.extended_attributes {
-        if let Err(e) = xattr::set(path, &attr.name, attr.value.as_deref().unwrap_or_default()) {
-            warn(&format!("cannot set the extended attribute {}", attr.name), &e);
+    for (name, value) in &meta.xattrs {
+        if let Err(e) = xattr::set(path, name, value) {
+            warn(&format!("cannot set the extended attribute {name}"), &e);
         }
     }
     if let Some(mtime) = meta.mtime {
@@ -580,7 +621,7 @@ fn system_time(t: rustic_core::jiff::Timestamp) -> std::time::SystemTime {
     if ns >= 0 { std::time::UNIX_EPOCH + span } else { std::time::UNIX_EPOCH - span }
 }
 
-fn set_metadata(path: &Path, meta: &Metadata, kind: Kind, is_root: bool, warnings: &mut Vec<String>) {
+fn set_metadata(path: &Path, meta: &FileMeta, kind: Kind, is_root: bool, warnings: &mut Vec<String>) {
     let mut warn =
         |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
     if is_root && let Err(e) = std::os::unix::fs::lchown(path, meta.uid, meta.gid) {
@@ -592,9 +633,9 @@ fn set_metadata(path: &Path, meta: &Metadata, kind: Kind, is_root: bool, warning
         {
             warn("cannot set the permissions", &e);
         }
-        for attr in &meta.extended_attributes {
-            if let Err(e) = xattr::set(path, &attr.name, attr.value.as_deref().unwrap_or_default()) {
-                warn(&format!("cannot set the extended attribute {}", attr.name), &e);
+        for (name, value) in &meta.xattrs {
+            if let Err(e) = xattr::set(path, name, value) {
+                warn(&format!("cannot set the extended attribute {name}"), &e);
             }
         }
     }

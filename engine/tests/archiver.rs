@@ -120,3 +120,41 @@ fn restic_reads_every_byte_the_archiver_wrote_and_changes_are_detected() {
     assert!(second.bytes_added < 6 << 20, "{second:?}");
     check_and_restore(&server, "repo-a", &second, &src);
 }
+
+#[test]
+fn a_missing_pack_makes_the_restore_fail_and_say_which_files() {
+    let server = RestServer::start(&["repo-m"]);
+    let t = server.target("repo-m");
+    let id = init_repository(&t).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().canonicalize().unwrap();
+    // Two large random files: at least two data packs.
+    std::fs::write(src.join("one.bin"), bytes(20 << 20, 1, false)).unwrap();
+    std::fs::write(src.join("two.bin"), bytes(20 << 20, 2, false)).unwrap();
+    let report = backup(&t, &request(&id, &[&src])).unwrap();
+
+    // Remove one data pack behind the repository's back.
+    let data = server.dir.path().join("data/repo-m/data");
+    // Data packs are the large ones (the tree pack is a few hundred bytes).
+    let packs: Vec<_> = walk(&data).into_iter().filter(|p| p.metadata().unwrap().len() > 1 << 20).collect();
+    assert!(packs.len() >= 2, "{packs:?}");
+    std::fs::remove_file(&packs[0]).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let err = restore(&t, &report.snapshot_id, Some(src.to_str().unwrap()), out.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("the restore is incomplete") && text.contains(".bin"), "{text}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -12,8 +12,10 @@
 //! * **workers** (one per core) read, chunk (the chunker is built once), hash, deduplicate and
 //!   compress (one zstd context each) and pack into their **own** pack: no hand-off per blob;
 //! * the **assembler** builds the trees in order as results come back, packs tree blobs;
-//! * **uploaders** (two) send finished packs; the index files, then the snapshot, are written
-//!   only after every pack was stored, so a failed or interrupted backup leaves no snapshot.
+//! * **uploaders** (two) send finished packs and write an index file for every 50,000 blobs
+//!   stored (so memory stays bounded, and an interrupted backup's packs are indexed and reused
+//!   by the next one); the last index file, then the snapshot, are written only after every
+//!   pack was stored, so a failed or interrupted backup leaves no snapshot.
 //!
 //! What it writes is the restic format (see `format.rs`); the engine's tests read it back with
 //! restic and rustic.
@@ -87,8 +89,9 @@ const EVENTS_AHEAD: usize = 4096;
 const UPLOADERS: usize = 2;
 /// Scratch buffers larger than this are freed after use.
 const SCRATCH_KEPT: usize = 4 << 20;
-/// Packs per index file.
-const PACKS_PER_INDEX: usize = 2000;
+/// An index file is written once this many blobs are stored (restic's limit per index file):
+/// bounds the memory of the pending index and of reading it back.
+const BLOBS_PER_INDEX: usize = 50_000;
 
 /// Backs up `source` into the open repository and saves the snapshot `snap` (its host, tags
 /// and command already set) for `paths`.
@@ -134,7 +137,8 @@ pub(crate) fn run(
         added_data: Mutex::new(IdSet::default()),
         aborted: AtomicBool::new(false),
         failure: Mutex::new(None),
-        written: Mutex::new(Vec::new()),
+        written: Mutex::new(PendingIndex::default()),
+        index_files: IndexFiles { be: &**be, key: &key, compression },
         stats: Stats::default(),
     };
     let pack_settings = PackSettings { key: key.clone(), compression, verify: config.extra_verify() };
@@ -194,12 +198,8 @@ pub(crate) fn run(
     }
     let (root, mut summary) = tree_summary?;
 
-    write_index(
-        &**be,
-        &key,
-        compression,
-        shared.written.into_inner().unwrap_or_else(PoisonError::into_inner),
-    )?;
+    let rest = shared.written.into_inner().unwrap_or_else(PoisonError::into_inner);
+    shared.index_files.write(rest.packs)?;
 
     shared.stats.apply(&mut summary);
     summary.command = snap.summary.take().map(|s| s.command).unwrap_or_default();
@@ -261,18 +261,19 @@ impl Stats {
 }
 
 /// What all threads share.
-struct Shared {
+struct Shared<'a> {
     index: Arc<Index>,
     /// Data blobs packed by this backup (not in the index yet).
     added_data: Mutex<IdSet>,
     aborted: AtomicBool,
     failure: Mutex<Option<Failure>>,
     /// The index entries of every pack stored.
-    written: Mutex<Vec<IndexPackJson>>,
+    written: Mutex<PendingIndex>,
+    index_files: IndexFiles<'a>,
     stats: Stats,
 }
 
-impl Shared {
+impl Shared<'_> {
     /// True if the data blob `id` is new and this caller is the one to store it.
     fn claim(&self, id: &Id) -> bool {
         !self.index.has_data(id) && self.added_data.lock().unwrap_or_else(PoisonError::into_inner).insert(*id)
@@ -439,37 +440,59 @@ fn len32(n: usize) -> Result<u32, String> {
     u32::try_from(n).map_err(|_| "a blob or pack exceeds 4 GiB".to_owned())
 }
 
-/// An uploader: stores packs until the channel closes.
+/// Stored packs not yet in an index file.
+#[derive(Default)]
+struct PendingIndex {
+    packs: Vec<IndexPackJson>,
+    blobs: usize,
+}
+
+/// An uploader: stores packs until the channel closes; writes an index file whenever enough
+/// blobs are pending.
 fn upload(packs: &Receiver<Pack>, uploader: &PackUploader, shared: &Shared) {
     for pack in packs {
         if shared.aborted() {
             continue;
         }
         let entry = IndexPackJson::new(pack.id, &pack.blobs);
-        match uploader.put(&hex::encode(pack.id), &pack.bytes.into()) {
-            Ok(()) => shared.written.lock().unwrap_or_else(PoisonError::into_inner).push(entry),
-            Err(err) => shared.fail(Failure::Engine(err)),
+        if let Err(err) = uploader.put(&hex::encode(pack.id), &pack.bytes.into()) {
+            shared.fail(Failure::Engine(err));
+            continue;
+        }
+        let full = {
+            let mut pending = shared.written.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.blobs += pack.blobs.len();
+            pending.packs.push(entry);
+            (pending.blobs >= BLOBS_PER_INDEX).then(|| std::mem::take(&mut *pending))
+        };
+        if let Some(full) = full
+            && let Err(failure) = shared.index_files.write(full.packs)
+        {
+            shared.fail(failure);
         }
     }
 }
 
-/// Writes the index files for the packs stored.
-fn write_index(
-    be: &dyn WriteBackend,
-    key: &Key,
+/// Writes index files.
+struct IndexFiles<'a> {
+    be: &'a dyn WriteBackend,
+    key: &'a Key,
     compression: Option<i32>,
-    mut packs: Vec<IndexPackJson>,
-) -> Result<(), Failure> {
-    while !packs.is_empty() {
-        let rest = packs.split_off(packs.len().min(PACKS_PER_INDEX));
+}
+
+impl IndexFiles<'_> {
+    /// One index file for `packs` (nothing if there are none).
+    fn write(&self, packs: Vec<IndexPackJson>) -> Result<(), Failure> {
+        if packs.is_empty() {
+            return Ok(());
+        }
         let json =
             serde_json::to_vec(&IndexJson { packs }).map_err(|e| Failure::Other(format!("index: {e}")))?;
-        let (bytes, id) = format::unpacked_file(key, &json, compression).map_err(Failure::Other)?;
-        be.write_bytes(FileType::Index, &Id::new(id), true, bytes.into())
-            .map_err(|err| Failure::Rustic { doing: "saving the index", err })?;
-        packs = rest;
+        let (bytes, id) = format::unpacked_file(self.key, &json, self.compression).map_err(Failure::Other)?;
+        self.be
+            .write_bytes(FileType::Index, &Id::new(id), true, bytes.into())
+            .map_err(|err| Failure::Rustic { doing: "saving the index", err })
     }
-    Ok(())
 }
 
 /// New and changed files for one worker.
@@ -623,7 +646,7 @@ struct Walker<'a> {
     events: Sender<Event>,
     trees: &'a TreeReader,
     warnings: &'a Warnings,
-    shared: &'a Shared,
+    shared: &'a Shared<'a>,
 }
 
 impl Walker<'_> {
@@ -840,7 +863,7 @@ struct Assembler<'a> {
     added: IdSet,
     packer: &'a mut Packer,
     uploads: &'a Sender<Pack>,
-    shared: &'a Shared,
+    shared: &'a Shared<'a>,
 }
 
 impl Assembler<'_> {
@@ -894,5 +917,65 @@ impl Assembler<'_> {
             }
         }
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packer(verify: bool) -> Packer {
+        let settings = PackSettings {
+            key: Key::from_master(&rustic_core::repofile::MasterKey::new()).unwrap(),
+            compression: Some(3),
+            verify,
+        };
+        Packer::new(BlobKind::Data, &settings, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn verification_catches_damage_between_encryption_and_upload() {
+        let blob = b"log line that compresses well\n".repeat(100);
+        let mut p = packer(true);
+        let (stored, full) = p.add(sha256(&blob), &blob).unwrap();
+        assert!(full.is_none() && (stored as usize) < blob.len(), "compressed: {stored}");
+        // The same check on a damaged copy of what was just encrypted fails.
+        let length = p.buf.len();
+        p.buf[length / 2] ^= 0x10;
+        assert!(p.verify(&blob, 0, length, p.blobs[0].uncompressed_length).is_err());
+        // Without verification the packer trusts its libraries.
+        assert!(packer(false).verify(&blob, 0, 0, None).is_ok());
+    }
+
+    #[test]
+    fn packs_close_at_their_target_size_with_a_header() {
+        let mut p = packer(true);
+        let mut packs = Vec::new();
+        for i in 0u32..40 {
+            // Random-looking blobs of 64 KiB: stored as they are (zstd cannot shrink them).
+            let mut x = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let blob: Vec<u8> = (0..65_536)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            if let (_, Some(pack)) = p.add(sha256(&blob), &blob).unwrap() {
+                packs.push(pack);
+            }
+        }
+        packs.extend(p.finish().unwrap());
+        assert!(packs.len() >= 2, "{} packs", packs.len());
+        for pack in &packs {
+            assert_eq!(pack.id, sha256(&pack.bytes), "a pack is named by its hash");
+            let n = pack.bytes.len();
+            let header_len = u32::from_le_bytes(pack.bytes[n - 4..].try_into().unwrap()) as usize;
+            let header = p.key.decrypt(&pack.bytes[n - 4 - header_len..n - 4]).unwrap();
+            assert_eq!(header, format::pack_header(&pack.blobs));
+            let last = pack.blobs.last().unwrap();
+            assert_eq!((last.offset + last.length) as usize, n - 4 - header_len, "blobs, then the header");
+        }
     }
 }
