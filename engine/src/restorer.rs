@@ -4,7 +4,8 @@
 //! (1.0–1.5 GB peak for the benchmark's 1 GB restore, 5× restic's). This one:
 //!
 //! 1. walks the trees once (parent-first), creating directories, empty files, links and
-//!    special files, and plans every file's blobs **grouped by pack**;
+//!    special files, and plans every file's blobs **grouped by pack**, in rounds of up to
+//!    100,000 files so that memory stays bounded on large trees;
 //! 2. lets a few workers (two per core) take one pack at a time: read the needed ranges,
 //!    decrypt (the MAC authenticates each blob), decompress with a reused context, and write
 //!    each blob at its place. A single-blob file (most small files) is created and written in
@@ -35,6 +36,10 @@ use crate::archiver::Failure;
 use crate::archiver::format::Key;
 use crate::archiver::index::{Index, Location, TreeReader};
 
+/// Files planned before their content is written: bounds the plan's memory on large trees (a
+/// pack holding files of two rounds is read in both). Debug builds (the tests) use rounds of
+/// 100 files, so the engine's restore tests go through several rounds.
+const PLAN_FILES: usize = if cfg!(debug_assertions) { 100 } else { 100_000 };
 /// Ranges of a pack closer than this are read in one request.
 const READ_GAP: u32 = 256 << 10;
 /// At most this many bytes per read request.
@@ -72,6 +77,8 @@ pub(crate) fn run(
 
     let mut plan = Plan {
         index: &index,
+        be: &**be,
+        key: &key,
         files: Vec::new(),
         by_pack: HashMap::new(),
         dirs: Vec::new(),
@@ -91,33 +98,10 @@ pub(crate) fn run(
             }
         }
     }
+    plan.write_content();
+    // Files whose content failed stay incomplete; the errors say so.
 
-    let Plan { files, by_pack, dirs, links, hardlinks, is_root, mut outcome, .. } = plan;
-    let mut packs: Vec<(u32, Vec<Target>)> = by_pack.into_iter().collect();
-    packs.sort_unstable_by_key(|(pack, _)| *pack);
-    let content = Content {
-        be: &**be,
-        key: &key,
-        index: &index,
-        files: &files,
-        packs: &packs,
-        next: AtomicUsize::new(0),
-        is_root,
-        outcome: Mutex::new(Outcome::default()),
-    };
-    let workers = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 4) * 2;
-    std::thread::scope(|s| {
-        for _ in 0..workers.min(packs.len()) {
-            s.spawn(|| content.work());
-        }
-    });
-    let done = content.outcome.into_inner().unwrap_or_else(PoisonError::into_inner);
-    outcome.files += done.files;
-    outcome.bytes += done.bytes;
-    outcome.errors.extend(done.errors);
-    outcome.warnings.extend(done.warnings);
-    // Files whose content failed stay incomplete; the error says so.
-
+    let Plan { dirs, links, hardlinks, is_root, mut outcome, .. } = plan;
     for (link, first) in hardlinks {
         let _ = fs::remove_file(&link);
         if let Err(e) = fs::hard_link(&first, &link) {
@@ -205,6 +189,8 @@ struct PlannedFile {
 
 struct Plan<'a> {
     index: &'a Index,
+    be: &'a dyn WriteBackend,
+    key: &'a Key,
     files: Vec<PlannedFile>,
     by_pack: HashMap<u32, Vec<Target>>,
     dirs: Vec<(PathBuf, FileMeta)>,
@@ -228,8 +214,39 @@ impl Plan<'_> {
             for node in tree.nodes {
                 self.node(node, &dir, &mut pending)?;
             }
+            if self.files.len() >= PLAN_FILES {
+                self.write_content();
+            }
         }
         Ok(())
+    }
+
+    /// The content phase for the files planned so far: workers take their packs in turn.
+    fn write_content(&mut self) {
+        let files = std::mem::take(&mut self.files);
+        let mut packs: Vec<(u32, Vec<Target>)> = std::mem::take(&mut self.by_pack).into_iter().collect();
+        packs.sort_unstable_by_key(|(pack, _)| *pack);
+        let content = Content {
+            be: self.be,
+            key: self.key,
+            index: self.index,
+            files: &files,
+            packs: &packs,
+            next: AtomicUsize::new(0),
+            is_root: self.is_root,
+            outcome: Mutex::new(Outcome::default()),
+        };
+        let workers = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 4) * 2;
+        std::thread::scope(|s| {
+            for _ in 0..workers.min(packs.len()) {
+                s.spawn(|| content.work());
+            }
+        });
+        let done = content.outcome.into_inner().unwrap_or_else(PoisonError::into_inner);
+        self.outcome.files += done.files;
+        self.outcome.bytes += done.bytes;
+        self.outcome.errors.extend(done.errors);
+        self.outcome.warnings.extend(done.warnings);
     }
 
     fn node(&mut self, node: Node, dir: &Path, pending: &mut Vec<(Id, PathBuf)>) -> Result<(), Failure> {
