@@ -604,27 +604,78 @@ fn unix_permissions(go_mode: u32) -> u32 {
 
 /// [`set_metadata`] for a regular file through its open handle: no path look-ups.
 fn set_file_metadata(file: &File, path: &Path, meta: &FileMeta, is_root: bool, warnings: &mut Vec<String>) {
+    apply_metadata(Via::Handle(file), path, meta, is_root, warnings);
+}
+
+/// Sets the metadata of the entry at `path` (a symlink's own, not its target's).
+fn set_metadata(path: &Path, meta: &FileMeta, kind: Kind, is_root: bool, warnings: &mut Vec<String>) {
+    let via = if kind == Kind::Symlink { Via::Symlink } else { Via::Path };
+    apply_metadata(via, path, meta, is_root, warnings);
+}
+
+/// How metadata reaches an entry.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// Through an open file (no path look-ups).
+    Handle(&'a File),
+    /// By path.
+    Path,
+    /// By path, not following the link: owner and times only.
+    Symlink,
+}
+
+/// Owner (as root), permissions and extended attributes (not for symlinks), then times: the
+/// order restic uses (`chown` clears setuid bits; setting anything else changes times).
+fn apply_metadata(via: Via<'_>, path: &Path, meta: &FileMeta, is_root: bool, warnings: &mut Vec<String>) {
     let mut warn =
         |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
-    if is_root && let Err(e) = std::os::unix::fs::fchown(file, meta.uid, meta.gid) {
-        warn("cannot set the owner", &e);
-    }
-    if let Some(mode) = meta.mode
-        && let Err(e) = file.set_permissions(fs::Permissions::from_mode(unix_permissions(mode)))
-    {
-        warn("cannot set the permissions", &e);
-    }
-    for (name, value) in &meta.xattrs {
-        if let Err(e) = xattr::set(path, name, value) {
-            warn(&format!("cannot set the extended attribute {name}"), &e);
+    if is_root {
+        let owned = match via {
+            Via::Handle(file) => std::os::unix::fs::fchown(file, meta.uid, meta.gid),
+            Via::Path | Via::Symlink => std::os::unix::fs::lchown(path, meta.uid, meta.gid),
+        };
+        if let Err(e) = owned {
+            warn("cannot set the owner", &e);
         }
     }
-    if let Some(mtime) = meta.mtime {
-        let atime = meta.atime.unwrap_or(mtime);
-        let times = fs::FileTimes::new().set_accessed(system_time(atime)).set_modified(system_time(mtime));
-        if let Err(e) = file.set_times(times) {
-            warn("cannot set the times", &e);
+    if !matches!(via, Via::Symlink) {
+        if let Some(mode) = meta.mode {
+            let perms = fs::Permissions::from_mode(unix_permissions(mode));
+            let set = match via {
+                Via::Handle(file) => file.set_permissions(perms),
+                _ => fs::set_permissions(path, perms),
+            };
+            if let Err(e) = set {
+                warn("cannot set the permissions", &e);
+            }
         }
+        for (name, value) in &meta.xattrs {
+            if let Err(e) = xattr::set(path, name, value) {
+                warn(&format!("cannot set the extended attribute {name}"), &e);
+            }
+        }
+    }
+    let Some(mtime) = meta.mtime else { return };
+    let atime = meta.atime.unwrap_or(mtime);
+    let set = match via {
+        Via::Handle(file) => file.set_times(
+            fs::FileTimes::new().set_accessed(system_time(atime)).set_modified(system_time(mtime)),
+        ),
+        Via::Path | Via::Symlink => {
+            let spec =
+                |t: Timestamp| nix::sys::time::TimeSpec::new(t.as_second(), i64::from(t.subsec_nanosecond()));
+            nix::sys::stat::utimensat(
+                None,
+                path,
+                &spec(atime),
+                &spec(mtime),
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(io::Error::from)
+        }
+    };
+    if let Err(e) = set {
+        warn("cannot set the times", &e);
     }
 }
 
@@ -636,41 +687,6 @@ fn system_time(t: rustic_core::jiff::Timestamp) -> std::time::SystemTime {
         u32::try_from(abs % 1_000_000_000).unwrap_or(0),
     );
     if ns >= 0 { std::time::UNIX_EPOCH + span } else { std::time::UNIX_EPOCH - span }
-}
-
-fn set_metadata(path: &Path, meta: &FileMeta, kind: Kind, is_root: bool, warnings: &mut Vec<String>) {
-    let mut warn =
-        |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
-    if is_root && let Err(e) = std::os::unix::fs::lchown(path, meta.uid, meta.gid) {
-        warn("cannot set the owner", &e);
-    }
-    if kind != Kind::Symlink {
-        if let Some(mode) = meta.mode
-            && let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(unix_permissions(mode)))
-        {
-            warn("cannot set the permissions", &e);
-        }
-        for (name, value) in &meta.xattrs {
-            if let Err(e) = xattr::set(path, name, value) {
-                warn(&format!("cannot set the extended attribute {name}"), &e);
-            }
-        }
-    }
-    if let Some(mtime) = meta.mtime {
-        let atime = meta.atime.unwrap_or(mtime);
-        let spec = |t: rustic_core::jiff::Timestamp| {
-            nix::sys::time::TimeSpec::new(t.as_second(), i64::from(t.subsec_nanosecond()))
-        };
-        if let Err(e) = nix::sys::stat::utimensat(
-            None,
-            path,
-            &spec(atime),
-            &spec(mtime),
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        ) {
-            warn("cannot set the times", &e);
-        }
-    }
 }
 
 #[cfg(test)]

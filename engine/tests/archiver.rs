@@ -9,29 +9,23 @@ use std::path::Path;
 
 use cofre_engine::{BackupReport, backup, init_repository, restore};
 use common::tree::{assert_same_tree, assert_same_tree_restic_014};
-use common::{RestServer, request};
+use common::{RestServer, pseudo_random, request};
 
 /// Deterministic bytes: random-looking, or log-like text that compresses well.
 fn bytes(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    if compressible {
-        let mut out = Vec::with_capacity(len + 64);
-        while out.len() < len {
-            out.extend_from_slice(
-                format!("2026-11-27 10:{:02} INFO request {} ok\n", next() % 60, next() % 1000).as_bytes(),
-            );
-        }
-        out.truncate(len);
-        out
-    } else {
-        (0..len).map(|_| next() as u8).collect()
+    if !compressible {
+        return pseudo_random(len, seed);
     }
+    let mut n = seed;
+    let mut out = Vec::with_capacity(len + 64);
+    while out.len() < len {
+        n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        out.extend_from_slice(
+            format!("2026-11-27 10:{:02} INFO request {} ok\n", (n >> 33) % 60, (n >> 40) % 1000).as_bytes(),
+        );
+    }
+    out.truncate(len);
+    out
 }
 
 fn build(root: &Path) -> usize {

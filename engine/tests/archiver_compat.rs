@@ -6,7 +6,7 @@
 mod common;
 
 use cofre_engine::{Archiver, backup_with, init_repository};
-use common::{RestServer, request};
+use common::{RestServer, pseudo_random, request};
 
 #[test]
 fn rustic_and_engine_archivers_store_the_same_blobs_and_trees() {
@@ -16,15 +16,7 @@ fn rustic_and_engine_archivers_store_the_same_blobs_and_trees() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().canonicalize().unwrap();
     // 12 MiB of random bytes: about a dozen content-defined chunks; and small files.
-    let mut x: u64 = 0x1234_5678_9abc_def1;
-    let big: Vec<u8> = (0..12 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = pseudo_random(12 << 20, 0x1234_5678);
     std::fs::write(src.join("big.bin"), &big).unwrap();
     for i in 0..30 {
         std::fs::write(src.join(format!("small-{i}")), format!("small file {i}\n").repeat(i + 1)).unwrap();

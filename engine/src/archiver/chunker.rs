@@ -136,21 +136,10 @@ impl<E> From<io::Error> for SplitError<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archiver::pseudo_random;
 
     fn config() -> ConfigFile {
         ConfigFile::new(2, rustic_core::Id::random().into(), 0x3DA3358B4DC173)
-    }
-
-    fn data(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     fn chunks(chunker: &mut Chunker, input: &[u8]) -> Vec<Vec<u8>> {
@@ -168,7 +157,7 @@ mod tests {
     #[test]
     fn chunks_are_bounded_cover_the_input_and_resynchronise() {
         let mut chunker = Chunker::from_config(&config()).unwrap();
-        let input = data(20 << 20, 42);
+        let input = pseudo_random(20 << 20, 42);
         let got = chunks(&mut chunker, &input);
         assert_eq!(got.concat(), input);
         assert!(got.len() > 5, "a 20 MiB random input has content-defined cuts ({} chunks)", got.len());
@@ -176,7 +165,7 @@ mod tests {
             assert!(c.len() >= 512 << 10 && c.len() <= 8 << 20, "chunk of {} bytes", c.len());
         }
         // Content-defined: a prefix inserted at the start changes only the first chunks.
-        let mut shifted = data(1000, 7);
+        let mut shifted = pseudo_random(1000, 7);
         shifted.extend_from_slice(&input);
         let again = chunks(&mut chunker, &shifted);
         let common = got.iter().filter(|c| again.contains(c)).count();

@@ -920,6 +920,20 @@ impl Assembler<'_> {
     }
 }
 
+/// Deterministic random-looking bytes (xorshift64) for the engine's unit tests.
+#[cfg(test)]
+pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -953,15 +967,7 @@ mod tests {
         let mut packs = Vec::new();
         for i in 0u32..40 {
             // Random-looking blobs of 64 KiB: stored as they are (zstd cannot shrink them).
-            let mut x = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            let blob: Vec<u8> = (0..65_536)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let blob = pseudo_random(65_536, u64::from(i));
             if let (_, Some(pack)) = p.add(sha256(&blob), &blob).unwrap() {
                 packs.push(pack);
             }

@@ -225,3 +225,16 @@ pub fn request(expected_id: &str, paths: &[&Path]) -> cofre_engine::BackupReques
         tags: vec!["cofre-test".to_owned()],
     }
 }
+
+/// Deterministic random-looking bytes (xorshift64): incompressible test content.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
