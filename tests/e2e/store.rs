@@ -371,8 +371,9 @@ async fn a_store_killed_mid_upload_keeps_only_whole_objects_and_quotas_stop_uplo
     // A machine quota below what new data needs: the upload is refused, nothing partial stays.
     let before = walk_count(&data);
     let quota = dir_size(&repo_dir) + 200_000;
-    f.admin.set_machine_quota(p.machine, Some(quota)).await?;
+    // Read before the change: the controller may push the new list before a read after it.
     let version_before = f.admin.get_store(f.store_id).await?.access_list_version;
+    f.admin.set_machine_quota(p.machine, Some(quota)).await?;
     wait_until_async("the store gets the quota", Duration::from_secs(30), Duration::from_millis(100), || {
         let admin = f.admin.clone();
         let id = f.store_id;

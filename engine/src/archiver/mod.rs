@@ -172,7 +172,14 @@ pub(crate) fn run(
                     .map_err(Failure::Other)?;
             let uploads = upload_tx.clone();
             let (shared, root_parent) = (&shared, parent_root.as_ref().map(|(id, _)| *id));
-            s.spawn(move || assemble(&event_rx, &result_rx, &mut packer, &uploads, shared, root_parent))
+            s.spawn(move || {
+                let result = assemble(&event_rx, &result_rx, &mut packer, &uploads, shared, root_parent);
+                if result.is_err() {
+                    // Stop the walk and the workers: nothing more can make it into a snapshot.
+                    shared.aborted.store(true, Ordering::SeqCst);
+                }
+                result
+            })
         };
         drop(upload_tx);
 
