@@ -217,6 +217,8 @@ pub(crate) fn run(
         - snap.time.timestamp().as_millisecond()) as f64
         / 1000.0;
     snap.summary = Some(summary);
+    // What wrote it (rustic_core's default names rustic); newer restic versions show it.
+    snap.program_version = concat!("cofre-engine ", env!("CARGO_PKG_VERSION")).to_owned();
     snap.tree = TreeId::from(root);
     snap.parent = parent.map(|p| p.id);
     let json = serde_json::to_vec(&snap).map_err(|e| Failure::Other(format!("snapshot: {e}")))?;
