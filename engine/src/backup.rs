@@ -61,7 +61,7 @@ pub(crate) fn backup(
         let indexed = repo.to_indexed_ids().map_err(|err| error(&err, "reading the repository index"))?;
         indexed.archive(&opts, &source, snapshot, &paths).map_err(|err| error(&err, "backing up"))?
     } else {
-        let packs = crate::archiver::PackUploader::new(target, &prepared.url)?;
+        let packs = crate::archiver::PackUploader::new(target, &prepared)?;
         crate::archiver::run(
             &repo,
             &prepared.backends.repository(),

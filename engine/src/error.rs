@@ -99,7 +99,7 @@ impl EngineError {
 }
 
 /// Removes secrets from texts that end up in error messages and warnings.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Redactor {
     secrets: Vec<String>,
 }

@@ -108,14 +108,8 @@ pub(crate) fn run(
             outcome.errors.push(format!("{}: cannot link to {}: {e}", link.display(), first.display()));
         }
     }
-    for (path, node) in links.iter() {
-        set_metadata(
-            path,
-            &FileMeta::from(node.meta.clone()),
-            Kind::of(node),
-            is_root,
-            &mut outcome.warnings,
-        );
+    for (path, kind, meta) in &links {
+        set_metadata(path, meta, *kind, is_root, &mut outcome.warnings);
     }
     for (path, meta) in dirs.iter().rev() {
         set_metadata(path, meta, Kind::Dir, is_root, &mut outcome.warnings);
@@ -194,7 +188,8 @@ struct Plan<'a> {
     files: Vec<PlannedFile>,
     by_pack: HashMap<u32, Vec<Target>>,
     dirs: Vec<(PathBuf, FileMeta)>,
-    links: Vec<(PathBuf, Node)>,
+    /// Symlinks and special files: metadata set at the end.
+    links: Vec<(PathBuf, Kind, FileMeta)>,
     hardlinks: Vec<(PathBuf, PathBuf)>,
     /// First path restored for each (device, inode) of a hard-linked file.
     inodes: HashMap<(u64, u64), PathBuf>,
@@ -268,7 +263,7 @@ impl Plan<'_> {
             NodeType::Symlink { .. } => {
                 let _ = fs::remove_file(&path);
                 match std::os::unix::fs::symlink(node.node_type.to_link(), &path) {
-                    Ok(()) => self.links.push((path, node)),
+                    Ok(()) => self.links.push((path, Kind::of(&node), node.meta.into())),
                     Err(e) => {
                         self.outcome.errors.push(format!("{}: cannot create the link: {e}", path.display()));
                     }
@@ -277,7 +272,7 @@ impl Plan<'_> {
             NodeType::Fifo => {
                 let _ = fs::remove_file(&path);
                 match nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
-                    Ok(()) => self.links.push((path, node)),
+                    Ok(()) => self.links.push((path, Kind::of(&node), node.meta.into())),
                     Err(e) => {
                         self.outcome.errors.push(format!("{}: cannot create the FIFO: {e}", path.display()));
                     }
@@ -298,7 +293,7 @@ impl Plan<'_> {
                 let _ = fs::remove_file(&path);
                 let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
                 match nix::sys::stat::mknod(&path, kind, mode, *device) {
-                    Ok(()) => self.links.push((path, node)),
+                    Ok(()) => self.links.push((path, Kind::of(&node), node.meta.into())),
                     Err(e) => {
                         self.outcome
                             .errors

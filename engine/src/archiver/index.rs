@@ -161,7 +161,7 @@ impl TreeReader {
         } else {
             plain
         };
-        if super::format::sha256(&plain) != id_bytes(id) {
+        if Id::new(super::format::sha256(&plain)) != *id {
             return Err("its content does not match its id".to_owned());
         }
         serde_json::from_slice(&plain).map_err(|e| e.to_string())
@@ -180,12 +180,4 @@ impl TreeReader {
         packs.push_back((no, bytes.clone()));
         Ok(bytes)
     }
-}
-
-/// The 32 bytes of a rustic `Id` (its only public form is hex).
-pub(crate) fn id_bytes(id: &Id) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    // A rustic Id's hex is always 64 digits.
-    let _ = hex::decode_to_slice(id.to_hex().as_str(), &mut out);
-    out
 }

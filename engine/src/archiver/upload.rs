@@ -14,6 +14,7 @@ use reqwest_rustic::blocking::{Body, Client};
 use secrecy::ExposeSecret as _;
 
 use crate::error::{EngineError, Redactor, chain_message, from_transport};
+use crate::target::Prepared;
 use crate::{RepoTarget, RetryClass};
 
 /// Time for one pack upload (rustic_backend's setting in the engine: it bounds whole uploads).
@@ -26,22 +27,17 @@ pub(crate) struct PackUploader {
     base: url::Url,
     user: Option<String>,
     password: Option<String>,
-    redactor_secrets: Redactor,
+    redactor: Redactor,
 }
 
 impl PackUploader {
-    pub(crate) fn new(target: &RepoTarget, url: &url::Url) -> Result<Self, EngineError> {
-        let mut redactor_secrets = Redactor::default();
-        let password = target.password.as_ref().map(|p| p.expose_secret().to_owned());
-        if let Some(p) = &password {
-            redactor_secrets.add(p);
-        }
+    pub(crate) fn new(target: &RepoTarget, prepared: &Prepared) -> Result<Self, EngineError> {
         Ok(Self {
             client: crate::probe::client(target, TIMEOUT)?,
-            base: url.clone(),
+            base: prepared.url.clone(),
             user: target.username.clone(),
-            password,
-            redactor_secrets,
+            password: target.password.as_ref().map(|p| p.expose_secret().to_owned()),
+            redactor: prepared.redactor.clone(),
         })
     }
 
@@ -73,7 +69,7 @@ impl PackUploader {
         }
         let what = format!("uploading a pack to {}", crate::probe::host_port(url));
         let response = request.send().map_err(|err| {
-            from_transport(&err, self.redactor_secrets.redact(&format!("{what}: {}", chain_message(&err))))
+            from_transport(&err, self.redactor.redact(&format!("{what}: {}", chain_message(&err))))
         })?;
         let status = response.status();
         if status.is_success() {
