@@ -1,0 +1,1 @@
+//! Cron expressions (five fields, Vixie cron's rules), evaluated on civil (local) time.

@@ -1,0 +1,1 @@
+//! Which snapshots a retention policy keeps: restic's `forget` rules, exactly.
