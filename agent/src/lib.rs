@@ -2,21 +2,25 @@
 //! cofre-engine, spools results and delivers them whenever the controller is reachable.
 
 pub mod enroll;
+pub mod hooks;
 pub mod job_process;
 pub mod runner;
+pub mod scheduler;
 pub mod session;
 pub mod spool;
 pub mod state;
 
 use std::path::Path;
 
-/// `cofre-agent run`: scheduler, worker and session, until a signal.
-pub async fn run(state_dir: &Path) -> anyhow::Result<()> {
+/// `cofre-agent run`: scheduler, worker and session, until a signal. Hooks come from
+/// `hook_dir` only.
+pub async fn run(state_dir: &Path, hook_dir: &Path) -> anyhow::Result<()> {
     let state = state::StateDir::open(state_dir)?;
     let id = state.identity()?;
     tracing::info!(machine.id = %id.machine_id, controller = %id.controller_url, "agent starting");
-    let (agent, jobs) = runner::Agent::new(state);
-    let interrupted = agent.recover_interrupted();
+    let clock = std::sync::Arc::new(scheduler::SystemClock::default());
+    let (agent, jobs) = runner::Agent::new(state, clock, hook_dir.to_path_buf());
+    let interrupted = agent.recover_interrupted().await;
     if agent.plan_version() != 0 {
         tracing::info!(
             version = agent.plan_version(),
@@ -48,10 +52,10 @@ pub fn status(state: &state::StateDir) -> anyhow::Result<String> {
         Some(plan) => {
             writeln!(out, "plan:         version {}", plan.version)?;
             for p in &plan.policies {
-                let every = if p.interval_seconds == 0 {
-                    "on demand".to_string()
-                } else {
-                    format!("every {} s", p.interval_seconds)
+                let every = match &p.schedule {
+                    None => "on demand".to_string(),
+                    Some(s) if !s.cron.is_empty() => format!("cron `{}` ({})", s.cron, s.timezone),
+                    Some(s) => format!("every {} s", s.interval_seconds),
                 };
                 writeln!(
                     out,

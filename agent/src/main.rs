@@ -32,7 +32,12 @@ enum Command {
         force: bool,
     },
     /// Run the agent: connect, keep the plan, run backups on schedule and on demand.
-    Run,
+    Run {
+        /// The only place hooks named by policies are run from: it and its files must be owned
+        /// by root (or this agent's user) and writable by nobody else.
+        #[arg(long, default_value = cofre_agent::hooks::DEFAULT_DIR)]
+        hook_dir: PathBuf,
+    },
     /// Print shell `export` lines that point the restic CLI at this machine's repositories
     /// (from the stored plan; prints secrets: for restores by this machine's administrator).
     ResticEnv,
@@ -63,7 +68,7 @@ fn main() -> std::process::ExitCode {
                 let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
                 cofre_agent::enroll::enroll(&state, &controller, &token, force).await.map(|_| ())
             }
-            Command::Run => cofre_agent::run(&cli.state_dir).await,
+            Command::Run { hook_dir } => cofre_agent::run(&cli.state_dir, &hook_dir).await,
             Command::Status => {
                 let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
                 print!("{}", cofre_agent::status(&state)?);

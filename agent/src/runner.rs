@@ -1,19 +1,21 @@
-//! Running jobs: one at a time, from the local schedule or a run-now request. Each job leaves
-//! a marker while it runs (so a crash is reported as an interrupted job on the next start),
-//! spools a started and a finished event, and runs the backup engine in a child process
-//! (`job_process`).
+//! Running jobs: one at a time (so never two jobs on the same repository at once), from the
+//! local schedule (`scheduler`) or a run-now request. Each job leaves a marker while it runs (so
+//! a crash is reported as an interrupted job on the next start), spools a started and a
+//! finished event, runs the policy's hooks (`hooks`) around the backup and the backup itself in
+//! a child process (`job_process`), which a cancel request kills.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cofre_proto::agent::v1 as pb;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use crate::scheduler::{Clock, Scheduler};
 use crate::spool::Spool;
 use crate::state::StateDir;
 
@@ -22,6 +24,8 @@ pub struct JobRequest {
     pub job_id: Uuid,
     pub policy_id: String,
     pub trigger: pb::TriggerKind,
+    /// When the policy's window closes (scheduled runs of windowed policies).
+    pub window_end: Option<jiff::Timestamp>,
 }
 
 /// Written to running/<job>.json while a job runs.
@@ -33,8 +37,11 @@ struct RunningMarker {
     started_at: DateTime<Utc>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Everything the agent's tasks share.
-#[derive(Debug)]
 pub struct Agent {
     pub state: StateDir,
     pub spool: Spool,
@@ -43,14 +50,25 @@ pub struct Agent {
     /// Jobs accepted in this process (queued or done), so a repeated RunNow runs once.
     accepted: Mutex<HashSet<Uuid>>,
     /// Jobs queued or running per policy, so the schedule does not pile up.
-    busy: Mutex<std::collections::HashMap<String, usize>>,
-    schedule: Mutex<BTreeMap<String, DateTime<Utc>>>,
-    /// Consecutive temporary failures per policy, for retry backoff.
-    failures: Mutex<std::collections::HashMap<String, u32>>,
+    busy: Mutex<HashMap<String, usize>>,
+    scheduler: Mutex<Scheduler>,
+    clock: Arc<dyn Clock>,
+    /// Cancel requests for jobs not started yet.
+    cancelled: Mutex<HashSet<Uuid>>,
+    /// The running job and the switch that stops it.
+    running: Mutex<Option<(Uuid, watch::Sender<bool>)>>,
+    hook_dir: PathBuf,
+    machine_id: Uuid,
     pub hostname: String,
 }
 
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("machine_id", &self.machine_id).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
@@ -58,10 +76,16 @@ fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 impl Agent {
-    pub fn new(state: StateDir) -> (Arc<Self>, mpsc::Receiver<JobRequest>) {
+    pub fn new(
+        state: StateDir,
+        clock: Arc<dyn Clock>,
+        hook_dir: PathBuf,
+    ) -> (Arc<Self>, mpsc::Receiver<JobRequest>) {
         let (tx, rx) = mpsc::channel(256);
         let plan = state.load_plan();
-        let schedule = state.load_schedule();
+        let machine_id =
+            state.identity().ok().and_then(|i| Uuid::try_parse(&i.machine_id).ok()).unwrap_or_default();
+        let scheduler = Scheduler::load(state.load_schedule().as_deref(), machine_id.as_bytes(), clock.now());
         let spool = Spool::new(state.spool_dir());
         let hostname = crate::enroll::inventory().hostname;
         let agent = Arc::new(Self {
@@ -70,9 +94,13 @@ impl Agent {
             plan: RwLock::new(plan),
             queue: tx,
             accepted: Mutex::new(HashSet::new()),
-            busy: Mutex::new(std::collections::HashMap::new()),
-            schedule: Mutex::new(schedule),
-            failures: Mutex::new(std::collections::HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
+            scheduler: Mutex::new(scheduler),
+            clock,
+            cancelled: Mutex::new(HashSet::new()),
+            running: Mutex::new(None),
+            hook_dir,
+            machine_id,
             hostname,
         });
         (agent, rx)
@@ -80,6 +108,11 @@ impl Agent {
 
     pub fn plan_version(&self) -> u64 {
         self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map_or(0, |p| p.version)
+    }
+
+    fn policy(&self, id: &str) -> Option<pb::PlanPolicy> {
+        let plan = self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        plan.as_ref()?.policies.iter().find(|p| p.id == id).cloned()
     }
 
     pub fn set_plan(&self, plan: pb::Plan) -> anyhow::Result<()> {
@@ -91,22 +124,17 @@ impl Agent {
 
     /// Queues a job unless this job id was already accepted or its policy is already busy.
     pub fn submit(&self, req: JobRequest) -> bool {
-        if !self.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(req.job_id) {
+        if !lock(&self.accepted).insert(req.job_id) {
             return false;
         }
-        *self
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(req.policy_id.clone())
-            .or_insert(0) += 1;
+        *lock(&self.busy).entry(req.policy_id.clone()).or_insert(0) += 1;
         let (job, policy) = (req.job_id, req.policy_id.clone());
         match self.queue.try_send(req) {
             Ok(()) => true,
             Err(e) => {
                 // Undo, so the job may be offered again and the policy is not stuck as busy.
                 tracing::warn!(error = %e, "job queue full; dropping request");
-                self.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&job);
+                lock(&self.accepted).remove(&job);
                 self.done_with(&policy);
                 false
             }
@@ -114,7 +142,7 @@ impl Agent {
     }
 
     fn done_with(&self, policy: &str) {
-        let mut busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut busy = lock(&self.busy);
         if let Some(n) = busy.get_mut(policy) {
             *n -= 1;
             if *n == 0 {
@@ -123,20 +151,36 @@ impl Agent {
         }
     }
 
+    /// A cancel request from the controller: stops the running job, or drops a queued one
+    /// when its turn comes. Unknown jobs are ignored.
+    pub fn cancel(&self, job: Uuid) {
+        if let Some((running, stop)) = lock(&self.running).as_ref()
+            && *running == job
+        {
+            tracing::info!(job.id = %job, "cancelling the running job");
+            let _ = stop.send(true);
+            return;
+        }
+        if lock(&self.accepted).contains(&job) {
+            lock(&self.cancelled).insert(job);
+        }
+    }
+
     /// Converts markers of jobs that were running when the agent stopped into spooled
-    /// "interrupted" results. Returns their ids for Hello.
-    pub fn recover_interrupted(&self) -> Vec<String> {
+    /// "interrupted" results, and removes the repository locks their backups left behind.
+    /// Returns their ids for Hello.
+    pub async fn recover_interrupted(&self) -> Vec<String> {
         let mut ids = Vec::new();
         let Ok(rd) = std::fs::read_dir(self.state.running_dir()) else { return ids };
-        for entry in rd.filter_map(|e| e.ok()) {
-            let p = entry.path();
+        let paths: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        for p in paths.iter().filter(|p| p.extension().is_some_and(|x| x == "json")) {
             let marker: Option<RunningMarker> =
-                std::fs::read(&p).ok().and_then(|raw| serde_json::from_slice(&raw).ok());
+                std::fs::read(p).ok().and_then(|raw| serde_json::from_slice(&raw).ok());
             if let Some(m) = marker {
-                let ev = pb::JobEvent {
-                    event_id: Uuid::now_v7().to_string(),
-                    job_id: m.job_id.to_string(),
-                    kind: Some(pb::job_event::Kind::Finished(pb::JobFinished {
+                self.remove_left_lock(&m.policy_id, &m.job_id).await;
+                let ev = finished_event(
+                    m.job_id,
+                    pb::JobFinished {
                         policy_id: m.policy_id,
                         trigger: m.trigger,
                         started_at: Some(ts(m.started_at)),
@@ -147,14 +191,14 @@ impl Agent {
                             retry_class: pb::RetryClass::Temporary as i32,
                         }),
                         ..Default::default()
-                    })),
-                };
+                    },
+                );
                 if self.spool.push(&ev).is_err() {
                     continue; // keep the marker; try again next start
                 }
                 ids.push(m.job_id.to_string());
             }
-            let _ = std::fs::remove_file(&p);
+            let _ = std::fs::remove_file(p);
         }
         if !ids.is_empty() {
             tracing::warn!(jobs = ?ids, "jobs were interrupted when the agent last stopped");
@@ -162,52 +206,56 @@ impl Agent {
         ids
     }
 
-    /// Policies due by the local schedule; records their start time.
-    fn due_policies(&self) -> Vec<String> {
-        self.due_policies_at(Utc::now())
-    }
-
-    fn due_policies_at(&self, now: DateTime<Utc>) -> Vec<String> {
-        let plan = self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let Some(plan) = plan else { return Vec::new() };
-        let busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let mut schedule = self.schedule.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut due = Vec::new();
-        for p in plan.policies.iter().filter(|p| p.interval_seconds > 0) {
-            let interval =
-                chrono::Duration::seconds(i64::try_from(p.interval_seconds).unwrap_or(i64::MAX / 2));
-            let is_due = schedule.get(&p.id).is_none_or(|last| now - *last >= interval);
-            if is_due && !busy.contains_key(&p.id) {
-                schedule.insert(p.id.clone(), now);
-                due.push(p.id.clone());
+    /// The lock a killed backup of `policy` recorded, removed through the current plan's
+    /// repository (if the policy is still there).
+    async fn remove_left_lock(&self, policy: &str, job: &Uuid) {
+        let record = self.lock_record(job);
+        if !record.exists() {
+            return;
+        }
+        match self.prepare(policy, *job) {
+            Ok((target, req, _)) => {
+                let child = crate::job_process::ChildJob::new(&target, &req, None);
+                crate::job_process::remove_left_lock(&child).await;
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&record);
             }
         }
-        if !due.is_empty()
-            && let Err(e) = self.state.save_schedule(&schedule)
-        {
-            tracing::warn!(error = %e, "cannot save the schedule");
-        }
-        due
     }
 
-    /// A run-now counts as the policy's last run: the next scheduled one is an interval later.
-    fn record_run(&self, policy_id: &str, at: DateTime<Utc>) {
-        let mut schedule = self.schedule.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        schedule.insert(policy_id.to_string(), at);
-        if let Err(e) = self.state.save_schedule(&schedule) {
-            tracing::warn!(error = %e, "cannot save the schedule");
-        }
+    fn lock_record(&self, job: &Uuid) -> PathBuf {
+        self.state.running_dir().join(format!("{job}.lock"))
     }
 
-    /// The local scheduler: runs whether or not the controller is reachable.
+    /// Policies due by the local schedule now; records their slots.
+    fn due_jobs(&self) -> Vec<JobRequest> {
+        let plan = self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(plan) = plan else { return Vec::new() };
+        let busy: HashSet<String> = lock(&self.busy).keys().cloned().collect();
+        let mut sched = lock(&self.scheduler);
+        let (due, changed) = sched.due(&plan, &busy, self.clock.as_ref());
+        if changed && let Err(e) = self.state.save_schedule(&sched.to_json()) {
+            tracing::warn!(error = %e, "cannot save the schedule");
+        }
+        due.into_iter()
+            .map(|d| JobRequest {
+                job_id: Uuid::now_v7(),
+                policy_id: d.policy_id,
+                trigger: pb::TriggerKind::Schedule,
+                window_end: d.window_end,
+            })
+            .collect()
+    }
+
+    /// The local scheduler: runs whether or not the controller is reachable, evaluating every
+    /// few seconds (never one long sleep: see `scheduler`).
     pub async fn schedule_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(crate::scheduler::TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            for policy_id in self.due_policies() {
-                let job =
-                    JobRequest { job_id: Uuid::now_v7(), policy_id, trigger: pb::TriggerKind::Schedule };
+            for job in self.due_jobs() {
                 tracing::info!(job.id = %job.job_id, policy = %job.policy_id, "scheduled backup due");
                 self.submit(job);
             }
@@ -219,7 +267,7 @@ impl Agent {
         while let Some(job) = rx.recv().await {
             let policy = job.policy_id.clone();
             match self.run_job(&job).await {
-                Ok(finished) => self.after_job(&policy, &finished, Utc::now()),
+                Ok(finished) => self.after_job(&job, &finished),
                 Err(e) => {
                     tracing::error!(job.id = %job.job_id, error = %e, "cannot record job; it will be reported as interrupted");
                 }
@@ -231,6 +279,19 @@ impl Agent {
     /// Runs one job; returns its result as reported.
     async fn run_job(&self, job: &JobRequest) -> anyhow::Result<pb::JobFinished> {
         let started_at = Utc::now();
+        let mut finished = pb::JobFinished {
+            policy_id: job.policy_id.clone(),
+            trigger: job.trigger as i32,
+            started_at: Some(ts(started_at)),
+            ..Default::default()
+        };
+        if lock(&self.cancelled).remove(&job.job_id) {
+            tracing::info!(job.id = %job.job_id, "cancelled before it started");
+            finished.outcome = pb::JobOutcome::Cancelled as i32;
+            finished.finished_at = Some(ts(Utc::now()));
+            self.spool.push(&finished_event(job.job_id, finished.clone()))?;
+            return Ok(finished);
+        }
         let marker_path = self.state.running_dir().join(format!("{}.json", job.job_id));
         let marker = RunningMarker {
             job_id: job.job_id,
@@ -249,98 +310,155 @@ impl Agent {
             })),
         })?;
         tracing::info!(job.id = %job.job_id, policy = %job.policy_id, "backup started");
-        if job.trigger == pb::TriggerKind::RunNow {
-            self.record_run(&job.policy_id, started_at);
-        }
-        let mut finished = pb::JobFinished {
-            policy_id: job.policy_id.clone(),
-            trigger: job.trigger as i32,
-            started_at: Some(ts(started_at)),
-            ..Default::default()
-        };
-        match self.prepare(&job.policy_id) {
-            Err(msg) => {
-                finished.outcome = pb::JobOutcome::Failed as i32;
-                finished.error =
-                    Some(pb::JobError { message: msg, retry_class: pb::RetryClass::Permanent as i32 });
-            }
-            Ok((target, req, repository_id)) => {
-                finished.repository_id = repository_id;
-                let child =
-                    crate::job_process::ChildJob::new(&target, &req, Some(self.state.root().join("cache")));
-                match crate::job_process::run(&child).await {
-                    Ok(report) => {
-                        finished.outcome = if report.warnings.is_empty() {
-                            pb::JobOutcome::Succeeded
-                        } else {
-                            pb::JobOutcome::SucceededWithWarnings
-                        } as i32;
-                        tracing::info!(job.id = %job.job_id, snapshot = %report.snapshot_id,
-                            files = report.files_processed, bytes_added = report.bytes_added,
-                            warnings = report.warnings.len(), "backup finished");
-                        finished.warnings = report.warnings.clone();
-                        finished.stats = Some(stats(&report));
-                    }
-                    Err(e) => {
-                        tracing::error!(job.id = %job.job_id, error = %e.message, "backup failed");
-                        finished.outcome = pb::JobOutcome::Failed as i32;
-                        finished.error = Some(pb::JobError {
-                            message: e.message,
-                            retry_class: match e.retry_class {
-                                cofre_engine::RetryClass::Temporary => pb::RetryClass::Temporary,
-                                cofre_engine::RetryClass::Permanent => pb::RetryClass::Permanent,
-                            } as i32,
-                        });
-                    }
-                }
+        if job.trigger == pb::TriggerKind::RunNow
+            && let Some(p) = self.policy(&job.policy_id)
+        {
+            let mut sched = lock(&self.scheduler);
+            sched.record_run_now(&p, self.clock.now());
+            if let Err(e) = self.state.save_schedule(&sched.to_json()) {
+                tracing::warn!(error = %e, "cannot save the schedule");
             }
         }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        *lock(&self.running) = Some((job.job_id, stop_tx));
+        self.run_backup(job, &mut finished, stop_rx).await;
+        *lock(&self.running) = None;
         finished.finished_at = Some(ts(Utc::now()));
-        self.spool.push(&pb::JobEvent {
-            event_id: Uuid::now_v7().to_string(),
-            job_id: job.job_id.to_string(),
-            kind: Some(pb::job_event::Kind::Finished(finished.clone())),
-        })?;
+        if let Some(end) = job.window_end
+            && self.clock.now() > end
+        {
+            finished.overran_window = true;
+            tracing::warn!(job.id = %job.job_id, "the backup ran past its policy's window");
+        }
+        self.spool.push(&finished_event(job.job_id, finished.clone()))?;
         std::fs::remove_file(&marker_path)?;
         Ok(finished)
     }
 
-    /// After a temporary failure a scheduled policy is retried sooner than its interval: after
-    /// 1, 2, 4, ... minutes, never later than the interval itself. Success resets the count; a
-    /// permanent failure waits for the next interval (something must change first).
-    fn after_job(&self, policy_id: &str, finished: &pb::JobFinished, now: DateTime<Utc>) {
-        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let temporary = finished.outcome == pb::JobOutcome::Failed as i32
-            && finished.error.as_ref().is_some_and(|e| e.retry_class == pb::RetryClass::Temporary as i32);
-        if !temporary {
-            failures.remove(policy_id);
-            return;
+    /// Hooks and the backup, filling `finished`.
+    async fn run_backup(
+        &self,
+        job: &JobRequest,
+        finished: &mut pb::JobFinished,
+        stop: watch::Receiver<bool>,
+    ) {
+        let fail = |f: &mut pb::JobFinished, message: String, class: pb::RetryClass| {
+            f.outcome = pb::JobOutcome::Failed as i32;
+            f.error = Some(pb::JobError { message, retry_class: class as i32 });
+        };
+        let (target, req, repository_id) = match self.prepare(&job.policy_id, job.job_id) {
+            Ok(p) => p,
+            Err(msg) => return fail(finished, msg, pb::RetryClass::Permanent),
+        };
+        finished.repository_id = repository_id;
+        let policy = self.policy(&job.policy_id).unwrap_or_default();
+        let mut log = String::new();
+        let mut hook_warnings = Vec::new();
+        if let Some(h) = &policy.before_hook {
+            let r = crate::hooks::run(&self.hook_dir, h, &self.hook_env(job, &policy, None)).await;
+            append_log(&mut log, &r);
+            if !r.ok {
+                match pb::HookOnFailure::try_from(h.on_failure).unwrap_or(pb::HookOnFailure::Fail) {
+                    pb::HookOnFailure::SkipBackup => {
+                        finished.outcome = pb::JobOutcome::Skipped as i32;
+                        finished.warnings.push(r.summary);
+                        finished.log = log;
+                        return;
+                    }
+                    pb::HookOnFailure::Continue => hook_warnings.push(r.summary),
+                    _ => {
+                        finished.log = log;
+                        return fail(finished, r.summary, pb::RetryClass::Temporary);
+                    }
+                }
+            }
         }
-        let attempts = failures.entry(policy_id.to_string()).or_insert(0);
-        *attempts += 1;
-        let interval = self.interval_of(policy_id);
-        if interval == 0 {
-            return;
+        let child = crate::job_process::ChildJob::new(&target, &req, Some(self.state.root().join("cache")));
+        let mut stop = stop;
+        let cancelled = async move {
+            let _ = stop.wait_for(|v| *v).await;
+        };
+        match crate::job_process::run(&child, cancelled).await {
+            Ok(report) => {
+                tracing::info!(job.id = %job.job_id, snapshot = %report.snapshot_id,
+                    files = report.files_processed, bytes_added = report.bytes_added,
+                    warnings = report.warnings.len(), "backup finished");
+                finished.warnings = report.warnings.clone();
+                finished.stats = Some(stats(&report));
+                finished.outcome = pb::JobOutcome::Succeeded as i32;
+            }
+            Err(e) if e.cancelled => {
+                tracing::info!(job.id = %job.job_id, "backup cancelled");
+                finished.outcome = pb::JobOutcome::Cancelled as i32;
+                finished.log = log;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(job.id = %job.job_id, error = %e.message, "backup failed");
+                fail(
+                    finished,
+                    e.message,
+                    match e.retry_class {
+                        cofre_engine::RetryClass::Temporary => pb::RetryClass::Temporary,
+                        cofre_engine::RetryClass::Permanent => pb::RetryClass::Permanent,
+                    },
+                );
+            }
         }
-        let backoff = (60_u64 << (*attempts - 1).min(16)).min(interval);
-        let due_at = now + chrono::Duration::seconds(i64::try_from(backoff).unwrap_or(i64::MAX / 4));
-        let last = due_at - chrono::Duration::seconds(i64::try_from(interval).unwrap_or(i64::MAX / 4));
-        tracing::info!(policy = %policy_id, attempt = *attempts, retry_in_s = backoff, "temporary failure: retrying sooner");
-        drop(failures);
-        self.record_run(policy_id, last);
+        if let Some(h) = &policy.after_hook {
+            let outcome =
+                if finished.outcome == pb::JobOutcome::Failed as i32 { "failed" } else { "succeeded" };
+            let r = crate::hooks::run(&self.hook_dir, h, &self.hook_env(job, &policy, Some(outcome))).await;
+            append_log(&mut log, &r);
+            if !r.ok {
+                match pb::HookOnFailure::try_from(h.on_failure).unwrap_or(pb::HookOnFailure::Fail) {
+                    pb::HookOnFailure::Fail if finished.error.is_none() => {
+                        // The snapshot stays recorded; the job still fails.
+                        fail(finished, r.summary, pb::RetryClass::Temporary);
+                    }
+                    _ => hook_warnings.push(r.summary),
+                }
+            }
+        }
+        finished.warnings.extend(hook_warnings);
+        if finished.outcome == pb::JobOutcome::Succeeded as i32 && !finished.warnings.is_empty() {
+            finished.outcome = pb::JobOutcome::SucceededWithWarnings as i32;
+        }
+        finished.log = log;
     }
 
-    fn interval_of(&self, policy_id: &str) -> u64 {
-        let plan = self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        plan.as_ref()
-            .and_then(|p| p.policies.iter().find(|x| x.id == policy_id))
-            .map_or(0, |p| p.interval_seconds)
+    fn hook_env(
+        &self,
+        job: &JobRequest,
+        p: &pb::PlanPolicy,
+        outcome: Option<&str>,
+    ) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("COFRE_JOB_ID", job.job_id.to_string()),
+            ("COFRE_POLICY_ID", p.id.clone()),
+            ("COFRE_POLICY_NAME", p.name.clone()),
+            ("COFRE_MACHINE_ID", self.machine_id.to_string()),
+            ("COFRE_HOOK", if outcome.is_some() { "after" } else { "before" }.to_string()),
+        ];
+        if let Some(o) = outcome {
+            env.push(("COFRE_BACKUP_OUTCOME", o.to_string()));
+        }
+        env
+    }
+
+    /// Scheduled policies: a temporary failure is retried sooner (see `scheduler`).
+    fn after_job(&self, job: &JobRequest, finished: &pb::JobFinished) {
+        let Some(p) = self.policy(&job.policy_id) else { return };
+        let temporary = finished.outcome == pb::JobOutcome::Failed as i32
+            && finished.error.as_ref().is_some_and(|e| e.retry_class == pb::RetryClass::Temporary as i32);
+        lock(&self.scheduler).after_run(&p, temporary, self.clock.now());
     }
 
     /// The engine's inputs for a policy of the current plan.
     fn prepare(
         &self,
         policy_id: &str,
+        job: Uuid,
     ) -> Result<(cofre_engine::RepoTarget, cofre_engine::BackupRequest, String), String> {
         let plan = self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let plan = plan.ok_or("no plan received yet")?;
@@ -373,14 +491,51 @@ impl Agent {
             client_identity_file: repo.client_certificate.then(|| self.state.identity_pem_path()),
             allow_insecure_http: repo.allow_insecure_http,
         };
+        // Cofre's own tags say which policy and machine made a snapshot (the controller's
+        // retention keeps each policy's history by its own rules).
+        let mut tags = vec![
+            "cofre".to_string(),
+            format!("cofre-policy:{}", policy.id),
+            format!("cofre-machine:{}", self.machine_id),
+        ];
+        tags.extend(policy.tags.iter().cloned());
         let req = cofre_engine::BackupRequest {
             expected_restic_id: repo.restic_id.clone(),
             paths: policy.paths.iter().map(std::path::PathBuf::from).collect(),
             excludes: policy.excludes.clone(),
+            filters: cofre_engine::SourceFilters {
+                iexcludes: policy.iexcludes.clone(),
+                exclude_if_present: policy.exclude_if_present.clone(),
+                exclude_larger_than: Some(policy.exclude_larger_than_bytes).filter(|b| *b > 0),
+                one_file_system: policy.one_file_system,
+            },
             hostname: self.hostname.clone(),
-            tags: vec!["cofre".into()],
+            tags,
+            lock: cofre_engine::LockOptions {
+                wait: crate::job_process::LOCK_WAIT,
+                record: Some(self.lock_record(&job)),
+                stale: Vec::new(),
+            },
         };
         Ok((target, req, repo.id.clone()))
+    }
+}
+
+fn finished_event(job: Uuid, finished: pb::JobFinished) -> pb::JobEvent {
+    pb::JobEvent {
+        event_id: Uuid::now_v7().to_string(),
+        job_id: job.to_string(),
+        kind: Some(pb::job_event::Kind::Finished(finished)),
+    }
+}
+
+fn append_log(log: &mut String, r: &crate::hooks::HookResult) {
+    log.push_str(&format!("== {}\n", r.summary));
+    if !r.output.is_empty() {
+        log.push_str(&r.output);
+        if !r.output.ends_with('\n') {
+            log.push('\n');
+        }
     }
 }
 
@@ -400,6 +555,8 @@ fn stats(r: &cofre_engine::BackupReport) -> pb::BackupStats {
         snapshot_time: Some(ts(r.snapshot_time)),
         paths: r.paths.clone(),
         hostname: r.hostname.clone(),
+        utc_offset_seconds: r.utc_offset_seconds,
+        tags: r.tags.clone(),
     }
 }
 
@@ -411,16 +568,17 @@ mod tests {
     #[allow(dead_code, reason = "held only to be dropped at the end of the test")]
     struct Held(tempfile::TempDir, mpsc::Receiver<JobRequest>);
 
-    fn agent_with_policy(interval: u64) -> (Held, Arc<Agent>) {
+    fn agent() -> (Held, Arc<Agent>) {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(&dir.path().join("state")).unwrap();
-        let (agent, rx) = Agent::new(state);
+        let (agent, rx) =
+            Agent::new(state, Arc::new(crate::scheduler::SystemClock::default()), dir.path().join("hooks"));
         let plan = pb::Plan {
             version: 1,
             repositories: vec![],
             policies: vec![pb::PlanPolicy {
                 id: "p1".into(),
-                interval_seconds: interval,
+                schedule: Some(pb::Schedule { interval_seconds: 3600, ..Default::default() }),
                 ..Default::default()
             }],
         };
@@ -428,63 +586,60 @@ mod tests {
         (Held(dir, rx), agent)
     }
 
-    #[test]
-    fn a_new_policy_is_due_at_once_then_an_interval_later() {
-        let (_d, agent) = agent_with_policy(3600);
-        assert_eq!(agent.due_policies(), vec!["p1".to_string()]);
-        assert!(agent.due_policies().is_empty(), "not due again within the interval");
-        // The schedule survives a restart of the agent.
-        let (again, _rx) = Agent::new(agent.state.clone());
-        assert!(again.due_policies().is_empty());
-    }
-
-    fn failed(class: pb::RetryClass) -> pb::JobFinished {
-        pb::JobFinished {
-            outcome: pb::JobOutcome::Failed as i32,
-            error: Some(pb::JobError { message: "x".into(), retry_class: class as i32 }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn temporary_failures_retry_sooner_with_backoff_permanent_ones_wait() {
-        let (_d, agent) = agent_with_policy(3600);
-        let t0 = Utc::now();
-        assert_eq!(agent.due_policies_at(t0).len(), 1);
-        agent.after_job("p1", &failed(pb::RetryClass::Temporary), t0);
-        let at = |s: i64| t0 + chrono::Duration::seconds(s);
-        assert!(agent.due_policies_at(at(59)).is_empty());
-        assert_eq!(agent.due_policies_at(at(61)).len(), 1, "first retry after a minute");
-        agent.after_job("p1", &failed(pb::RetryClass::Temporary), at(61));
-        assert!(agent.due_policies_at(at(61 + 119)).is_empty());
-        assert_eq!(agent.due_policies_at(at(61 + 121)).len(), 1, "then after two minutes");
-        // A permanent failure does not hurry: the next run is an interval after the last start.
-        agent.after_job("p1", &failed(pb::RetryClass::Permanent), at(182));
-        assert!(agent.due_policies_at(at(182 + 600)).is_empty());
-        assert_eq!(agent.due_policies_at(at(182 + 3601)).len(), 1);
+    fn job(id: Uuid) -> JobRequest {
+        JobRequest { job_id: id, policy_id: "p1".into(), trigger: pb::TriggerKind::RunNow, window_end: None }
     }
 
     #[test]
     fn a_policy_with_a_job_queued_is_not_scheduled_again() {
-        let (_d, agent) = agent_with_policy(3600);
-        let job = |id| JobRequest { job_id: id, policy_id: "p1".into(), trigger: pb::TriggerKind::RunNow };
+        let (_d, agent) = agent();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         assert!(agent.submit(job(a)));
         assert!(!agent.submit(job(a)), "the same job is accepted once");
         assert!(agent.submit(job(b)));
-        assert!(agent.due_policies().is_empty(), "busy");
+        assert!(agent.due_jobs().is_empty(), "busy");
         agent.done_with("p1");
-        assert!(agent.due_policies().is_empty(), "one job still queued");
+        assert!(agent.due_jobs().is_empty(), "one job still queued");
         agent.done_with("p1");
-        assert_eq!(agent.due_policies(), vec!["p1".to_string()]);
+        assert_eq!(agent.due_jobs().len(), 1);
+        // The schedule survives a restart of the agent.
+        let (again, _rx) =
+            Agent::new(agent.state.clone(), Arc::new(crate::scheduler::SystemClock::default()), "/x".into());
+        assert!(again.due_jobs().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_queued_job_cancelled_before_its_turn_ends_cancelled_without_running() {
+        let (_d, agent) = agent();
+        let id = Uuid::now_v7();
+        assert!(agent.submit(job(id)));
+        agent.cancel(id);
+        let finished = agent.run_job(&job(id)).await.unwrap();
+        assert_eq!(finished.outcome, pb::JobOutcome::Cancelled as i32);
+        assert_eq!(agent.spool.pending().len(), 1, "the result is spooled");
+        agent.cancel(Uuid::now_v7()); // unknown jobs are ignored
     }
 
     #[test]
-    fn a_run_now_postpones_the_next_scheduled_run() {
-        let (_d, agent) = agent_with_policy(3600);
-        agent.record_run("p1", Utc::now());
-        assert!(agent.due_policies().is_empty());
-        let (_d2, on_demand) = agent_with_policy(0);
-        assert!(on_demand.due_policies().is_empty(), "interval 0 means on demand only");
+    fn snapshots_carry_the_policy_and_the_machine_as_tags() {
+        let (_d, agent) = agent();
+        {
+            let mut plan = agent.plan.write().unwrap();
+            let plan = plan.as_mut().unwrap();
+            plan.repositories.push(pb::PlanRepository {
+                id: "r".into(),
+                url: "https://store.example/r".into(),
+                restic_id: "ab".repeat(32),
+                repository_password: "pw".into(),
+                ..Default::default()
+            });
+            plan.policies[0].repository_id = "r".into();
+            plan.policies[0].tags = vec!["finance".into()];
+        }
+        let (_, req, _) = agent.prepare("p1", Uuid::nil()).unwrap();
+        assert!(req.tags.contains(&"cofre-policy:p1".to_string()));
+        assert!(req.tags.iter().any(|t| t.starts_with("cofre-machine:")));
+        assert!(req.tags.contains(&"finance".to_string()));
+        assert!(req.lock.record.is_some());
     }
 }

@@ -75,7 +75,8 @@ async fn deliver(agent: Arc<Agent>, tx: mpsc::Sender<pb::AgentMessage>) {
         tokio::select! {
             () = &mut notified => {}
             () = tokio::time::sleep(Duration::from_secs(30)) => {
-                if tx.send(pb::AgentMessage { msg: Some(Out::Heartbeat(pb::Heartbeat {})) }).await.is_err() {
+                let hb = pb::Heartbeat { plan_version: agent.plan_version() };
+                if tx.send(pb::AgentMessage { msg: Some(Out::Heartbeat(hb)) }).await.is_err() {
                     return;
                 }
             }
@@ -111,13 +112,22 @@ async fn receive(
                     None => return Ok(()),
                 };
                 match msg.msg {
-                    Some(In::Plan(plan)) => agent.set_plan(plan)?,
+                    Some(In::Plan(plan)) => {
+                        let version = plan.version;
+                        agent.set_plan(plan)?;
+                        // Tell the controller at once which plan this machine runs now.
+                        tx.send(pb::AgentMessage { msg: Some(Out::Heartbeat(pb::Heartbeat { plan_version: version })) }).await?;
+                    }
+                    Some(In::Cancel(c)) => match Uuid::try_parse(&c.job_id) {
+                        Ok(job) => agent.cancel(job),
+                        Err(_) => tracing::warn!(job = %c.job_id, "ignoring a cancel with a malformed job id"),
+                    },
                     Some(In::RunNow(r)) => {
                         let Ok(job_id) = Uuid::try_parse(&r.job_id) else {
                             tracing::warn!(job = %r.job_id, "ignoring run-now with a malformed job id");
                             continue;
                         };
-                        if agent.submit(JobRequest { job_id, policy_id: r.policy_id.clone(), trigger: pb::TriggerKind::RunNow }) {
+                        if agent.submit(JobRequest { job_id, policy_id: r.policy_id.clone(), trigger: pb::TriggerKind::RunNow, window_end: None }) {
                             tracing::info!(job.id = %job_id, policy = %r.policy_id, "run-now accepted");
                         }
                     }

@@ -3,7 +3,6 @@
 //! secrets), schedule bookkeeping, the result spool and running-job markers. Every write is
 //! atomic (temp file, fsync, rename), so a crash never leaves half a file.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -118,16 +117,13 @@ impl StateDir {
         }
     }
 
-    /// When each policy last started (RFC 3339), for the local schedule.
-    pub fn load_schedule(&self) -> BTreeMap<String, chrono::DateTime<chrono::Utc>> {
-        std::fs::read(self.root.join("schedule.json"))
-            .ok()
-            .and_then(|raw| serde_json::from_slice(&raw).ok())
-            .unwrap_or_default()
+    /// The local schedule's state (`scheduler::Scheduler` reads and writes its format).
+    pub fn load_schedule(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.root.join("schedule.json")).ok()
     }
 
-    pub fn save_schedule(&self, s: &BTreeMap<String, chrono::DateTime<chrono::Utc>>) -> anyhow::Result<()> {
-        write_atomic(&self.root.join("schedule.json"), &serde_json::to_vec_pretty(s)?)?;
+    pub fn save_schedule(&self, raw: &[u8]) -> anyhow::Result<()> {
+        write_atomic(&self.root.join("schedule.json"), raw)?;
         Ok(())
     }
 

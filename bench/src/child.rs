@@ -86,9 +86,9 @@ pub fn engine_backup(args: &BackupArgs) -> Result<()> {
     let req = cofre_engine::BackupRequest {
         expected_restic_id: args.expected_id.clone(),
         paths: args.paths.clone(),
-        excludes: vec![],
         hostname: args.host.clone(),
         tags: vec!["cofre".to_owned()],
+        ..Default::default()
     };
     let report = cofre_engine::backup(&repo_target(&args.target)?, &req)?;
     let summary = BackupSummary {

@@ -1,4 +1,7 @@
-//! `cofre`: script Cofre's REST API from a shell. Every command prints JSON.
+//! `cofre`: script Cofre's REST API from a shell. Every command prints JSON. Policies as code
+//! are in `policy.rs`.
+
+mod policy;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -6,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cofre_client::{Client, NewEnrollmentToken, NewRepository, PolicyInput};
+use cofre_client::{Client, NewEnrollmentToken, NewRepository};
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -26,6 +29,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per run; the policy flags are many")]
 enum Command {
     /// Log in; prints an access token (use it as COFRE_TOKEN). The password is read from stdin.
     Login {
@@ -70,21 +74,21 @@ enum Command {
         shared: bool,
         #[arg(long)]
         allow_insecure_http: bool,
-    },
-    /// Create a backup policy.
-    Policy {
+        /// A plain rest-server's controller-only instance on the same data (the agents' one
+        /// runs --append-only): the controller initialises and maintains repositories there.
         #[arg(long)]
-        name: String,
+        maintenance_url: Option<String>,
         #[arg(long)]
-        repository: Uuid,
-        #[arg(long = "path", required = true)]
-        paths: Vec<String>,
-        #[arg(long = "exclude")]
-        excludes: Vec<String>,
-        /// Seconds between scheduled runs; 0 = on demand only.
-        #[arg(long, default_value_t = 86400)]
-        interval_seconds: u64,
+        maintenance_username: Option<String>,
+        /// Name of an environment variable holding the maintenance instance's password.
+        #[arg(long)]
+        maintenance_password_env: Option<String>,
     },
+    /// Backup policies: create, edit (as code, from JSON/TOML or flags), list, versions, diff.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Machines whose agent does not run the current plan of its policies.
+    StalePlans,
     /// Assign a policy to a machine or a group.
     Assign {
         #[arg(long)]
@@ -112,8 +116,18 @@ enum Command {
     },
     /// Show a job.
     Job { id: Uuid },
-    /// List a machine's jobs.
+    /// Stop a queued or running job (backup or maintenance); it ends "cancelled".
+    Cancel {
+        job: Uuid,
+        /// Wait for the job to end (up to this many seconds).
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    /// List a machine's jobs (its backups and its repository's maintenance).
     Jobs { machine: Uuid },
+    /// The controller's maintenance: restic repositories, forget/prune/check jobs, run now.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
     /// List a machine's snapshots as the controller recorded them.
     Snapshots { machine: Uuid },
     /// cofre-store instances: register, list, inventory, revoke.
@@ -131,6 +145,34 @@ enum Command {
         /// Remove the limit.
         #[arg(long)]
         unlimited: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MaintenanceCommand {
+    /// Restic repositories with their snapshot count and last forget, prune and check.
+    Repositories {
+        #[arg(long)]
+        machine: Option<Uuid>,
+    },
+    /// Maintenance jobs, newest first.
+    Jobs {
+        /// forget, prune or check.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Queue forget, prune or check of a restic repository now.
+    Run {
+        #[arg(long)]
+        repository: Uuid,
+        /// forget, prune or check.
+        #[arg(long)]
+        kind: String,
+        /// Wait for the job to finish (up to this many seconds).
+        #[arg(long)]
+        wait: Option<u64>,
     },
 }
 
@@ -154,7 +196,7 @@ enum StoreCommand {
 }
 
 /// "500M", "2G", "1048576" → bytes.
-fn parse_size(s: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
     let (num, mult) = match s.chars().last() {
         Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
@@ -240,13 +282,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             path_template,
             shared,
             allow_insecure_http,
+            maintenance_url,
+            maintenance_username,
+            maintenance_password_env,
         } => {
-            let password = match password_env {
-                Some(var) => Some(
-                    std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?,
-                ),
-                None => None,
+            let from_env = |var: Option<String>| -> anyhow::Result<Option<String>> {
+                var.map(|v| std::env::var(&v).with_context(|| format!("environment variable {v} is not set")))
+                    .transpose()
             };
+            let password = from_env(password_env)?;
+            let maintenance_password = from_env(maintenance_password_env)?;
             let ca_certificate_pem = match ca_file {
                 Some(p) => Some(
                     std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?,
@@ -263,24 +308,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password,
                     ca_certificate_pem,
                     allow_insecure_http,
+                    maintenance_url,
+                    maintenance_username,
+                    maintenance_password,
                 })
                 .await?;
             print(
                 &serde_json::json!({"id": r.id, "name": r.name, "url": r.url, "path_template": r.path_template}),
             )?;
         }
-        Command::Policy { name, repository, paths, excludes, interval_seconds } => {
-            let p = client
-                .create_policy(&PolicyInput {
-                    name,
-                    repository_id: repository,
-                    paths,
-                    excludes,
-                    interval_seconds,
-                })
-                .await?;
-            print(&serde_json::json!({"id": p.id, "name": p.name, "revision": p.revision}))?;
-        }
+        Command::Policy(cmd) => policy::run(&client, cmd).await?,
+        Command::StalePlans => print(&client.stale_plans().await?)?,
         Command::Assign { policy, machine, group } => {
             let a = match (machine, group) {
                 (Some(m), _) => client.assign_policy_to_machine(policy, m).await?,
@@ -322,6 +360,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_job(&job)?;
         }
         Command::Job { id } => print_job(&client.get_job(id).await?)?,
+        Command::Cancel { job, wait } => {
+            let mut j = client.cancel_job(job).await?;
+            if let Some(secs) = wait {
+                j = client.wait_for_job(j.id, Duration::from_secs(secs)).await?;
+            }
+            print_job(&j)?;
+        }
+        Command::Maintenance(MaintenanceCommand::Repositories { machine }) => {
+            print(&client.list_restic_repositories(machine).await?)?;
+        }
+        Command::Maintenance(MaintenanceCommand::Jobs { kind, state }) => {
+            for j in client.maintenance_jobs(kind.as_deref(), state.as_deref()).await? {
+                print_job(&j)?;
+            }
+        }
+        Command::Maintenance(MaintenanceCommand::Run { repository, kind, wait }) => {
+            let mut j = client.run_maintenance(repository, &kind).await?;
+            if let Some(secs) = wait {
+                j = client.wait_for_job(j.id, Duration::from_secs(secs)).await?;
+            }
+            print_job(&j)?;
+        }
         Command::Jobs { machine } => {
             for j in client.list_jobs(machine).await? {
                 print_job(&j)?;
@@ -362,9 +422,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn print_job(j: &cofre_client::Job) -> anyhow::Result<()> {
     print(&serde_json::json!({
-        "id": j.id, "machine_id": j.machine_id, "policy_id": j.policy_id, "trigger": j.trigger, "state": j.state,
-        "started_at": j.started_at, "finished_at": j.finished_at, "snapshot_id": j.snapshot_id, "stats": j.stats,
-        "warnings": j.warnings, "error": j.error_message, "retry_class": j.retry_class,
+        "id": j.id, "kind": j.kind, "machine_id": j.machine_id, "policy_id": j.policy_id,
+        "restic_repository_id": j.restic_repository_id, "trigger": j.trigger, "state": j.state,
+        "started_at": j.started_at, "finished_at": j.finished_at, "overran_window": j.overran_window,
+        "snapshot_id": j.snapshot_id, "stats": j.stats, "warnings": j.warnings, "error": j.error_message,
+        "retry_class": j.retry_class, "log": j.log,
     }))
 }
 

@@ -21,6 +21,29 @@ pub struct Settings {
     pub certificates: CertificateSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    pub maintenance: MaintenanceSettings,
+}
+
+/// The controller's maintenance of repositories (forget, prune, check), run as child processes
+/// by whichever replica claims the job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceSettings {
+    /// Run maintenance on this replica (at least one replica should).
+    pub enabled: bool,
+    /// Maintenance jobs this replica runs at once.
+    pub concurrency: u32,
+    /// How long a job waits for running backups (their repository locks) before it gives up
+    /// and is retried later.
+    pub lock_wait_seconds: u64,
+    /// Seconds between looks for due or orphaned jobs.
+    pub poll_seconds: u64,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        Self { enabled: true, concurrency: 2, lock_wait_seconds: 1800, poll_seconds: 5 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +232,14 @@ impl Settings {
                 )));
             }
             _ => {}
+        }
+        if self.maintenance.concurrency == 0 && self.maintenance.enabled {
+            return Err(ConfigError(
+                "maintenance.concurrency must be at least 1 (or set maintenance.enabled = false)".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.maintenance.poll_seconds) {
+            return Err(ConfigError("maintenance.poll_seconds must be between 1 and 300".into()));
         }
         if self.enrollment.token_uses == 0 {
             return Err(ConfigError("enrollment.token_uses must be at least 1".into()));

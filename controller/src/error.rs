@@ -23,11 +23,8 @@ pub enum Error {
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
+/// One problem with one named field: the same type the policy rules report.
+pub use cofre_policy::spec::FieldError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -37,11 +34,18 @@ impl Error {
     }
 
     pub fn field(field: &str, message: impl Into<String>) -> Self {
-        let message = message.into();
-        Error::Invalid {
-            message: format!("{field}: {message}"),
-            fields: vec![FieldError { field: field.into(), message }],
-        }
+        Self::fields(vec![FieldError::new(field, message)])
+    }
+
+    /// Several field problems at once (the message names the first and counts the others).
+    pub fn fields(fields: Vec<FieldError>) -> Self {
+        let message = match fields.as_slice() {
+            [] => "invalid request".to_string(),
+            [f] if f.field.is_empty() => f.message.clone(),
+            [f] => format!("{}: {}", f.field, f.message),
+            [f, rest @ ..] => format!("{}: {} (and {} more problems)", f.field, f.message, rest.len()),
+        };
+        Error::Invalid { message, fields }
     }
 
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {

@@ -23,6 +23,8 @@ pub enum Event {
     Provision,
     /// Stores' access lists may have changed (quotas) or a store was revoked.
     Stores,
+    /// Maintenance jobs were queued: workers look now.
+    Maintenance,
     /// The listener reconnected and may have missed events: re-check everything.
     Resync,
     /// This process is shutting down (local only, never sent through Postgres): sessions
@@ -53,7 +55,7 @@ impl Event {
             Event::Machine { id } => *id == machine,
             Event::Plans { machines } => machines.as_ref().is_none_or(|m| m.contains(&machine)),
             Event::Jobs { machine: m } => *m == machine,
-            Event::Provision | Event::Stores => false,
+            Event::Provision | Event::Stores | Event::Maintenance => false,
             Event::Resync | Event::Shutdown => true,
         }
     }

@@ -10,6 +10,7 @@ pub mod db;
 pub mod enrollment;
 pub mod error;
 pub mod events;
+pub mod groups;
 pub mod grpc;
 pub mod jobs;
 pub mod keys;

@@ -40,13 +40,13 @@ const SELECT: &str = "
 select m.id, m.hostname, m.os, m.arch, m.agent_version, m.group_id, g.name as group_name, m.status,
        m.enrolled_at, m.approved_at, m.revoked_at, m.last_seen_at, m.plan_version, m.storage_quota_bytes,
        (select max(r.finished_at) from job_results r join jobs j on j.id = r.job_id
-         where j.machine_id = m.id and r.outcome in ('succeeded', 'warning')) as last_backup_at,
+         where j.machine_id = m.id and j.kind = 'backup' and r.outcome in ('succeeded', 'warning')) as last_backup_at,
        lr.outcome as last_result, lr.finished_at as last_result_at, lr.error_message as last_error
 from machines m
 left join groups g on g.id = m.group_id
 left join lateral (
     select r.outcome, r.finished_at, r.error_message from job_results r join jobs j on j.id = r.job_id
-    where j.machine_id = m.id order by r.finished_at desc limit 1
+    where j.machine_id = m.id and j.kind = 'backup' order by r.finished_at desc limit 1
 ) lr on true";
 
 /// A page of results and the cursor for the next one.
@@ -225,6 +225,16 @@ pub async fn record_hello(
     .bind(i64::try_from(plan_version & (i64::MAX as u64)).unwrap_or(0))
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// The plan version the agent reports holding.
+pub async fn record_plan_version(pool: &PgPool, id: Uuid, plan_version: u64) -> Result<()> {
+    sqlx::query("update machines set plan_version = $2, last_seen_at = now() where id = $1")
+        .bind(id)
+        .bind(i64::try_from(plan_version & (i64::MAX as u64)).unwrap_or(0))
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

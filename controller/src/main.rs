@@ -31,6 +31,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // A maintenance job's own process (see maintenance::child): no runtime, no arguments but its name.
+    if std::env::args().nth(1).as_deref() == Some(cofre_controller::maintenance::child::SUBCOMMAND) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        cofre_controller::init_tracing("pretty", "info");
+        return cofre_controller::maintenance::child::child_main();
+    }
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     match run(cli) {

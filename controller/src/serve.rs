@@ -86,6 +86,15 @@ pub async fn start(
         first_admin,
     };
     let maintenance = Arc::new(crate::maintenance::MaintenanceIdentity::new(state.ca.clone()));
+    if settings.maintenance.enabled {
+        let worker = crate::maintenance::worker(
+            pool.clone(),
+            master.clone(),
+            maintenance.clone(),
+            settings.maintenance.clone(),
+        );
+        crate::maintenance::spawn(worker, events.clone());
+    }
     repositories::spawn_provisioner(pool, master, events.clone(), maintenance);
     let tls = grpc::tls_config(&state)?;
     let http_tls = match (&settings.http.tls_cert_file, &settings.http.tls_key_file) {

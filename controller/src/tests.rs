@@ -34,6 +34,19 @@ pub(crate) async fn state(pool: PgPool) -> AppState {
     }
 }
 
+/// Creates the restic repository rows active machines' policies need and marks them
+/// initialised (no REST server involved).
+pub(crate) async fn initialise_repositories(st: &AppState) {
+    crate::repositories::create_missing_rows(&st.pool, &st.master).await.unwrap();
+    sqlx::query(
+        "update restic_repositories set restic_id = $1, initialised_at = now() where restic_id is null",
+    )
+    .bind("ab".repeat(32))
+    .execute(&st.pool)
+    .await
+    .unwrap();
+}
+
 pub(crate) fn csr() -> Vec<u8> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec()
@@ -78,13 +91,9 @@ async fn token(st: &AppState, uses: u32, ttl: Option<u64>) -> String {
 
 /// A new group with one enrolled machine in it: (group, machine).
 pub(crate) async fn machine_in_new_group(st: &AppState, name: &str) -> (Uuid, Uuid) {
-    let g = crate::policies::create_group(
-        &st.pool,
-        &Actor::System,
-        crate::policies::NewGroup { name: name.into() },
-    )
-    .await
-    .unwrap();
+    let g = crate::groups::create(&st.pool, &Actor::System, crate::groups::NewGroup { name: name.into() })
+        .await
+        .unwrap();
     let t = new_token(st, 1, None, Some(g.id)).await;
     let machine =
         enrollment::enroll(&st.pool, &st.ca, LIFE, &t.token, &csr(), inv()).await.unwrap().machine_id;
@@ -211,6 +220,23 @@ async fn a_result_delivered_twice_is_stored_once(pool: PgPool) {
         .fetch_one(&st.pool)
         .await
         .unwrap();
+    // The machine writes to it through an assigned policy.
+    let policy = crate::policies::create(
+        &st.pool,
+        &Actor::System,
+        cofre_policy::spec::PolicySpec::new("p", repo.id, vec!["/srv".into()]),
+        crate::policies::HookRights::Allowed,
+    )
+    .await
+    .unwrap();
+    crate::policies::assign(
+        &st.pool,
+        &Actor::System,
+        policy.id,
+        crate::policies::NewAssignment { machine_id: Some(e.machine_id), group_id: None },
+    )
+    .await
+    .unwrap();
     let job = Uuid::now_v7();
     let ev = finished_event(job, Uuid::now_v7(), &rr.to_string());
     crate::jobs::ingest(&st.pool, e.machine_id, &ev).await.unwrap();
@@ -345,7 +371,7 @@ async fn hostile_payloads_get_problem_json(pool: PgPool) {
         ("/api/v1/policies", "{not json"),
         (
             "/api/v1/policies",
-            r#"{"name":"x","repository_id":"00000000-0000-0000-0000-000000000000","paths":["relative"],"interval_seconds":0}"#,
+            r#"{"name":"x","repository_id":"00000000-0000-0000-0000-000000000000","paths":["relative"]}"#,
         ),
         ("/api/v1/repositories", r#"{"name":"r","url":"http://10.0.0.1:8000"}"#),
         ("/api/v1/repositories", r#"{"name":"r","url":"https://x","unknown_field":1}"#),
@@ -368,7 +394,7 @@ async fn hostile_payloads_get_problem_json(pool: PgPool) {
     assert_eq!(nothing, 0);
 }
 
-async fn call_json(
+pub(crate) async fn call_json(
     st: &AppState,
     method: &str,
     path: &str,
@@ -451,8 +477,8 @@ async fn plan_changes_notify_exactly_the_machines_they_reach(pool: PgPool) {
     let policy = crate::policies::create(
         &st.pool,
         &Actor::System,
-        serde_json::from_value(serde_json::json!({"name": "p", "repository_id": repo.id, "paths": ["/srv"], "interval_seconds": 0}))
-            .unwrap(),
+        cofre_policy::spec::PolicySpec::new("p", repo.id, vec!["/srv".into()]),
+        crate::policies::HookRights::Allowed,
     )
     .await
     .unwrap();
@@ -497,7 +523,7 @@ async fn policy_edits_need_the_current_etag_and_revoked_tokens_enroll_nothing(po
     .await;
     assert_eq!(s, StatusCode::CREATED, "{repo}");
     let body = format!(
-        r#"{{"name":"p","repository_id":"{}","paths":["/srv"],"interval_seconds":3600}}"#,
+        r#"{{"name":"p","repository_id":"{}","paths":["/srv"],"schedule":{{"interval_seconds":3600}}}}"#,
         repo["id"].as_str().unwrap()
     );
     let (s, pol) = call_json(&st, "POST", "/api/v1/policies", &admin, &body).await;

@@ -32,30 +32,29 @@ pub(crate) fn backup(
     let expected = normalise_id(&req.expected_restic_id, "expected repository id")?;
     let warnings = Warnings::default();
     let paths = check_paths(&req.paths, &warnings)?;
-    let excludes = excludes(&req.excludes)?;
+    let excludes = excludes(&req.excludes, &req.filters.iexcludes)?;
+    let filter_opts = filter_options(&req.filters)?;
     let snapshot = snapshot_template(req)?;
 
     let open = repo::open(target, true)?;
     let found = open.restic_id();
-    let OpenRepo { repo, prepared } = open;
-    let error = |err: &rustic_core::RusticError, doing: &str| from_rustic(err, &prepared.redactor, doing);
     if found != expected {
         return Err(EngineError::RepositoryIdMismatch { expected, found });
     }
+    // restic's rule: backups hold a non-exclusive lock, so a prune waits for them (and they
+    // for it). Released (removed) when this function returns, however it returns.
+    let _lock =
+        crate::lock::RepoLock::acquire(repo::lock_backend(target, &open)?, false, &username(), &req.lock)?;
+    let OpenRepo { repo, prepared } = open;
+    let error = |err: &rustic_core::RusticError, doing: &str| from_rustic(err, &prepared.redactor, doing);
 
     // xattrs are saved by default (`set_xattrs: None` means yes), ctime too; atime is stored as
     // the mtime (rustic's default: real atimes would change every tree on every run); the device
     // id is kept for hardlinked files only, which restic's restorer needs to relink them.
     let save_opts = LocalSourceSaveOptions::default();
     let opts = BackupOptions::default().no_scan(true).ignore_save_opts(save_opts).excludes(excludes.clone());
-    let source = WatchedSource::new(
-        save_opts,
-        &excludes,
-        &LocalSourceFilterOptions::default(),
-        &paths,
-        warnings.clone(),
-    )
-    .map_err(|err| error(&err, "preparing the backup source"))?;
+    let source = WatchedSource::new(save_opts, &excludes, &filter_opts, &paths, warnings.clone())
+        .map_err(|err| error(&err, "preparing the backup source"))?;
 
     let snap = if archiver == Archiver::Rustic {
         let indexed = repo.to_indexed_ids().map_err(|err| error(&err, "reading the repository index"))?;
@@ -118,19 +117,49 @@ fn check_paths(paths: &[PathBuf], warnings: &Warnings) -> Result<Vec<PathBuf>, E
     Ok(resolved)
 }
 
-/// restic-like `--exclude` globs, as ignore-overrides (`!pattern` means "leave out").
-fn excludes(patterns: &[String]) -> Result<Excludes, EngineError> {
-    let mut globs = Vec::with_capacity(patterns.len());
-    for pattern in patterns {
-        let trimmed = pattern.trim();
-        if trimmed.is_empty() || trimmed.starts_with('!') {
+/// The name recorded in the lock file.
+fn username() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| nix::unistd::getuid().to_string(), |u| u.name)
+}
+
+/// restic's other exclude options, as rustic's filter options.
+fn filter_options(f: &crate::SourceFilters) -> Result<LocalSourceFilterOptions, EngineError> {
+    for name in &f.exclude_if_present {
+        if name.is_empty() || name.contains('/') || name.contains('\0') {
             return Err(EngineError::InvalidInput(format!(
-                "exclude pattern `{pattern}` is empty or starts with `!` (negation is not supported)"
+                "exclude-if-present `{name}` must be a file name without '/'"
             )));
         }
-        globs.push(format!("!{trimmed}"));
     }
-    let excludes = Excludes::default().globs(globs);
+    let mut opts = LocalSourceFilterOptions::default()
+        .exclude_if_present(f.exclude_if_present.clone())
+        .one_file_system(f.one_file_system);
+    if let Some(limit) = f.exclude_larger_than {
+        opts = opts.exclude_larger_than(Some(bytesize::ByteSize::b(limit)));
+    }
+    Ok(opts)
+}
+
+/// restic-like `--exclude` and `--iexclude` globs, as ignore-overrides (`!pattern` means
+/// "leave out").
+fn excludes(patterns: &[String], ipatterns: &[String]) -> Result<Excludes, EngineError> {
+    let negate = |patterns: &[String]| -> Result<Vec<String>, EngineError> {
+        let mut globs = Vec::with_capacity(patterns.len());
+        for pattern in patterns {
+            let trimmed = pattern.trim();
+            if trimmed.is_empty() || trimmed.starts_with('!') {
+                return Err(EngineError::InvalidInput(format!(
+                    "exclude pattern `{pattern}` is empty or starts with `!` (negation is not supported)"
+                )));
+            }
+            globs.push(format!("!{trimmed}"));
+        }
+        Ok(globs)
+    };
+    let excludes = Excludes::default().globs(negate(patterns)?).iglobs(negate(ipatterns)?);
     excludes.as_override().map_err(|err| {
         EngineError::InvalidInput(format!("invalid exclude pattern: {}", crate::error::describe_rustic(&err)))
     })?;
@@ -161,6 +190,7 @@ fn snapshot_template(req: &BackupRequest) -> Result<SnapshotFile, EngineError> {
 
 fn report(snap: &SnapshotFile, paths: &[PathBuf], duration: Duration, warnings: Vec<String>) -> BackupReport {
     let summary = snap.summary.clone().unwrap_or_default();
+    let utc_offset_seconds = snap.time.offset().seconds();
     let ts = snap.time.timestamp();
     let snapshot_time =
         chrono::DateTime::from_timestamp(ts.as_second(), u32::try_from(ts.subsec_nanosecond()).unwrap_or(0))
@@ -170,6 +200,8 @@ fn report(snap: &SnapshotFile, paths: &[PathBuf], duration: Duration, warnings: 
         snapshot_time,
         paths: paths.iter().map(|p| display(p)).collect(),
         hostname: snap.hostname.clone(),
+        utc_offset_seconds,
+        tags: snap.tags.iter().map(ToString::to_string).collect(),
         files_new: summary.files_new,
         files_changed: summary.files_changed,
         files_unmodified: summary.files_unmodified,
@@ -211,20 +243,21 @@ mod tests {
 
     #[test]
     fn excludes_are_checked() {
-        assert_eq!(excludes(&["*.tmp".to_owned()]).unwrap().globs, vec!["!*.tmp".to_owned()]);
-        assert!(excludes(&[String::new()]).is_err());
-        assert!(excludes(&["!x".to_owned()]).is_err());
-        assert!(excludes(&["a[".to_owned()]).is_err());
+        assert_eq!(excludes(&["*.tmp".to_owned()], &[]).unwrap().globs, vec!["!*.tmp".to_owned()]);
+        assert_eq!(excludes(&[], &["*.ISO".to_owned()]).unwrap().iglobs, vec!["!*.ISO".to_owned()]);
+        assert!(excludes(&[String::new()], &[]).is_err());
+        assert!(excludes(&["!x".to_owned()], &[]).is_err());
+        assert!(excludes(&["a[".to_owned()], &[]).is_err());
+        assert!(excludes(&[], &["a[".to_owned()]).is_err());
     }
 
     #[test]
     fn tags_and_host_are_checked() {
         let req = |host: &str, tags: &[&str]| BackupRequest {
             expected_restic_id: "00".to_owned(),
-            paths: vec![],
-            excludes: vec![],
             hostname: host.to_owned(),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            ..Default::default()
         };
         let snap = snapshot_template(&req("web-1", &["daily", "cofre"])).unwrap();
         assert_eq!(snap.hostname, "web-1");

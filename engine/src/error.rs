@@ -63,6 +63,9 @@ pub enum EngineError {
         None => String::new(),
     })]
     Backend { status: Option<u16>, message: String },
+    /// Someone else's lock stayed in the way longer than the caller was willing to wait.
+    #[error("the repository is locked: {0}; giving up for now")]
+    Locked(String),
     /// A snapshot or a path inside a snapshot does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -85,7 +88,7 @@ impl EngineError {
                 Some(s) if (400..500).contains(s) => RetryClass::Permanent,
                 Some(_) => RetryClass::Temporary,
             },
-            Self::Other(_) => RetryClass::Temporary,
+            Self::Other(_) | Self::Locked(_) => RetryClass::Temporary,
             Self::InvalidInput(_)
             | Self::NotInitialised
             | Self::AlreadyInitialised { .. }

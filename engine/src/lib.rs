@@ -28,14 +28,22 @@
 //!
 //! Modules: `target` (URL rules, backend options), `probe`, `repo` (open/init), `backup` with
 //! `source` (warnings) and `archiver` (pipeline, restic format, pack uploads), `restore` with
-//! `restorer`, `error` (error mapping, redaction).
+//! `restorer`, `lock` (restic's repository locks), `maintenance` (forget, prune, check for the
+//! controller), `error` (error mapping, redaction).
+//!
+//! Backups hold a non-exclusive restic lock and maintenance an exclusive one, so a backup and a
+//! prune of the same repository never run at the same time: whichever comes second waits.
 
 mod archiver;
 mod backup;
+pub mod child;
 mod error;
 mod keyfile;
+mod lock;
+pub mod maintenance;
 mod probe;
 mod repo;
+mod rest;
 mod restore;
 mod restorer;
 mod source;
@@ -45,11 +53,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{EngineError, RetryClass};
+pub use lock::LockOptions;
 pub use repo::set_cache_dir;
-pub use target::{RepoTarget, check_repository_url};
+pub use target::{RepoTarget, WireTarget, check_repository_url};
 
 /// What to back up and how to label the snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BackupRequest {
     /// The restic id the repository must have; a different one fails with
     /// [`EngineError::RepositoryIdMismatch`] before anything is written. Never initialises.
@@ -61,10 +70,28 @@ pub struct BackupRequest {
     /// name anywhere, one starting with `/` is anchored at the file-system root
     /// (gitignore-style semantics of rustic's overrides). Negation (`!`) is not supported.
     pub excludes: Vec<String>,
+    /// More ways to leave entries out.
+    pub filters: SourceFilters,
     /// Host name recorded in the snapshot (also used to find the parent snapshot).
     pub hostname: String,
     /// Tags recorded in the snapshot (no commas).
     pub tags: Vec<String>,
+    /// The repository lock the backup holds (non-exclusive, restic's rules): how long to wait
+    /// for an exclusive one (a prune) to go, and where to record its id.
+    pub lock: LockOptions,
+}
+
+/// restic's other exclude options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceFilters {
+    /// Like `excludes`, ignoring case (restic's `--iexclude`).
+    pub iexcludes: Vec<String>,
+    /// Directories holding a file of one of these names are left out (`--exclude-if-present`).
+    pub exclude_if_present: Vec<String>,
+    /// Files larger than this many bytes are left out (`--exclude-larger-than`).
+    pub exclude_larger_than: Option<u64>,
+    /// Stay on the file system of each backup path (`--one-file-system`).
+    pub one_file_system: bool,
 }
 
 /// The outcome of a successful backup. Serialisable: the agent runs each job in a child
@@ -77,6 +104,11 @@ pub struct BackupReport {
     /// The backed-up paths as stored in the snapshot (canonical, symlinks resolved).
     pub paths: Vec<String>,
     pub hostname: String,
+    /// The UTC offset of the snapshot's time as recorded in it (its local time zone).
+    #[serde(default)]
+    pub utc_offset_seconds: i32,
+    #[serde(default)]
+    pub tags: Vec<String>,
     pub files_new: u64,
     pub files_changed: u64,
     pub files_unmodified: u64,
@@ -233,9 +265,8 @@ mod tests {
         let req = BackupRequest {
             expected_restic_id: "not hex".to_owned(),
             paths: vec![PathBuf::from("/")],
-            excludes: vec![],
             hostname: "h".to_owned(),
-            tags: vec![],
+            ..Default::default()
         };
         assert!(matches!(backup(&t, &req), Err(EngineError::InvalidInput(_))));
     }

@@ -79,6 +79,22 @@ fn open_prepared(
         .map_err(|err| from_rustic(&err, &prepared.redactor, &doing))
 }
 
+/// Lock files are small: a request that takes longer is stuck.
+const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the repository lock (`lock.rs`) needs of an open repository: its backend and key.
+pub(crate) fn lock_backend(
+    target: &RepoTarget,
+    open: &OpenRepo,
+) -> Result<crate::lock::LockBackend, EngineError> {
+    let key = crate::archiver::format::Key::from_master(&open.repo.key()).map_err(EngineError::Other)?;
+    Ok(crate::lock::LockBackend {
+        files: crate::rest::RestFiles::new(target, &open.prepared, LOCK_TIMEOUT)?,
+        key,
+        compress: open.repo.config().version > 1,
+    })
+}
+
 /// See [`crate::init_repository`].
 pub(crate) fn init_repository(target: &RepoTarget) -> Result<String, EngineError> {
     let prepared = target.prepare()?;

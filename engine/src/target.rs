@@ -267,3 +267,50 @@ mod tests {
         assert!(matches!(&err, EngineError::InvalidInput(m) if m.contains("CA certificate")));
     }
 }
+
+/// A [`RepoTarget`] with its secrets as plain strings, to hand a job to a child process over a
+/// pipe (never argv, the environment or disk). `Debug` shows no secrets.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct WireTarget {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub repository_password: String,
+    pub ca_cert_file: Option<PathBuf>,
+    pub client_identity_file: Option<PathBuf>,
+    pub allow_insecure_http: bool,
+}
+
+impl fmt::Debug for WireTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WireTarget").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl From<&RepoTarget> for WireTarget {
+    fn from(t: &RepoTarget) -> Self {
+        Self {
+            url: t.url.clone(),
+            username: t.username.clone(),
+            password: t.password.as_ref().map(|p| p.expose_secret().to_owned()),
+            repository_password: t.repository_password.expose_secret().to_owned(),
+            ca_cert_file: t.ca_cert_file.clone(),
+            client_identity_file: t.client_identity_file.clone(),
+            allow_insecure_http: t.allow_insecure_http,
+        }
+    }
+}
+
+impl From<WireTarget> for RepoTarget {
+    fn from(t: WireTarget) -> Self {
+        Self {
+            url: t.url,
+            username: t.username,
+            password: t.password.map(SecretString::from),
+            repository_password: SecretString::from(t.repository_password),
+            ca_cert_file: t.ca_cert_file,
+            client_identity_file: t.client_identity_file,
+            allow_insecure_http: t.allow_insecure_http,
+        }
+    }
+}

@@ -9,3 +9,4 @@
 pub mod cron;
 pub mod retention;
 pub mod schedule;
+pub mod spec;

@@ -43,9 +43,8 @@ fn rustic_machine_backs_up_and_restores_append_only() {
     let req = BackupRequest {
         expected_restic_id: id,
         paths: vec![src.clone()],
-        excludes: vec![],
         hostname: "pc".into(),
-        tags: vec![],
+        ..Default::default()
     };
     let report =
         cofre_engine::backup(&target(&store, "city/pc", &machine), &req).expect("backup as the machine");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cofre_client::{Client, NewEnrollmentToken, NewRepository, PolicyInput};
+use cofre_client::{Client, NewEnrollmentToken, NewRepository, PolicySpec};
 use cofre_proto::agent::v1 as pb;
 use uuid::Uuid;
 
@@ -75,13 +75,10 @@ async fn backup_policy(
     interval: u64,
 ) -> Result<cofre_client::Policy> {
     Ok(f.admin
-        .create_policy(&PolicyInput {
-            name: name.into(),
-            repository_id: repository,
-            paths: vec![source.to_str().context("utf-8 source path")?.into()],
-            excludes: vec![],
-            interval_seconds: interval,
-        })
+        .create_policy(
+            &PolicySpec::new(name, repository, vec![source.to_str().context("utf-8 source path")?.into()])
+                .every(interval),
+        )
         .await?)
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cofre_client::{Client, NewEnrollmentToken, NewRepository, PolicyInput};
+use cofre_client::{Client, NewEnrollmentToken, NewRepository, PolicySpec};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -84,13 +84,11 @@ pub(crate) async fn protect(f: &Fixture, source: &Path) -> Result<Protected> {
         .await?;
     let policy = f
         .admin
-        .create_policy(&PolicyInput {
-            name: "documents".into(),
-            repository_id: repo.id,
-            paths: vec![source.to_str().context("utf-8 path")?.into()],
-            excludes: vec![],
-            interval_seconds: 0,
-        })
+        .create_policy(&PolicySpec::new(
+            "documents",
+            repo.id,
+            vec![source.to_str().context("utf-8 path")?.into()],
+        ))
         .await?;
     f.admin.assign_policy_to_machine(policy.id, machine).await?;
     agent.start()?;

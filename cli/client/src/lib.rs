@@ -159,8 +159,91 @@ impl Client {
         self.post("/api/v1/repositories", req).await
     }
 
-    pub async fn create_policy(&self, req: &PolicyInput) -> Result<Policy> {
-        self.post("/api/v1/policies", req).await
+    pub async fn create_policy(&self, spec: &PolicySpec) -> Result<Policy> {
+        self.post("/api/v1/policies", spec).await
+    }
+
+    /// Replaces a policy's spec; `if_revision` guards against overwriting someone else's edit.
+    pub async fn update_policy(
+        &self,
+        id: Uuid,
+        spec: &PolicySpec,
+        if_revision: Option<i64>,
+    ) -> Result<Policy> {
+        let etag = if_revision.map(|r| format!("\"rev-{r}\""));
+        let headers: Vec<(&str, &str)> = etag.as_deref().map(|e| ("If-Match", e)).into_iter().collect();
+        self.request(Method::PUT, &format!("/api/v1/policies/{id}"), Some(spec), &headers).await
+    }
+
+    pub async fn list_policies(&self) -> Result<Vec<Policy>> {
+        let l: Items<Policy> = self.get("/api/v1/policies").await?;
+        Ok(l.items)
+    }
+
+    pub async fn get_policy(&self, id: Uuid) -> Result<Policy> {
+        self.get(&format!("/api/v1/policies/{id}")).await
+    }
+
+    pub async fn policy_versions(&self, id: Uuid) -> Result<Vec<PolicyVersion>> {
+        let l: Items<PolicyVersion> = self.get(&format!("/api/v1/policies/{id}/versions")).await?;
+        Ok(l.items)
+    }
+
+    pub async fn policy_diff(&self, id: Uuid, from: i64, to: i64) -> Result<PolicyDiff> {
+        self.get(&format!("/api/v1/policies/{id}/diff?from={from}&to={to}")).await
+    }
+
+    pub async fn list_assignments(&self, policy: Uuid) -> Result<Vec<Assignment>> {
+        let l: Items<Assignment> = self.get(&format!("/api/v1/policies/{policy}/assignments")).await?;
+        Ok(l.items)
+    }
+
+    pub async fn unassign_policy(&self, policy: Uuid, assignment: Uuid) -> Result<()> {
+        self.request::<(), ()>(
+            Method::DELETE,
+            &format!("/api/v1/policies/{policy}/assignments/{assignment}"),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// Machines whose agent does not hold the plan the controller computes now.
+    pub async fn stale_plans(&self) -> Result<Vec<StalePlan>> {
+        let l: Items<StalePlan> = self.get("/api/v1/plans/stale").await?;
+        Ok(l.items)
+    }
+
+    /// Asks a queued or running job to stop.
+    pub async fn cancel_job(&self, id: Uuid) -> Result<Job> {
+        self.post(&format!("/api/v1/jobs/{id}/cancel"), &serde_json::json!({})).await
+    }
+
+    pub async fn list_restic_repositories(&self, machine: Option<Uuid>) -> Result<Vec<ResticRepository>> {
+        let path = match machine {
+            Some(m) => format!("/api/v1/restic-repositories?machine={m}"),
+            None => "/api/v1/restic-repositories".to_string(),
+        };
+        let l: Items<ResticRepository> = self.get(&path).await?;
+        Ok(l.items)
+    }
+
+    /// Queues forget, prune or check of a restic repository now.
+    pub async fn run_maintenance(&self, restic_repository: Uuid, kind: &str) -> Result<Job> {
+        self.post(
+            &format!("/api/v1/restic-repositories/{restic_repository}/maintenance"),
+            &serde_json::json!({ "kind": kind }),
+        )
+        .await
+    }
+
+    /// Maintenance jobs, newest first (`kind`: forget, prune or check).
+    pub async fn maintenance_jobs(&self, kind: Option<&str>, state: Option<&str>) -> Result<Vec<Job>> {
+        let mut q = vec!["limit=1000".to_string()];
+        q.extend(kind.map(|k| format!("kind={k}")));
+        q.extend(state.map(|s| format!("state={s}")));
+        let page: Page<Job> = self.get(&format!("/api/v1/maintenance/jobs?{}", q.join("&"))).await?;
+        Ok(page.items)
     }
 
     pub async fn assign_policy_to_machine(&self, policy: Uuid, machine: Uuid) -> Result<Assignment> {

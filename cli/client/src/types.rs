@@ -80,6 +80,12 @@ pub struct NewRepository {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_certificate_pem: Option<String>,
     pub allow_insecure_http: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_password: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,27 +99,65 @@ pub struct Repository {
     pub has_password: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyInput {
-    pub name: String,
-    pub repository_id: Uuid,
-    pub paths: Vec<String>,
-    pub excludes: Vec<String>,
-    pub interval_seconds: u64,
-}
+/// What a policy says: the same type the controller validates and stores (`cofre-policy`).
+pub use cofre_policy::spec::{
+    Change, HookSpec, Hooks, MaintenanceSpec, OnFailure, PolicySpec, RetentionSpec, ScheduleSpec, WindowSpec,
+};
 
-#[derive(Debug, Clone, Deserialize)]
+/// A policy as the API returns it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Policy {
     pub id: Uuid,
-    pub name: String,
-    pub repository_id: Uuid,
-    pub paths: Vec<String>,
-    pub excludes: Vec<String>,
-    pub interval_seconds: i64,
     pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub spec: PolicySpec,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PolicyVersion {
+    pub policy_id: Uuid,
+    pub revision: i64,
+    pub changed_by: String,
+    pub changed_at: DateTime<Utc>,
+    pub spec: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PolicyDiff {
+    pub from: i64,
+    pub to: i64,
+    pub changes: Vec<Change>,
+}
+
+/// A machine whose agent does not hold its current plan.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StalePlan {
+    pub machine_id: Uuid,
+    pub hostname: String,
+    pub group_id: Option<Uuid>,
+    pub held_plan_version: i64,
+    pub current_plan_version: i64,
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// A restic repository with its last maintenance jobs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ResticRepository {
+    pub id: Uuid,
+    pub repository_id: Uuid,
+    pub machine_id: Option<Uuid>,
+    pub url: String,
+    pub restic_id: Option<String>,
+    pub init_error: Option<String>,
+    pub snapshots: i64,
+    pub last_forget: Option<serde_json::Value>,
+    pub last_prune: Option<serde_json::Value>,
+    pub last_check: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Assignment {
     pub id: Uuid,
     pub policy_id: Uuid,
@@ -137,27 +181,39 @@ pub struct Machine {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Job {
     pub id: Uuid,
-    pub machine_id: Uuid,
+    pub machine_id: Option<Uuid>,
     pub policy_id: Option<Uuid>,
+    #[serde(default)]
+    pub restic_repository_id: Option<Uuid>,
+    /// backup, forget, prune or check.
     pub kind: String,
     pub trigger: String,
     pub state: String,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub overran_window: bool,
+    #[serde(default)]
+    pub cancel_requested_at: Option<DateTime<Utc>>,
     pub snapshot_id: Option<String>,
     pub stats: Option<serde_json::Value>,
     pub warnings: Option<Vec<String>>,
     pub error_message: Option<String>,
     pub retry_class: Option<String>,
+    #[serde(default)]
+    pub log: Option<String>,
 }
 
 impl Job {
     pub fn is_final(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "warning" | "failed" | "interrupted")
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "warning" | "failed" | "interrupted" | "cancelled" | "skipped"
+        )
     }
 }
 
@@ -170,6 +226,10 @@ pub struct Snapshot {
     pub time: DateTime<Utc>,
     pub hostname: String,
     pub paths: Vec<String>,
+    #[serde(default)]
+    pub policy_id: Option<Uuid>,
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

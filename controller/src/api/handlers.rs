@@ -3,7 +3,7 @@
 
 use axum::Extension;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -13,7 +13,7 @@ use super::Json;
 use crate::auth::Claims;
 use crate::error::{Error, Result};
 use crate::state::AppState;
-use crate::{enrollment, jobs, machines, policies, repositories};
+use crate::{enrollment, groups, machines, repositories};
 
 pub(super) fn id(s: &str, what: &str) -> Result<Uuid> {
     // A malformed id names nothing: answer like an unknown one.
@@ -87,15 +87,15 @@ pub async fn revoke_token(
 }
 
 pub async fn list_groups(State(st): State<AppState>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": policies::list_groups(&st.pool).await? })).into_response())
+    Ok(axum::Json(json!({ "items": groups::list(&st.pool).await? })).into_response())
 }
 
 pub async fn create_group(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
-    Json(req): Json<policies::NewGroup>,
+    Json(req): Json<groups::NewGroup>,
 ) -> Result<Response> {
-    Ok(created(policies::create_group(&st.pool, &c.actor(), req).await?))
+    Ok(created(groups::create(&st.pool, &c.actor(), req).await?))
 }
 
 pub async fn list_repositories(State(st): State<AppState>) -> Result<Response> {
@@ -114,76 +114,6 @@ pub async fn get_repository(State(st): State<AppState>, Path(p): Path<String>) -
     Ok(axum::Json(repositories::get(&st.pool, id(&p, "repository")?).await?).into_response())
 }
 
-pub async fn list_policies(State(st): State<AppState>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": policies::list(&st.pool).await? })).into_response())
-}
-
-fn with_etag(p: policies::Policy, status: StatusCode) -> Response {
-    let etag = format!("\"rev-{}\"", p.revision);
-    let mut resp = (status, axum::Json(p)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
-}
-
-pub async fn create_policy(
-    State(st): State<AppState>,
-    Extension(c): Extension<Claims>,
-    Json(req): Json<policies::PolicyInput>,
-) -> Result<Response> {
-    Ok(with_etag(policies::create(&st.pool, &c.actor(), req).await?, StatusCode::CREATED))
-}
-
-pub async fn get_policy(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    Ok(with_etag(policies::get(&st.pool, id(&p, "policy")?).await?, StatusCode::OK))
-}
-
-pub async fn update_policy(
-    State(st): State<AppState>,
-    Extension(c): Extension<Claims>,
-    Path(p): Path<String>,
-    headers: HeaderMap,
-    Json(req): Json<policies::PolicyInput>,
-) -> Result<Response> {
-    let if_revision = match headers.get(header::IF_MATCH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().trim_start_matches("W/").trim_matches('"').strip_prefix("rev-"))
-                .and_then(|n| n.parse::<i64>().ok())
-                .ok_or_else(|| Error::invalid("If-Match must be an ETag returned by this API"))?,
-        ),
-    };
-    let pol = policies::update(&st.pool, &c.actor(), id(&p, "policy")?, if_revision, req).await?;
-    Ok(with_etag(pol, StatusCode::OK))
-}
-
-pub async fn list_assignments(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    let policy = id(&p, "policy")?;
-    policies::get(&st.pool, policy).await?;
-    Ok(axum::Json(json!({ "items": policies::list_assignments(&st.pool, policy).await? })).into_response())
-}
-
-pub async fn assign_policy(
-    State(st): State<AppState>,
-    Extension(c): Extension<Claims>,
-    Path(p): Path<String>,
-    Json(req): Json<policies::NewAssignment>,
-) -> Result<Response> {
-    Ok(created(policies::assign(&st.pool, &c.actor(), id(&p, "policy")?, req).await?))
-}
-
-pub async fn unassign_policy(
-    State(st): State<AppState>,
-    Extension(c): Extension<Claims>,
-    Path((p, a)): Path<(String, String)>,
-) -> Result<StatusCode> {
-    policies::unassign(&st.pool, &c.actor(), id(&p, "policy")?, id(&a, "assignment")?).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -192,7 +122,7 @@ pub struct ListQuery {
     status: Option<String>,
 }
 
-fn limit(l: Option<usize>) -> Result<usize> {
+pub(super) fn limit(l: Option<usize>) -> Result<usize> {
     match l {
         None => Ok(100),
         Some(n) if (1..=1000).contains(&n) => Ok(n),
@@ -239,51 +169,4 @@ pub async fn revoke_machine(
 ) -> Result<Response> {
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
     Ok(axum::Json(machines::revoke(&st.pool, &c.actor(), m.id).await?).into_response())
-}
-
-pub async fn list_jobs(
-    State(st): State<AppState>,
-    Extension(c): Extension<Claims>,
-    Path(p): Path<String>,
-    Query(q): Query<ListQuery>,
-) -> Result<Response> {
-    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
-    let before = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
-    Ok(axum::Json(jobs::list_for_machine(&st.pool, m.id, before, limit(q.limit)?).await?).into_response())
-}
-
-pub async fn run_now(
-    State(st): State<AppState>,
-    Extension(c): Extension<Claims>,
-    Path(p): Path<String>,
-    headers: HeaderMap,
-    Json(req): Json<jobs::RunNow>,
-) -> Result<Response> {
-    let key = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().map_err(|_| Error::invalid("Idempotency-Key must be ASCII")))
-        .transpose()?;
-    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
-    let job = jobs::run_now(&st.pool, &c.actor(), m.id, req, key).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
-}
-
-pub async fn list_snapshots(
-    State(st): State<AppState>,
-    Extension(c): Extension<Claims>,
-    Path(p): Path<String>,
-) -> Result<Response> {
-    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
-    Ok(axum::Json(json!({ "items": jobs::snapshots_for_machine(&st.pool, m.id).await? })).into_response())
-}
-
-pub async fn get_job(
-    State(st): State<AppState>,
-    Extension(c): Extension<Claims>,
-    Path(p): Path<String>,
-) -> Result<Response> {
-    let job = jobs::get(&st.pool, id(&p, "job")?).await?;
-    // A job of a machine outside the caller's group does not exist for the caller.
-    machine_in_scope(&st, &c, job.machine_id).await.map_err(|_| Error::NotFound("job".into()))?;
-    Ok(axum::Json(job).into_response())
 }

@@ -3,6 +3,8 @@
 
 mod error;
 mod handlers;
+mod jobs;
+mod policies;
 mod stores;
 
 use axum::extract::{FromRequest, Request, State};
@@ -50,6 +52,8 @@ pub struct RouteDef {
 fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
     use Access::*;
     use handlers as h;
+    use jobs as j;
+    use policies as p;
     use stores as s;
     // `r`: fleet-wide configuration; `g`: a group's machines and what hangs off them, open to
     // users limited to a group (their handlers answer 404 for other groups' machines).
@@ -77,27 +81,34 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         r(Method::GET, "/api/v1/repositories", Read, get(h::list_repositories)),
         r(Method::POST, "/api/v1/repositories", Admin, post(h::create_repository)),
         r(Method::GET, "/api/v1/repositories/{id}", Read, get(h::get_repository)),
-        r(Method::GET, "/api/v1/policies", Read, get(h::list_policies)),
-        r(Method::POST, "/api/v1/policies", Admin, post(h::create_policy)),
-        r(Method::GET, "/api/v1/policies/{id}", Read, get(h::get_policy)),
-        r(Method::PUT, "/api/v1/policies/{id}", Admin, put(h::update_policy)),
-        r(Method::GET, "/api/v1/policies/{id}/assignments", Read, get(h::list_assignments)),
-        r(Method::POST, "/api/v1/policies/{id}/assignments", Admin, post(h::assign_policy)),
+        g(Method::GET, "/api/v1/restic-repositories", Read, get(j::list_restic_repositories)),
+        g(Method::POST, "/api/v1/restic-repositories/{id}/maintenance", Operate, post(j::run_maintenance)),
+        g(Method::GET, "/api/v1/maintenance/jobs", Read, get(j::list_maintenance_jobs)),
+        r(Method::GET, "/api/v1/policies", Read, get(p::list_policies)),
+        r(Method::POST, "/api/v1/policies", Admin, post(p::create_policy)),
+        r(Method::GET, "/api/v1/policies/{id}", Read, get(p::get_policy)),
+        r(Method::PUT, "/api/v1/policies/{id}", Admin, put(p::update_policy)),
+        r(Method::GET, "/api/v1/policies/{id}/versions", Read, get(p::list_versions)),
+        r(Method::GET, "/api/v1/policies/{id}/diff", Read, get(p::diff_versions)),
+        r(Method::GET, "/api/v1/policies/{id}/assignments", Read, get(p::list_assignments)),
+        r(Method::POST, "/api/v1/policies/{id}/assignments", Admin, post(p::assign_policy)),
         r(
             Method::DELETE,
             "/api/v1/policies/{id}/assignments/{assignment}",
             Admin,
-            delete(h::unassign_policy),
+            delete(p::unassign_policy),
         ),
+        g(Method::GET, "/api/v1/plans/stale", Read, get(p::stale_plans)),
         g(Method::GET, "/api/v1/machines", Read, get(h::list_machines)),
         g(Method::GET, "/api/v1/machines/{id}", Read, get(h::get_machine)),
         g(Method::POST, "/api/v1/machines/{id}/approve", Operate, post(h::approve_machine)),
         g(Method::POST, "/api/v1/machines/{id}/revoke", Admin, post(h::revoke_machine)),
         r(Method::PUT, "/api/v1/machines/{id}/quota", Admin, put(s::set_machine_quota)),
-        g(Method::GET, "/api/v1/machines/{id}/jobs", Read, get(h::list_jobs)),
-        g(Method::POST, "/api/v1/machines/{id}/jobs", Operate, post(h::run_now)),
-        g(Method::GET, "/api/v1/machines/{id}/snapshots", Read, get(h::list_snapshots)),
-        g(Method::GET, "/api/v1/jobs/{id}", Read, get(h::get_job)),
+        g(Method::GET, "/api/v1/machines/{id}/jobs", Read, get(j::list_jobs)),
+        g(Method::POST, "/api/v1/machines/{id}/jobs", Operate, post(j::run_now)),
+        g(Method::GET, "/api/v1/machines/{id}/snapshots", Read, get(j::list_snapshots)),
+        g(Method::GET, "/api/v1/jobs/{id}", Read, get(j::get_job)),
+        g(Method::POST, "/api/v1/jobs/{id}/cancel", Operate, post(j::cancel_job)),
     ]
 }
 

@@ -54,8 +54,17 @@ pub async fn open(
     let events = state.events.subscribe();
     let inbound = req.into_inner();
     let (tx, rx) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(64);
-    let session =
-        Session { state, machine, serial, standing, tx, sent_plan: None, sent_jobs: HashSet::new() };
+    let session = Session {
+        state,
+        machine,
+        serial,
+        standing,
+        tx,
+        sent_plan: None,
+        held_plan: 0,
+        sent_jobs: HashSet::new(),
+        sent_cancels: HashSet::new(),
+    };
     tokio::spawn(
         session.run(inbound, events).instrument(tracing::info_span!("session", machine.id = %machine)),
     );
@@ -69,7 +78,10 @@ struct Session {
     standing: SessionStanding,
     tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     sent_plan: Option<u64>,
+    /// The plan version the agent last reported holding (recorded in `machines.plan_version`).
+    held_plan: u64,
     sent_jobs: HashSet<Uuid>,
+    sent_cancels: HashSet<Uuid>,
 }
 
 impl Session {
@@ -133,6 +145,7 @@ impl Session {
         jobs::mark_interrupted(&self.state.pool, self.machine, &interrupted).await?;
         tracing::info!(machine.id = %self.machine, agent_version = %inv.agent_version, plan_version = hello.plan_version, "agent connected");
         self.sent_plan = Some(hello.plan_version);
+        self.held_plan = hello.plan_version;
         self.sync().await
     }
 
@@ -159,6 +172,11 @@ impl Session {
                     .await?;
             }
         }
+        for job in jobs::cancels_for(&self.state.pool, self.machine).await? {
+            if self.sent_cancels.insert(job) {
+                self.send(Out::Cancel(pb::Cancel { job_id: job.to_string() })).await?;
+            }
+        }
         Ok(())
     }
 
@@ -171,7 +189,14 @@ impl Session {
 
     async fn on_message(&mut self, m: pb::AgentMessage) -> Result<(), End> {
         match m.msg {
-            Some(In::Heartbeat(_)) => Ok(()),
+            Some(In::Heartbeat(h)) => {
+                // What the agent runs, for the API's stale-plan report.
+                if h.plan_version != 0 && h.plan_version != self.held_plan {
+                    machines::record_plan_version(&self.state.pool, self.machine, h.plan_version).await?;
+                    self.held_plan = h.plan_version;
+                }
+                Ok(())
+            }
             Some(In::Hello(_)) => Err(End::Refuse(Status::invalid_argument("Hello may only be sent once"))),
             Some(In::JobEvent(ev)) => self.on_job_event(ev).await,
             Some(In::Renew(r)) => self.on_renew(r).await,

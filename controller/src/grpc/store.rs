@@ -163,8 +163,8 @@ impl Session {
                     Ok(Event::Shutdown) | Err(broadcast::error::RecvError::Closed) => {
                         return Err(End::Refuse(Status::unavailable("controller shutting down")));
                     }
-                    // Jobs and provisioning requests change no access list.
-                    Ok(Event::Jobs { .. } | Event::Provision) => {}
+                    // Jobs, provisioning and maintenance requests change no access list.
+                    Ok(Event::Jobs { .. } | Event::Provision | Event::Maintenance) => {}
                     Ok(Event::Stores | Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.recheck().await?;
                     }

@@ -19,18 +19,13 @@ pub fn path_below(store_url: &str, repository_url: &str) -> Option<String> {
 }
 
 pub async fn compute(pool: &PgPool, store_url: &str) -> Result<pb::AccessList> {
-    // Per-machine repositories, and shared ones through the machines' assigned policies.
+    // Every repository an active machine may use (the `machine_restic_repositories` view).
     let rows: Vec<(Uuid, Option<Uuid>, Option<i64>, String)> = sqlx::query_as(
         "select m.id, m.group_id, m.storage_quota_bytes, rr.url
-         from machines m join restic_repositories rr on rr.machine_id = m.id
-         where m.status = 'active' and starts_with(rr.url, $1)
-         union
-         select m.id, m.group_id, m.storage_quota_bytes, rr.url
-         from restic_repositories rr
-         join policies p on p.repository_id = rr.repository_id
-         join policy_assignments a on a.policy_id = p.id
-         join machines m on a.machine_id = m.id or (a.group_id is not null and a.group_id = m.group_id)
-         where rr.machine_id is null and m.status = 'active' and starts_with(rr.url, $1)",
+         from machine_restic_repositories mrr
+         join machines m on m.id = mrr.machine_id
+         join restic_repositories rr on rr.id = mrr.restic_repository_id
+         where m.status = 'active' and starts_with(rr.url, $1)",
     )
     .bind(store_url)
     .fetch_all(pool)

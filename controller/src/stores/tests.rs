@@ -28,6 +28,9 @@ async fn repo_for(st: &crate::state::AppState, name: &str, base: &str, machine: 
             password: Some("shared-secret".to_string().into()),
             ca_certificate_pem: None,
             allow_insecure_http: false,
+            maintenance_url: None,
+            maintenance_username: None,
+            maintenance_password: None,
         },
     )
     .await
@@ -46,13 +49,8 @@ async fn repo_for(st: &crate::state::AppState, name: &str, base: &str, machine: 
     let policy = crate::policies::create(
         &st.pool,
         &Actor::System,
-        crate::policies::PolicyInput {
-            name: format!("{name}-policy"),
-            repository_id: r.id,
-            paths: vec!["/etc".into()],
-            excludes: vec![],
-            interval_seconds: 0,
-        },
+        cofre_policy::spec::PolicySpec::new(format!("{name}-policy"), r.id, vec!["/etc".into()]),
+        crate::policies::HookRights::Allowed,
     )
     .await
     .unwrap();

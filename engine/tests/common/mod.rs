@@ -220,9 +220,9 @@ pub fn request(expected_id: &str, paths: &[&Path]) -> cofre_engine::BackupReques
     cofre_engine::BackupRequest {
         expected_restic_id: expected_id.to_owned(),
         paths: paths.iter().map(|p| p.to_path_buf()).collect(),
-        excludes: vec![],
         hostname: "test-host".to_owned(),
         tags: vec!["cofre-test".to_owned()],
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,121 @@
+//! Policy routes: the spec (validated field by field before anything is stored), ETag/If-Match
+//! on edits, versions and their differences, assignments, and which machines run a stale plan.
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Json;
+use super::handlers::{created, id};
+use crate::auth::{Claims, Role};
+use crate::error::{Error, Result};
+use crate::policies::{self, HookRights};
+use crate::state::AppState;
+
+fn with_etag(p: policies::Policy, status: StatusCode) -> Response {
+    let etag = format!("\"rev-{}\"", p.revision);
+    let mut resp = (status, axum::Json(p)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn hook_rights(c: &Claims) -> HookRights {
+    if c.role == Role::Admin { HookRights::Allowed } else { HookRights::Denied }
+}
+
+pub async fn list_policies(State(st): State<AppState>) -> Result<Response> {
+    Ok(axum::Json(json!({ "items": policies::list(&st.pool).await? })).into_response())
+}
+
+pub async fn create_policy(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Response> {
+    let spec = policies::parse_spec(body)?;
+    Ok(with_etag(policies::create(&st.pool, &c.actor(), spec, hook_rights(&c)).await?, StatusCode::CREATED))
+}
+
+pub async fn get_policy(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    Ok(with_etag(policies::get(&st.pool, id(&p, "policy")?).await?, StatusCode::OK))
+}
+
+pub async fn update_policy(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Response> {
+    let if_revision = match headers.get(header::IF_MATCH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().trim_start_matches("W/").trim_matches('"').strip_prefix("rev-"))
+                .and_then(|n| n.parse::<i64>().ok())
+                .ok_or_else(|| Error::invalid("If-Match must be an ETag returned by this API"))?,
+        ),
+    };
+    let id = id(&p, "policy")?;
+    let spec = policies::parse_spec(body)?;
+    let pol = policies::update(&st.pool, &c.actor(), id, if_revision, spec, hook_rights(&c)).await?;
+    Ok(with_etag(pol, StatusCode::OK))
+}
+
+pub async fn list_versions(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    Ok(axum::Json(json!({ "items": policies::list_versions(&st.pool, id(&p, "policy")?).await? }))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    from: i64,
+    to: i64,
+}
+
+pub async fn diff_versions(
+    State(st): State<AppState>,
+    Path(p): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> Result<Response> {
+    let changes = policies::diff(&st.pool, id(&p, "policy")?, q.from, q.to).await?;
+    Ok(axum::Json(json!({ "from": q.from, "to": q.to, "changes": changes })).into_response())
+}
+
+pub async fn list_assignments(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    let policy = id(&p, "policy")?;
+    policies::get(&st.pool, policy).await?;
+    Ok(axum::Json(json!({ "items": policies::list_assignments(&st.pool, policy).await? })).into_response())
+}
+
+pub async fn assign_policy(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    Json(req): Json<policies::NewAssignment>,
+) -> Result<Response> {
+    Ok(created(policies::assign(&st.pool, &c.actor(), id(&p, "policy")?, req).await?))
+}
+
+pub async fn unassign_policy(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path((p, a)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    policies::unassign(&st.pool, &c.actor(), id(&p, "policy")?, id(&a, "assignment")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Machines (of the caller's group, for a group-limited user) whose agent does not hold the
+/// plan the controller computes now.
+pub async fn stale_plans(State(st): State<AppState>, Extension(c): Extension<Claims>) -> Result<Response> {
+    let items = crate::plans::stale(&st.pool, &st.master, &st.ca.cert_pem, c.grp).await?;
+    Ok(axum::Json(json!({ "items": items })).into_response())
+}

@@ -1,0 +1,165 @@
+//! Engine jobs in a child process of the same binary: the agent runs every backup this way
+//! (`cofre-agent backup-job`), the controller every maintenance job (`cofre-controller
+//! maintenance-job`). The parent stays small while it waits (the engine's index and buffers
+//! live and die with the child), a crash or an out-of-memory kill fails that job instead of the
+//! service, and a job can be stopped by killing its process.
+//!
+//! The parent writes the job (secrets included) to the child's stdin as JSON — never to argv,
+//! the environment or disk — and reads one JSON result from its stdout; the child's logs go to
+//! stderr, which it shares with the parent. The child dies with its parent (`PR_SET_PDEATHSIG`),
+//! so nothing keeps writing to a repository after whoever started it is gone.
+
+use std::future::Future;
+use std::io::{Read as _, Write as _};
+use std::process::Stdio;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Largest job a child reads from stdin.
+const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why a child produced no result.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("{0}")]
+    Failed(String),
+    /// The caller's cancel future resolved: the child was killed.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Runs `cmd` (the same binary with a hidden subcommand, prepared by the caller), feeds it
+/// `input` and returns the JSON result it prints. The child is killed when `cancel` resolves,
+/// and when this future is dropped.
+///
+/// # Errors
+/// [`ChildError::Cancelled`], or [`ChildError::Failed`] describing how the child ended without a
+/// readable result.
+pub async fn run_json<I: Serialize, R: DeserializeOwned>(
+    mut cmd: tokio::process::Command,
+    input: &I,
+    max_output: u64,
+    cancel: impl Future<Output = ()>,
+) -> Result<R, ChildError> {
+    let fail = |m: String| ChildError::Failed(m);
+    let input = serde_json::to_vec(input).map_err(|e| fail(format!("cannot encode the job: {e}")))?;
+    let (key, value) = crate::job_process_env();
+    cmd.env(key, value);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("cannot start the job process: {e}")))?;
+    let mut stdin = child.stdin.take().ok_or_else(|| fail("no stdin for the job process".into()))?;
+    let stdout = child.stdout.take().ok_or_else(|| fail("no stdout for the job process".into()))?;
+    // Feed the job and read the result concurrently, so neither pipe can fill up and block.
+    let feed = async move {
+        let r = stdin.write_all(&input).await;
+        drop(stdin);
+        r
+    };
+    let mut output = Vec::new();
+    let mut limited = stdout.take(max_output);
+    let work = async {
+        let (fed, read) = tokio::join!(feed, limited.read_to_end(&mut output));
+        (fed, read)
+    };
+    tokio::pin!(cancel);
+    let (fed, read) = tokio::select! {
+        r = work => r,
+        () = &mut cancel => {
+            let _ = child.kill().await;
+            return Err(ChildError::Cancelled);
+        }
+    };
+    let status = tokio::select! {
+        s = child.wait() => s.map_err(|e| fail(format!("lost the job process: {e}")))?,
+        () = &mut cancel => {
+            let _ = child.kill().await;
+            return Err(ChildError::Cancelled);
+        }
+    };
+    if let Err(e) = fed {
+        return Err(fail(format!("cannot hand the job to its process: {e}")));
+    }
+    read.map_err(|e| fail(format!("cannot read the job process's result: {e}")))?;
+    serde_json::from_slice::<R>(&output).map_err(|_| fail(describe_exit(status)))
+}
+
+/// How a child ended without a result, for a person.
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (_, Some(9)) => "the job process was killed (signal 9: out of memory, or stopped by hand)".into(),
+        (_, Some(sig)) => format!("the job process died on signal {sig}"),
+        (Some(code), _) => format!("the job process exited with status {code} without a result"),
+        _ => "the job process ended without a result".into(),
+    }
+}
+
+/// The child's side: dies with its parent, reads the job from stdin, runs `work`, prints the
+/// result. A job that does not parse is answered with `malformed(message)`. Exits 0 whenever
+/// it could print a result (the result says whether the job worked).
+pub fn serve<I: DeserializeOwned, R: Serialize>(
+    name: &str,
+    malformed: impl FnOnce(String) -> R,
+    work: impl FnOnce(I) -> R,
+) -> std::process::ExitCode {
+    // Die with the parent: a job nobody waits for would only race the next one.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        eprintln!("{name}: the parent is gone; not starting");
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().take(MAX_INPUT_BYTES).read_to_end(&mut input) {
+        eprintln!("{name}: cannot read the job from stdin: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let result = match serde_json::from_slice::<I>(&input) {
+        Err(e) => malformed(format!("the parent sent a malformed job: {e}")),
+        Ok(job) => work(job),
+    };
+    let mut out = std::io::stdout().lock();
+    match serde_json::to_writer(&mut out, &result).map_err(std::io::Error::from).and_then(|()| out.flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: cannot hand the result back: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_child_is_described() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let killed = describe_exit(std::process::ExitStatus::from_raw(9));
+        assert!(killed.contains("killed"), "{killed}");
+        let exited = describe_exit(std::process::ExitStatus::from_raw(3 << 8));
+        assert!(exited.contains("status 3"), "{exited}");
+    }
+
+    #[tokio::test]
+    async fn results_come_back_and_cancel_kills() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "cat >/dev/null; echo '{\"ok\":1}'"]);
+        let v: serde_json::Value =
+            run_json(cmd, &serde_json::json!({"x": 1}), 1024, std::future::pending()).await.unwrap();
+        assert_eq!(v["ok"], 1);
+        let mut slow = tokio::process::Command::new("sh");
+        slow.args(["-c", "sleep 30"]);
+        let cancel = tokio::time::sleep(std::time::Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let r: Result<serde_json::Value, _> = run_json(slow, &1, 1024, cancel).await;
+        assert!(matches!(r, Err(ChildError::Cancelled)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+}
