@@ -89,6 +89,8 @@ alter table jobs add column heartbeat_at timestamptz;
 alter table jobs add column attempts integer not null default 0;
 -- The restic lock file a maintenance job holds, so a replica taking over can remove it.
 alter table jobs add column lock_id text;
+-- Options of a maintenance job (`{"dry_run": true}` for a forget that only reports).
+alter table jobs add column options jsonb not null default '{}';
 alter table jobs add constraint jobs_maintenance_target
     check (kind = 'backup' or restic_repository_id is not null);
 -- At most one unfinished maintenance job of a kind per repository.

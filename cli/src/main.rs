@@ -170,6 +170,9 @@ enum MaintenanceCommand {
         /// forget, prune or check.
         #[arg(long)]
         kind: String,
+        /// Forget only: remove nothing, report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
         /// Wait for the job to finish (up to this many seconds).
         #[arg(long)]
         wait: Option<u64>,
@@ -375,8 +378,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_job(&j)?;
             }
         }
-        Command::Maintenance(MaintenanceCommand::Run { repository, kind, wait }) => {
-            let mut j = client.run_maintenance(repository, &kind).await?;
+        Command::Maintenance(MaintenanceCommand::Run { repository, kind, dry_run, wait }) => {
+            let mut j = client.run_maintenance(repository, &kind, dry_run).await?;
             if let Some(secs) = wait {
                 j = client.wait_for_job(j.id, Duration::from_secs(secs)).await?;
             }

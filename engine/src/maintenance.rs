@@ -28,7 +28,7 @@ const MAINTENANCE_USER: &str = "cofre-maintenance";
 pub struct ForgetReport {
     /// Every snapshot file in the repository before anything was removed (full hex ids).
     pub present: Vec<String>,
-    /// Snapshots removed now.
+    /// Snapshots removed now (with `dry_run`: that would be removed).
     pub removed: Vec<String>,
     /// Snapshots asked for that were not in the repository (already gone).
     pub missing: Vec<String>,
@@ -74,7 +74,8 @@ fn lock_for(target: &RepoTarget, open: &OpenRepo, opts: &LockOptions) -> Result<
     RepoLock::acquire(crate::repo::lock_backend(target, open)?, true, MAINTENANCE_USER, opts)
 }
 
-/// Removes the snapshots `remove` (full hex ids) that exist, under an exclusive lock.
+/// Removes the snapshots `remove` (full hex ids) that exist, under an exclusive lock. With
+/// `dry_run`, removes nothing and takes no lock: the report says what would go.
 ///
 /// # Errors
 /// [`EngineError::Locked`] when another lock did not go within `lock.wait`; network, credential
@@ -82,10 +83,11 @@ fn lock_for(target: &RepoTarget, open: &OpenRepo, opts: &LockOptions) -> Result<
 pub fn forget(
     target: &RepoTarget,
     remove: &[String],
+    dry_run: bool,
     lock: &LockOptions,
 ) -> Result<ForgetReport, EngineError> {
     let open = repo::open(target, false)?;
-    let _held = lock_for(target, &open, lock)?;
+    let _held = if dry_run { None } else { Some(lock_for(target, &open, lock)?) };
     let be = open.prepared.backends.repository();
     let fail = |doing: &'static str| {
         let redactor = open.prepared.redactor.clone();
@@ -106,7 +108,9 @@ pub fn forget(
         }
         let parsed: Id =
             id.parse().map_err(|_| EngineError::InvalidInput(format!("`{id}` is not a snapshot id")))?;
-        be.remove(FileType::Snapshot, &parsed, true).map_err(fail("removing a snapshot"))?;
+        if !dry_run {
+            be.remove(FileType::Snapshot, &parsed, true).map_err(fail("removing a snapshot"))?;
+        }
         report.removed.push(id);
     }
     Ok(report)

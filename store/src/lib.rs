@@ -13,6 +13,7 @@ pub mod layout;
 mod owners;
 mod protocol;
 pub mod quota;
+mod report;
 mod server;
 pub mod session;
 pub mod state;

@@ -18,11 +18,9 @@ use uuid::Uuid;
 
 use crate::StoreState;
 use crate::access::{AccessList, GroupQuota, MachineGrant};
-use crate::inventory::RepoInventory;
+use crate::report::{MAX_REPORT_BYTES, MAX_REPORT_REPOSITORIES, batches, to_pb};
 use crate::state::{Enrollment, StateDir};
 
-/// Repositories per inventory report (keeps messages far below gRPC's size limits).
-const REPORT_BATCH: usize = 200;
 /// Changes are reported at most this often.
 const REPORT_DEBOUNCE: Duration = Duration::from_secs(2);
 
@@ -133,24 +131,6 @@ async fn connect_once(store: &StoreState, state: &StateDir) -> anyhow::Result<()
     result
 }
 
-fn to_pb(r: &RepoInventory) -> pb::RepositoryInventory {
-    pb::RepositoryInventory {
-        path: r.repository.clone(),
-        size_bytes: r.total_bytes,
-        data_objects: r.objects.data,
-        index_objects: r.objects.index,
-        snapshot_objects: r.objects.snapshots,
-        key_objects: r.objects.keys,
-        lock_objects: r.objects.locks,
-        last_snapshot_at: r.newest_snapshot_at.map(|t| prost_types::Timestamp {
-            seconds: t.timestamp(),
-            nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-        }),
-        snapshot_ids: r.snapshot_ids.clone(),
-        has_config: r.has_config,
-    }
-}
-
 /// Sends the whole inventory, then what changed (debounced), and heartbeats.
 async fn report(store: StoreState, tx: mpsc::Sender<pb::StoreMessage>) {
     let send = |repositories: Vec<pb::RepositoryInventory>, full_sync_end: bool| {
@@ -170,14 +150,13 @@ async fn report(store: StoreState, tx: mpsc::Sender<pb::StoreMessage>) {
         let now: Vec<pb::RepositoryInventory> = store.inventory().iter().map(to_pb).collect();
         let changed: Vec<pb::RepositoryInventory> =
             now.into_iter().filter(|r| sent.get(&r.path) != Some(r)).collect();
-        let batches: Vec<Vec<pb::RepositoryInventory>> =
-            changed.chunks(REPORT_BATCH).map(<[pb::RepositoryInventory]>::to_vec).collect();
+        for r in &changed {
+            sent.insert(r.path.clone(), r.clone());
+        }
+        let batches = batches(changed, MAX_REPORT_BYTES, MAX_REPORT_REPOSITORIES);
         let count = batches.len();
         for (i, batch) in batches.into_iter().enumerate() {
             let last = first && i + 1 == count;
-            for r in &batch {
-                sent.insert(r.path.clone(), r.clone());
-            }
             if !send(batch, last).await {
                 return;
             }

@@ -228,11 +228,12 @@ impl Client {
         Ok(l.items)
     }
 
-    /// Queues forget, prune or check of a restic repository now.
-    pub async fn run_maintenance(&self, restic_repository: Uuid, kind: &str) -> Result<Job> {
+    /// Queues forget, prune or check of a restic repository now; `dry_run` (forget only)
+    /// removes nothing and reports what it would remove.
+    pub async fn run_maintenance(&self, restic_repository: Uuid, kind: &str, dry_run: bool) -> Result<Job> {
         self.post(
             &format!("/api/v1/restic-repositories/{restic_repository}/maintenance"),
-            &serde_json::json!({ "kind": kind }),
+            &serde_json::json!({ "kind": kind, "dry_run": dry_run }),
         )
         .await
     }

@@ -31,9 +31,18 @@ pub struct MaintenanceJob {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Task {
-    Forget { remove: Vec<String> },
-    Prune { max_unused_percent: u32 },
-    Check { read_data: ReadData },
+    /// `dry_run`: remove nothing, report what would go.
+    Forget {
+        remove: Vec<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    Prune {
+        max_unused_percent: u32,
+    },
+    Check {
+        read_data: ReadData,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,8 +71,10 @@ pub fn child_main() -> std::process::ExitCode {
                 retry_class: e.retry_class(),
             };
             match job.task {
-                Task::Forget { remove } => cofre_engine::maintenance::forget(&target, &remove, &lock)
-                    .map_or_else(failed, |report| TaskResult::Forget { report }),
+                Task::Forget { remove, dry_run } => {
+                    cofre_engine::maintenance::forget(&target, &remove, dry_run, &lock)
+                        .map_or_else(failed, |report| TaskResult::Forget { report })
+                }
                 Task::Prune { max_unused_percent } => {
                     cofre_engine::maintenance::prune(&target, max_unused_percent, &lock)
                         .map_or_else(failed, |report| TaskResult::Prune { report })

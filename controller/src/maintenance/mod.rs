@@ -114,6 +114,9 @@ pub fn worker(
 pub struct RunMaintenance {
     /// forget, prune or check.
     pub kind: String,
+    /// A forget that removes nothing and reports what it would remove (`stats.would_remove`).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Queues a maintenance job of `kind` on a restic repository now.
@@ -125,6 +128,9 @@ pub async fn run_now(
 ) -> Result<crate::jobs::Job> {
     if !KINDS.contains(&req.kind.as_str()) {
         return Err(Error::field("kind", "one of forget, prune, check"));
+    }
+    if req.dry_run && req.kind != "forget" {
+        return Err(Error::field("dry_run", "only a forget has a dry run"));
     }
     let row: Option<(Option<Uuid>, Option<String>)> =
         sqlx::query_as("select machine_id, restic_id from restic_repositories where id = $1")
@@ -141,13 +147,19 @@ pub async fn run_now(
     };
     let mut tx = pool.begin().await?;
     let id = schedule::insert_job(&mut tx, repo, machine, &req.kind, "run_now", user).await?;
+    if req.dry_run {
+        sqlx::query("update jobs set options = '{\"dry_run\": true}' where id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
     audit::record(
         &mut tx,
         actor,
         "maintenance.run_now",
         "restic_repository",
         &repo.to_string(),
-        serde_json::json!({"job_id": id, "kind": req.kind}),
+        serde_json::json!({"job_id": id, "kind": req.kind, "dry_run": req.dry_run}),
     )
     .await?;
     events::notify(&mut tx, &Event::Maintenance).await?;

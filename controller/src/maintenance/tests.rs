@@ -119,15 +119,32 @@ async fn due_maintenance_is_queued_once_and_claimed_by_exactly_one_replica(pool:
 async fn maintenance_and_backups_can_be_cancelled_until_they_end(pool: PgPool) {
     let st = state(pool).await;
     let (machine, policy, rr) = setup(&st).await;
-    let queued = super::run_now(&st.pool, &Actor::System, rr, super::RunMaintenance { kind: "prune".into() })
-        .await
-        .unwrap();
+    let queued = super::run_now(
+        &st.pool,
+        &Actor::System,
+        rr,
+        super::RunMaintenance { kind: "prune".into(), dry_run: false },
+    )
+    .await
+    .unwrap();
     assert!(matches!(
-        super::run_now(&st.pool, &Actor::System, rr, super::RunMaintenance { kind: "prune".into() }).await,
+        super::run_now(
+            &st.pool,
+            &Actor::System,
+            rr,
+            super::RunMaintenance { kind: "prune".into(), dry_run: false }
+        )
+        .await,
         Err(crate::error::Error::Conflict(_))
     ));
     assert!(matches!(
-        super::run_now(&st.pool, &Actor::System, rr, super::RunMaintenance { kind: "defrag".into() }).await,
+        super::run_now(
+            &st.pool,
+            &Actor::System,
+            rr,
+            super::RunMaintenance { kind: "defrag".into(), dry_run: false }
+        )
+        .await,
         Err(crate::error::Error::Invalid { .. })
     ));
     let cancelled = crate::jobs::cancel(&st.pool, &Actor::System, queued.id).await.unwrap();

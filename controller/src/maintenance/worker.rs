@@ -53,6 +53,13 @@ pub(super) struct Claimed {
     lock_id: Option<String>,
     cancel_requested_at: Option<chrono::DateTime<chrono::Utc>>,
     pub(super) attempts: i32,
+    options: serde_json::Value,
+}
+
+impl Claimed {
+    fn dry_run(&self) -> bool {
+        self.options.get("dry_run").and_then(serde_json::Value::as_bool).unwrap_or(false)
+    }
 }
 
 impl Worker {
@@ -87,7 +94,7 @@ impl Worker {
             "update jobs set state = 'running', holder = $2, heartbeat_at = now(), started_at = coalesce(started_at, now()),
                     attempts = attempts + 1
              where id = $1 and (state = 'queued' or (state = 'running' and heartbeat_at < now() - make_interval(secs => $3)))
-             returning id, kind, restic_repository_id, lock_id, cancel_requested_at, attempts",
+             returning id, kind, restic_repository_id, lock_id, cancel_requested_at, attempts, options",
         )
         .bind(job)
         .bind(&self.replica)
@@ -167,10 +174,8 @@ impl Worker {
         let cancel = async move {
             let _ = stop_rx.wait_for(Option::is_some).await;
         };
-        let (result, stop) = tokio::join!(
-            run_json::<_, TaskResult>(cmd, &child_job, MAX_RESULT_BYTES, cancel),
-            watcher
-        );
+        let (result, stop) =
+            tokio::join!(run_json::<_, TaskResult>(cmd, &child_job, MAX_RESULT_BYTES, cancel), watcher);
         // A process that did not end cleanly may have left its lock.
         let left = std::fs::read_to_string(&lock_record).ok().map(|s| s.trim().to_string());
         let outcome = match (result, stop) {
@@ -183,7 +188,7 @@ impl Worker {
                 remove_lock(&engine_target, left).await;
                 Outcome::failed(&m, "temporary")
             }
-            (Ok(r), _) => Outcome::from_task(r, forget_plan),
+            (Ok(r), _) => Outcome::from_task(r, forget_plan, job.dry_run()),
         };
         Ok(Some(outcome))
     }
@@ -202,7 +207,7 @@ impl Worker {
             "forget" => {
                 let plan =
                     super::forget::plan(&self.pool, job.restic_repository_id, chrono::Utc::now()).await?;
-                (Task::Forget { remove: plan.remove.clone() }, Some(plan))
+                (Task::Forget { remove: plan.remove.clone(), dry_run: job.dry_run() }, Some(plan))
             }
             "prune" => {
                 // The strictest tolerance among the repository's policies.
@@ -408,7 +413,7 @@ impl Outcome {
         self
     }
 
-    fn from_task(r: TaskResult, plan: Option<super::forget::ForgetPlan>) -> Self {
+    fn from_task(r: TaskResult, plan: Option<super::forget::ForgetPlan>, dry_run: bool) -> Self {
         match r {
             TaskResult::Failed { message, retry_class } => Self::failed(
                 &message,
@@ -434,16 +439,23 @@ impl Outcome {
                 );
                 let mut forgotten = report.removed.clone();
                 forgotten.extend(report.missing.iter().cloned());
+                let mut stats = serde_json::json!({
+                    "removed": report.removed.len(),
+                    "already_gone": report.missing.len(),
+                    "kept": plan.keep,
+                    "unrecorded": unrecorded.len(),
+                    "unrecorded_ids": unrecorded.iter().take(MAX_LISTED).collect::<Vec<_>>(),
+                    "future_dated": plan.future.len(),
+                });
+                if dry_run {
+                    // What a forget would remove now, in full: the preview of a retention.
+                    stats["dry_run"] = true.into();
+                    stats["would_remove"] = report.removed.clone().into();
+                    forgotten.clear();
+                }
                 Self {
                     state: if warnings.is_empty() { "succeeded" } else { "warning" },
-                    stats: serde_json::json!({
-                        "removed": report.removed.len(),
-                        "already_gone": report.missing.len(),
-                        "kept": plan.keep,
-                        "unrecorded": unrecorded.len(),
-                        "unrecorded_ids": unrecorded.iter().take(MAX_LISTED).collect::<Vec<_>>(),
-                        "future_dated": plan.future.len(),
-                    }),
+                    stats,
                     warnings,
                     error: None,
                     retry_class: None,

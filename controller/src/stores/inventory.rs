@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 
 /// Most repositories one report may carry.
 pub const MAX_REPOSITORIES_PER_REPORT: usize = 1000;
+/// Most snapshot ids one report may carry (a store sends a larger repository in parts).
+pub const MAX_SNAPSHOT_IDS_PER_REPORT: usize = 50_000;
 
 fn valid_path(p: &str) -> bool {
     !p.is_empty()
@@ -42,6 +44,9 @@ pub async fn ingest(
     if report.repositories.len() > MAX_REPOSITORIES_PER_REPORT {
         return Err(Error::invalid(format!("at most {MAX_REPOSITORIES_PER_REPORT} repositories per report")));
     }
+    if report.repositories.iter().map(|r| r.snapshot_ids.len()).sum::<usize>() > MAX_SNAPSHOT_IDS_PER_REPORT {
+        return Err(Error::invalid(format!("at most {MAX_SNAPSHOT_IDS_PER_REPORT} snapshot ids per report")));
+    }
     let mut tx = pool.begin().await?;
     for r in &report.repositories {
         if !valid_path(&r.path) {
@@ -61,6 +66,19 @@ pub async fn ingest(
             .as_ref()
             .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)));
         let ids: Vec<String> = r.snapshot_ids.iter().map(|s| s.to_ascii_lowercase()).collect();
+        if r.continues {
+            // A later part of a repository too big for one report: its ids only.
+            sqlx::query(
+                "update store_inventory set snapshot_ids = snapshot_ids || $3, reported_at = now()
+                 where store_id = $1 and path = $2",
+            )
+            .bind(store)
+            .bind(&r.path)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+            continue;
+        }
         sqlx::query(
             "insert into store_inventory (store_id, path, size_bytes, data_objects, index_objects, snapshot_objects,
                  key_objects, lock_objects, has_config, last_snapshot_at, snapshot_ids, reported_at)

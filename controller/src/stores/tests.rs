@@ -219,4 +219,31 @@ async fn inventory_shows_snapshots_the_controller_never_recorded(pool: PgPool) {
     let bad_id =
         pb::InventoryReport { repositories: vec![repo("x", vec!["zz".into()])], full_sync_end: false };
     assert!(inventory::ingest(&st.pool, store, &bad_id, started).await.is_err());
+
+    // A repository with more snapshots than fit in one report arrives in parts, appended.
+    let ids: Vec<String> = (0..120_000).map(|i| format!("{i:064x}")).collect();
+    let mut first = repo("busy", ids[..50_000].to_vec());
+    first.more_snapshot_ids = true;
+    let part = |range: std::ops::Range<usize>, more: bool| pb::RepositoryInventory {
+        path: "busy".into(),
+        snapshot_ids: ids[range].to_vec(),
+        continues: true,
+        more_snapshot_ids: more,
+        ..Default::default()
+    };
+    for report in [vec![first], vec![part(50_000..100_000, true)], vec![part(100_000..120_000, false)]] {
+        let r = pb::InventoryReport { repositories: report, full_sync_end: false };
+        inventory::ingest(&st.pool, store, &r, chrono::Utc::now()).await.unwrap();
+    }
+    let busy =
+        inventory::list(&st.pool, store, None).await.unwrap().into_iter().find(|i| i.path == "busy").unwrap();
+    assert_eq!(busy.unrecorded_snapshots.len(), 120_000, "every part counted");
+    assert_eq!(busy.size_bytes, 1234, "later parts change only the ids");
+    // One report carrying too many ids at once is refused (and the store never sends one).
+    let too_many =
+        pb::InventoryReport { repositories: vec![repo("x", ids[..50_001].to_vec())], full_sync_end: false };
+    assert!(matches!(
+        inventory::ingest(&st.pool, store, &too_many, started).await,
+        Err(Error::Invalid { .. })
+    ));
 }
