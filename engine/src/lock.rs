@@ -183,6 +183,16 @@ pub struct LockOptions {
     pub stale: Vec<String>,
 }
 
+/// Writes (or, with `None`, removes) the file recording the held lock's id.
+fn record(opts: &LockOptions, id: Option<&str>) {
+    if let Some(p) = &opts.record {
+        let _ = match id {
+            Some(id) => std::fs::write(p, id),
+            None => std::fs::remove_file(p),
+        };
+    }
+}
+
 /// A held lock: refreshed in the background, removed on drop.
 pub(crate) struct RepoLock {
     backend: LockBackend,
@@ -210,12 +220,16 @@ impl RepoLock {
             match backend.conflict(exclusive, None)? {
                 None => {
                     let id = backend.write(&LockFile::new(exclusive, username))?;
+                    // Recorded at once: a process killed from here on leaves a lock whoever
+                    // started it can remove.
+                    record(opts, Some(&id));
                     std::thread::sleep(RECHECK_AFTER);
                     match backend.conflict(exclusive, Some(&id))? {
                         None => return Ok(Self::held(backend, id, username, exclusive, opts)),
                         Some(_) => {
                             // Both wrote at once: both step back and try again.
                             backend.remove(&id)?;
+                            record(opts, None);
                         }
                     }
                 }
@@ -242,9 +256,6 @@ impl RepoLock {
         exclusive: bool,
         opts: &LockOptions,
     ) -> RepoLock {
-        if let Some(p) = &opts.record {
-            let _ = std::fs::write(p, &id);
-        }
         let state = Arc::new(std::sync::Mutex::new(id));
         let stop = Arc::new(AtomicBool::new(false));
         let refresher = {

@@ -6,4 +6,7 @@ mod agent_process;
 mod foundation;
 mod harness_selftest;
 mod local_start;
+mod maintenance;
+mod maintenance_faults;
+mod policies;
 mod store;

@@ -30,7 +30,7 @@ pub(crate) struct Fixture {
     pub ctrl: Controller,
     pub admin: Client,
     pub store: CofreStore,
-    store_id: Uuid,
+    pub store_id: Uuid,
 }
 
 /// Controller, store (registered, enrolled, running) with a read-only `auditor` user and a
@@ -56,6 +56,15 @@ async fn fixture_with(name: &str, own_certificate: bool) -> Result<Fixture> {
     Ok(Fixture { tmp, _pg: pg, pki, ctrl, admin, store, store_id })
 }
 
+impl Fixture {
+    /// The CA a repository on this store must name: the test CA when the store serves the
+    /// test CA's certificate; none when it serves the one Cofre's CA issued (the controller
+    /// adds its own CA then).
+    pub(crate) fn repository_ca(&self) -> Option<String> {
+        (!self.store.uses_cofre_certificate()).then(|| self.pki.ca.cert_pem().into())
+    }
+}
+
 pub(crate) struct Protected {
     pub agent: Agent,
     pub machine: Uuid,
@@ -77,8 +86,7 @@ pub(crate) async fn protect(f: &Fixture, source: &Path) -> Result<Protected> {
             name: "store".into(),
             url: f.store.url(),
             per_machine: true,
-            // A store serving Cofre's certificate needs no CA here: the controller adds its own.
-            ca_certificate_pem: (!f.store.uses_cofre_certificate()).then(|| f.pki.ca.cert_pem().into()),
+            ca_certificate_pem: f.repository_ca(),
             ..Default::default()
         })
         .await?;
@@ -116,7 +124,7 @@ pub(crate) fn write_files(dir: &Path, count: usize, size: usize, seed: u8) -> Re
 }
 
 /// restic as the read-only auditor (`--no-lock`: it may not write a lock file).
-fn auditor_restic(f: &Fixture, machine: Uuid, repository_password: &str) -> Restic {
+pub(crate) fn auditor_restic(f: &Fixture, machine: Uuid, repository_password: &str) -> Restic {
     Restic::new(
         f.store.restic_repository(AUDITOR, AUDITOR_PASSWORD, &machine.to_string()),
         repository_password,
@@ -126,7 +134,11 @@ fn auditor_restic(f: &Fixture, machine: Uuid, repository_password: &str) -> Rest
 }
 
 /// restic as the machine itself: its certificate, as someone with root on it could.
-fn machine_restic(f: &Fixture, p: &Protected, repository_password: &str) -> Result<std::process::Command> {
+pub(crate) fn machine_restic(
+    f: &Fixture,
+    p: &Protected,
+    repository_password: &str,
+) -> Result<std::process::Command> {
     let r = Restic::new(
         f.store.restic_repository_cert(&p.machine.to_string()),
         repository_password,

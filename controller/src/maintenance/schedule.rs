@@ -1,7 +1,8 @@
 //! When maintenance is due: every initialised restic repository that active machines' policies
 //! write to gets forget (when one of its policies has a retention), prune and check on the
 //! schedules of those policies (`maintenance.forget|prune|check`; the most frequent wins, each
-//! spread over the fleet by a jitter keyed by the repository). Due work becomes a queued job;
+//! spread over the fleet by a jitter keyed by the repository; a new repository's first interval
+//! counts from when it was first seen). Due work becomes a queued job;
 //! the last slot per repository and kind is kept in `maintenance_schedule`. One replica at a
 //! time decides (advisory lock); the unique index on open maintenance jobs makes a second queue
 //! of the same work impossible anyway.
@@ -79,16 +80,17 @@ async fn queue_if_due(
     schedules: &[Schedule],
     now: Timestamp,
 ) -> Result<bool> {
-    let mut tx = pool.begin().await?;
-    // `since` is this process's clock, like `now`: the database's could be a little ahead.
+    // `since` is this process's clock, like `now`: the database's could be a little ahead. The
+    // row is committed on its own: it must stay even when nothing is due yet.
     sqlx::query(
         "insert into maintenance_schedule (restic_repository_id, kind, since) values ($1, $2, $3) on conflict do nothing",
     )
     .bind(repo)
     .bind(kind)
     .bind(to_chrono(now))
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
+    let mut tx = pool.begin().await?;
     let (since, last): (chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
         "select since, last_slot from maintenance_schedule where restic_repository_id = $1 and kind = $2 for update",
     )
@@ -98,10 +100,17 @@ async fn queue_if_due(
     .await?;
     let (since, last) = (to_jiff(since), last.map(to_jiff));
     let key = repo.as_bytes();
+    // A repository seen for the first time needs no maintenance at once (unlike a backup):
+    // its first interval counts from then.
+    let last_or_since = |s: &Schedule| match s.trigger {
+        cofre_policy::schedule::Trigger::Interval { .. } => last.or(Some(since)),
+        _ => last,
+    };
     // Due when any policy's schedule says so (the most frequent one wins).
     let due = schedules.iter().find(|s| {
         s.in_window(now)
-            && s.next_start(last, since, jitter_offset(s.jitter_seconds, key)).is_some_and(|t| t <= now)
+            && s.next_start(last_or_since(s), since, jitter_offset(s.jitter_seconds, key))
+                .is_some_and(|t| t <= now)
     });
     let Some(sched) = due else { return Ok(false) };
     let open: bool = sqlx::query_scalar(

@@ -82,8 +82,14 @@ async fn forget_counts_only_recorded_past_snapshots_of_known_policies(pool: PgPo
 async fn due_maintenance_is_queued_once_and_claimed_by_exactly_one_replica(pool: PgPool) {
     let st = state(pool).await;
     let (_machine, _policy, rr) = setup(&st).await;
-    // New repositories are due at once (interval schedules), every kind once.
-    assert_eq!(schedule::enqueue_due(&st.pool).await.unwrap(), 3);
+    // A new repository's maintenance is due an interval after it was first seen.
+    assert_eq!(schedule::enqueue_due(&st.pool).await.unwrap(), 0, "nothing at once");
+    let n = sqlx::query("update maintenance_schedule set since = since - interval '8 days'")
+        .execute(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!(n.rows_affected(), 3, "one schedule row per kind");
+    assert_eq!(schedule::enqueue_due(&st.pool).await.unwrap(), 3, "forget, prune and check");
     assert_eq!(schedule::enqueue_due(&st.pool).await.unwrap(), 0, "nothing twice");
     let identity = std::sync::Arc::new(super::MaintenanceIdentity::new(st.ca.clone()));
     let settings = crate::config::MaintenanceSettings::default();

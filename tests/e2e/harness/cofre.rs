@@ -44,20 +44,7 @@ impl Controller {
         }
         let (http_port, grpc_port) = (free_port(), free_port());
         let config = dir.join("controller.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[database]\nurl = \"{}\"\nowner_url = \"{}\"\nmax_connections = 10\n\
-                 [keys]\nmaster_key_file = \"{}\"\n\
-                 [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
-                 [grpc]\nlisten = \"127.0.0.1:{grpc_port}\"\npublic_url = \"https://localhost:{grpc_port}\"\n\
-                 [admin]\ninitial_password = \"{ADMIN_PASSWORD}\"\n\
-                 [log]\nfilter = \"info,cofre_controller=debug\"\n{extra_toml}",
-                db.app_url,
-                db.owner_url,
-                key.display()
-            ),
-        )?;
+        write_config(&config, &db, &key, http_port, grpc_port, extra_toml)?;
         let out =
             Command::new(workspace_bin("cofre-controller")).arg("-c").arg(&config).arg("migrate").output()?;
         if !out.status.success() {
@@ -70,6 +57,30 @@ impl Controller {
         let mut c = Controller { db, dir: dir.to_path_buf(), http_port, grpc_port, config, proc: None };
         c.restart()?;
         Ok(c)
+    }
+
+    /// A second replica on the same database and master key (its own ports, no migrate), as
+    /// several controllers behind a load balancer run.
+    pub fn replica(&self, dir: &Path) -> Result<Controller> {
+        std::fs::create_dir_all(dir)?;
+        let (http_port, grpc_port) = (free_port(), free_port());
+        let config = dir.join("controller.toml");
+        write_config(&config, &self.db, &self.dir.join("master.key"), http_port, grpc_port, "")?;
+        let mut c = Controller {
+            db: self.db.clone(),
+            dir: dir.to_path_buf(),
+            http_port,
+            grpc_port,
+            config,
+            proc: None,
+        };
+        c.restart()?;
+        Ok(c)
+    }
+
+    /// The `serve` process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
     }
 
     pub fn api_url(&self) -> String {
@@ -126,6 +137,32 @@ impl Controller {
     }
 }
 
+/// The controller's configuration: the database's two roles, the master key, loopback ports.
+fn write_config(
+    path: &Path,
+    db: &PgDatabase,
+    key: &Path,
+    http_port: u16,
+    grpc_port: u16,
+    extra_toml: &str,
+) -> Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "[database]\nurl = \"{}\"\nowner_url = \"{}\"\nmax_connections = 10\n\
+             [keys]\nmaster_key_file = \"{}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+             [grpc]\nlisten = \"127.0.0.1:{grpc_port}\"\npublic_url = \"https://localhost:{grpc_port}\"\n\
+             [admin]\ninitial_password = \"{ADMIN_PASSWORD}\"\n\
+             [log]\nfilter = \"info,cofre_controller=debug\"\n{extra_toml}",
+            db.app_url,
+            db.owner_url,
+            key.display()
+        ),
+    )?;
+    Ok(())
+}
+
 /// An agent's state directory and, while running, its process.
 pub struct Agent {
     pub state_dir: PathBuf,
@@ -175,8 +212,17 @@ impl Agent {
     }
 
     pub fn start(&mut self) -> Result<()> {
+        self.start_with(&[])
+    }
+
+    /// `cofre-agent run` with more arguments (e.g. `--hook-dir DIR`).
+    pub fn start_with(&mut self, args: &[&str]) -> Result<()> {
         let mut cmd = Command::new(workspace_bin("cofre-agent"));
-        cmd.arg("--state-dir").arg(&self.state_dir).arg("run").env("COFRE_LOG", "info,cofre_agent=debug");
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("run")
+            .args(args)
+            .env("COFRE_LOG", "info,cofre_agent=debug");
         self.proc = Some(Proc::spawn("agent", cmd, &self.log_dir)?);
         Ok(())
     }

@@ -22,6 +22,7 @@ pub struct Restic {
     password: String,
     cacert: Option<PathBuf>,
     cache_dir: PathBuf,
+    client_cert: Option<PathBuf>,
 }
 
 /// What `restic backup --json` reported.
@@ -49,7 +50,16 @@ impl Restic {
             password: password.into(),
             cacert: cacert.map(Path::to_path_buf),
             cache_dir: cache_dir.to_path_buf(),
+            client_cert: None,
         }
+    }
+
+    /// Presents this client certificate (certificate and key in one PEM file), as an agent
+    /// does towards cofre-store.
+    #[must_use]
+    pub fn with_client_cert(mut self, bundle: &Path) -> Restic {
+        self.client_cert = Some(bundle.to_path_buf());
+        self
     }
 
     /// Repository `repo` on `server`, as its storage user, trusting the server's test CA.
@@ -76,6 +86,9 @@ impl Restic {
             .arg(&self.cache_dir);
         if let Some(cacert) = &self.cacert {
             cmd.arg("--cacert").arg(cacert);
+        }
+        if let Some(cert) = &self.client_cert {
+            cmd.arg("--tls-client-cert").arg(cert);
         }
         cmd
     }
