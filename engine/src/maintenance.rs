@@ -184,6 +184,28 @@ pub fn check(
     Ok(report)
 }
 
+/// The repository's exclusive lock, held until dropped: backups (and every restic that follows
+/// restic's locking rules) wait meanwhile. For a maintenance window a person opens by hand, and
+/// for tests that need a repository to stay locked.
+pub struct ExclusiveLock {
+    _lock: RepoLock,
+}
+
+impl std::fmt::Debug for ExclusiveLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExclusiveLock").finish_non_exhaustive()
+    }
+}
+
+/// Takes the repository's exclusive lock (waiting up to `lock.wait` for others to go).
+///
+/// # Errors
+/// As [`forget`].
+pub fn lock_exclusively(target: &RepoTarget, lock: &LockOptions) -> Result<ExclusiveLock, EngineError> {
+    let open = repo::open(target, false)?;
+    Ok(ExclusiveLock { _lock: lock_for(target, &open, lock)? })
+}
+
 /// Removes lock files by id without opening the repository (a killed backup's or maintenance
 /// job's lock, recorded by whoever started it). Locks already gone are fine.
 ///

@@ -156,21 +156,26 @@ impl RestServer {
         format!("rest:{}://{USER}:{encoded}@127.0.0.1:{}/{repo}", self.scheme(), self.port)
     }
 
-    /// Runs the restic CLI against `repo` (no cache, password from the environment).
-    pub fn restic(&self, repo: &str, args: &[&str]) -> Output {
+    /// The restic CLI against `repo` (no cache, password from the environment), to run as the
+    /// caller likes.
+    pub fn restic_command(&self, repo: &str, args: &[&str]) -> Command {
         let mut command = Command::new("restic");
         if let Some(ca) = &self.cacert {
             command.arg("--cacert").arg(ca);
         }
-        let output = command
+        command
             .env("RESTIC_PASSWORD", REPO_PASSWORD)
             .env_remove("RESTIC_REPOSITORY")
             .env_remove("RESTIC_PASSWORD_FILE")
             .arg("--no-cache")
             .args(["-r", &self.restic_repo(repo)])
-            .args(args)
-            .output()
-            .expect("restic must be installed");
+            .args(args);
+        command
+    }
+
+    /// Runs the restic CLI against `repo` (no cache, password from the environment).
+    pub fn restic(&self, repo: &str, args: &[&str]) -> Output {
+        let output = self.restic_command(repo, args).output().expect("restic must be installed");
         assert!(
             output.status.success(),
             "restic {args:?} failed:\n{}",

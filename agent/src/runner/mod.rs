@@ -3,6 +3,10 @@
 //! a crash is reported as an interrupted job on the next start), spools a started and a
 //! finished event, runs the policy's hooks (`hooks`) around the backup and the backup itself in
 //! a child process (`job_process`), which a cancel request kills.
+//!
+//! What belongs here: the queue, cancel, the schedule and worker loops and a job's life (marker,
+//! events, recovery after a crash); one backup job's own work (engine inputs, hooks, the child
+//! process, its result) is in `backup`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -10,7 +14,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use cofre_proto::agent::v1 as pb;
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
@@ -18,6 +21,8 @@ use uuid::Uuid;
 use crate::scheduler::{Clock, Scheduler};
 use crate::spool::Spool;
 use crate::state::StateDir;
+
+mod backup;
 
 #[derive(Debug, Clone)]
 pub struct JobRequest {
@@ -335,189 +340,12 @@ impl Agent {
         Ok(finished)
     }
 
-    /// Hooks and the backup, filling `finished`.
-    async fn run_backup(
-        &self,
-        job: &JobRequest,
-        finished: &mut pb::JobFinished,
-        stop: watch::Receiver<bool>,
-    ) {
-        let fail = |f: &mut pb::JobFinished, message: String, class: pb::RetryClass| {
-            f.outcome = pb::JobOutcome::Failed as i32;
-            f.error = Some(pb::JobError { message, retry_class: class as i32 });
-        };
-        let (target, req, repository_id) = match self.prepare(&job.policy_id, job.job_id) {
-            Ok(p) => p,
-            Err(msg) => return fail(finished, msg, pb::RetryClass::Permanent),
-        };
-        finished.repository_id = repository_id;
-        let policy = self.policy(&job.policy_id).unwrap_or_default();
-        let mut log = String::new();
-        let mut hook_warnings = Vec::new();
-        if let Some(h) = &policy.before_hook {
-            let r = crate::hooks::run(&self.hook_dir, h, &self.hook_env(job, &policy, None)).await;
-            append_log(&mut log, &r);
-            if !r.ok {
-                match pb::HookOnFailure::try_from(h.on_failure).unwrap_or(pb::HookOnFailure::Fail) {
-                    pb::HookOnFailure::SkipBackup => {
-                        finished.outcome = pb::JobOutcome::Skipped as i32;
-                        finished.warnings.push(r.summary);
-                        finished.log = log;
-                        return;
-                    }
-                    pb::HookOnFailure::Continue => hook_warnings.push(r.summary),
-                    _ => {
-                        finished.log = log;
-                        return fail(finished, r.summary, pb::RetryClass::Temporary);
-                    }
-                }
-            }
-        }
-        let child = crate::job_process::ChildJob::new(&target, &req, Some(self.state.root().join("cache")));
-        let mut stop = stop;
-        let cancelled = async move {
-            let _ = stop.wait_for(|v| *v).await;
-        };
-        match crate::job_process::run(&child, cancelled).await {
-            Ok(report) => {
-                tracing::info!(job.id = %job.job_id, snapshot = %report.snapshot_id,
-                    files = report.files_processed, bytes_added = report.bytes_added,
-                    warnings = report.warnings.len(), "backup finished");
-                finished.warnings = report.warnings.clone();
-                finished.stats = Some(stats(&report));
-                finished.outcome = pb::JobOutcome::Succeeded as i32;
-            }
-            Err(e) if e.cancelled => {
-                tracing::info!(job.id = %job.job_id, "backup cancelled");
-                finished.outcome = pb::JobOutcome::Cancelled as i32;
-                finished.log = log;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(job.id = %job.job_id, error = %e.message, "backup failed");
-                fail(
-                    finished,
-                    e.message,
-                    match e.retry_class {
-                        cofre_engine::RetryClass::Temporary => pb::RetryClass::Temporary,
-                        cofre_engine::RetryClass::Permanent => pb::RetryClass::Permanent,
-                    },
-                );
-            }
-        }
-        if let Some(h) = &policy.after_hook {
-            let outcome =
-                if finished.outcome == pb::JobOutcome::Failed as i32 { "failed" } else { "succeeded" };
-            let r = crate::hooks::run(&self.hook_dir, h, &self.hook_env(job, &policy, Some(outcome))).await;
-            append_log(&mut log, &r);
-            if !r.ok {
-                match pb::HookOnFailure::try_from(h.on_failure).unwrap_or(pb::HookOnFailure::Fail) {
-                    pb::HookOnFailure::Fail if finished.error.is_none() => {
-                        // The snapshot stays recorded; the job still fails.
-                        fail(finished, r.summary, pb::RetryClass::Temporary);
-                    }
-                    _ => hook_warnings.push(r.summary),
-                }
-            }
-        }
-        finished.warnings.extend(hook_warnings);
-        if finished.outcome == pb::JobOutcome::Succeeded as i32 && !finished.warnings.is_empty() {
-            finished.outcome = pb::JobOutcome::SucceededWithWarnings as i32;
-        }
-        finished.log = log;
-    }
-
-    fn hook_env(
-        &self,
-        job: &JobRequest,
-        p: &pb::PlanPolicy,
-        outcome: Option<&str>,
-    ) -> Vec<(&'static str, String)> {
-        let mut env = vec![
-            ("COFRE_JOB_ID", job.job_id.to_string()),
-            ("COFRE_POLICY_ID", p.id.clone()),
-            ("COFRE_POLICY_NAME", p.name.clone()),
-            ("COFRE_MACHINE_ID", self.machine_id.to_string()),
-            ("COFRE_HOOK", if outcome.is_some() { "after" } else { "before" }.to_string()),
-        ];
-        if let Some(o) = outcome {
-            env.push(("COFRE_BACKUP_OUTCOME", o.to_string()));
-        }
-        env
-    }
-
     /// Scheduled policies: a temporary failure is retried sooner (see `scheduler`).
     fn after_job(&self, job: &JobRequest, finished: &pb::JobFinished) {
         let Some(p) = self.policy(&job.policy_id) else { return };
         let temporary = finished.outcome == pb::JobOutcome::Failed as i32
             && finished.error.as_ref().is_some_and(|e| e.retry_class == pb::RetryClass::Temporary as i32);
         lock(&self.scheduler).after_run(&p, temporary, self.clock.now());
-    }
-
-    /// The engine's inputs for a policy of the current plan.
-    fn prepare(
-        &self,
-        policy_id: &str,
-        job: Uuid,
-    ) -> Result<(cofre_engine::RepoTarget, cofre_engine::BackupRequest, String), String> {
-        let plan = self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let plan = plan.ok_or("no plan received yet")?;
-        let policy = plan
-            .policies
-            .iter()
-            .find(|p| p.id == policy_id)
-            .ok_or_else(|| format!("policy {policy_id} is not in this machine's current plan"))?;
-        let repo = plan
-            .repositories
-            .iter()
-            .find(|r| r.id == policy.repository_id)
-            .ok_or_else(|| format!("repository {} missing from the plan", policy.repository_id))?;
-        if repo.restic_id.is_empty() {
-            return Err("the plan's repository has no recorded restic id; refusing to write".into());
-        }
-        let ca_cert_file = if repo.ca_certificate_pem.is_empty() {
-            None
-        } else {
-            Some(self.state.rest_ca_file(&repo.id, &repo.ca_certificate_pem).map_err(|e| e.to_string())?)
-        };
-        let target = cofre_engine::RepoTarget {
-            url: repo.url.clone(),
-            username: Some(repo.username.clone()).filter(|u| !u.is_empty()),
-            password: Some(repo.password.clone()).filter(|p| !p.is_empty()).map(SecretString::from),
-            repository_password: SecretString::from(repo.repository_password.clone()),
-            ca_cert_file,
-            // A cofre-store knows this machine by its certificate (identity.pem: certificate
-            // and key in one file, replaced atomically on renewal).
-            client_identity_file: repo.client_certificate.then(|| self.state.identity_pem_path()),
-            allow_insecure_http: repo.allow_insecure_http,
-        };
-        // Cofre's own tags say which policy and machine made a snapshot (the controller's
-        // retention keeps each policy's history by its own rules).
-        let mut tags = vec![
-            "cofre".to_string(),
-            format!("cofre-policy:{}", policy.id),
-            format!("cofre-machine:{}", self.machine_id),
-        ];
-        tags.extend(policy.tags.iter().cloned());
-        let req = cofre_engine::BackupRequest {
-            expected_restic_id: repo.restic_id.clone(),
-            paths: policy.paths.iter().map(std::path::PathBuf::from).collect(),
-            excludes: policy.excludes.clone(),
-            filters: cofre_engine::SourceFilters {
-                iexcludes: policy.iexcludes.clone(),
-                exclude_if_present: policy.exclude_if_present.clone(),
-                exclude_larger_than: Some(policy.exclude_larger_than_bytes).filter(|b| *b > 0),
-                one_file_system: policy.one_file_system,
-            },
-            hostname: self.hostname.clone(),
-            tags,
-            lock: cofre_engine::LockOptions {
-                wait: crate::job_process::LOCK_WAIT,
-                record: Some(self.lock_record(&job)),
-                stale: Vec::new(),
-            },
-        };
-        Ok((target, req, repo.id.clone()))
     }
 }
 
@@ -529,117 +357,5 @@ fn finished_event(job: Uuid, finished: pb::JobFinished) -> pb::JobEvent {
     }
 }
 
-fn append_log(log: &mut String, r: &crate::hooks::HookResult) {
-    log.push_str(&format!("== {}\n", r.summary));
-    if !r.output.is_empty() {
-        log.push_str(&r.output);
-        if !r.output.ends_with('\n') {
-            log.push('\n');
-        }
-    }
-}
-
-fn stats(r: &cofre_engine::BackupReport) -> pb::BackupStats {
-    pb::BackupStats {
-        snapshot_id: r.snapshot_id.clone(),
-        files_new: r.files_new,
-        files_changed: r.files_changed,
-        files_unmodified: r.files_unmodified,
-        dirs_new: r.dirs_new,
-        dirs_changed: r.dirs_changed,
-        dirs_unmodified: r.dirs_unmodified,
-        files_processed: r.files_processed,
-        bytes_processed: r.bytes_processed,
-        bytes_added: r.bytes_added,
-        bytes_added_packed: r.bytes_added_packed,
-        snapshot_time: Some(ts(r.snapshot_time)),
-        paths: r.paths.clone(),
-        hostname: r.hostname.clone(),
-        utc_offset_seconds: r.utc_offset_seconds,
-        tags: r.tags.clone(),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Keeps the state dir and the job queue's receiver alive for the test's duration.
-    #[allow(dead_code, reason = "held only to be dropped at the end of the test")]
-    struct Held(tempfile::TempDir, mpsc::Receiver<JobRequest>);
-
-    fn agent() -> (Held, Arc<Agent>) {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(&dir.path().join("state")).unwrap();
-        let (agent, rx) =
-            Agent::new(state, Arc::new(crate::scheduler::SystemClock::default()), dir.path().join("hooks"));
-        let plan = pb::Plan {
-            version: 1,
-            repositories: vec![],
-            policies: vec![pb::PlanPolicy {
-                id: "p1".into(),
-                schedule: Some(pb::Schedule { interval_seconds: 3600, ..Default::default() }),
-                ..Default::default()
-            }],
-        };
-        agent.set_plan(plan).unwrap();
-        (Held(dir, rx), agent)
-    }
-
-    fn job(id: Uuid) -> JobRequest {
-        JobRequest { job_id: id, policy_id: "p1".into(), trigger: pb::TriggerKind::RunNow, window_end: None }
-    }
-
-    #[test]
-    fn a_policy_with_a_job_queued_is_not_scheduled_again() {
-        let (_d, agent) = agent();
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        assert!(agent.submit(job(a)));
-        assert!(!agent.submit(job(a)), "the same job is accepted once");
-        assert!(agent.submit(job(b)));
-        assert!(agent.due_jobs().is_empty(), "busy");
-        agent.done_with("p1");
-        assert!(agent.due_jobs().is_empty(), "one job still queued");
-        agent.done_with("p1");
-        assert_eq!(agent.due_jobs().len(), 1);
-        // The schedule survives a restart of the agent.
-        let (again, _rx) =
-            Agent::new(agent.state.clone(), Arc::new(crate::scheduler::SystemClock::default()), "/x".into());
-        assert!(again.due_jobs().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_queued_job_cancelled_before_its_turn_ends_cancelled_without_running() {
-        let (_d, agent) = agent();
-        let id = Uuid::now_v7();
-        assert!(agent.submit(job(id)));
-        agent.cancel(id);
-        let finished = agent.run_job(&job(id)).await.unwrap();
-        assert_eq!(finished.outcome, pb::JobOutcome::Cancelled as i32);
-        assert_eq!(agent.spool.pending().len(), 1, "the result is spooled");
-        agent.cancel(Uuid::now_v7()); // unknown jobs are ignored
-    }
-
-    #[test]
-    fn snapshots_carry_the_policy_and_the_machine_as_tags() {
-        let (_d, agent) = agent();
-        {
-            let mut plan = agent.plan.write().unwrap();
-            let plan = plan.as_mut().unwrap();
-            plan.repositories.push(pb::PlanRepository {
-                id: "r".into(),
-                url: "https://store.example/r".into(),
-                restic_id: "ab".repeat(32),
-                repository_password: "pw".into(),
-                ..Default::default()
-            });
-            plan.policies[0].repository_id = "r".into();
-            plan.policies[0].tags = vec!["finance".into()];
-        }
-        let (_, req, _) = agent.prepare("p1", Uuid::nil()).unwrap();
-        assert!(req.tags.contains(&"cofre-policy:p1".to_string()));
-        assert!(req.tags.iter().any(|t| t.starts_with("cofre-machine:")));
-        assert!(req.tags.contains(&"finance".to_string()));
-        assert!(req.lock.record.is_some());
-    }
-}
+mod tests;
