@@ -34,6 +34,40 @@ pub(crate) async fn state(pool: PgPool) -> AppState {
     }
 }
 
+/// A repository definition on a REST server nobody dials (tests that never reach it).
+pub(crate) async fn test_repository(st: &AppState) -> Uuid {
+    crate::repositories::create(
+        &st.pool,
+        &st.master,
+        &Actor::System,
+        serde_json::from_value(serde_json::json!({"name": "r", "url": "https://rest.example"})).unwrap(),
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+/// Creates `spec` and assigns it to `machine`; returns the policy's id.
+pub(crate) async fn assigned_policy(
+    st: &AppState,
+    spec: cofre_policy::spec::PolicySpec,
+    machine: Uuid,
+) -> Uuid {
+    let policy =
+        crate::policies::create(&st.pool, &Actor::System, spec, crate::policies::HookRights::Allowed)
+            .await
+            .unwrap();
+    crate::policies::assign(
+        &st.pool,
+        &Actor::System,
+        policy.id,
+        crate::policies::NewAssignment { machine_id: Some(machine), group_id: None },
+    )
+    .await
+    .unwrap();
+    policy.id
+}
+
 /// Creates the restic repository rows active machines' policies need and marks them
 /// initialised (no REST server involved).
 pub(crate) async fn initialise_repositories(st: &AppState) {
@@ -221,22 +255,12 @@ async fn a_result_delivered_twice_is_stored_once(pool: PgPool) {
         .await
         .unwrap();
     // The machine writes to it through an assigned policy.
-    let policy = crate::policies::create(
-        &st.pool,
-        &Actor::System,
+    assigned_policy(
+        &st,
         cofre_policy::spec::PolicySpec::new("p", repo.id, vec!["/srv".into()]),
-        crate::policies::HookRights::Allowed,
+        e.machine_id,
     )
-    .await
-    .unwrap();
-    crate::policies::assign(
-        &st.pool,
-        &Actor::System,
-        policy.id,
-        crate::policies::NewAssignment { machine_id: Some(e.machine_id), group_id: None },
-    )
-    .await
-    .unwrap();
+    .await;
     let job = Uuid::now_v7();
     let ev = finished_event(job, Uuid::now_v7(), &rr.to_string());
     crate::jobs::ingest(&st.pool, e.machine_id, &ev).await.unwrap();
@@ -466,18 +490,11 @@ async fn plan_changes_notify_exactly_the_machines_they_reach(pool: PgPool) {
     let (sales, inside) = machine_in_new_group(&st, "sales").await;
     let t = token(&st, 1, None).await;
     let outside = enrollment::enroll(&st.pool, &st.ca, LIFE, &t, &csr(), inv()).await.unwrap().machine_id;
-    let repo = crate::repositories::create(
-        &st.pool,
-        &st.master,
-        &Actor::System,
-        serde_json::from_value(serde_json::json!({"name": "r", "url": "https://rest.example"})).unwrap(),
-    )
-    .await
-    .unwrap();
+    let repo = test_repository(&st).await;
     let policy = crate::policies::create(
         &st.pool,
         &Actor::System,
-        cofre_policy::spec::PolicySpec::new("p", repo.id, vec!["/srv".into()]),
+        cofre_policy::spec::PolicySpec::new("p", repo, vec!["/srv".into()]),
         crate::policies::HookRights::Allowed,
     )
     .await

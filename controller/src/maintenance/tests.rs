@@ -8,39 +8,22 @@ use uuid::Uuid;
 
 use super::schedule;
 use crate::audit::Actor;
-use crate::policies::{HookRights, NewAssignment};
-use crate::tests::{initialise_repositories, machine_in_new_group, state};
+use crate::tests::{assigned_policy, initialise_repositories, machine_in_new_group, state, test_repository};
 
 /// A machine with a policy (keep-last 2) on its own restic repository: (machine, policy,
 /// restic repository).
 async fn setup(st: &crate::state::AppState) -> (Uuid, Uuid, Uuid) {
     let (_g, machine) = machine_in_new_group(st, "finance").await;
-    let repo = crate::repositories::create(
-        &st.pool,
-        &st.master,
-        &Actor::System,
-        serde_json::from_value(serde_json::json!({"name": "r", "url": "https://rest.example"})).unwrap(),
-    )
-    .await
-    .unwrap();
-    let mut spec = PolicySpec::new("docs", repo.id, vec!["/home".into()]);
+    let mut spec = PolicySpec::new("docs", test_repository(st).await, vec!["/home".into()]);
     spec.retention = Some(RetentionSpec { keep_last: 2, ..Default::default() });
-    let policy = crate::policies::create(&st.pool, &Actor::System, spec, HookRights::Allowed).await.unwrap();
-    crate::policies::assign(
-        &st.pool,
-        &Actor::System,
-        policy.id,
-        NewAssignment { machine_id: Some(machine), group_id: None },
-    )
-    .await
-    .unwrap();
+    let policy = assigned_policy(st, spec, machine).await;
     initialise_repositories(st).await;
     let rr: Uuid = sqlx::query_scalar("select id from restic_repositories where machine_id = $1")
         .bind(machine)
         .fetch_one(&st.pool)
         .await
         .unwrap();
-    (machine, policy.id, rr)
+    (machine, policy, rr)
 }
 
 async fn record(pool: &PgPool, rr: Uuid, machine: Uuid, policy: Option<Uuid>, id: &str, days_ago: i64) {

@@ -10,24 +10,12 @@ use super::{HookRights, create, diff, list_versions, update};
 use crate::audit::Actor;
 use crate::auth::Role;
 use crate::error::Error;
-use crate::tests::{call_json, machine_in_new_group, state};
-
-async fn repository(st: &crate::state::AppState) -> Uuid {
-    crate::repositories::create(
-        &st.pool,
-        &st.master,
-        &Actor::System,
-        serde_json::from_value(serde_json::json!({"name": "r", "url": "https://rest.example"})).unwrap(),
-    )
-    .await
-    .unwrap()
-    .id
-}
+use crate::tests::{call_json, machine_in_new_group, state, test_repository};
 
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn invalid_policies_are_refused_naming_the_field_and_nothing_is_stored(pool: PgPool) {
     let st = state(pool).await;
-    let repo = repository(&st).await;
+    let repo = test_repository(&st).await;
     let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin, None).unwrap();
     let base = serde_json::json!({"name": "p", "repository_id": repo, "paths": ["/srv"]});
     let with = |patch: serde_json::Value| {
@@ -105,7 +93,7 @@ async fn invalid_policies_are_refused_naming_the_field_and_nothing_is_stored(poo
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn every_change_is_a_version_with_its_author_and_a_field_diff(pool: PgPool) {
     let st = state(pool).await;
-    let repo = repository(&st).await;
+    let repo = test_repository(&st).await;
     let alice = Actor::User { id: Uuid::now_v7(), name: "alice".into() };
     let spec = PolicySpec::new("docs", repo, vec!["/home".into()]).every(3600);
     let p = create(&st.pool, &alice, spec.clone(), HookRights::Allowed).await.unwrap();
@@ -139,7 +127,7 @@ async fn every_change_is_a_version_with_its_author_and_a_field_diff(pool: PgPool
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn only_admins_set_hooks(pool: PgPool) {
     let st = state(pool).await;
-    let repo = repository(&st).await;
+    let repo = test_repository(&st).await;
     let mut spec = PolicySpec::new("db", repo, vec!["/var/lib/postgresql".into()]);
     spec.hooks.before = Some(HookSpec {
         name: "dump-postgres".into(),
@@ -166,7 +154,7 @@ async fn only_admins_set_hooks(pool: PgPool) {
 async fn plans_carry_the_schedule_and_machines_on_old_plans_are_listed(pool: PgPool) {
     let st = state(pool).await;
     let (_group, machine) = machine_in_new_group(&st, "finance").await;
-    let repo = repository(&st).await;
+    let repo = test_repository(&st).await;
     let mut spec = PolicySpec::new("docs", repo, vec!["/home".into()]);
     spec.schedule = Some(ScheduleSpec {
         cron: Some("0 19 * * *".into()),

@@ -46,22 +46,12 @@ async fn repo_for(st: &crate::state::AppState, name: &str, base: &str, machine: 
         .execute(&st.pool)
         .await
         .unwrap();
-    let policy = crate::policies::create(
-        &st.pool,
-        &Actor::System,
+    crate::tests::assigned_policy(
+        st,
         cofre_policy::spec::PolicySpec::new(format!("{name}-policy"), r.id, vec!["/etc".into()]),
-        crate::policies::HookRights::Allowed,
+        machine,
     )
-    .await
-    .unwrap();
-    crate::policies::assign(
-        &st.pool,
-        &Actor::System,
-        policy.id,
-        crate::policies::NewAssignment { machine_id: Some(machine), group_id: None },
-    )
-    .await
-    .unwrap();
+    .await;
     r.id
 }
 
