@@ -97,6 +97,8 @@ alter table jobs add constraint jobs_maintenance_target
 create unique index jobs_one_maintenance on jobs (restic_repository_id, kind)
     where kind <> 'backup' and state in ('queued', 'running');
 create index jobs_maintenance_open on jobs (state) where kind <> 'backup' and state in ('queued', 'running');
+-- A repository's last job of each maintenance kind (the API's repository list).
+create index jobs_repository on jobs (restic_repository_id, kind, created_at desc) where restic_repository_id is not null;
 
 alter table job_results drop constraint job_results_outcome_check;
 alter table job_results add constraint job_results_outcome_check

@@ -151,27 +151,20 @@ pub async fn run(
         }),
         Err(ChildError::Failed(m)) => Err(fail(m.replace("job process", "backup process"))),
     };
-    remove_left_lock(job).await;
+    if let Some(record) = &job.lock_record {
+        remove_left_lock(&job.target.clone().into(), record).await;
+    }
     outcome
 }
 
 /// Removes the repository lock a child recorded and did not remove itself (it was killed).
-pub async fn remove_left_lock(job: &ChildJob) {
-    let Some(record) = job.lock_record.clone() else { return };
-    let Ok(id) = std::fs::read_to_string(&record) else { return };
-    let target: RepoTarget = job.target.clone().into();
-    let id = id.trim().to_string();
-    let removed =
-        tokio::task::spawn_blocking(move || cofre_engine::maintenance::remove_locks(&target, &[id])).await;
-    match removed {
-        Ok(Ok(())) => {
-            let _ = std::fs::remove_file(&record);
-            tracing::info!("removed the repository lock a stopped backup left behind");
-        }
-        Ok(Err(e)) => {
+pub async fn remove_left_lock(target: &RepoTarget, record: &std::path::Path) {
+    match cofre_engine::child::remove_recorded_lock(target, record).await {
+        Ok(true) => tracing::info!("removed the repository lock a stopped backup left behind"),
+        Ok(false) => {}
+        Err(e) => {
             tracing::warn!(error = %e, "cannot remove the lock a stopped backup left; restic ignores it after 30 minutes");
         }
-        Err(e) => tracing::warn!(error = %e, "cannot remove the lock a stopped backup left"),
     }
 }
 

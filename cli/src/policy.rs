@@ -49,7 +49,7 @@ pub enum PolicyCommand {
 }
 
 /// Every field of a spec as a flag; absent flags leave the field as it is.
-#[derive(Args, Default)]
+#[derive(Args, Default, Clone, PartialEq)]
 pub struct SpecArgs {
     /// A spec as JSON or TOML (by extension; `-` reads JSON from stdin).
     #[arg(long)]
@@ -308,7 +308,7 @@ impl SpecArgs {
 
     fn has_flags(&self) -> bool {
         // Any difference from no flags at all (the file aside) is a flag.
-        format!("{:?}", Flags(self)) != format!("{:?}", Flags(&SpecArgs::default()))
+        SpecArgs { file: None, ..self.clone() } != SpecArgs::default()
     }
 
     fn apply(self, s: &mut PolicySpec) -> anyhow::Result<()> {
@@ -439,43 +439,6 @@ impl SpecArgs {
             self.after_hook_on_failure.as_deref(),
         )?;
         Ok(())
-    }
-}
-
-/// A Debug view of the flags (every field but the file), to tell whether any flag was given.
-struct Flags<'a>(&'a SpecArgs);
-
-impl std::fmt::Debug for Flags<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let a = self.0;
-        write!(
-            f,
-            "{:?}",
-            (
-                (&a.name, &a.repository, &a.paths, &a.excludes, &a.iexcludes, &a.exclude_if_present),
-                (
-                    &a.exclude_larger_than,
-                    &a.one_file_system,
-                    &a.tags,
-                    &a.interval_seconds,
-                    &a.cron,
-                    &a.timezone
-                ),
-                (&a.jitter_seconds, &a.window, &a.on_demand, &a.keep_last, &a.keep_hourly, &a.keep_daily),
-                (&a.keep_weekly, &a.keep_monthly, &a.keep_yearly, &a.keep_within, &a.keep_within_hourly),
-                (&a.keep_within_daily, &a.keep_within_weekly, &a.keep_within_monthly, &a.keep_within_yearly),
-                (&a.keep_tags, &a.keep_all, &a.rpo_seconds, &a.heartbeat_allowance_seconds),
-                (&a.forget_interval_seconds, &a.forget_cron, &a.prune_interval_seconds, &a.prune_cron),
-                (&a.check_interval_seconds, &a.check_cron, &a.maintenance_timezone, &a.check_read_data),
-                (
-                    &a.max_unused_percent,
-                    &a.before_hook,
-                    &a.before_hook_timeout_seconds,
-                    &a.before_hook_on_failure
-                ),
-                (&a.after_hook, &a.after_hook_timeout_seconds, &a.after_hook_on_failure),
-            )
-        )
     }
 }
 

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::io::{Read as _, Write as _};
+use std::path::Path;
 use std::process::Stdio;
 
 use serde::Serialize;
@@ -88,6 +89,36 @@ pub async fn run_json<I: Serialize, R: DeserializeOwned>(
     }
     read.map_err(|e| fail(format!("cannot read the job process's result: {e}")))?;
     serde_json::from_slice::<R>(&output).map_err(|_| fail(describe_exit(status)))
+}
+
+/// Removes repository lock `id` (one a stopped job left) without blocking the runtime.
+///
+/// # Errors
+/// As [`crate::maintenance::remove_locks`].
+pub async fn remove_lock(target: &crate::RepoTarget, id: String) -> Result<(), crate::EngineError> {
+    let target = target.clone();
+    tokio::task::spawn_blocking(move || crate::maintenance::remove_locks(&target, &[id]))
+        .await
+        .map_err(|e| crate::EngineError::Other(format!("removing a lock: {e}")))?
+}
+
+/// Removes the lock whose id a job recorded in `record` (see [`crate::LockOptions::record`])
+/// and that it did not remove itself (it was killed), then the record. `Ok(false)`: nothing
+/// was recorded.
+///
+/// # Errors
+/// As [`remove_lock`]; the record is kept then.
+pub async fn remove_recorded_lock(
+    target: &crate::RepoTarget,
+    record: &Path,
+) -> Result<bool, crate::EngineError> {
+    let Ok(id) = std::fs::read_to_string(record) else { return Ok(false) };
+    let id = id.trim().to_owned();
+    if !id.is_empty() {
+        remove_lock(target, id).await?;
+    }
+    let _ = std::fs::remove_file(record);
+    Ok(true)
 }
 
 /// How a child ended without a result, for a person.

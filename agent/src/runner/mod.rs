@@ -219,10 +219,7 @@ impl Agent {
             return;
         }
         match self.prepare(policy, *job) {
-            Ok((target, req, _)) => {
-                let child = crate::job_process::ChildJob::new(&target, &req, None);
-                crate::job_process::remove_left_lock(&child).await;
-            }
+            Ok((target, _, _)) => crate::job_process::remove_left_lock(&target, &record).await,
             Err(_) => {
                 let _ = std::fs::remove_file(&record);
             }

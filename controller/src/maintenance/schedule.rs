@@ -57,48 +57,63 @@ pub async fn enqueue_due(pool: &PgPool) -> Result<usize> {
         repos.entry(repo).or_insert((machine, Vec::new())).1.push(crate::policies::stored_spec(spec)?);
     }
     let now = Timestamp::now();
-    let mut queued = 0;
-    for (repo, (machine, specs)) in repos {
+    // Every repository's schedule state in one query, the missing rows in one insert: this
+    // runs every few seconds, for the whole fleet, and only due work opens a transaction.
+    // `since` is this process's clock, like `now` (the database's could be a little ahead).
+    let stored: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>)> =
+        sqlx::query_as("select restic_repository_id, kind, since, last_slot from maintenance_schedule")
+            .fetch_all(pool)
+            .await?;
+    let mut state: BTreeMap<(Uuid, String), (Timestamp, Option<Timestamp>)> = stored
+        .into_iter()
+        .map(|(repo, kind, since, last)| ((repo, kind), (to_jiff(since), last.map(to_jiff))))
+        .collect();
+    let mut due: Vec<(Uuid, Option<Uuid>, &str, Timestamp)> = Vec::new();
+    let mut missing: (Vec<Uuid>, Vec<&str>) = (Vec::new(), Vec::new());
+    for (repo, (machine, specs)) in &repos {
         for kind in KINDS {
             let schedules: Vec<Schedule> = specs.iter().filter_map(|s| schedule_for(s, kind)).collect();
             if schedules.is_empty() {
                 continue;
             }
-            if queue_if_due(pool, repo, machine, kind, &schedules, now).await? {
-                queued += 1;
+            let (since, last) = *state.entry((*repo, kind.to_string())).or_insert_with(|| {
+                missing.0.push(*repo);
+                missing.1.push(kind);
+                (now, None)
+            });
+            if let Some(slot) = due_slot(&schedules, repo, since, last, now) {
+                due.push((*repo, *machine, kind, slot));
             }
+        }
+    }
+    if !missing.0.is_empty() {
+        sqlx::query(
+            "insert into maintenance_schedule (restic_repository_id, kind, since)
+             select * , $3::timestamptz from unnest($1::uuid[], $2::text[]) on conflict do nothing",
+        )
+        .bind(&missing.0)
+        .bind(&missing.1)
+        .bind(to_chrono(now))
+        .execute(pool)
+        .await?;
+    }
+    let mut queued = 0;
+    for (repo, machine, kind, slot) in due {
+        if queue(pool, repo, machine, kind, slot).await? {
+            queued += 1;
         }
     }
     Ok(queued)
 }
 
-async fn queue_if_due(
-    pool: &PgPool,
-    repo: Uuid,
-    machine: Option<Uuid>,
-    kind: &str,
+/// The slot to record when one of `schedules` (the most frequent wins) is due now.
+fn due_slot(
     schedules: &[Schedule],
+    repo: &Uuid,
+    since: Timestamp,
+    last: Option<Timestamp>,
     now: Timestamp,
-) -> Result<bool> {
-    // `since` is this process's clock, like `now`: the database's could be a little ahead. The
-    // row is committed on its own: it must stay even when nothing is due yet.
-    sqlx::query(
-        "insert into maintenance_schedule (restic_repository_id, kind, since) values ($1, $2, $3) on conflict do nothing",
-    )
-    .bind(repo)
-    .bind(kind)
-    .bind(to_chrono(now))
-    .execute(pool)
-    .await?;
-    let mut tx = pool.begin().await?;
-    let (since, last): (chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
-        "select since, last_slot from maintenance_schedule where restic_repository_id = $1 and kind = $2 for update",
-    )
-    .bind(repo)
-    .bind(kind)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (since, last) = (to_jiff(since), last.map(to_jiff));
+) -> Option<Timestamp> {
     let key = repo.as_bytes();
     // A repository seen for the first time needs no maintenance at once (unlike a backup):
     // its first interval counts from then.
@@ -106,13 +121,30 @@ async fn queue_if_due(
         cofre_policy::schedule::Trigger::Interval { .. } => last.or(Some(since)),
         _ => last,
     };
-    // Due when any policy's schedule says so (the most frequent one wins).
-    let due = schedules.iter().find(|s| {
+    let sched = schedules.iter().find(|s| {
         s.in_window(now)
             && s.next_start(last_or_since(s), since, jitter_offset(s.jitter_seconds, key))
                 .is_some_and(|t| t <= now)
-    });
-    let Some(sched) = due else { return Ok(false) };
+    })?;
+    let offset = jitter_offset(sched.jitter_seconds, key);
+    Some(match sched.trigger {
+        cofre_policy::schedule::Trigger::Cron(_) => sched.slot_for_run(
+            now.checked_sub(jiff::SignedDuration::from_secs(i64::try_from(offset).unwrap_or(0)))
+                .unwrap_or(now),
+        ),
+        _ => now,
+    })
+}
+
+/// Queues due work unless the same work is already open, recording its slot.
+async fn queue(
+    pool: &PgPool,
+    repo: Uuid,
+    machine: Option<Uuid>,
+    kind: &str,
+    slot: Timestamp,
+) -> Result<bool> {
+    let mut tx = pool.begin().await?;
     let open: bool = sqlx::query_scalar(
         "select exists (select 1 from jobs where restic_repository_id = $1 and kind = $2 and state in ('queued', 'running'))",
     )
@@ -123,14 +155,6 @@ async fn queue_if_due(
     if open {
         return Ok(false);
     }
-    let offset = jitter_offset(sched.jitter_seconds, key);
-    let slot = match sched.trigger {
-        cofre_policy::schedule::Trigger::Cron(_) => sched.slot_for_run(
-            now.checked_sub(jiff::SignedDuration::from_secs(i64::try_from(offset).unwrap_or(0)))
-                .unwrap_or(now),
-        ),
-        _ => now,
-    };
     sqlx::query(
         "update maintenance_schedule set last_slot = $3 where restic_repository_id = $1 and kind = $2",
     )

@@ -153,7 +153,9 @@ impl Worker {
         .map_err(Error::internal)?;
         if job.cancel_requested_at.is_some() {
             // Taken over only to end it: the dead holder's lock goes, nothing else runs.
-            remove_lock(&engine_target, job.lock_id.clone()).await;
+            if let Some(id) = job.lock_id.clone() {
+                removed(cofre_engine::child::remove_lock(&engine_target, id).await.map(|()| true));
+            }
             return Ok(Some(Outcome::cancelled()));
         }
         let (task, forget_plan) = self.task(job).await?;
@@ -176,16 +178,15 @@ impl Worker {
         };
         let (result, stop) =
             tokio::join!(run_json::<_, TaskResult>(cmd, &child_job, MAX_RESULT_BYTES, cancel), watcher);
-        // A process that did not end cleanly may have left its lock.
-        let left = std::fs::read_to_string(&lock_record).ok().map(|s| s.trim().to_string());
         let outcome = match (result, stop) {
             (_, Some(Stop::LostClaim)) => return Ok(None),
+            // A process that did not end cleanly may have left its lock.
             (Err(ChildError::Cancelled), _) => {
-                remove_lock(&engine_target, left).await;
+                removed(cofre_engine::child::remove_recorded_lock(&engine_target, &lock_record).await);
                 Outcome::cancelled()
             }
             (Err(ChildError::Failed(m)), _) => {
-                remove_lock(&engine_target, left).await;
+                removed(cofre_engine::child::remove_recorded_lock(&engine_target, &lock_record).await);
                 Outcome::failed(&m, "temporary")
             }
             (Ok(r), _) => Outcome::from_task(r, forget_plan, job.dry_run()),
@@ -344,13 +345,11 @@ async fn unlock(conn: &mut PgConnection, repo: Uuid) {
         .await;
 }
 
-/// Removes a lock a stopped maintenance process left.
-async fn remove_lock(target: &cofre_engine::RepoTarget, id: Option<String>) {
-    let Some(id) = id.filter(|i| !i.is_empty()) else { return };
-    let target = target.clone();
-    match tokio::task::spawn_blocking(move || cofre_engine::maintenance::remove_locks(&target, &[id])).await {
-        Ok(Ok(())) => tracing::info!("removed the repository lock a stopped maintenance process left"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove a stopped maintenance process's lock"),
+/// Logs the removal of a lock a stopped maintenance process left.
+fn removed(r: std::result::Result<bool, cofre_engine::EngineError>) {
+    match r {
+        Ok(true) => tracing::info!("removed the repository lock a stopped maintenance process left"),
+        Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "cannot remove a stopped maintenance process's lock"),
     }
 }
