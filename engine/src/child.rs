@@ -85,6 +85,10 @@ pub async fn run_json<I: Serialize, R: DeserializeOwned>(
         }
     };
     if let Err(e) = fed {
+        // A child killed before it read its job also breaks the pipe: say how it ended.
+        if !status.success() {
+            return Err(fail(format!("{} before it read its job", describe_exit(status))));
+        }
         return Err(fail(format!("cannot hand the job to its process: {e}")));
     }
     read.map_err(|e| fail(format!("cannot read the job process's result: {e}")))?;
@@ -192,5 +196,16 @@ mod tests {
         let r: Result<serde_json::Value, _> = run_json(slow, &1, 1024, cancel).await;
         assert!(matches!(r, Err(ChildError::Cancelled)));
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_child_killed_before_it_reads_its_job_is_described_as_killed() {
+        // A job larger than a pipe's buffer: the write fails with EPIPE once the child is gone.
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "kill -9 $$"]);
+        let big = "x".repeat(1 << 20);
+        let r: Result<serde_json::Value, _> = run_json(cmd, &big, 1024, std::future::pending()).await;
+        let Err(ChildError::Failed(msg)) = r else { panic!("{r:?}") };
+        assert!(msg.contains("killed") && msg.contains("before it read its job"), "{msg}");
     }
 }
