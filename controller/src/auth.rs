@@ -198,8 +198,15 @@ pub async fn ensure_first_admin(
     Ok(Some((username.to_string(), generated)))
 }
 
-/// Password login. Unknown users and wrong passwords get the same answer.
-pub async fn login(pool: &PgPool, jwt: &JwtKeys, username: &str, password: &str) -> Result<String> {
+/// Password login. Unknown users and wrong passwords get the same answer. Both outcomes are
+/// audited with the client's address (`auth.login`, `auth.login_failed`).
+pub async fn login(
+    pool: &PgPool,
+    jwt: &JwtKeys,
+    username: &str,
+    password: &str,
+    address: Option<std::net::IpAddr>,
+) -> Result<String> {
     let row: Option<(Uuid, String, String, Option<Uuid>)> =
         sqlx::query_as("select id, password_hash, role, group_id from users where username = $1")
             .bind(username)
@@ -212,14 +219,30 @@ pub async fn login(pool: &PgPool, jwt: &JwtKeys, username: &str, password: &str)
             (false, None)
         }
     };
-    match (ok, row) {
+    let address = address.map(|a| a.to_string());
+    let mut tx = pool.begin().await?;
+    let result = match (ok, row) {
         (true, Some((id, _, role, group))) => {
             let role =
                 Role::parse(&role).ok_or_else(|| Error::internal(anyhow::anyhow!("bad role {role}")))?;
-            jwt.issue(id, username, role, group)
+            let token = jwt.issue(id, username, role, group)?;
+            let actor = Actor::User { id, name: username.to_string() };
+            let details = serde_json::json!({"address": address});
+            audit::record(&mut tx, &actor, "auth.login", "user", &id.to_string(), details).await?;
+            Ok(token)
         }
-        _ => Err(Error::Unauthenticated("wrong username or password".into())),
-    }
+        (_, row) => {
+            // The name as typed, bounded: enough to tell attempts apart.
+            let typed: String = username.chars().take(64).collect();
+            let target = row.map(|r| r.0.to_string()).unwrap_or_default();
+            let details =
+                serde_json::json!({"username": typed, "address": address, "known_user": !target.is_empty()});
+            audit::record(&mut tx, &Actor::System, "auth.login_failed", "user", &target, details).await?;
+            Err(Error::Unauthenticated("wrong username or password".into()))
+        }
+    };
+    tx.commit().await?;
+    result
 }
 
 #[cfg(test)]

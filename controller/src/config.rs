@@ -22,6 +22,44 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub log: LogSettings,
     pub maintenance: MaintenanceSettings,
+    pub audit: AuditSettings,
+    pub compliance: ComplianceSettings,
+}
+
+/// The audit log's signed checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// A file outside PostgreSQL where this controller appends every signed checkpoint (JSON
+    /// lines), so a cut or rewritten log is detected even by whoever owns the schema. Put it on
+    /// the controller's own disk (e.g. /var/lib/cofre/audit-checkpoints.jsonl).
+    pub checkpoint_file: Option<PathBuf>,
+    /// Seconds between checkpoints of the chain head (at least 60).
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self { checkpoint_file: None, checkpoint_interval_seconds: 3600 }
+    }
+}
+
+/// How machines' compliance is judged and recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComplianceSettings {
+    /// How long an agent may run an older plan after a change before it counts against it.
+    pub plan_grace_seconds: u64,
+    /// The time zone whose days the daily history uses (IANA name).
+    pub time_zone: String,
+    /// Seconds between evaluations of the whole fleet (the history's resolution).
+    pub evaluate_seconds: u64,
+}
+
+impl Default for ComplianceSettings {
+    fn default() -> Self {
+        Self { plan_grace_seconds: 900, time_zone: "UTC".into(), evaluate_seconds: 60 }
+    }
 }
 
 /// The controller's maintenance of repositories (forget, prune, check), run as child processes
@@ -69,6 +107,9 @@ pub struct HttpSettings {
     pub tls_key_file: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
     pub allow_plain_http: bool,
+    /// Proxies (addresses or networks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` is believed
+    /// for the client address recorded in the audit log; from anyone else it is ignored.
+    pub trusted_proxies: Vec<crate::api::Network>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +183,7 @@ impl Default for HttpSettings {
             tls_cert_file: None,
             tls_key_file: None,
             allow_plain_http: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -240,6 +282,18 @@ impl Settings {
         }
         if !(1..=300).contains(&self.maintenance.poll_seconds) {
             return Err(ConfigError("maintenance.poll_seconds must be between 1 and 300".into()));
+        }
+        if self.audit.checkpoint_interval_seconds < 60 {
+            return Err(ConfigError("audit.checkpoint_interval_seconds must be at least 60".into()));
+        }
+        if jiff::tz::TimeZone::get(&self.compliance.time_zone).is_err() {
+            return Err(ConfigError(format!(
+                "compliance.time_zone {:?} is not an IANA time zone (e.g. America/Sao_Paulo, UTC)",
+                self.compliance.time_zone
+            )));
+        }
+        if !(5..=3600).contains(&self.compliance.evaluate_seconds) {
+            return Err(ConfigError("compliance.evaluate_seconds must be between 5 and 3600".into()));
         }
         if self.enrollment.token_uses == 0 {
             return Err(ConfigError("enrollment.token_uses must be at least 1".into()));

@@ -14,6 +14,7 @@ pub mod locks {
     pub const AUDIT_CHAIN: i64 = 0x636f_6672_6502;
     pub const FIRST_ADMIN: i64 = 0x636f_6672_6503;
     pub const PROVISIONER: i64 = 0x636f_6672_6504;
+    pub const COMPLIANCE: i64 = 0x636f_6672_6505;
 }
 
 pub async fn connect(url: &secrecy::SecretString, max: u32) -> anyhow::Result<PgPool> {

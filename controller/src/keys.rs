@@ -1,5 +1,5 @@
 //! Key material stored in Postgres, sealed under the master key: the CA key, the JWT signing
-//! key and the audit/evidence signing key. `migrate` creates them once (under an advisory
+//! key, the audit/evidence signing key and the audit chain's HMAC key. `migrate` creates them once (under an advisory
 //! lock, so replicas and concurrent runs share one set); `serve` loads them.
 
 use rand::RngCore;
@@ -11,6 +11,7 @@ use crate::seal::{MasterKey, Place};
 const CA: &str = "ca";
 const JWT: &str = "jwt";
 const AUDIT: &str = "audit";
+const AUDIT_MAC: &str = "audit_mac";
 
 fn place(name: &str) -> Place<'_> {
     Place { table: "server_keys", column: "sealed", row: name }
@@ -30,7 +31,7 @@ pub async fn ensure(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Vec<&'s
         );
     }
     let mut created = Vec::new();
-    for name in [CA, JWT, AUDIT] {
+    for name in [CA, JWT, AUDIT, AUDIT_MAC] {
         if existing.iter().any(|(n, _)| n == name) {
             continue;
         }
@@ -39,7 +40,7 @@ pub async fn ensure(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Vec<&'s
                 let ca = pki::generate_ca()?;
                 (ca.key_pem.into_bytes(), Some(ca.cert_pem))
             }
-            JWT => (random_bytes(32), None),
+            JWT | AUDIT_MAC => (random_bytes(32), None),
             _ => {
                 let rng = ring::rand::SystemRandom::new();
                 let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
@@ -71,7 +72,7 @@ pub struct Keys {
     pub ca: Ca,
     pub jwt_secret: Vec<u8>,
     pub jwt_kid: String,
-    pub audit_pkcs8: Vec<u8>,
+    pub audit: std::sync::Arc<crate::audit::AuditKeys>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -99,5 +100,20 @@ pub async fn load(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Keys> {
         hex::encode(&d[..8])
     };
     let audit_pkcs8 = master.open(&place(AUDIT), &get(AUDIT)?.1)?;
-    Ok(Keys { ca, jwt_secret, jwt_kid, audit_pkcs8 })
+    let audit_mac = master.open(&place(AUDIT_MAC), &get(AUDIT_MAC)?.1)?;
+    let audit = std::sync::Arc::new(crate::audit::AuditKeys::new(&audit_mac, &audit_pkcs8)?);
+    Ok(Keys { ca, jwt_secret, jwt_kid, audit })
+}
+
+/// Tests run many databases in one process, whose audit events are linked under the one
+/// installed key: give every test database the same chain key.
+#[cfg(test)]
+pub(crate) async fn use_test_audit_key(pool: &PgPool, master: &MasterKey) {
+    const TEST_KEY: [u8; 32] = [0x5a; 32];
+    sqlx::query("update server_keys set sealed = $1 where name = $2")
+        .bind(master.seal(&place(AUDIT_MAC), &TEST_KEY))
+        .bind(AUDIT_MAC)
+        .execute(pool)
+        .await
+        .expect("test audit key");
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod compliance;
 pub mod config;
 pub mod db;
 pub mod enrollment;

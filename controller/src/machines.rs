@@ -135,14 +135,38 @@ pub async fn approve(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> 
 
 /// Revokes the machine and all its certificates; its open session closes within a second.
 pub async fn revoke(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> {
+    retire(pool, actor, id, Retire::Revoke).await
+}
+
+/// Decommissions a machine: like a revocation (its certificates stop working at once, so its
+/// schedules stop), but its repository and snapshots are kept and it leaves the compliance
+/// reports. A revoked machine may be decommissioned; a decommissioned one stays so.
+pub async fn decommission(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> {
+    retire(pool, actor, id, Retire::Decommission).await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Retire {
+    Revoke,
+    Decommission,
+}
+
+async fn retire(pool: &PgPool, actor: &Actor, id: Uuid, how: Retire) -> Result<Machine> {
+    let (sql, action) = match how {
+        Retire::Revoke => (
+            "update machines set status = 'revoked', revoked_at = now()
+             where id = $1 and status not in ('revoked', 'decommissioned')",
+            "machine.revoke",
+        ),
+        Retire::Decommission => (
+            "update machines set status = 'decommissioned', decommissioned_at = now(),
+                    revoked_at = coalesce(revoked_at, now())
+             where id = $1 and status <> 'decommissioned'",
+            "machine.decommission",
+        ),
+    };
     let mut tx = pool.begin().await?;
-    let n = sqlx::query(
-        "update machines set status = 'revoked', revoked_at = now() where id = $1 and status <> 'revoked'",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let n = sqlx::query(sql).bind(id).execute(&mut *tx).await?.rows_affected();
     if n == 0 {
         let exists: bool = sqlx::query_scalar("select exists (select 1 from machines where id = $1)")
             .bind(id)
@@ -161,7 +185,7 @@ pub async fn revoke(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> {
         audit::record(
             &mut tx,
             actor,
-            "machine.revoke",
+            action,
             "machine",
             &id.to_string(),
             serde_json::json!({"revoked_certificates": serials}),

@@ -60,6 +60,7 @@ pub async fn start(
         );
     }
     let keys = keys::load(&pool, &master).await?;
+    let audit = crate::audit::install(keys.audit.clone())?;
     let jwt = JwtKeys::new(&keys.jwt_secret, keys.jwt_kid.clone(), settings.admin.token_ttl_seconds);
     let first_admin =
         auth::ensure_first_admin(&pool, &settings.admin.username, settings.admin.initial_password.as_ref())
@@ -72,6 +73,7 @@ pub async fn start(
         jwt: Arc::new(jwt),
         settings: Arc::new(settings.clone()),
         events: events.clone(),
+        audit: audit.clone(),
     };
     let http = TcpListener::bind(settings.http.listen)
         .await
@@ -95,6 +97,25 @@ pub async fn start(
         );
         crate::maintenance::spawn(worker, events.clone());
     }
+    let checkpoint_file = state.checkpoint_file();
+    if checkpoint_file.is_none() {
+        tracing::warn!(
+            "audit.checkpoint_file is not set: signed checkpoints are kept only in PostgreSQL, where the \
+             schema owner could remove them with the log's tail"
+        );
+    }
+    crate::audit::checkpoints::spawn(
+        pool.clone(),
+        audit,
+        checkpoint_file,
+        std::time::Duration::from_secs(settings.audit.checkpoint_interval_seconds),
+        format!(
+            "{}:{}",
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+            std::process::id()
+        ),
+    );
+    crate::compliance::spawn(state.clone());
     repositories::spawn_provisioner(pool, master, events.clone(), maintenance);
     let tls = grpc::tls_config(&state)?;
     let http_tls = match (&settings.http.tls_cert_file, &settings.http.tls_key_file) {
@@ -120,9 +141,15 @@ pub async fn start(
             match http_tls {
                 Some(config) => {
                     let listener = crate::tls_listener::TlsListener::new(http, config)?;
-                    axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop_http).await
+                    axum::serve(listener, router.into_make_service_with_connect_info::<api::Peer>())
+                        .with_graceful_shutdown(stop_http)
+                        .await
                 }
-                None => axum::serve(http, router.into_make_service()).with_graceful_shutdown(stop_http).await,
+                None => {
+                    axum::serve(http, router.into_make_service_with_connect_info::<api::Peer>())
+                        .with_graceful_shutdown(stop_http)
+                        .await
+                }
             }
         };
         let grpc_fut = tonic::transport::Server::builder()

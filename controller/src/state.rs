@@ -18,4 +18,13 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub settings: Arc<Settings>,
     pub events: Events,
+    /// The audit chain's keys (also installed process-wide for `audit::record`).
+    pub audit: Arc<crate::audit::AuditKeys>,
+}
+
+impl AppState {
+    /// This controller's copy of the audit checkpoints outside the database, if configured.
+    pub fn checkpoint_file(&self) -> Option<crate::audit::checkpoints::CheckpointFile> {
+        self.settings.audit.checkpoint_file.as_ref().map(crate::audit::checkpoints::CheckpointFile::new)
+    }
 }

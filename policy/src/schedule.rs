@@ -134,6 +134,21 @@ impl Schedule {
         }
     }
 
+    /// The longest time between two consecutive starts among the next `samples` starts after
+    /// `from` (jitter left out): the cadence a compliance rule allows for. None for manual
+    /// schedules or when no two starts exist.
+    pub fn longest_gap(&self, from: Timestamp, samples: usize) -> Option<SignedDuration> {
+        let mut t = self.next_start(Some(from), from, 0)?;
+        let mut longest: Option<SignedDuration> = None;
+        for _ in 0..samples {
+            let next = self.next_start(Some(t), t, 0)?;
+            let gap = next.duration_since(t);
+            longest = Some(longest.map_or(gap, |l| l.max(gap)));
+            t = next;
+        }
+        longest
+    }
+
     /// The slot to record for a run that starts at `now`: for cron, the latest cron instant at
     /// or before `now` (so every slot missed while the machine was off collapses into this one
     /// run); for intervals and manual runs, `now`.

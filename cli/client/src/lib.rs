@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+pub use cofre_api;
 pub use types::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +216,125 @@ impl Client {
     }
 
     /// Asks a queued or running job to stop.
+    /// GET `path` with query parameters (absent values left out).
+    pub async fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, Option<String>)],
+    ) -> Result<T> {
+        let mut url = self.base.join(path)?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                if let Some(v) = v {
+                    pairs.append_pair(k, v);
+                }
+            }
+        }
+        let rel = match url.query() {
+            Some(q) if !q.is_empty() => format!("{}?{q}", url.path()),
+            _ => url.path().to_string(),
+        };
+        self.get(&rel).await
+    }
+
+    /// One page of audit events, newest first.
+    pub async fn audit_events(&self, filter: &AuditFilter) -> Result<cofre_api::audit::EventPage> {
+        let q = [
+            ("actor", filter.actor.clone()),
+            ("action", filter.action.clone()),
+            ("target_type", filter.target_type.clone()),
+            ("target_id", filter.target_id.clone()),
+            ("from", filter.from.map(|t| t.to_rfc3339())),
+            ("to", filter.to.map(|t| t.to_rfc3339())),
+            ("cursor", filter.cursor.clone()),
+            ("limit", filter.limit.map(|l| l.to_string())),
+        ];
+        self.get_query("/api/v1/audit/events", &q).await
+    }
+
+    /// Recomputes the audit chain and its checkpoints on the controller.
+    pub async fn audit_verify(&self) -> Result<cofre_api::audit::Report> {
+        self.get("/api/v1/audit/verify").await
+    }
+
+    pub async fn audit_checkpoints(&self) -> Result<cofre_api::audit::Checkpoints> {
+        self.get("/api/v1/audit/checkpoints").await
+    }
+
+    /// Signs the chain head now.
+    pub async fn make_audit_checkpoint(&self) -> Result<cofre_api::audit::MadeCheckpoint> {
+        self.post("/api/v1/audit/checkpoints", &serde_json::json!({})).await
+    }
+
+    /// Every machine's compliance now (`group`, `status` filter).
+    pub async fn compliance(
+        &self,
+        group: Option<Uuid>,
+        status: Option<&str>,
+    ) -> Result<Vec<cofre_api::compliance::MachineCompliance>> {
+        let q = [("group", group.map(|g| g.to_string())), ("status", status.map(str::to_string))];
+        let l: Items<cofre_api::compliance::MachineCompliance> =
+            self.get_query("/api/v1/compliance", &q).await?;
+        Ok(l.items)
+    }
+
+    /// The same report as CSV text.
+    pub async fn compliance_csv(&self, group: Option<Uuid>, status: Option<&str>) -> Result<String> {
+        let mut q = vec!["format=csv".to_string()];
+        q.extend(group.map(|g| format!("group={g}")));
+        q.extend(status.map(|s| format!("status={s}")));
+        let (code, body) =
+            self.raw(Method::GET, &format!("/api/v1/compliance?{}", q.join("&")), None).await?;
+        if !code.is_success() {
+            return Err(ClientError::Api {
+                status: code,
+                title: "error".into(),
+                detail: body,
+                errors: Vec::new(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// Roll-ups per group and for the fleet.
+    pub async fn compliance_summary(&self) -> Result<cofre_api::compliance::Summary> {
+        self.get("/api/v1/compliance/summary").await
+    }
+
+    /// Days of a group (or the fleet), oldest first.
+    pub async fn compliance_days(
+        &self,
+        group: Option<Uuid>,
+        from: Option<chrono::NaiveDate>,
+        to: Option<chrono::NaiveDate>,
+    ) -> Result<Vec<cofre_api::compliance::Day>> {
+        let q = [
+            ("group", group.map(|g| g.to_string())),
+            ("from", from.map(|d| d.to_string())),
+            ("to", to.map(|d| d.to_string())),
+        ];
+        let l: Items<cofre_api::compliance::Day> = self.get_query("/api/v1/compliance/days", &q).await?;
+        Ok(l.items)
+    }
+
+    /// A machine's changes of status over a period, with the time spent in each.
+    pub async fn machine_compliance_history(
+        &self,
+        machine: Uuid,
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        to: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<cofre_api::compliance::MachineHistory> {
+        let q = [("from", from.map(|t| t.to_rfc3339())), ("to", to.map(|t| t.to_rfc3339()))];
+        self.get_query(&format!("/api/v1/machines/{machine}/compliance/history"), &q).await
+    }
+
+    /// Decommissions a machine: it keeps its repository and snapshots, stops its schedules and
+    /// loses its certificates; it leaves the compliance reports.
+    pub async fn decommission_machine(&self, id: Uuid) -> Result<Machine> {
+        self.post(&format!("/api/v1/machines/{id}/decommission"), &serde_json::json!({})).await
+    }
+
     pub async fn cancel_job(&self, id: Uuid) -> Result<Job> {
         self.post(&format!("/api/v1/jobs/{id}/cancel"), &serde_json::json!({})).await
     }

@@ -274,3 +274,16 @@ pub struct RepositoryInventory {
     pub unrecorded_snapshots: Vec<String>,
     pub reported_at: DateTime<Utc>,
 }
+
+/// Filters for [`crate::Client::audit_events`].
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+}

@@ -53,11 +53,15 @@ pub struct Login {
     password: String,
 }
 
-pub async fn login(State(st): State<AppState>, Json(req): Json<Login>) -> Result<Response> {
+pub async fn login(
+    State(st): State<AppState>,
+    super::ClientAddr(address): super::ClientAddr,
+    Json(req): Json<Login>,
+) -> Result<Response> {
     if req.username.len() > 200 || req.password.len() > 1000 {
         return Err(Error::Unauthenticated("wrong username or password".into()));
     }
-    let token = crate::auth::login(&st.pool, &st.jwt, &req.username, &req.password).await?;
+    let token = crate::auth::login(&st.pool, &st.jwt, &req.username, &req.password, address).await?;
     Ok(axum::Json(json!({
         "access_token": token, "token_type": "Bearer", "expires_in": st.jwt.ttl_seconds()
     }))

@@ -1,6 +1,9 @@
 //! The REST API under `/api/v1`: one route table, every route with its access level, walked by
 //! the authorisation test so no route escapes the check.
 
+mod audit;
+mod client_addr;
+mod compliance;
 mod error;
 mod handlers;
 mod jobs;
@@ -13,6 +16,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Router, extract::DefaultBodyLimit};
+
+pub use client_addr::{ClientAddr, Network, Peer};
 
 use crate::auth::Role;
 use crate::error::Error;
@@ -40,28 +45,43 @@ impl Access {
     }
 }
 
+/// Which users limited to one group (department) may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Fleet-wide configuration: group users may read it, changes need a fleet-wide user.
+    Fleet,
+    /// A group's machines and what hangs off them: open to group users, whose handlers answer
+    /// 404 for other groups' machines.
+    Group,
+    /// Fleet-wide records (the audit log, fleet reports): fleet-wide users only.
+    FleetOnly,
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteDef {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
-    /// Open to users limited to one group; otherwise changes need a fleet-wide user.
-    pub group_scoped: bool,
+    pub scope: Scope,
 }
 
 fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
     use Access::*;
+    use audit as a;
+    use compliance as c;
     use handlers as h;
     use jobs as j;
     use policies as p;
     use stores as s;
-    // `r`: fleet-wide configuration; `g`: a group's machines and what hangs off them, open to
-    // users limited to a group (their handlers answer 404 for other groups' machines).
+    // `r`: Scope::Fleet, `g`: Scope::Group, `f`: Scope::FleetOnly.
     let r = |method: Method, path: &'static str, access: Access, mr: MethodRouter<AppState>| {
-        (RouteDef { method, path, access, group_scoped: false }, mr)
+        (RouteDef { method, path, access, scope: Scope::Fleet }, mr)
     };
     let g = |method: Method, path: &'static str, access: Access, mr: MethodRouter<AppState>| {
-        (RouteDef { method, path, access, group_scoped: true }, mr)
+        (RouteDef { method, path, access, scope: Scope::Group }, mr)
+    };
+    let f = |method: Method, path: &'static str, access: Access, mr: MethodRouter<AppState>| {
+        (RouteDef { method, path, access, scope: Scope::FleetOnly }, mr)
     };
     vec![
         r(Method::GET, "/healthz", Public, get(h::healthz)),
@@ -103,12 +123,21 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         g(Method::GET, "/api/v1/machines/{id}", Read, get(h::get_machine)),
         g(Method::POST, "/api/v1/machines/{id}/approve", Operate, post(h::approve_machine)),
         g(Method::POST, "/api/v1/machines/{id}/revoke", Admin, post(h::revoke_machine)),
+        g(Method::POST, "/api/v1/machines/{id}/decommission", Admin, post(c::decommission)),
+        g(Method::GET, "/api/v1/machines/{id}/compliance/history", Read, get(c::machine_history)),
+        g(Method::GET, "/api/v1/compliance", Read, get(c::report)),
+        g(Method::GET, "/api/v1/compliance/summary", Read, get(c::summary)),
+        g(Method::GET, "/api/v1/compliance/days", Read, get(c::days)),
         r(Method::PUT, "/api/v1/machines/{id}/quota", Admin, put(s::set_machine_quota)),
         g(Method::GET, "/api/v1/machines/{id}/jobs", Read, get(j::list_jobs)),
         g(Method::POST, "/api/v1/machines/{id}/jobs", Operate, post(j::run_now)),
         g(Method::GET, "/api/v1/machines/{id}/snapshots", Read, get(j::list_snapshots)),
         g(Method::GET, "/api/v1/jobs/{id}", Read, get(j::get_job)),
         g(Method::POST, "/api/v1/jobs/{id}/cancel", Operate, post(j::cancel_job)),
+        f(Method::GET, "/api/v1/audit/events", Read, get(a::list_events)),
+        f(Method::GET, "/api/v1/audit/verify", Read, get(a::verify)),
+        f(Method::GET, "/api/v1/audit/checkpoints", Read, get(a::list_checkpoints)),
+        f(Method::POST, "/api/v1/audit/checkpoints", Read, post(a::make_checkpoint)),
     ]
 }
 
@@ -120,10 +149,10 @@ pub fn routes() -> Vec<RouteDef> {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for (def, mr) in table() {
-        let rule = (def.access, def.group_scoped);
+        let rule = (def.access, def.scope);
         let mr = mr.route_layer(middleware::from_fn_with_state(
             (state.clone(), rule),
-            move |State((st, rule)): State<(AppState, (Access, bool))>, req: Request, next: Next| {
+            move |State((st, rule)): State<(AppState, (Access, Scope))>, req: Request, next: Next| {
                 authorise(st, rule, req, next)
             },
         ));
@@ -137,11 +166,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The one authorisation check: bearer token from the Authorization header only, role at
-/// least the route's, and a fleet-wide user for changes outside a group's machines. Claims are
-/// handed to the handler as an extension; group-scoped handlers filter by `claims.grp`.
+/// least the route's, and a fleet-wide user for changes outside a group's machines and for
+/// fleet-only records. Claims are handed to the handler as an extension; group-scoped handlers
+/// filter by `claims.grp`.
 async fn authorise(
     state: AppState,
-    (access, group_scoped): (Access, bool),
+    (access, scope): (Access, Scope),
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -164,11 +194,16 @@ async fn authorise(
     if claims.role < min {
         return Error::Forbidden(format!("requires the {} role", min.as_str())).into_response();
     }
-    if claims.grp.is_some() && !group_scoped && access != Access::Read {
-        return Error::Forbidden(
-            "this account is limited to one group; this change needs a fleet-wide account".into(),
-        )
-        .into_response();
+    if claims.grp.is_some() {
+        let refused = match scope {
+            Scope::Group => None,
+            Scope::Fleet if access == Access::Read => None,
+            Scope::Fleet => Some("this change needs a fleet-wide account"),
+            Scope::FleetOnly => Some("this record is fleet-wide; it needs a fleet-wide account"),
+        };
+        if let Some(why) = refused {
+            return Error::Forbidden(format!("this account is limited to one group; {why}")).into_response();
+        }
     }
     req.extensions_mut().insert(claims);
     next.run(req).await

@@ -139,18 +139,12 @@ pub struct RepositoryInventory {
 /// The store's inventory; for a user limited to `group`, only that group's machines' repositories.
 pub async fn list(pool: &PgPool, store: Uuid, group: Option<Uuid>) -> Result<Vec<RepositoryInventory>> {
     Ok(sqlx::query_as(
-        "select i.path, s.url || i.path as url, rr.id as restic_repository_id, rr.machine_id,
+        "select i.path, v.url, v.restic_repository_id, v.machine_id,
                 i.size_bytes, i.data_objects, i.index_objects, i.snapshot_objects, i.key_objects,
-                i.lock_objects, i.has_config, i.last_snapshot_at,
-                array(select x from unnest(i.snapshot_ids) x
-                      where not exists (select 1 from snapshots sn
-                                        where sn.restic_repository_id = rr.id and sn.snapshot_id = x)
-                      order by x) as unrecorded_snapshots,
-                i.reported_at
+                i.lock_objects, i.has_config, i.last_snapshot_at, v.unrecorded_snapshots, i.reported_at
          from store_inventory i
-         join stores s on s.id = i.store_id
-         left join restic_repositories rr on rr.url = s.url || i.path or rr.url = s.url || i.path || '/'
-         left join machines m on m.id = rr.machine_id
+         join store_inventory_repositories v on v.store_id = i.store_id and v.path = i.path
+         left join machines m on m.id = v.machine_id
          where i.store_id = $1 and ($2::uuid is null or m.group_id = $2)
          order by i.path",
     )

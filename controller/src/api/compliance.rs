@@ -1,0 +1,131 @@
+//! Compliance routes: the current report (JSON or CSV), roll-ups, daily history per group, a
+//! machine's history, and decommissioning. Users limited to a group see their group only.
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, NaiveDate, Utc};
+use cofre_api::compliance::Status;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::handlers::{id, machine_in_scope};
+use crate::auth::Claims;
+use crate::compliance;
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+/// The group a request may see: a group-limited user's own, whatever it asked for.
+fn scoped_group(c: &Claims, asked: Option<Uuid>) -> Result<Option<Uuid>> {
+    match (c.grp, asked) {
+        (Some(mine), Some(g)) if g != mine => Err(Error::NotFound("group".into())),
+        (Some(mine), _) => Ok(Some(mine)),
+        (None, g) => Ok(g),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    group: Option<Uuid>,
+    status: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+pub async fn report(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response> {
+    let group = scoped_group(&c, q.group)?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            Status::parse(s)
+                .ok_or_else(|| Error::field("status", "one of compliant, at_risk, unknown, non_compliant"))
+        })
+        .transpose()?;
+    let machines = compliance::current(&st, group, status, Utc::now()).await?;
+    match q.format.as_deref() {
+        None | Some("json") => Ok(axum::Json(json!({ "items": machines })).into_response()),
+        Some("csv") => Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"cofre-compliance.csv\""),
+            ],
+            compliance::csv(&machines),
+        )
+            .into_response()),
+        Some(_) => Err(Error::field("format", "json or csv")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupQuery {
+    group: Option<Uuid>,
+}
+
+pub async fn summary(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Query(q): Query<GroupQuery>,
+) -> Result<Response> {
+    let group = scoped_group(&c, q.group)?;
+    Ok(axum::Json(compliance::summary(&st, group, Utc::now()).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaysQuery {
+    group: Option<Uuid>,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+}
+
+pub async fn days(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Query(q): Query<DaysQuery>,
+) -> Result<Response> {
+    let group = scoped_group(&c, q.group)?;
+    let to = q.to.unwrap_or_else(|| Utc::now().date_naive());
+    let from = q.from.unwrap_or_else(|| to - chrono::Duration::days(89));
+    if from > to || (to - from).num_days() > 3660 {
+        return Err(Error::field("from", "must be before to, at most ten years apart"));
+    }
+    Ok(axum::Json(json!({ "items": compliance::days(&st.pool, group, from, to).await? })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+pub async fn machine_history(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response> {
+    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
+    let now = Utc::now();
+    let to = q.to.map_or(now, |t| t.min(now));
+    let from = q.from.unwrap_or(to - chrono::Duration::days(30));
+    Ok(axum::Json(compliance::machine_history(&st.pool, m.id, from, to).await?).into_response())
+}
+
+pub async fn decommission(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<Response> {
+    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
+    Ok(axum::Json(crate::machines::decommission(&st.pool, &c.actor(), m.id).await?).into_response())
+}

@@ -1,0 +1,302 @@
+//! Compliance: which machines are protected, which are not, why and since when.
+//!
+//! `rules.rs` judges one machine from facts (pure); this module gathers the facts for any number
+//! of machines in two queries (plus the plans, for the plan-currency rule), rolls results up per
+//! group and fleet-wide, and writes the CSV report. `history.rs` records the insert-only history
+//! (on every change, and one row per machine and day) from exactly one replica.
+//! Decommissioned machines are left out everywhere.
+
+mod history;
+pub mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use cofre_api::compliance::{Finding, MachineCompliance, Rollup, Status, Summary};
+use cofre_policy::spec::PolicySpec;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::state::AppState;
+use rules::{Limits, MachineFacts, MachineState, PolicyFacts};
+
+pub use history::{days, machine_history, record, spawn};
+
+/// What the evaluator remembers between runs about conditions that carry no date of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Since when the agent has reported a plan other than the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_stale_since: Option<DateTime<Utc>>,
+    /// When each undated finding (by [`rules::key`]) was first seen.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_seen: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// One machine's evaluation, with what to remember for the next one.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    pub machine: MachineCompliance,
+    pub observed: Observed,
+}
+
+#[derive(sqlx::FromRow)]
+struct MachineRow {
+    id: Uuid,
+    hostname: String,
+    group_id: Option<Uuid>,
+    group_name: Option<String>,
+    status: String,
+    registered_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+    last_seen_at: Option<DateTime<Utc>>,
+    plan_version: i64,
+    previous_status: Option<String>,
+    changed_at: Option<DateTime<Utc>>,
+    observed: Option<serde_json::Value>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PolicyRow {
+    machine_id: Uuid,
+    policy_id: Uuid,
+    spec: serde_json::Value,
+    assigned_at: Option<DateTime<Utc>>,
+    initialised_at: Option<DateTime<Utc>>,
+    last_good_backup: Option<DateTime<Utc>>,
+    last_good_check: Option<DateTime<Utc>>,
+    unrecorded: i64,
+}
+
+/// Every (not decommissioned) machine of `group` (None: the fleet), judged at `now`.
+pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<Vec<Evaluated>> {
+    let machines: Vec<MachineRow> = sqlx::query_as(
+        "select m.id, m.hostname, m.group_id, g.name as group_name, m.status,
+                coalesce(m.approved_at, m.enrolled_at) as registered_at, m.revoked_at, m.last_seen_at,
+                m.plan_version, c.status as previous_status, c.changed_at, c.observed
+         from machines m
+         left join groups g on g.id = m.group_id
+         left join compliance_current c on c.machine_id = m.id
+         where m.status <> 'decommissioned' and ($1::uuid is null or m.group_id = $1)
+         order by m.hostname, m.id",
+    )
+    .bind(group)
+    .fetch_all(&st.pool)
+    .await?;
+    let ids: Vec<Uuid> = machines.iter().map(|m| m.id).collect();
+    // Receive times only: job_results.received_at is the controller's clock.
+    let policies: Vec<PolicyRow> = sqlx::query_as(
+        "select mpr.machine_id, p.id as policy_id, p.spec,
+                (select min(a.created_at) from policy_assignments a
+                 where a.policy_id = p.id and (a.machine_id = m.id or a.group_id = m.group_id)) as assigned_at,
+                rr.initialised_at,
+                (select max(r.received_at) from jobs j join job_results r on r.job_id = j.id
+                 where j.machine_id = m.id and j.policy_id = p.id and j.kind = 'backup'
+                   and r.outcome in ('succeeded', 'warning')) as last_good_backup,
+                (select max(r.received_at) from jobs j join job_results r on r.job_id = j.id
+                 where j.restic_repository_id = mpr.restic_repository_id and j.kind = 'check'
+                   and r.outcome = 'succeeded') as last_good_check,
+                coalesce((select sum(cardinality(v.unrecorded_snapshots)) from store_inventory_repositories v
+                          where v.restic_repository_id = mpr.restic_repository_id), 0)::bigint as unrecorded
+         from machine_policy_repositories mpr
+         join machines m on m.id = mpr.machine_id
+         join policies p on p.id = mpr.policy_id
+         left join restic_repositories rr on rr.id = mpr.restic_repository_id
+         where mpr.machine_id = any($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&st.pool)
+    .await?;
+    let active: Vec<Uuid> = machines.iter().filter(|m| m.status == "active").map(|m| m.id).collect();
+    let plans = crate::plans::compute_many(&st.pool, &st.master, &st.ca.cert_pem, &active).await?;
+    let mut by_machine: HashMap<Uuid, Vec<PolicyRow>> = HashMap::new();
+    for p in policies {
+        by_machine.entry(p.machine_id).or_default().push(p);
+    }
+    let limits = Limits { plan_grace: seconds(st.settings.compliance.plan_grace_seconds) };
+    let mut out = Vec::with_capacity(machines.len());
+    for m in machines {
+        let previous: Observed =
+            m.observed.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+        let stale = plans.get(&m.id).is_some_and(|p| i64::try_from(p.version).ok() != Some(m.plan_version));
+        let plan_stale_since = stale.then(|| previous.plan_stale_since.unwrap_or(now));
+        let rows = by_machine.remove(&m.id).unwrap_or_default();
+        let facts = MachineFacts {
+            state: match m.status.as_str() {
+                "pending" => MachineState::Pending,
+                "revoked" => MachineState::Revoked,
+                _ => MachineState::Active,
+            },
+            registered_at: m.registered_at,
+            revoked_at: m.revoked_at,
+            last_seen_at: m.last_seen_at,
+            plan_stale_since,
+            policies: rows.iter().filter_map(|r| policy_facts(r, m.registered_at, now)).collect(),
+        };
+        let last_good_backup = facts.policies.iter().filter_map(|p| p.last_good_backup).max();
+        let mut verdict = rules::evaluate(&facts, &limits, now);
+        // Undated findings are dated by when the evaluator first saw them.
+        let mut first_seen = BTreeMap::new();
+        for f in verdict.findings.iter_mut().filter(|f| f.since.is_none()) {
+            let k = rules::key(f);
+            let seen = previous.first_seen.get(&k).copied().unwrap_or(now);
+            f.since = Some(seen);
+            first_seen.insert(k, seen);
+        }
+        let status_since = match m.previous_status.as_deref().and_then(Status::parse) {
+            Some(s) if s == verdict.status => m.changed_at,
+            _ => Some(now),
+        };
+        out.push(Evaluated {
+            machine: MachineCompliance {
+                machine_id: m.id,
+                hostname: m.hostname,
+                group_id: m.group_id,
+                group_name: m.group_name,
+                status: verdict.status,
+                status_since,
+                last_seen_at: m.last_seen_at,
+                last_good_backup_at: last_good_backup,
+                findings: verdict.findings,
+            },
+            observed: Observed { plan_stale_since, first_seen },
+        });
+    }
+    Ok(out)
+}
+
+fn seconds(s: u64) -> Duration {
+    Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
+}
+
+fn policy_facts(r: &PolicyRow, registered_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<PolicyFacts> {
+    let spec: PolicySpec = serde_json::from_value(r.spec.clone()).ok()?;
+    let check_cadence = spec.maintenance.check.parse("maintenance.check").ok().and_then(|s| {
+        let from = jiff::Timestamp::from_second(now.timestamp()).ok()?;
+        let gap = s.longest_gap(from, 8)?;
+        Some(Duration::seconds(gap.as_secs()))
+    });
+    Some(PolicyFacts {
+        policy_id: r.policy_id,
+        name: spec.name,
+        applies_since: r.assigned_at.map_or(registered_at, |a| a.max(registered_at)),
+        rpo: seconds(spec.rpo_seconds),
+        heartbeat_allowance: seconds(spec.heartbeat_allowance_seconds),
+        check_cadence,
+        last_good_backup: r.last_good_backup,
+        repository_ready_at: r.initialised_at,
+        last_good_check: r.last_good_check,
+        unrecorded_snapshots: r.unrecorded,
+    })
+}
+
+/// The current report: machines of `group` with `status` (None: all), worst first.
+pub async fn current(
+    st: &AppState,
+    group: Option<Uuid>,
+    status: Option<Status>,
+    now: DateTime<Utc>,
+) -> Result<Vec<MachineCompliance>> {
+    let mut v: Vec<MachineCompliance> = evaluate(st, group, now)
+        .await?
+        .into_iter()
+        .map(|e| e.machine)
+        .filter(|m| status.is_none_or(|s| m.status == s))
+        .collect();
+    v.sort_by(|a, b| b.status.cmp(&a.status).then(a.hostname.cmp(&b.hostname)));
+    Ok(v)
+}
+
+/// Roll-ups per group and for the whole fleet (or for one group only).
+pub async fn summary(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<Summary> {
+    let machines = current(st, group, None, now).await?;
+    let mut groups: BTreeMap<Option<Uuid>, Rollup> = BTreeMap::new();
+    let mut fleet = Rollup::default();
+    for m in &machines {
+        let g = groups.entry(m.group_id).or_insert_with(|| Rollup {
+            group_id: m.group_id,
+            group_name: m.group_name.clone(),
+            ..Default::default()
+        });
+        count(g, m.status);
+        count(&mut fleet, m.status);
+    }
+    let mut groups: Vec<Rollup> = groups.into_values().map(finish).collect();
+    groups.sort_by(|a, b| a.group_name.cmp(&b.group_name));
+    Ok(Summary { evaluated_at: now, fleet: finish(fleet), groups })
+}
+
+fn count(r: &mut Rollup, s: Status) {
+    r.machines += 1;
+    match s {
+        Status::Compliant => r.compliant += 1,
+        Status::AtRisk => r.at_risk += 1,
+        Status::Unknown => r.unknown += 1,
+        Status::NonCompliant => r.non_compliant += 1,
+    }
+}
+
+fn finish(mut r: Rollup) -> Rollup {
+    r.protected_percent = if r.machines == 0 {
+        100.0
+    } else {
+        // Counts fit f64 exactly far beyond any fleet.
+        #[allow(clippy::cast_precision_loss)]
+        let p = (r.compliant + r.at_risk) as f64 * 100.0 / r.machines as f64;
+        (p * 10.0).round() / 10.0
+    };
+    r
+}
+
+/// The report as CSV (RFC 4180): one row per machine and finding (a compliant machine has one
+/// row with empty finding columns), for spreadsheets.
+pub fn csv(machines: &[MachineCompliance]) -> String {
+    fn field(s: &str) -> String {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    }
+    let t = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+    };
+    let mut out = String::from(
+        "machine_id,hostname,group,status,status_since,last_seen_at,last_good_backup_at,rule,rule_status,policy,reason,since\r\n",
+    );
+    for m in machines {
+        let head = [
+            m.machine_id.to_string(),
+            m.hostname.clone(),
+            m.group_name.clone().unwrap_or_default(),
+            m.status.to_string(),
+            t(m.status_since),
+            t(m.last_seen_at),
+            t(m.last_good_backup_at),
+        ];
+        let rows: Vec<[String; 5]> = if m.findings.is_empty() {
+            vec![Default::default()]
+        } else {
+            m.findings.iter().map(finding_columns).collect()
+        };
+        for r in rows {
+            let line: Vec<String> = head.iter().chain(r.iter()).map(|s| field(s)).collect();
+            out.push_str(&line.join(","));
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
+fn finding_columns(f: &Finding) -> [String; 5] {
+    [
+        f.rule.as_str().to_string(),
+        f.status.to_string(),
+        f.policy_name.clone().unwrap_or_default(),
+        f.reason.clone(),
+        f.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default(),
+    ]
+}

@@ -1,0 +1,200 @@
+//! Compliance against a real PostgreSQL with an injected clock: facts written as the controller
+//! records them, judged at chosen instants, and the insert-only history they leave.
+
+use chrono::{DateTime, Duration, DurationRound as _, Utc};
+use cofre_api::compliance::{Rule, Status};
+use cofre_policy::spec::PolicySpec;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::audit::Actor;
+use crate::tests::{assigned_policy, initialise_repositories, machine_in_new_group, state, test_repository};
+
+/// A backup of `policy` on `machine` whose result the controller received at `at`.
+async fn good_backup(pool: &PgPool, machine: Uuid, policy: Uuid, at: DateTime<Utc>) {
+    let job = Uuid::now_v7();
+    sqlx::query(
+        "insert into jobs (id, machine_id, policy_id, kind, trigger, state, created_at, finished_at)
+         values ($1, $2, $3, 'backup', 'schedule', 'succeeded', $4, $4)",
+    )
+    .bind(job)
+    .bind(machine)
+    .bind(policy)
+    .bind(at)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into job_results (job_id, event_id, outcome, finished_at, received_at) values ($1, $2, 'succeeded', $3, $3)",
+    )
+    .bind(job)
+    .bind(Uuid::now_v7())
+    .bind(at)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn seen(pool: &PgPool, machine: Uuid, at: DateTime<Utc>) {
+    sqlx::query("update machines set last_seen_at = $2 where id = $1")
+        .bind(machine)
+        .bind(at)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn changes(pool: &PgPool, machine: Uuid) -> Vec<String> {
+    sqlx::query_scalar("select status from compliance_changes where machine_id = $1 order by at")
+        .bind(machine)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn a_machine_is_judged_with_reasons_and_its_history_cannot_be_argued_with(pool: PgPool) {
+    let st = state(pool.clone()).await;
+    let (group, m) = machine_in_new_group(&st, "obras").await;
+    let repo = test_repository(&st).await;
+    let policy = assigned_policy(&st, PolicySpec::new("servidores", repo, vec!["/srv".into()]), m).await;
+    initialise_repositories(&st).await;
+    let plan = crate::plans::compute(&pool, &st.master, &st.ca.cert_pem, m).await.unwrap();
+    sqlx::query("update machines set plan_version = $2 where id = $1")
+        .bind(m)
+        .bind(i64::try_from(plan.version).unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let t0 = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    seen(&pool, m, t0).await;
+    good_backup(&pool, m, policy, t0).await;
+
+    assert!(crate::compliance::record(&st, t0).await.unwrap());
+    let now = crate::compliance::current(&st, None, None, t0).await.unwrap();
+    assert_eq!((now.len(), now[0].status), (1, Status::Compliant), "{now:#?}");
+
+    // 30 h later (RPO 36 h): at risk, with its reason and the instant it crossed 80%.
+    let t30 = t0 + Duration::hours(30);
+    seen(&pool, m, t30).await;
+    crate::compliance::record(&st, t30).await.unwrap();
+    let r = crate::compliance::current(&st, None, None, t30).await.unwrap().remove(0);
+    assert_eq!(r.status, Status::AtRisk, "{r:#?}");
+    let f = &r.findings[0];
+    assert_eq!((f.rule, f.policy_id), (Rule::BackupAge, Some(policy)));
+    assert!(f.reason.contains("RPO: 36 h") && f.reason.contains("last good backup at"), "{}", f.reason);
+    assert_eq!(f.since, Some(t0 + Duration::minutes(36 * 60 * 80 / 100)));
+
+    // The CSV names the reason; the roll-up counts the group.
+    let report = crate::compliance::current(&st, None, None, t30).await.unwrap();
+    let csv = crate::compliance::csv(&report);
+    assert!(csv.starts_with("machine_id,hostname,group,status"), "{csv}");
+    assert!(csv.contains("backup_age,at_risk,servidores,last good backup at"), "{csv}");
+    let s = crate::compliance::summary(&st, None, t30).await.unwrap();
+    assert_eq!((s.fleet.machines, s.fleet.at_risk, s.fleet.protected_percent), (1, 1, 100.0));
+    assert_eq!(s.groups[0].group_name.as_deref(), Some("obras"));
+
+    // Past the RPO: non-compliant; a new backup makes it compliant again.
+    let t37 = t0 + Duration::hours(37);
+    seen(&pool, m, t37).await;
+    crate::compliance::record(&st, t37).await.unwrap();
+    let t38 = t0 + Duration::hours(38);
+    good_backup(&pool, m, policy, t38).await;
+    seen(&pool, m, t38).await;
+    crate::compliance::record(&st, t38).await.unwrap();
+    crate::compliance::record(&st, t38 + Duration::minutes(1)).await.unwrap(); // nothing changed
+    assert_eq!(changes(&pool, m).await, ["compliant", "at_risk", "non_compliant", "compliant"]);
+
+    // How long was it unprotected? The history answers to the second.
+    let h = crate::compliance::machine_history(&pool, m, t0, t38).await.unwrap();
+    assert_eq!(h.changes.len(), 3, "{h:#?}"); // t0's change is at `from`: it is in the period
+    assert_eq!(
+        (h.seconds.compliant, h.seconds.at_risk, h.seconds.non_compliant),
+        (30 * 3600, 7 * 3600, 3600)
+    );
+    let later = crate::compliance::machine_history(&pool, m, t0 + Duration::hours(31), t38).await.unwrap();
+    assert_eq!(later.status_at_start, Some(Status::AtRisk));
+
+    // Once days are over, one row per machine and day, with the worst status of the day.
+    let t_days = t38 + Duration::days(3);
+    seen(&pool, m, t_days).await;
+    good_backup(&pool, m, policy, t_days).await;
+    crate::compliance::record(&st, t_days).await.unwrap();
+    let first_day = t0.date_naive();
+    let days = crate::compliance::days(&pool, Some(group), first_day, t_days.date_naive()).await.unwrap();
+    assert!(days.len() >= 3, "{days:#?}");
+    assert!(days.iter().all(|d| d.machines == 1));
+    assert!(days.iter().any(|d| d.non_compliant == 1), "the day it was unprotected: {days:#?}");
+    let rows: i64 =
+        sqlx::query_scalar("select count(*) from compliance_daily").fetch_one(&pool).await.unwrap();
+    crate::compliance::record(&st, t_days + Duration::minutes(1)).await.unwrap();
+    let again: i64 =
+        sqlx::query_scalar("select count(*) from compliance_daily").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, again, "days are written once");
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn silent_pending_and_decommissioned_machines(pool: PgPool) {
+    let st = state(pool.clone()).await;
+    let (_, silent) = machine_in_new_group(&st, "a").await;
+    let (_, gone) = machine_in_new_group(&st, "b").await;
+    let (_, bare) = machine_in_new_group(&st, "c").await;
+    sqlx::query("update machines set status = 'pending' where id = $1")
+        .bind(bare)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let r = crate::compliance::current(&st, None, None, now).await.unwrap();
+    let by = |id: Uuid| r.iter().find(|m| m.machine_id == id).unwrap().clone();
+    assert_eq!((by(silent).status, by(silent).findings[0].rule), (Status::Unknown, Rule::Reported));
+    assert_eq!((by(bare).status, by(bare).findings[0].rule), (Status::Unknown, Rule::Approved));
+
+    // Seen once, no policy: non-compliant, because nothing protects it.
+    seen(&pool, silent, now).await;
+    let m = crate::compliance::current(&st, None, None, now).await.unwrap();
+    let s = m.iter().find(|x| x.machine_id == silent).unwrap();
+    assert_eq!((s.status, s.findings[0].rule), (Status::NonCompliant, Rule::PolicyAssigned), "{s:#?}");
+    // ...and silent past the default allowance too.
+    let later = crate::compliance::current(&st, None, None, now + Duration::hours(25)).await.unwrap();
+    let s = later.iter().find(|x| x.machine_id == silent).unwrap();
+    assert!(
+        s.findings.iter().any(|f| f.rule == Rule::Heartbeat && f.status == Status::NonCompliant),
+        "{s:#?}"
+    );
+
+    // Decommissioned: certificates revoked, out of the reports, audited.
+    let d = crate::machines::decommission(&pool, &Actor::System, gone).await.unwrap();
+    assert_eq!(d.status, "decommissioned");
+    let live: i64 =
+        sqlx::query_scalar("select count(*) from certificates where machine_id = $1 and revoked_at is null")
+            .bind(gone)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(live, 0);
+    let r = crate::compliance::current(&st, None, None, now).await.unwrap();
+    assert!(r.iter().all(|m| m.machine_id != gone));
+    let audited: i64 =
+        sqlx::query_scalar("select count(*) from audit_events where action = 'machine.decommission'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(audited, 1);
+    // Revoking a decommissioned machine changes nothing.
+    assert_eq!(crate::machines::revoke(&pool, &Actor::System, gone).await.unwrap().status, "decommissioned");
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn two_replicas_recording_at_once_write_each_change_once(pool: PgPool) {
+    let st = state(pool.clone()).await;
+    for i in 0..5 {
+        machine_in_new_group(&st, &format!("g{i}")).await;
+    }
+    let now = Utc::now();
+    let (a, b) = tokio::join!(crate::compliance::record(&st, now), crate::compliance::record(&st, now));
+    assert!(a.unwrap() || b.unwrap());
+    let n: i64 =
+        sqlx::query_scalar("select count(*) from compliance_changes").fetch_one(&pool).await.unwrap();
+    assert_eq!(n, 5);
+}
