@@ -60,7 +60,7 @@ pub async fn start(
         );
     }
     let keys = keys::load(&pool, &master).await?;
-    let audit = crate::audit::install(keys.audit.clone())?;
+    let audit = crate::audit::install(&keys.audit)?;
     let jwt = JwtKeys::new(&keys.jwt_secret, keys.jwt_kid.clone(), settings.admin.token_ttl_seconds);
     let first_admin =
         auth::ensure_first_admin(&pool, &settings.admin.username, settings.admin.initial_password.as_ref())

@@ -23,7 +23,7 @@ pub(crate) async fn state(pool: PgPool) -> AppState {
     crate::keys::ensure(&pool, &master).await.unwrap();
     crate::keys::use_test_audit_key(&pool, &master).await;
     let keys = crate::keys::load(&pool, &master).await.unwrap();
-    let audit = crate::audit::install(keys.audit.clone()).unwrap();
+    let audit = crate::audit::install(&keys.audit).unwrap();
     let jwt = JwtKeys::new(&keys.jwt_secret, keys.jwt_kid.clone(), 600);
     let events = crate::events::Events::local();
     AppState {

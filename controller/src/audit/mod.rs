@@ -106,7 +106,7 @@ static INSTALLED: OnceLock<Arc<AuditKeys>> = OnceLock::new();
 ///
 /// # Errors
 /// Other keys are installed already.
-pub fn install(keys: Arc<AuditKeys>) -> anyhow::Result<Arc<AuditKeys>> {
+pub fn install(keys: &Arc<AuditKeys>) -> anyhow::Result<Arc<AuditKeys>> {
     let installed = INSTALLED.get_or_init(|| keys.clone());
     if installed.mac_id != keys.mac_id {
         anyhow::bail!("this process already links audit events under another key (another database?)");

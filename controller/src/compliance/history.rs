@@ -94,7 +94,7 @@ fn day_start(zone: &jiff::tz::TimeZone, d: NaiveDate) -> Result<DateTime<Utc>> {
     )
     .map_err(Error::internal)?;
     let ts = civil.to_zoned(zone.clone()).map_err(Error::internal)?.timestamp();
-    DateTime::from_timestamp_micros(i64::try_from(ts.as_microsecond()).map_err(Error::internal)?)
+    DateTime::from_timestamp_micros(ts.as_microsecond())
         .ok_or_else(|| Error::internal(anyhow::anyhow!("day {d} is out of range")))
 }
 
