@@ -1,7 +1,8 @@
-//! `cofre`: script Cofre's REST API from a shell. Every command prints JSON. Policies as code
-//! are in `policy.rs`.
+//! `cofre`: script Cofre's REST API from a shell. Every command prints JSON (the compliance
+//! report also CSV). Policies as code are in `policy.rs`; audit and compliance in `reports.rs`.
 
 mod policy;
+mod reports;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -104,6 +105,15 @@ enum Command {
     Approve { machine: Uuid },
     /// Revoke a machine: its certificates stop working at once.
     Revoke { machine: Uuid },
+    /// Decommission a machine: its certificates stop working and its schedules stop; its
+    /// repository and snapshots are kept; it leaves the compliance reports.
+    Decommission { machine: Uuid },
+    /// Compliance: every machine's status and why, roll-ups, daily history, a machine's history.
+    #[command(subcommand)]
+    Compliance(reports::ComplianceCommand),
+    /// The audit log: list, verify, checkpoints.
+    #[command(subcommand)]
+    Audit(reports::AuditCommand),
     /// Run a policy on a machine now.
     Run {
         #[arg(long)]
@@ -354,6 +364,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let m = client.revoke_machine(machine).await?;
             print(&serde_json::json!({"id": m.id, "status": m.status}))?;
         }
+        Command::Decommission { machine } => {
+            let m = client.decommission_machine(machine).await?;
+            print(&serde_json::json!({"id": m.id, "status": m.status}))?;
+        }
+        Command::Compliance(cmd) => reports::compliance(&client, cmd).await?,
+        Command::Audit(cmd) => reports::audit(&client, cmd).await?,
         Command::Run { machine, policy, wait } => {
             let key = Uuid::new_v4().to_string();
             let mut job = client.run_now(machine, policy, Some(&key)).await?;

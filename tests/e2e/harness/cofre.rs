@@ -129,6 +129,16 @@ impl Controller {
         std::fs::read_to_string(self.dir.join("controller.log")).unwrap_or_default()
     }
 
+    /// Runs the `cofre` CLI against this controller with `token`.
+    pub fn cli(&self, token: &str, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(workspace_bin("cofre"))
+            .args(args)
+            .env("COFRE_URL", self.api_url())
+            .env("COFRE_TOKEN", token)
+            .env_remove("COFRE_CA_FILE")
+            .output()?)
+    }
+
     /// An API client logged in as the first admin.
     pub async fn admin(&self) -> Result<cofre_client::Client> {
         let mut c = cofre_client::Client::new(&self.api_url())?;

@@ -1,0 +1,91 @@
+//! The audit log end to end, with the controller as a process: logins and failed logins are
+//! recorded with the address the controller saw (a client cannot name its own), the CLI reads
+//! and verifies the log, and when the schema owner cuts the log's tail together with the
+//! database's checkpoints, the copy in the controller's checkpoint file names what is missing.
+
+use anyhow::{Context, Result};
+use cofre_client::AuditFilter;
+use reqwest::Method;
+
+use crate::harness::cofre::Controller;
+use crate::harness::pg::PgCluster;
+
+fn json(out: &std::process::Output) -> Result<serde_json::Value> {
+    anyhow::ensure!(out.status.success(), "cofre failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).context("cofre printed no JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_read_and_verified_and_a_cut_tail_is_named() -> Result<()> {
+    let tmp = tempfile::Builder::new().prefix("cofre-e2e-audit-").tempdir()?;
+    let pg = PgCluster::start()?;
+    let dir = tmp.path().join("controller");
+    let file = dir.join("state/audit-checkpoints.jsonl");
+    let ctrl = Controller::start_with(
+        &pg,
+        &dir,
+        "audit",
+        &format!("[audit]\ncheckpoint_file = \"{}\"\n", file.display()),
+    )?;
+    let admin = ctrl.admin().await?;
+    let token = admin.token().context("token")?.to_string();
+
+    // A failed login claiming another address through X-Forwarded-For: not a trusted proxy,
+    // so the address recorded is the one the controller saw.
+    let http = reqwest::Client::new();
+    let resp = http
+        .request(Method::POST, format!("{}/api/v1/auth/login", ctrl.api_url()))
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&serde_json::json!({"username": "admin", "password": "wrong"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 401);
+    let auth = admin.audit_events(&AuditFilter { action: Some("auth".into()), ..Default::default() }).await?;
+    let failed =
+        auth.items.iter().find(|e| e.action == "auth.login_failed").context("failed login audited")?;
+    assert_eq!(failed.details["address"], "127.0.0.1", "{failed:?}");
+    assert_eq!(failed.details["known_user"], true);
+    assert!(auth.items.iter().any(|e| e.action == "auth.login" && e.actor.ends_with(":admin")));
+
+    // Some history, signed twice.
+    for name in ["obras", "saude"] {
+        admin.create_group(name).await?;
+    }
+    let first = json(&ctrl.cli(&token, &["audit", "checkpoint"])?)?;
+    let first_seq = first["checkpoint"]["seq"].as_i64().context("seq")?;
+    for name in ["educacao", "fazenda"] {
+        admin.create_group(name).await?;
+    }
+    let second = json(&ctrl.cli(&token, &["audit", "checkpoint"])?)?;
+    let second_seq = second["checkpoint"]["seq"].as_i64().context("seq")?;
+    assert!(second_seq > first_seq);
+    let copied = std::fs::read_to_string(&file)?;
+    for seq in [first_seq, second_seq] {
+        assert!(copied.contains(&format!("\"seq\":{seq},")), "checkpoint {seq} is in the file:\n{copied}");
+    }
+
+    // Filters and pages: one event per page, followed to the end.
+    let listed = json(&ctrl.cli(&token, &["audit", "list", "--action", "group", "--limit", "1", "--all"])?)?;
+    let names: Vec<&str> =
+        listed.as_array().context("array")?.iter().filter_map(|e| e["details"]["name"].as_str()).collect();
+    assert_eq!(names, ["fazenda", "educacao", "saude", "obras"]);
+
+    let ok = json(&ctrl.cli(&token, &["audit", "verify"])?)?;
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert!(ok["checkpoints_checked"].as_u64() >= Some(2), "{ok}");
+    assert_eq!(ok["checkpoint_file"], file.display().to_string());
+
+    // The schema owner removes the last events and the checkpoint that signed them.
+    pg.psql(
+        &ctrl.db.name,
+        &format!("delete from audit_events where seq > {first_seq}; delete from audit_checkpoints where seq > {first_seq};"),
+    )?;
+    let out = ctrl.cli(&token, &["audit", "verify"])?;
+    assert!(!out.status.success(), "verify must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("checkpoint {second_seq}")), "{err}");
+    let report = admin.audit_verify().await?;
+    let problem = report.problem.context("a problem")?;
+    assert_eq!((problem.seq, problem.kind.as_str()), (second_seq, "checkpoint"), "{problem:?}");
+    Ok(())
+}
