@@ -67,6 +67,22 @@ pub enum ComplianceCommand {
         #[arg(long)]
         to: Option<NaiveDate>,
     },
+    /// A signed evidence pack (tar) for a period: compliance history, job results, policy
+    /// versions, audit events and checkpoints; verify it with the verify.sh inside (openssl).
+    Evidence {
+        /// The group (department); the whole fleet when absent.
+        #[arg(long)]
+        group: Option<Uuid>,
+        /// First day (in the controller's compliance time zone).
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last day, included.
+        #[arg(long)]
+        to: NaiveDate,
+        /// Where to write the pack.
+        #[arg(long, short)]
+        output: std::path::PathBuf,
+    },
     /// A machine's changes of status and the time it spent in each (default: 30 days).
     History {
         machine: Uuid,
@@ -127,6 +143,12 @@ pub async fn compliance(client: &Client, cmd: ComplianceCommand) -> anyhow::Resu
         }
         ComplianceCommand::Summary => print(&client.compliance_summary().await?),
         ComplianceCommand::Days { group, from, to } => print(&client.compliance_days(group, from, to).await?),
+        ComplianceCommand::Evidence { group, from, to, output } => {
+            let tar = client.evidence_pack(group, from, to).await?;
+            std::fs::write(&output, &tar)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
+            print(&serde_json::json!({"file": output, "bytes": tar.len()}))
+        }
         ComplianceCommand::History { machine, from, to } => {
             print(&client.machine_compliance_history(machine, from, to).await?)
         }

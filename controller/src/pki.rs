@@ -178,6 +178,21 @@ impl Ca {
         Ok((issued, key.serialize_pem()))
     }
 
+    /// A certificate for the audit signing key (Ed25519, given as its raw 32-byte public key),
+    /// CN `cofre-audit-signing`, extended key usage documentSigning (RFC 9336), for evidence
+    /// packs: an auditor checks it against Cofre's CA with `openssl verify`.
+    pub fn issue_audit_signing_cert(
+        &self,
+        public_key: &[u8],
+        lifetime: std::time::Duration,
+    ) -> Result<Issued, PkiError> {
+        let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        spki.extend_from_slice(public_key);
+        let key = rcgen::SubjectPublicKeyInfo::from_der(&spki)?;
+        let document_signing = ExtendedKeyUsagePurpose::Other(vec![1, 3, 6, 1, 5, 5, 7, 3, 36]);
+        self.sign(AUDIT_SIGNING_CN, Vec::new(), document_signing, &key, lifetime)
+    }
+
     fn issue_client_cert(
         &self,
         common_name: &str,
@@ -219,6 +234,9 @@ impl Ca {
         })
     }
 }
+
+/// The common name of the audit signing key's certificate.
+pub const AUDIT_SIGNING_CN: &str = "cofre-audit-signing";
 
 /// The common name of the controller's maintenance identity towards cofre-store.
 pub const MAINTENANCE_CN: &str = "cofre-maintenance";

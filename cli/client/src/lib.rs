@@ -329,6 +329,29 @@ impl Client {
         self.get_query(&format!("/api/v1/machines/{machine}/compliance/history"), &q).await
     }
 
+    /// A signed evidence pack (tar bytes) for the days `from`..=`to` and a group (None: the
+    /// fleet).
+    pub async fn evidence_pack(
+        &self,
+        group: Option<Uuid>,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<Vec<u8>> {
+        let mut q = vec![format!("from={from}"), format!("to={to}")];
+        q.extend(group.map(|g| format!("group={g}")));
+        let mut rb = self.http.get(self.base.join(&format!("/api/v1/evidence?{}", q.join("&")))?);
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        let resp = rb.send().await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let detail = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Api { status, title: "error".into(), detail, errors: Vec::new() });
+        }
+        Ok(resp.bytes().await?.to_vec())
+    }
+
     /// Decommissions a machine: it keeps its repository and snapshots, stops its schedules and
     /// loses its certificates; it leaves the compliance reports.
     pub async fn decommission_machine(&self, id: Uuid) -> Result<Machine> {

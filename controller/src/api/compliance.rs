@@ -129,3 +129,45 @@ pub async fn decommission(
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
     Ok(axum::Json(crate::machines::decommission(&st.pool, &c.actor(), m.id).await?).into_response())
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceQuery {
+    group: Option<Uuid>,
+    from: NaiveDate,
+    to: NaiveDate,
+}
+
+/// A signed evidence pack (tar) for a period and a group (or the fleet); its creation is
+/// audited.
+pub async fn evidence(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Query(q): Query<EvidenceQuery>,
+) -> Result<Response> {
+    let group = scoped_group(&c, q.group)?;
+    let req =
+        compliance::evidence::Request { group, from: q.from, to: q.to, requested_by: c.actor().to_string() };
+    let pack = compliance::evidence::build(&st, &req).await?;
+    let mut tx = st.pool.begin().await?;
+    let details =
+        json!({"group_id": group, "from": q.from, "to": q.to, "file": pack.name, "bytes": pack.tar.len()});
+    crate::audit::record(
+        &mut tx,
+        &c.actor(),
+        "evidence.create",
+        "group",
+        &group.map(|g| g.to_string()).unwrap_or_default(),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{}\"", pack.name)),
+        ],
+        pack.tar,
+    )
+        .into_response())
+}

@@ -85,7 +85,7 @@ pub async fn record(st: &AppState, now: DateTime<Utc>) -> Result<bool> {
 }
 
 /// The instant day `d` starts in `zone`.
-fn day_start(zone: &jiff::tz::TimeZone, d: NaiveDate) -> Result<DateTime<Utc>> {
+pub(super) fn day_start(zone: &jiff::tz::TimeZone, d: NaiveDate) -> Result<DateTime<Utc>> {
     use chrono::Datelike as _;
     let civil = jiff::civil::Date::new(
         i16::try_from(d.year()).map_err(Error::internal)?,

@@ -6,6 +6,7 @@
 //! (on every change, and one row per machine and day) from exactly one replica.
 //! Decommissioned machines are left out everywhere.
 
+pub mod evidence;
 mod history;
 pub mod rules;
 #[cfg(test)]

@@ -198,3 +198,91 @@ async fn two_replicas_recording_at_once_write_each_change_once(pool: PgPool) {
         sqlx::query_scalar("select count(*) from compliance_changes").fetch_one(&pool).await.unwrap();
     assert_eq!(n, 5);
 }
+
+/// Runs the pack's verify.sh (openssl only) in `dir` against `ca`; returns (success, output).
+fn verify_pack(dir: &std::path::Path, ca: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("sh").arg("verify.sh").arg(ca).current_dir(dir).output().unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn an_evidence_pack_verifies_with_openssl_and_one_changed_byte_breaks_it(pool: PgPool) {
+    let st = state(pool.clone()).await;
+    let (group, m) = machine_in_new_group(&st, "obras").await;
+    let (_, other) = machine_in_new_group(&st, "saude").await;
+    let repo = test_repository(&st).await;
+    let policy = assigned_policy(&st, PolicySpec::new("servidores", repo, vec!["/srv".into()]), m).await;
+    let now = Utc::now();
+    good_backup(&pool, m, policy, now).await;
+    seen(&pool, m, now).await;
+    crate::compliance::record(&st, now).await.unwrap();
+    crate::audit::checkpoints::make(&pool, &st.audit, "t", std::time::Duration::ZERO).await.unwrap();
+    let today = now.date_naive();
+    let req = super::evidence::Request {
+        group: Some(group),
+        from: today - Duration::days(1),
+        to: today + Duration::days(1),
+        requested_by: "test".into(),
+    };
+    let pack = super::evidence::build(&st, &req).await.unwrap();
+    assert!(pack.name.starts_with("cofre-evidence-obras-"), "{}", pack.name);
+
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join(&pack.name);
+    std::fs::write(&tar, &pack.tar).unwrap();
+    let st_out =
+        std::process::Command::new("tar").arg("xf").arg(&tar).current_dir(dir.path()).output().unwrap();
+    assert!(st_out.status.success());
+    let root = dir.path().join(pack.name.trim_end_matches(".tar"));
+    let ca = dir.path().join("trusted-ca.pem");
+    std::fs::write(&ca, &st.ca.cert_pem).unwrap();
+    let (ok, out) = verify_pack(&root, &ca);
+    assert!(ok, "{out}");
+
+    // What it holds: this group's machine, its job, its policy, the audit events about it.
+    let read = |p: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(root.join(p)).unwrap()).unwrap()
+    };
+    let jobs = read("jobs/results.json");
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    assert_eq!(read("policies/versions.json")[0]["spec"]["name"], "servidores");
+    assert_eq!(read("compliance/changes.json")[0]["machine_id"], m.to_string());
+    let events = read("audit/events.json");
+    let events = events.as_array().unwrap();
+    assert!(events.iter().any(|e| e["target_id"] == m.to_string()), "{events:?}");
+    assert!(events.iter().all(|e| e["target_id"] != other.to_string()), "no other group's machine");
+    assert!(!read("audit/checkpoints.json").as_array().unwrap().is_empty());
+
+    // One changed byte in a file, in the manifest, or a file added: each fails.
+    let changes = root.join("compliance/changes.json");
+    let original = std::fs::read(&changes).unwrap();
+    let mut flipped = original.clone();
+    flipped[10] ^= 1;
+    std::fs::write(&changes, &flipped).unwrap();
+    let (ok, out) = verify_pack(&root, &ca);
+    assert!(!ok && out.contains("compliance/changes.json"), "{out}");
+    std::fs::write(&changes, &original).unwrap();
+
+    let manifest = root.join("MANIFEST.sha256");
+    let original = std::fs::read(&manifest).unwrap();
+    let mut flipped = original.clone();
+    flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&manifest, &flipped).unwrap();
+    let (ok, out) = verify_pack(&root, &ca);
+    assert!(!ok, "a changed manifest must fail the signature: {out}");
+    std::fs::write(&manifest, &original).unwrap();
+
+    std::fs::write(root.join("compliance/extra.json"), b"{}").unwrap();
+    let (ok, out) = verify_pack(&root, &ca);
+    assert!(!ok && out.contains("extra.json"), "{out}");
+    std::fs::remove_file(root.join("compliance/extra.json")).unwrap();
+
+    // Another CA does not vouch for the signing certificate.
+    let other_ca = crate::pki::generate_ca().unwrap();
+    std::fs::write(&ca, other_ca.cert_pem).unwrap();
+    let (ok, out) = verify_pack(&root, &ca);
+    assert!(!ok, "{out}");
+}
