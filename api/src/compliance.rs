@@ -62,6 +62,8 @@ pub enum Rule {
     CheckAge,
     /// Every snapshot in the repository was reported to Cofre.
     NoUnrecordedSnapshots,
+    /// The last scheduled run started on time (within a grace after it was due).
+    RunOnTime,
 }
 
 impl Rule {
@@ -76,6 +78,7 @@ impl Rule {
             Rule::BackupAge => "backup_age",
             Rule::CheckAge => "check_age",
             Rule::NoUnrecordedSnapshots => "no_unrecorded_snapshots",
+            Rule::RunOnTime => "run_on_time",
         }
     }
 }

@@ -54,11 +54,18 @@ pub struct ComplianceSettings {
     pub time_zone: String,
     /// Seconds between evaluations of the whole fleet (the history's resolution).
     pub evaluate_seconds: u64,
+    /// How late a scheduled backup may start before it counts as missed (and alerts).
+    pub missed_run_grace_seconds: u64,
 }
 
 impl Default for ComplianceSettings {
     fn default() -> Self {
-        Self { plan_grace_seconds: 900, time_zone: "UTC".into(), evaluate_seconds: 60 }
+        Self {
+            plan_grace_seconds: 900,
+            time_zone: "UTC".into(),
+            evaluate_seconds: 60,
+            missed_run_grace_seconds: 900,
+        }
     }
 }
 

@@ -82,8 +82,16 @@ pub struct Schedule {
     pub window: Option<Window>,
 }
 
+/// The jitter key of a machine's backups under a policy: the machine id's 16 bytes, then the
+/// policy id as text. The agent schedules with it; the controller predicts runs with it.
+pub fn backup_jitter_key(machine: &[u8], policy: &str) -> Vec<u8> {
+    let mut k = machine.to_vec();
+    k.extend_from_slice(policy.as_bytes());
+    k
+}
+
 /// A stable per-machine jitter offset in `[0, jitter_seconds]`: the first 16 bytes of the
-/// SHA-256 of `key` (the caller passes machine id bytes followed by policy id bytes), read as a
+/// SHA-256 of `key` (for backups: [`backup_jitter_key`]), read as a
 /// big-endian `u128`, reduced modulo `jitter_seconds + 1`. The controller and the agent must
 /// agree on it, so it depends on nothing but these bytes.
 pub fn jitter_offset(jitter_seconds: u64, key: &[u8]) -> u64 {

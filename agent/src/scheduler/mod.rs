@@ -247,9 +247,7 @@ impl Scheduler {
 
     /// The jitter key: machine id bytes, then policy id bytes.
     fn jitter_key(&self, policy: &str) -> Vec<u8> {
-        let mut k = self.machine.clone();
-        k.extend_from_slice(policy.as_bytes());
-        k
+        cofre_policy::schedule::backup_jitter_key(&self.machine, policy)
     }
 
     /// A run-now of an interval policy counts as its last run (the next one is an interval

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use cofre_api::compliance::{Finding, MachineCompliance, Rollup, Status, Summary};
+use cofre_policy::schedule::{Trigger, backup_jitter_key, jitter_offset};
 use cofre_policy::spec::PolicySpec;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -69,6 +70,8 @@ struct PolicyRow {
     initialised_at: Option<DateTime<Utc>>,
     last_good_backup: Option<DateTime<Utc>>,
     last_good_check: Option<DateTime<Utc>>,
+    last_scheduled_start: Option<DateTime<Utc>>,
+    last_start: Option<DateTime<Utc>>,
     unrecorded: i64,
 }
 
@@ -100,6 +103,11 @@ pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) ->
                 (select max(r.received_at) from jobs j join job_results r on r.job_id = j.id
                  where j.restic_repository_id = mpr.restic_repository_id and j.kind = 'check'
                    and r.outcome = 'succeeded') as last_good_check,
+                (select max(j.created_at) from jobs j
+                 where j.machine_id = m.id and j.policy_id = p.id and j.kind = 'backup'
+                   and j.trigger = 'schedule') as last_scheduled_start,
+                (select max(j.created_at) from jobs j
+                 where j.machine_id = m.id and j.policy_id = p.id and j.kind = 'backup') as last_start,
                 coalesce((select sum(cardinality(v.unrecorded_snapshots)) from store_inventory_repositories v
                           where v.restic_repository_id = mpr.restic_repository_id), 0)::bigint as unrecorded
          from machine_policy_repositories mpr
@@ -117,7 +125,10 @@ pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) ->
     for p in policies {
         by_machine.entry(p.machine_id).or_default().push(p);
     }
-    let limits = Limits { plan_grace: seconds(st.settings.compliance.plan_grace_seconds) };
+    let limits = Limits {
+        plan_grace: seconds(st.settings.compliance.plan_grace_seconds),
+        missed_run_grace: seconds(st.settings.compliance.missed_run_grace_seconds),
+    };
     let mut out = Vec::with_capacity(machines.len());
     for m in machines {
         let previous: Observed =
@@ -135,7 +146,7 @@ pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) ->
             revoked_at: m.revoked_at,
             last_seen_at: m.last_seen_at,
             plan_stale_since,
-            policies: rows.iter().filter_map(|r| policy_facts(r, m.registered_at, now)).collect(),
+            policies: rows.iter().filter_map(|r| policy_facts(r, m.id, m.registered_at, now)).collect(),
         };
         let last_good_backup = facts.policies.iter().filter_map(|p| p.last_good_backup).max();
         let mut verdict = rules::evaluate(&facts, &limits, now);
@@ -173,17 +184,35 @@ fn seconds(s: u64) -> Duration {
     Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
 }
 
-fn policy_facts(r: &PolicyRow, registered_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<PolicyFacts> {
+fn policy_facts(
+    r: &PolicyRow,
+    machine: Uuid,
+    registered_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<PolicyFacts> {
     let spec: PolicySpec = serde_json::from_value(r.spec.clone()).ok()?;
+    let ts = |t: DateTime<Utc>| jiff::Timestamp::from_microsecond(t.timestamp_micros()).ok();
     let check_cadence = spec.maintenance.check.parse("maintenance.check").ok().and_then(|s| {
-        let from = jiff::Timestamp::from_second(now.timestamp()).ok()?;
-        let gap = s.longest_gap(from, 8)?;
+        let gap = s.longest_gap(ts(now)?, 8)?;
         Some(Duration::seconds(gap.as_secs()))
+    });
+    let applies_since = r.assigned_at.map_or(registered_at, |a| a.max(registered_at));
+    // When the agent should start its next scheduled backup, by the rules it schedules with:
+    // an interval counts from any run (a run-now included), cron from the last scheduled one.
+    let next_run_due = spec.schedule.as_ref().and_then(|s| s.parse("schedule").ok()).and_then(|s| {
+        let key = backup_jitter_key(machine.as_bytes(), &r.policy_id.to_string());
+        let offset = jitter_offset(s.jitter_seconds, &key);
+        let last = match s.trigger {
+            Trigger::Interval { .. } => r.last_start,
+            _ => r.last_scheduled_start,
+        };
+        let due = s.next_start(last.and_then(ts), ts(applies_since)?, offset)?;
+        DateTime::from_timestamp_micros(due.as_microsecond())
     });
     Some(PolicyFacts {
         policy_id: r.policy_id,
         name: spec.name,
-        applies_since: r.assigned_at.map_or(registered_at, |a| a.max(registered_at)),
+        applies_since,
         rpo: seconds(spec.rpo_seconds),
         heartbeat_allowance: seconds(spec.heartbeat_allowance_seconds),
         check_cadence,
@@ -191,6 +220,7 @@ fn policy_facts(r: &PolicyRow, registered_at: DateTime<Utc>, now: DateTime<Utc>)
         repository_ready_at: r.initialised_at,
         last_good_check: r.last_good_check,
         unrecorded_snapshots: r.unrecorded,
+        next_run_due,
     })
 }
 

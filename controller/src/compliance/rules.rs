@@ -49,11 +49,17 @@ pub struct PolicyFacts {
     pub repository_ready_at: Option<DateTime<Utc>>,
     pub last_good_check: Option<DateTime<Utc>>,
     pub unrecorded_snapshots: i64,
+    /// When the next scheduled backup should start (the schedule and the machine's jitter
+    /// applied to the last scheduled start the controller received); None: no schedule.
+    pub next_run_due: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub plan_grace: Duration,
+    /// How late a scheduled run may start before it counts as missed: silence is noticed
+    /// this long after a run was due, not only when the RPO runs out.
+    pub missed_run_grace: Duration,
 }
 
 /// The verdict on one machine.
@@ -216,6 +222,18 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
                 ));
             }
         }
+        if let Some(due) = p.next_run_due {
+            let deadline = due + limits.missed_run_grace;
+            if now >= deadline {
+                out.push(finding(
+                    Rule::RunOnTime,
+                    Status::AtRisk,
+                    Some(p),
+                    format!("the backup due at {} had not started by {}", at(due), at(deadline)),
+                    Some(deadline),
+                ));
+            }
+        }
         if p.unrecorded_snapshots > 0 {
             out.push(finding(
                 Rule::NoUnrecordedSnapshots,
@@ -271,6 +289,7 @@ mod tests {
             repository_ready_at: Some(t("2026-03-01T00:00:00Z")),
             last_good_check: Some(t("2026-03-09T00:00:00Z")),
             unrecorded_snapshots: 0,
+            next_run_due: None,
         }
     }
 
@@ -285,7 +304,8 @@ mod tests {
         }
     }
 
-    const LIMITS: Limits = Limits { plan_grace: Duration::minutes(15) };
+    const LIMITS: Limits =
+        Limits { plan_grace: Duration::minutes(15), missed_run_grace: Duration::minutes(15) };
 
     /// (description, facts, now, expected status, expected findings as (rule, status, since, reason contains))
     type Case = (
@@ -467,6 +487,28 @@ mod tests {
                 "2026-03-10T12:15:00Z",
                 Status::NonCompliant,
                 vec![(Rule::PlanCurrent, Status::NonCompliant, Some("2026-03-10T12:15:00Z"), "older plan")],
+            ),
+            (
+                "a run due at 19:00 that has not started by 19:15: at risk",
+                with(|x| x.policies[0].next_run_due = Some(t("2026-03-10T19:00:00Z"))),
+                "2026-03-10T19:15:00Z",
+                Status::AtRisk,
+                vec![(
+                    Rule::RunOnTime,
+                    Status::AtRisk,
+                    Some("2026-03-10T19:15:00Z"),
+                    "the backup due at 2026-03-10 19:00 UTC had not started by 2026-03-10 19:15 UTC",
+                )],
+            ),
+            (
+                "a run due at 19:00, at 19:14:59: still on time",
+                with(|x| {
+                    x.policies[0].next_run_due = Some(t("2026-03-10T19:00:00Z"));
+                    x.last_seen_at = Some(t("2026-03-10T19:14:59Z"));
+                }),
+                "2026-03-10T19:14:59Z",
+                Status::Compliant,
+                vec![],
             ),
             (
                 "unrecorded snapshots",
