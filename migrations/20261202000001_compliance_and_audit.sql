@@ -40,7 +40,9 @@ create table compliance_current (
     findings        jsonb not null,
     observed        jsonb not null default '{}',
     evaluated_at    timestamptz not null,
-    changed_at      timestamptz not null
+    changed_at      timestamptz not null,
+    -- When the last alert (or reminder) about this machine was raised.
+    alerted_at      timestamptz
 );
 
 -- Insert-only history: one row each time a machine's status or findings change.
@@ -83,6 +85,44 @@ from store_inventory i
 join stores s on s.id = i.store_id
 left join restic_repositories rr on rr.url = s.url || i.path or rr.url = s.url || i.path || '/';
 
+-- Alerts: each one raised is kept (insert-only); its delivery to each channel is an outbox row
+-- that replicas claim with a lease (FOR UPDATE SKIP LOCKED), retry with backoff and never drop.
+create table alerts (
+    id          uuid primary key,
+    at          timestamptz not null,
+    kind        text not null,
+    severity    text not null check (severity in ('critical', 'warning', 'info')),
+    machine_id  uuid references machines (id),
+    group_id    uuid references groups (id),
+    job_id      uuid references jobs (id),
+    payload     jsonb not null
+);
+create index alerts_at on alerts (at);
+
+-- Which alerts a controller has turned into deliveries (by its configured channels); written
+-- once per alert, so two replicas never route one twice.
+create table alert_routing (
+    alert_id    uuid primary key references alerts (id),
+    routed_at   timestamptz not null default now(),
+    routed_by   text not null
+);
+
+create table alert_deliveries (
+    alert_id        uuid not null references alerts (id),
+    channel         text not null,
+    state           text not null check (state in ('pending', 'sent')),
+    attempts        integer not null default 0,
+    next_attempt_at timestamptz not null,
+    claimed_by      text,
+    claimed_until   timestamptz,
+    last_error      text,
+    sent_at         timestamptz,
+    primary key (alert_id, channel)
+);
+create index alert_deliveries_due on alert_deliveries (next_attempt_at) where state = 'pending';
+
 grant select on audit_chain_rules, store_inventory_repositories to cofre_app;
+grant select, insert on alerts, alert_routing to cofre_app;
+grant select, insert, update on alert_deliveries to cofre_app;
 grant select, insert on audit_checkpoints, compliance_changes, compliance_daily to cofre_app;
 grant select, insert, update, delete on compliance_current to cofre_app;

@@ -3,5 +3,6 @@
 //! database, no HTTP. Older resources still have their types in the controller and the client;
 //! they move here as they are touched.
 
+pub mod alerts;
 pub mod audit;
 pub mod compliance;

@@ -83,6 +83,13 @@ pub enum ComplianceCommand {
         #[arg(long, short)]
         output: std::path::PathBuf,
     },
+    /// Alerts raised (newest first) and their delivery to each channel.
+    Alerts {
+        #[arg(long)]
+        group: Option<Uuid>,
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+    },
     /// A machine's changes of status and the time it spent in each (default: 30 days).
     History {
         machine: Uuid,
@@ -149,6 +156,7 @@ pub async fn compliance(client: &Client, cmd: ComplianceCommand) -> anyhow::Resu
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
             print(&serde_json::json!({"file": output, "bytes": tar.len()}))
         }
+        ComplianceCommand::Alerts { group, since } => print(&client.alerts(group, since).await?),
         ComplianceCommand::History { machine, from, to } => {
             print(&client.machine_compliance_history(machine, from, to).await?)
         }

@@ -24,6 +24,90 @@ pub struct Settings {
     pub maintenance: MaintenanceSettings,
     pub audit: AuditSettings,
     pub compliance: ComplianceSettings,
+    pub alerts: AlertSettings,
+}
+
+/// Where alerts go. Every replica routes and sends (each delivery once, by lease); give every
+/// replica the same channels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    pub channels: Vec<ChannelSettings>,
+    /// Hours between reminders about a machine that stays non-compliant (0: none).
+    pub reminder_hours: u64,
+    /// First retry of a failed delivery, in seconds; each next one waits twice as long.
+    pub retry_initial_seconds: u64,
+    /// Longest wait between retries. Deliveries are retried until they succeed.
+    pub retry_max_seconds: u64,
+    /// Seconds one delivery attempt may take.
+    pub send_timeout_seconds: u64,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            channels: Vec::new(),
+            reminder_hours: 24,
+            retry_initial_seconds: 5,
+            retry_max_seconds: 900,
+            send_timeout_seconds: 20,
+        }
+    }
+}
+
+/// How a channel is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// JSON (the alert as `cofre_api::alerts::Alert`), HMAC-SHA256 signed with `secret`.
+    Webhook,
+    /// Slack incoming webhook (`{"text": …}`).
+    Slack,
+    /// Microsoft Teams incoming webhook (`{"text": …}`).
+    Teams,
+    /// Discord webhook (`{"content": …}`).
+    Discord,
+    /// E-mail over SMTP.
+    Email,
+}
+
+/// One alert channel. `[[alerts.channels]]` in the config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// A name for the channel (its deliveries are listed under it).
+    pub name: String,
+    pub kind: ChannelKind,
+    /// Only alerts about machines of these groups (by name); empty: every alert.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Only these alert kinds (e.g. `job.failed`, `machine.silent`); empty: every kind.
+    #[serde(default)]
+    pub alert_kinds: Vec<String>,
+    /// Webhook and chat channels: the URL to POST to.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Webhook: the HMAC-SHA256 key for `X-Cofre-Signature`.
+    #[serde(default, serialize_with = "ser_secret_opt")]
+    pub secret: Option<SecretString>,
+    /// A PEM file of a private CA the webhook's or SMTP server's certificate chains to.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub smtp_host: Option<String>,
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
+    /// `starttls` (default), `tls`, or `none` (only to a loopback address).
+    #[serde(default)]
+    pub smtp_security: Option<String>,
+    #[serde(default)]
+    pub smtp_username: Option<String>,
+    #[serde(default, serialize_with = "ser_secret_opt")]
+    pub smtp_password: Option<SecretString>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
 }
 
 /// The audit log's signed checkpoints.
@@ -302,6 +386,7 @@ impl Settings {
         if !(5..=3600).contains(&self.compliance.evaluate_seconds) {
             return Err(ConfigError("compliance.evaluate_seconds must be between 5 and 3600".into()));
         }
+        crate::alerts::channels::validate(&self.alerts).map_err(ConfigError)?;
         if self.enrollment.token_uses == 0 {
             return Err(ConfigError("enrollment.token_uses must be at least 1".into()));
         }

@@ -2,6 +2,7 @@
 //! PostgreSQL; serves agents over gRPC with mutual TLS from its own CA; serves the JSON REST
 //! API. `main.rs` only parses arguments and calls into here.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod auth;

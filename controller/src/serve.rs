@@ -109,13 +109,10 @@ pub async fn start(
         audit,
         checkpoint_file,
         std::time::Duration::from_secs(settings.audit.checkpoint_interval_seconds),
-        format!(
-            "{}:{}",
-            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
-            std::process::id()
-        ),
+        format!("{}:{}", replica_host(), std::process::id()),
     );
     crate::compliance::spawn(state.clone());
+    crate::alerts::spawn(&state, format!("{}:{}", replica_host(), std::process::id()))?;
     repositories::spawn_provisioner(pool, master, events.clone(), maintenance);
     let tls = grpc::tls_config(&state)?;
     let http_tls = match (&settings.http.tls_cert_file, &settings.http.tls_key_file) {
@@ -170,6 +167,10 @@ pub async fn start(
         Ok(())
     };
     Ok((started, fut))
+}
+
+fn replica_host() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
 }
 
 /// Prints the first admin's credentials, once.

@@ -352,6 +352,17 @@ impl Client {
         Ok(resp.bytes().await?.to_vec())
     }
 
+    /// Alerts raised since `since`, newest first, with their deliveries.
+    pub async fn alerts(
+        &self,
+        group: Option<Uuid>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<cofre_api::alerts::AlertRecord>> {
+        let q = [("group", group.map(|g| g.to_string())), ("since", since.map(|t| t.to_rfc3339()))];
+        let l: Items<cofre_api::alerts::AlertRecord> = self.get_query("/api/v1/alerts", &q).await?;
+        Ok(l.items)
+    }
+
     /// Decommissions a machine: it keeps its repository and snapshots, stops its schedules and
     /// loses its certificates; it leaves the compliance reports.
     pub async fn decommission_machine(&self, id: Uuid) -> Result<Machine> {

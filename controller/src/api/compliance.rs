@@ -1,5 +1,5 @@
 //! Compliance routes: the current report (JSON or CSV), roll-ups, daily history per group, a
-//! machine's history, and decommissioning. Users limited to a group see their group only.
+//! machine's history, evidence packs, alerts, and decommissioning. Users limited to a group see their group only.
 
 use axum::Extension;
 use axum::extract::{Path, Query, State};
@@ -169,5 +169,28 @@ pub async fn evidence(
         ],
         pack.tar,
     )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsQuery {
+    group: Option<Uuid>,
+    since: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+}
+
+/// Alerts raised, newest first, with their deliveries to each channel.
+pub async fn alerts(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Query(q): Query<AlertsQuery>,
+) -> Result<Response> {
+    let group = scoped_group(&c, q.group)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::field("limit", "between 1 and 1000"));
+    }
+    Ok(axum::Json(json!({ "items": crate::alerts::list(&st.pool, q.since, group, limit).await? }))
         .into_response())
 }

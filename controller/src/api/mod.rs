@@ -129,6 +129,7 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         g(Method::GET, "/api/v1/compliance/summary", Read, get(c::summary)),
         g(Method::GET, "/api/v1/compliance/days", Read, get(c::days)),
         g(Method::GET, "/api/v1/evidence", Read, get(c::evidence)),
+        g(Method::GET, "/api/v1/alerts", Read, get(c::alerts)),
         r(Method::PUT, "/api/v1/machines/{id}/quota", Admin, put(s::set_machine_quota)),
         g(Method::GET, "/api/v1/machines/{id}/jobs", Read, get(j::list_jobs)),
         g(Method::POST, "/api/v1/machines/{id}/jobs", Operate, post(j::run_now)),

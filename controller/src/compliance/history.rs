@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::rules;
+use crate::alerts;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
@@ -34,28 +35,40 @@ pub async fn record(st: &AppState, now: DateTime<Utc>) -> Result<bool> {
         return Ok(false);
     }
     let evaluated = super::evaluate(st, None, now).await?;
-    let previous: Vec<(Uuid, String, serde_json::Value)> =
-        sqlx::query_as("select machine_id, status, findings from compliance_current")
+    type Prev = (Uuid, String, serde_json::Value, Option<DateTime<Utc>>);
+    let previous: Vec<Prev> =
+        sqlx::query_as("select machine_id, status, findings, alerted_at from compliance_current")
             .fetch_all(&mut *tx)
             .await?;
-    let previous: HashMap<Uuid, (String, BTreeSet<String>)> = previous
+    let previous: HashMap<Uuid, alerts::Previous> = previous
         .into_iter()
-        .map(|(id, status, findings)| {
+        .map(|(id, status, findings, alerted_at)| {
             let f: Vec<Finding> = serde_json::from_value(findings).unwrap_or_default();
-            (id, (status, f.iter().map(rules::key).collect()))
+            let keys = f.iter().map(rules::key).collect();
+            (id, alerts::Previous { status: Status::parse(&status), keys, alerted_at })
         })
         .collect();
+    let reminder = match st.settings.alerts.reminder_hours {
+        0 => None,
+        h => Some(chrono::Duration::hours(i64::try_from(h).unwrap_or(24))),
+    };
     for e in &evaluated {
         let m = &e.machine;
         let keys: BTreeSet<String> = m.findings.iter().map(rules::key).collect();
-        let changed = previous.get(&m.machine_id).is_none_or(|(s, k)| s != m.status.as_str() || *k != keys);
+        let prev = previous.get(&m.machine_id).cloned().unwrap_or_default();
+        let changed = prev.status != Some(m.status) || prev.keys != keys;
+        let alert = alerts::decide(&prev, m, now, reminder).map(|d| alerts::about_machine(m, d, now));
+        if let Some(a) = &alert {
+            alerts::raise(&mut tx, a).await?;
+        }
         let findings = serde_json::to_value(&m.findings).map_err(Error::internal)?;
         let observed = serde_json::to_value(&e.observed).map_err(Error::internal)?;
         sqlx::query(
-            "insert into compliance_current (machine_id, status, findings, observed, evaluated_at, changed_at)
-             values ($1, $2, $3, $4, $5, $5)
+            "insert into compliance_current (machine_id, status, findings, observed, evaluated_at, changed_at, alerted_at)
+             values ($1, $2, $3, $4, $5, $5, case when $7 then $5 end)
              on conflict (machine_id) do update set status = $2, findings = $3, observed = $4, evaluated_at = $5,
-                 changed_at = case when $6 then $5 else compliance_current.changed_at end",
+                 changed_at = case when $6 then $5 else compliance_current.changed_at end,
+                 alerted_at = case when $7 then $5 else compliance_current.alerted_at end",
         )
         .bind(m.machine_id)
         .bind(m.status.as_str())
@@ -63,6 +76,7 @@ pub async fn record(st: &AppState, now: DateTime<Utc>) -> Result<bool> {
         .bind(&observed)
         .bind(now)
         .bind(changed)
+        .bind(alert.is_some())
         .execute(&mut *tx)
         .await?;
         if changed {

@@ -317,5 +317,14 @@ async fn finished(
         serde_json::json!({"outcome": f.outcome, "snapshot_id": f.snapshot.as_ref().map(|s| &s.id), "event_id": event_id}),
     )
     .await?;
+    if f.outcome == "failed" {
+        crate::alerts::job_failed(
+            tx,
+            job_id,
+            f.error.as_ref().map(|e| e.0.as_str()),
+            f.error.as_ref().map(|e| e.1),
+        )
+        .await?;
+    }
     Ok(())
 }

@@ -325,6 +325,9 @@ impl Worker {
             serde_json::json!({"job_id": job.id, "outcome": o.state, "stats": o.stats, "error": o.error}),
         )
         .await?;
+        if o.state == "failed" {
+            crate::alerts::job_failed(&mut tx, job.id, o.error.as_deref(), o.retry_class).await?;
+        }
         tx.commit().await?;
         tracing::info!(job.id = %job.id, kind = %job.kind, outcome = o.state, "maintenance job finished");
         Ok(())
