@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Cofre's local start and test suite need when it is missing, and nothing else:
-# PostgreSQL 15 (initdb/pg_ctl), the restic CLI, and (for tests) rustic-server.
+# PostgreSQL 15 (initdb/pg_ctl), the restic CLI, and (for tests) rustic-server and aiosmtpd (an SMTP
+# sink the alert tests deliver to).
 # Usage: deploy/local/install-deps.sh [--tests]
 set -euo pipefail
 
@@ -37,5 +38,10 @@ if [ $want_tests = 1 ]; then
   if ! command -v rustic-server >/dev/null 2>&1; then
     echo "installing rustic-server (test fixture; takes a few minutes)"
     cargo install rustic_server --version 0.4.4 --locked --quiet
+  fi
+  if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+    echo "installing aiosmtpd (test fixture: an SMTP sink)"
+    python3 -m pip install --quiet aiosmtpd 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages aiosmtpd
   fi
 fi

@@ -3,6 +3,7 @@
 mod harness;
 
 mod agent_process;
+mod alerts;
 mod audit;
 mod foundation;
 mod harness_selftest;

@@ -36,16 +36,21 @@ pub(crate) struct Fixture {
 /// Controller, store (registered, enrolled, running) with a read-only `auditor` user and a
 /// certificate from the test CA.
 pub(crate) async fn fixture(name: &str) -> Result<Fixture> {
-    fixture_with(name, true).await
+    fixture_with(name, true, "").await
+}
+
+/// Like [`fixture`], with more controller configuration (whole TOML tables).
+pub(crate) async fn fixture_configured(name: &str, extra_toml: &str) -> Result<Fixture> {
+    fixture_with(name, true, extra_toml).await
 }
 
 /// Like [`fixture`]; without `own_certificate` the store serves with the certificate Cofre's
 /// CA issues it at enrollment.
-async fn fixture_with(name: &str, own_certificate: bool) -> Result<Fixture> {
+async fn fixture_with(name: &str, own_certificate: bool, extra_toml: &str) -> Result<Fixture> {
     let tmp = tempfile::Builder::new().prefix(&format!("cofre-e2e-{name}-")).tempdir()?;
     let pg = PgCluster::start()?;
     let pki = TestPki::new()?;
-    let ctrl = Controller::start(&pg, &tmp.path().join("controller"), name)?;
+    let ctrl = Controller::start_with(&pg, &tmp.path().join("controller"), name, extra_toml)?;
     let admin = ctrl.admin().await?;
     let mut store = CofreStore::with_tls(
         own_certificate.then_some(&pki.ca),
@@ -263,7 +268,7 @@ async fn agents_write_to_their_own_repository_on_cofre_store_and_cannot_erase_hi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reaches_the_store_at_once_and_the_store_serves_while_the_controller_is_away() -> Result<()>
 {
-    let mut f = fixture_with("store_revoke", false).await?;
+    let mut f = fixture_with("store_revoke", false, "").await?;
     let source = f.tmp.path().join("source");
     write_files(&source, 5, 10_000, 1)?;
     let p = protect(&f, &source).await?;

@@ -22,6 +22,8 @@ pub struct Controller {
     pub http_port: u16,
     pub grpc_port: u16,
     config: PathBuf,
+    /// The TOML appended to the config (replicas get it too).
+    extra_toml: String,
     proc: Option<Proc>,
 }
 
@@ -54,24 +56,40 @@ impl Controller {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let mut c = Controller { db, dir: dir.to_path_buf(), http_port, grpc_port, config, proc: None };
+        let mut c = Controller {
+            db,
+            dir: dir.to_path_buf(),
+            http_port,
+            grpc_port,
+            config,
+            extra_toml: extra_toml.to_string(),
+            proc: None,
+        };
         c.restart()?;
         Ok(c)
     }
 
-    /// A second replica on the same database and master key (its own ports, no migrate), as
-    /// several controllers behind a load balancer run.
+    /// A second replica on the same database and master key (its own ports, no migrate, the
+    /// same extra configuration), as several controllers behind a load balancer run.
     pub fn replica(&self, dir: &Path) -> Result<Controller> {
         std::fs::create_dir_all(dir)?;
         let (http_port, grpc_port) = (free_port(), free_port());
         let config = dir.join("controller.toml");
-        write_config(&config, &self.db, &self.dir.join("master.key"), http_port, grpc_port, "")?;
+        write_config(
+            &config,
+            &self.db,
+            &self.dir.join("master.key"),
+            http_port,
+            grpc_port,
+            &self.extra_toml,
+        )?;
         let mut c = Controller {
             db: self.db.clone(),
             dir: dir.to_path_buf(),
             http_port,
             grpc_port,
             config,
+            extra_toml: self.extra_toml.clone(),
             proc: None,
         };
         c.restart()?;

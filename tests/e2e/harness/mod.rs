@@ -5,6 +5,7 @@
 // every convenience method is called from every build of this binary.
 #![allow(dead_code, reason = "harness API shared by scenario modules")]
 
+pub mod alerts;
 pub mod cofre;
 pub mod dataset;
 pub mod pg;
