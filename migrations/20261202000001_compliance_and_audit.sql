@@ -121,7 +121,16 @@ create table alert_deliveries (
 );
 create index alert_deliveries_due on alert_deliveries (next_attempt_at) where state = 'pending';
 
+-- Each restic repository's size on its store, once a day (the growth alert compares days).
+create table repository_sizes (
+    restic_repository_id    uuid not null references restic_repositories (id),
+    day                     date not null,
+    size_bytes              bigint not null,
+    primary key (restic_repository_id, day)
+);
+
 grant select on audit_chain_rules, store_inventory_repositories to cofre_app;
+grant select, insert on repository_sizes to cofre_app;
 grant select, insert on alerts, alert_routing to cofre_app;
 grant select, insert, update on alert_deliveries to cofre_app;
 grant select, insert on audit_checkpoints, compliance_changes, compliance_daily to cofre_app;

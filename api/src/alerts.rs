@@ -33,7 +33,8 @@ pub struct Alert {
     pub id: Uuid,
     /// `machine.non_compliant`, `machine.silent`, `run.missed`, `backup.overdue`,
     /// `check.overdue`, `snapshots.unrecorded`, `plan.stale`, `machine.unprotected`,
-    /// `machine.revoked`, `machine.recovered`, `machine.reminder` or `job.failed`.
+    /// `machine.revoked`, `machine.recovered`, `machine.reminder`, `job.failed` or
+    /// `repository.growth`.
     pub kind: String,
     pub severity: Severity,
     pub at: DateTime<Utc>,

@@ -41,6 +41,10 @@ pub struct AlertSettings {
     pub retry_max_seconds: u64,
     /// Seconds one delivery attempt may take.
     pub send_timeout_seconds: u64,
+    /// Alert when a repository grows by more than this percentage in a day (0: never)...
+    pub growth_percent: u64,
+    /// ...and by at least this many bytes.
+    pub growth_min_bytes: u64,
 }
 
 impl Default for AlertSettings {
@@ -51,6 +55,8 @@ impl Default for AlertSettings {
             retry_initial_seconds: 5,
             retry_max_seconds: 900,
             send_timeout_seconds: 20,
+            growth_percent: 50,
+            growth_min_bytes: 1 << 30,
         }
     }
 }

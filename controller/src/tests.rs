@@ -325,6 +325,10 @@ async fn the_app_role_cannot_rewrite_history(pool: PgPool) {
         "delete from compliance_changes",
         "update compliance_daily set worst_status = 'compliant'",
         "delete from compliance_daily",
+        "update alerts set kind = 'x'",
+        "delete from alerts",
+        "delete from alert_routing",
+        "delete from alert_deliveries",
     ] {
         let err = sqlx::query(sql).execute(&app).await.unwrap_err();
         let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());

@@ -75,6 +75,44 @@ async fn the_audit_log_is_read_and_verified_and_a_cut_tail_is_named() -> Result<
     assert!(ok["checkpoints_checked"].as_u64() >= Some(2), "{ok}");
     assert_eq!(ok["checkpoint_file"], file.display().to_string());
 
+    // An evidence pack through the CLI, checked as an auditor would: the CA's fingerprint is
+    // the one the administrator handed out (it is in every enrollment token), then verify.sh.
+    let today = chrono::Utc::now().date_naive();
+    let pack = tmp.path().join("fleet.tar");
+    let (from, to) = ((today - chrono::Duration::days(1)).to_string(), today.to_string());
+    json(&ctrl.cli(
+        &token,
+        &["compliance", "evidence", "--from", &from, "--to", &to, "-o", pack.to_str().context("path")?],
+    )?)?;
+    let out = std::process::Command::new("tar").arg("xf").arg(&pack).current_dir(tmp.path()).output()?;
+    anyhow::ensure!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+    let root = tmp.path().join(format!("cofre-evidence-fleet-{from}-{to}"));
+    let fp = std::process::Command::new("openssl")
+        .args(["x509", "-in", "ca.pem", "-noout", "-fingerprint", "-sha256"])
+        .current_dir(&root)
+        .output()?;
+    let fp = String::from_utf8_lossy(&fp.stdout)
+        .split('=')
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .replace(':', "")
+        .to_lowercase();
+    let enrollment = admin.create_enrollment_token(&cofre_client::NewEnrollmentToken::default()).await?;
+    assert_eq!(enrollment.token.rsplit('.').next(), Some(fp.as_str()), "the pack's CA is the controller's");
+    let out = std::process::Command::new("sh").args(["verify.sh", "ca.pem"]).current_dir(&root).output()?;
+    assert!(
+        out.status.success(),
+        "verify.sh: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("audit/events.json"))?)?;
+    assert!(
+        events.as_array().is_some_and(|e| e.iter().any(|e| e["action"] == "auth.login_failed")),
+        "{events}"
+    );
+
     // The schema owner removes the last events and the checkpoint that signed them.
     pg.psql(
         &ctrl.db.name,

@@ -134,9 +134,9 @@ impl Channel {
     /// Whether this channel takes `alert` (by group name and kind).
     pub fn takes(&self, alert: &Alert) -> bool {
         let s = &self.settings;
-        let group_ok = s.groups.is_empty()
-            || alert.group.as_ref().is_some_and(|g| s.groups.iter().any(|n| *n == g.name));
-        let kind_ok = s.alert_kinds.is_empty() || s.alert_kinds.iter().any(|k| *k == alert.kind);
+        let group_ok =
+            s.groups.is_empty() || alert.group.as_ref().is_some_and(|g| s.groups.contains(&g.name));
+        let kind_ok = s.alert_kinds.is_empty() || s.alert_kinds.contains(&alert.kind);
         group_ok && kind_ok
     }
 

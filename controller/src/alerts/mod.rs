@@ -7,7 +7,7 @@
 //! What raises one (`decide`): a machine turning non-compliant; a new non-compliant finding on
 //! a machine (silent agent, overdue backup or check, unrecorded snapshots, stale plan, no
 //! policy, revoked); a scheduled run missed by its deadline; a machine recovering; a reminder
-//! while it stays non-compliant; a failed job.
+//! while it stays non-compliant; a failed job; a repository growing too fast in a day.
 
 pub mod channels;
 mod outbox;
@@ -194,4 +194,69 @@ pub async fn job_failed(
         job: Some(AlertJob { id: job, kind }),
     };
     raise(tx, &alert).await
+}
+
+/// Records today's size of every repository a store reports (once a day, in `tx`) and raises
+/// `repository.growth` for each that grew by more than `percent` and `min_bytes` since
+/// yesterday. Returns how many alerts were raised.
+pub async fn record_sizes(
+    tx: &mut Transaction<'_, Postgres>,
+    today: chrono::NaiveDate,
+    percent: u64,
+    min_bytes: u64,
+) -> Result<usize> {
+    type Row = (Uuid, i64, Option<i64>, Option<Uuid>, Option<String>, Option<Uuid>, Option<String>);
+    let grown: Vec<Row> = sqlx::query_as(
+        "with today as (
+             insert into repository_sizes (restic_repository_id, day, size_bytes)
+             select distinct on (v.restic_repository_id) v.restic_repository_id, $1, i.size_bytes
+             from store_inventory i
+             join store_inventory_repositories v on v.store_id = i.store_id and v.path = i.path
+             where v.restic_repository_id is not null
+             order by v.restic_repository_id, i.reported_at desc
+             on conflict do nothing
+             returning restic_repository_id, size_bytes)
+         select t.restic_repository_id, t.size_bytes, y.size_bytes, m.id, m.hostname, g.id, g.name
+         from today t
+         join repository_sizes y on y.restic_repository_id = t.restic_repository_id and y.day = $1 - 1
+         join restic_repositories rr on rr.id = t.restic_repository_id
+         left join machines m on m.id = rr.machine_id
+         left join groups g on g.id = m.group_id",
+    )
+    .bind(today)
+    .fetch_all(&mut **tx)
+    .await?;
+    if percent == 0 {
+        return Ok(0);
+    }
+    let mut raised = 0;
+    for (_repo, now, before, machine, hostname, group, group_name) in grown {
+        let Some(before) = before else { continue };
+        let growth = now - before;
+        let over_percent = i128::from(growth) * 100 > i128::from(before) * i128::from(percent);
+        if growth < i64::try_from(min_bytes).unwrap_or(i64::MAX) || !over_percent {
+            continue;
+        }
+        let on = hostname.clone().unwrap_or_else(|| "a shared repository".into());
+        let gib = |b: i64| format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30));
+        let alert = Alert {
+            id: Uuid::now_v7(),
+            kind: "repository.growth".into(),
+            severity: Severity::Warning,
+            at: Utc::now(),
+            summary: format!("the repository of {on} grew from {} to {} in a day", gib(before), gib(now)),
+            reasons: vec![format!(
+                "grew by {} ({}%), more than the {percent}% allowed: new data being backed up, or files encrypted by ransomware",
+                gib(growth),
+                if before > 0 { i128::from(growth) * 100 / i128::from(before) } else { 100 }
+            )],
+            machine: machine.zip(hostname).map(|(id, hostname)| AlertMachine { id, hostname }),
+            group: group.zip(group_name).map(|(id, name)| AlertGroup { id, name }),
+            status: None,
+            job: None,
+        };
+        raise(tx, &alert).await?;
+        raised += 1;
+    }
+    Ok(raised)
 }

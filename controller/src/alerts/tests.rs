@@ -42,10 +42,10 @@ fn machine(status: Status, findings: Vec<Finding>) -> MachineCompliance {
     }
 }
 
-fn prev(status: Option<Status>, findings: &[Finding], alerted_ago: Option<i64>) -> Previous {
+fn prev(status: Option<Status>, findings: &[&Finding], alerted_ago: Option<i64>) -> Previous {
     Previous {
         status,
-        keys: findings.iter().map(crate::compliance::rules::key).collect(),
+        keys: findings.iter().map(|f| crate::compliance::rules::key(f)).collect(),
         alerted_at: alerted_ago.map(|h| Utc::now() - Duration::hours(h)),
     }
 }
@@ -76,34 +76,29 @@ fn one_alert_per_change_and_a_reminder() {
         ),
         (
             "already out, a new problem",
-            prev(Some(NonCompliant), &[silent.clone()], Some(1)),
-            machine(NonCompliant, vec![silent.clone(), overdue.clone()]),
+            prev(Some(NonCompliant), &[&silent], Some(1)),
+            machine(NonCompliant, vec![silent.clone(), overdue]),
             Some("backup.overdue"),
         ),
         (
             "already out, nothing new, alerted an hour ago",
-            prev(Some(NonCompliant), &[silent.clone()], Some(1)),
+            prev(Some(NonCompliant), &[&silent], Some(1)),
             machine(NonCompliant, vec![silent.clone()]),
             None,
         ),
         (
             "still out a day later: reminder",
-            prev(Some(NonCompliant), &[silent.clone()], Some(25)),
+            prev(Some(NonCompliant), &[&silent], Some(25)),
             machine(NonCompliant, vec![silent.clone()]),
             Some("machine.reminder"),
         ),
         (
             "recovers",
-            prev(Some(NonCompliant), &[silent.clone()], Some(1)),
+            prev(Some(NonCompliant), &[&silent], Some(1)),
             machine(Compliant, vec![]),
             Some("machine.recovered"),
         ),
-        (
-            "at risk only: no alert",
-            prev(Some(Compliant), &[], None),
-            machine(AtRisk, vec![late.clone()]),
-            None,
-        ),
+        ("at risk only: no alert", prev(Some(Compliant), &[], None), machine(AtRisk, vec![late]), None),
         (
             "a missed run",
             prev(Some(Compliant), &[], None),
@@ -112,7 +107,7 @@ fn one_alert_per_change_and_a_reminder() {
         ),
         (
             "the same missed run again",
-            prev(Some(AtRisk), &[missed.clone()], Some(0)),
+            prev(Some(AtRisk), &[&missed], Some(0)),
             machine(AtRisk, vec![missed]),
             None,
         ),
@@ -121,7 +116,7 @@ fn one_alert_per_change_and_a_reminder() {
         assert_eq!(kind(&p, &m).map(|k| k.0), expected.map(str::to_string), "{what}");
     }
     let no_reminders = decide(
-        &prev(Some(NonCompliant), &[silent.clone()], Some(100)),
+        &prev(Some(NonCompliant), &[&silent], Some(100)),
         &machine(NonCompliant, vec![silent]),
         now,
         None,
@@ -278,4 +273,75 @@ async fn a_failed_backup_result_raises_one_alert(pool: PgPool) {
     assert_eq!(a.reasons, ["repository unreachable"]);
     assert_eq!(a.group.as_ref().map(|g| g.name.as_str()), Some("obras"));
     assert_eq!(a.job.as_ref().map(|j| j.id), Some(job));
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn a_repository_that_triples_in_a_day_raises_one_alert(pool: PgPool) {
+    let st = state(pool.clone()).await;
+    let (_, m) = crate::tests::machine_in_new_group(&st, "obras").await;
+    let repo = crate::tests::test_repository(&st).await;
+    crate::tests::assigned_policy(
+        &st,
+        cofre_policy::spec::PolicySpec::new("p", repo, vec!["/srv".into()]),
+        m,
+    )
+    .await;
+    crate::tests::initialise_repositories(&st).await;
+    let (rr, url): (Uuid, String) =
+        sqlx::query_as("select id, url from restic_repositories where machine_id = $1")
+            .bind(m)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let store = Uuid::now_v7();
+    sqlx::query(
+        "insert into stores (id, name, url, status) values ($1, 's1', 'https://rest.example/', 'active')",
+    )
+    .bind(store)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let path = url.strip_prefix("https://rest.example/").unwrap().trim_end_matches('/').to_string();
+    let gib: i64 = 1 << 30;
+    sqlx::query(
+        "insert into store_inventory (store_id, path, size_bytes, data_objects, index_objects, snapshot_objects,
+             key_objects, lock_objects, has_config, snapshot_ids) values ($1, $2, $3, 1, 1, 0, 1, 0, true, '{}')",
+    )
+    .bind(store)
+    .bind(&path)
+    .bind(3 * gib)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let today = Utc::now().date_naive();
+    sqlx::query("insert into repository_sizes values ($1, $2, $3)")
+        .bind(rr)
+        .bind(today - Duration::days(1))
+        .bind(gib)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let sizes = |day: chrono::NaiveDate| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let n = super::record_sizes(&mut tx, day, 50, 1 << 30).await.unwrap();
+            tx.commit().await.unwrap();
+            n
+        }
+    };
+    assert_eq!(sizes(today).await, 1);
+    assert_eq!(sizes(today).await, 0, "once a day");
+    let rec = super::list(&pool, None, None, 10).await.unwrap();
+    let a = &rec[0].alert;
+    assert_eq!(a.kind, "repository.growth");
+    assert_eq!(a.machine.as_ref().map(|x| x.id), Some(m));
+    assert!(a.summary.contains("1.00 GiB to 3.00 GiB"), "{}", a.summary);
+    // The next day it grew 0.5 GiB (17%): no alert.
+    sqlx::query("update store_inventory set size_bytes = $1")
+        .bind(3 * gib + gib / 2)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sizes(today + Duration::days(1)).await, 0);
 }

@@ -203,3 +203,94 @@ async fn events_from_before_the_keyed_boundary_verify_under_their_old_rule(pool:
     relink_unkeyed(&pool, &st, 4).await;
     assert_eq!(problem(&verify(&st, None).await), (4, "event"));
 }
+
+/// The verification benchmark (#10: 1,000,000 events in ≤ 10 s). Prints numbers, asserts only
+/// correctness. Run: `DATABASE_URL=… cargo test --release -p cofre-controller --lib --
+/// --ignored --nocapture audit_verify_benchmark` (COFRE_BENCH_EVENTS to change the count).
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+#[ignore = "benchmark: run by hand in release mode"]
+async fn audit_verify_benchmark(pool: PgPool) {
+    let st = state(pool.clone()).await;
+    let n: i64 = std::env::var("COFRE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let started = std::time::Instant::now();
+    let mut prev = vec![0u8; 32];
+    let base = chrono::Utc::now() - chrono::Duration::days(365);
+    let batch = 20_000;
+    let mut seq = 1i64;
+    while seq <= n {
+        let (
+            mut seqs,
+            mut ats,
+            mut actors,
+            mut actions,
+            mut tts,
+            mut tids,
+            mut details,
+            mut prevs,
+            mut hashes,
+        ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..batch.min(n - seq + 1) {
+            let at = chrono::DateTime::from_timestamp_micros(
+                (base + chrono::Duration::seconds(seq)).timestamp_micros(),
+            )
+            .unwrap();
+            let d = serde_json::json!({"job_id": uuid::Uuid::now_v7(), "outcome": "succeeded", "snapshot_id": "ab".repeat(32)});
+            let actor = format!("machine:{}", uuid::Uuid::from_u128(u128::try_from(seq % 500).unwrap()));
+            let tid = uuid::Uuid::now_v7().to_string();
+            let e = chain::Event {
+                seq,
+                at,
+                actor: &actor,
+                action: "job.result",
+                target_type: "job",
+                target_id: &tid,
+                details: &d,
+            };
+            let hash = ChainRule::Keyed.link(&st.audit, &prev, &e).unwrap();
+            seqs.push(seq);
+            ats.push(at);
+            actors.push(actor);
+            actions.push("job.result".to_string());
+            tts.push("job".to_string());
+            tids.push(tid);
+            details.push(d);
+            prevs.push(prev.clone());
+            hashes.push(hash.clone());
+            prev = hash;
+            seq += 1;
+        }
+        sqlx::query(
+            "insert into audit_events (seq, at, actor, action, target_type, target_id, details, prev_hash, hash)
+             select * from unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::jsonb[], $8::bytea[], $9::bytea[])",
+        )
+        .bind(&seqs)
+        .bind(&ats)
+        .bind(&actors)
+        .bind(&actions)
+        .bind(&tts)
+        .bind(&tids)
+        .bind(&details)
+        .bind(&prevs)
+        .bind(&hashes)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    eprintln!("wrote {n} linked events in {:.1} s", started.elapsed().as_secs_f64());
+    sqlx::query("vacuum analyze audit_events").execute(&pool).await.unwrap();
+    checkpoints::make(&pool, &st.audit, "bench", std::time::Duration::ZERO).await.unwrap();
+    for run in 1..=3 {
+        let t = std::time::Instant::now();
+        let r = verify(&st, None).await;
+        let secs = t.elapsed().as_secs_f64();
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.events_checked, n);
+        #[allow(clippy::cast_precision_loss)]
+        let rate = n as f64 / secs;
+        eprintln!(
+            "verify run {run}: {n} events and {} checkpoint(s) in {secs:.2} s ({rate:.0} events/s)",
+            r.checkpoints_checked
+        );
+    }
+}

@@ -94,6 +94,9 @@ pub async fn record(st: &AppState, now: DateTime<Utc>) -> Result<bool> {
         }
     }
     record_days(&mut tx, &st.settings.compliance.time_zone, now).await?;
+    let zone = jiff::tz::TimeZone::get(&st.settings.compliance.time_zone).map_err(Error::internal)?;
+    let a = &st.settings.alerts;
+    alerts::record_sizes(&mut tx, date_in(&zone, now)?, a.growth_percent, a.growth_min_bytes).await?;
     tx.commit().await?;
     Ok(true)
 }
