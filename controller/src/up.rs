@@ -250,6 +250,9 @@ pub async fn run(
     let result = async {
         prepare_database(&st).await?;
         settings.keys.master_key_file = Some(key_file.clone());
+        if settings.audit.checkpoint_file.is_none() {
+            settings.audit.checkpoint_file = Some(dir.join("audit-checkpoints.jsonl"));
+        }
         settings.database.owner_url = Some(url("cofre_owner", &st.owner_password, st.pg_port, "cofre"));
         settings.database.url = Some(url("cofre_serve", &st.app_password, st.pg_port, "cofre"));
         crate::serve::migrate(&settings).await?;

@@ -99,6 +99,19 @@ fn up_runs_cofre_on_its_own_postgres_and_a_second_up_reuses_it() -> Result<()> {
         anyhow::Ok(c.list_machines().await?)
     })?;
     assert_eq!(machines.len(), 1, "the second run has the first run's data");
+    // The audit log is checkpointed outside PostgreSQL too, in the data directory.
+    let checkpoints = data.join("audit-checkpoints.jsonl");
+    crate::harness::procs::wait_until(
+        "a checkpoint file",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            std::fs::read_to_string(&checkpoints)
+                .ok()
+                .filter(|t| t.contains("\"signature\""))
+                .ok_or("not yet")
+        },
+    )?;
     stop(second, &data)?;
     Ok(())
 }
