@@ -129,6 +129,46 @@ impl JwtKeys {
     }
 }
 
+/// Access tokens this process has seen in use, so the first use of each (per replica) is
+/// audited once, with the address it came from, rather than every request.
+#[derive(Debug, Default)]
+pub struct SeenTokens(std::sync::Mutex<std::collections::HashMap<Uuid, i64>>);
+
+impl SeenTokens {
+    /// Entries kept before expired tokens are forgotten.
+    const PRUNE_AT: usize = 50_000;
+
+    /// True the first time this process sees `claims`' token.
+    pub fn first_use(&self, claims: &Claims) -> bool {
+        let Ok(mut seen) = self.0.lock() else { return false };
+        if seen.len() >= Self::PRUNE_AT {
+            let now = chrono::Utc::now().timestamp();
+            seen.retain(|_, exp| *exp > now);
+        }
+        seen.insert(claims.jti, claims.exp).is_none()
+    }
+}
+
+/// Audits the first use of an access token on this replica (`auth.token_use`).
+pub async fn record_token_use(
+    pool: &PgPool,
+    claims: &Claims,
+    address: Option<std::net::IpAddr>,
+    request: &str,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let details = serde_json::json!({
+        "token_id": claims.jti,
+        "address": address.map(|a| a.to_string()),
+        "first_request": request,
+        "expires_at": chrono::DateTime::from_timestamp(claims.exp, 0),
+    });
+    audit::record(&mut tx, &claims.actor(), "auth.token_use", "user", &claims.sub.to_string(), details)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 pub fn hash_password(password: &str) -> Result<String> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     Argon2::default()

@@ -74,6 +74,7 @@ pub async fn start(
         settings: Arc::new(settings.clone()),
         events: events.clone(),
         audit: audit.clone(),
+        seen_tokens: Arc::default(),
     };
     let http = TcpListener::bind(settings.http.listen)
         .await

@@ -20,6 +20,8 @@ pub struct AppState {
     pub events: Events,
     /// The audit chain's keys (also installed process-wide for `audit::record`).
     pub audit: Arc<crate::audit::AuditKeys>,
+    /// Access tokens already seen in use by this replica (their first use is audited).
+    pub seen_tokens: Arc<crate::auth::SeenTokens>,
 }
 
 impl AppState {

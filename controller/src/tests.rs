@@ -34,6 +34,7 @@ pub(crate) async fn state(pool: PgPool) -> AppState {
         settings: Arc::new(Settings::default()),
         events,
         audit,
+        seen_tokens: Arc::default(),
     }
 }
 
@@ -584,4 +585,24 @@ async fn policy_edits_need_the_current_etag_and_revoked_tokens_enroll_nothing(po
     assert_eq!(s, StatusCode::NO_CONTENT);
     let err = enrollment::enroll(&st.pool, &st.ca, LIFE, &created.token, &csr(), inv()).await.unwrap_err();
     assert!(err.to_string().contains("revoked"), "{err}");
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn the_first_use_of_each_access_token_is_audited_once(pool: PgPool) {
+    let st = state(pool).await;
+    let token = st.jwt.issue(Uuid::now_v7(), "ana", Role::Auditor, None).unwrap();
+    let other = st.jwt.issue(Uuid::now_v7(), "ana", Role::Auditor, None).unwrap();
+    for t in [&token, &token, &other] {
+        let (status, _) = call_json(&st, "GET", "/api/v1/groups", t, "").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let uses: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "select actor, details from audit_events where action = 'auth.token_use' order by seq",
+    )
+    .fetch_all(&st.pool)
+    .await
+    .unwrap();
+    assert_eq!(uses.len(), 2, "one per token: {uses:?}");
+    assert!(uses[0].0.ends_with(":ana"));
+    assert_eq!(uses[0].1["first_request"], "GET /api/v1/groups");
 }

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap};
 
 use crate::state::AppState;
 
@@ -113,15 +114,18 @@ pub fn resolve(peer: IpAddr, forwarded_for: Option<&str>, proxies: &[Network]) -
     client
 }
 
+/// The client address of a request from its recorded peer and headers.
+pub fn of(extensions: &Extensions, headers: &HeaderMap, proxies: &[Network]) -> Option<IpAddr> {
+    let ConnectInfo(Peer(peer)) = extensions.get::<ConnectInfo<Peer>>().copied()?;
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    Some(resolve(peer.ip(), forwarded, proxies))
+}
+
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(ConnectInfo(Peer(peer))) = parts.extensions.get::<ConnectInfo<Peer>>().copied() else {
-            return Ok(ClientAddr(None));
-        };
-        let forwarded = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        Ok(ClientAddr(Some(resolve(peer.ip(), forwarded, &st.settings.http.trusted_proxies))))
+        Ok(ClientAddr(of(&parts.extensions, &parts.headers, &st.settings.http.trusted_proxies)))
     }
 }
 

@@ -207,6 +207,13 @@ async fn authorise(
             return Error::Forbidden(format!("this account is limited to one group; {why}")).into_response();
         }
     }
+    if state.seen_tokens.first_use(&claims) {
+        let address = client_addr::of(req.extensions(), req.headers(), &state.settings.http.trusted_proxies);
+        let request = format!("{} {}", req.method(), req.uri().path());
+        if let Err(e) = crate::auth::record_token_use(&state.pool, &claims, address, &request).await {
+            tracing::warn!("cannot audit the use of an access token: {e}");
+        }
+    }
     req.extensions_mut().insert(claims);
     next.run(req).await
 }
