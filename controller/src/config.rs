@@ -331,8 +331,39 @@ fn ser_secret_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Resul
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
 
+/// Which `COFRE_…` variables are the controller's settings. The programs of one product share
+/// the `COFRE_` prefix, so the controller reads only `COFRE_<SECTION>__<KEY>` for its own
+/// sections; variables without `__` belong to the CLI, the agent or command-line flags
+/// (`COFRE_TOKEN`, `COFRE_URL`, `COFRE_AGENT_STATE_DIR`, `COFRE_CONFIG`, `COFRE_MASTER_KEY`)
+/// and `COFRE_STORE_…`/`COFRE_AGENT_…` to cofre-store and the agent: all ignored. A variable
+/// shaped like a setting whose section is unknown is a typo, and an error, as a misspelt key
+/// inside a known section is (`deny_unknown_fields`).
+///
+/// # Errors
+/// A `COFRE_X__Y` variable whose section `X` the controller does not have.
+pub fn controller_env(names: impl Iterator<Item = String>, sections: &[String]) -> Result<(), ConfigError> {
+    for name in names {
+        let Some(rest) = name.strip_prefix("COFRE_") else { continue };
+        let Some((section, _)) = rest.split_once("__") else { continue };
+        let upper = section.to_ascii_uppercase();
+        if upper.starts_with("STORE_") || upper.starts_with("AGENT_") || upper == "STORE" || upper == "AGENT"
+        {
+            continue;
+        }
+        if !sections.iter().any(|s| s.eq_ignore_ascii_case(section)) {
+            return Err(ConfigError(format!(
+                "{name}: the controller has no settings section {:?} (its sections: {})",
+                section.to_ascii_lowercase(),
+                sections.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Settings {
-    /// Loads defaults, then `file` (if given; it must exist), then `COFRE_…` variables.
+    /// Loads defaults, then `file` (if given; it must exist), then the controller's `COFRE_…`
+    /// variables (see [`controller_env`]).
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
@@ -341,11 +372,28 @@ impl Settings {
             }
             fig = fig.merge(Toml::file_exact(file));
         }
-        // COFRE_MASTER_KEY is the key itself, not a setting; keep it out of the tree.
-        fig = fig.merge(Env::prefixed("COFRE_").ignore(&["MASTER_KEY"]).split("__"));
+        let sections = Self::sections();
+        controller_env(std::env::vars().map(|(k, _)| k), &sections)?;
+        fig = fig.merge(
+            Env::prefixed("COFRE_")
+                .filter(move |k| {
+                    k.as_str()
+                        .split_once("__")
+                        .is_some_and(|(s, _)| sections.iter().any(|x| x.eq_ignore_ascii_case(s)))
+                })
+                .split("__"),
+        );
         let s: Settings = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
         s.validate()?;
         Ok(s)
+    }
+
+    /// The top-level sections (`database`, `http`, …).
+    fn sections() -> Vec<String> {
+        match serde_json::to_value(Settings::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -443,6 +491,29 @@ mod tests {
         assert!(Settings::load(Some(&f)).is_ok());
         std::fs::write(&f, "[http]\ntls_cert_file = \"/x.pem\"\n").unwrap();
         assert!(Settings::load(Some(&f)).unwrap_err().to_string().contains("go together"));
+    }
+
+    #[test]
+    fn other_programs_variables_are_not_settings_but_misspelt_sections_are_refused() {
+        let sections = Settings::sections();
+        assert!(sections.contains(&"database".to_string()) && sections.contains(&"alerts".to_string()));
+        let vars = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>().into_iter();
+        let others = [
+            "COFRE_TOKEN",
+            "COFRE_URL",
+            "COFRE_CA_FILE",
+            "COFRE_AGENT_STATE_DIR",
+            "COFRE_CONFIG",
+            "COFRE_DATA_DIR",
+            "COFRE_MASTER_KEY",
+            "COFRE_STORE_CONFIG",
+            "COFRE_STORE_SERVER__LISTEN",
+            "COFRE_DATABASE__URL",
+            "PATH",
+        ];
+        assert!(controller_env(vars(&others), &sections).is_ok());
+        let err = controller_env(vars(&["COFRE_DATABSE__URL"]), &sections).unwrap_err().to_string();
+        assert!(err.contains("COFRE_DATABSE__URL") && err.contains("\"databse\""), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod harness;
 mod agent_process;
 mod alerts;
 mod audit;
+mod environment;
 mod foundation;
 mod harness_selftest;
 mod local_start;

@@ -96,6 +96,11 @@ impl Controller {
         Ok(c)
     }
 
+    /// The configuration file `serve` runs with.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// The `serve` process's id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(Proc::pid)
