@@ -494,6 +494,41 @@ async fn a_user_limited_to_a_group_sees_and_acts_on_its_machines_only(pool: PgPo
     assert_eq!((s, body["status"].as_str()), (StatusCode::OK, Some("revoked")));
     let theirs_now = crate::machines::get(&st.pool, theirs).await.unwrap();
     assert_eq!(theirs_now.status, "active", "the other group's machine is untouched");
+
+    // A policy on both groups' machines: each group sees only its own assignments, and the
+    // compliance report, summary and alerts only its own machines.
+    let repo = test_repository(&st).await;
+    let policy = assigned_policy(
+        &st,
+        cofre_policy::spec::PolicySpec::new("shared", repo, vec!["/srv".into()]),
+        theirs,
+    )
+    .await;
+    crate::policies::assign(
+        &st.pool,
+        &Actor::System,
+        policy,
+        crate::policies::NewAssignment { machine_id: Some(mine), group_id: None },
+    )
+    .await
+    .unwrap();
+    let path = format!("/api/v1/policies/{policy}/assignments");
+    let (s, body) = call_json(&st, "GET", &path, &op, "").await;
+    assert_eq!(s, StatusCode::OK);
+    let named: Vec<&str> =
+        body["items"].as_array().unwrap().iter().filter_map(|a| a["machine_id"].as_str()).collect();
+    assert_eq!(named, vec![mine.to_string()], "no other group's machine: {body}");
+    let fleet = st.jwt.issue(Uuid::now_v7(), "f", Role::Auditor, None).unwrap();
+    assert_eq!(call_json(&st, "GET", &path, &fleet, "").await.1["items"].as_array().unwrap().len(), 2);
+    let (_, report) = call_json(&st, "GET", "/api/v1/compliance", &op, "").await;
+    let ids: Vec<&str> =
+        report["items"].as_array().unwrap().iter().map(|m| m["machine_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![mine.to_string()]);
+    let (s, _) = call_json(&st, "GET", &format!("/api/v1/compliance?group={_health}"), &op, "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another group's report");
+    let (_, summary) = call_json(&st, "GET", "/api/v1/compliance/summary", &op, "").await;
+    assert_eq!(summary["fleet"]["machines"], 1);
+    assert_eq!(call_json(&st, "GET", "/api/v1/audit/events", &op, "").await.0, StatusCode::FORBIDDEN);
 }
 
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]

@@ -89,10 +89,15 @@ pub async fn diff_versions(
     Ok(axum::Json(json!({ "from": q.from, "to": q.to, "changes": changes })).into_response())
 }
 
-pub async fn list_assignments(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+pub async fn list_assignments(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<Response> {
     let policy = id(&p, "policy")?;
     policies::get(&st.pool, policy).await?;
-    Ok(axum::Json(json!({ "items": policies::list_assignments(&st.pool, policy).await? })).into_response())
+    Ok(axum::Json(json!({ "items": policies::list_assignments(&st.pool, policy, c.grp).await? }))
+        .into_response())
 }
 
 pub async fn assign_policy(

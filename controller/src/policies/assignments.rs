@@ -59,11 +59,17 @@ pub async fn assign(pool: &PgPool, actor: &Actor, policy: Uuid, req: NewAssignme
     Ok(a)
 }
 
-pub async fn list_assignments(pool: &PgPool, policy: Uuid) -> Result<Vec<Assignment>> {
+/// A policy's assignments; for a user limited to `group`, only those to that group and to its
+/// machines (other groups' machines are not named).
+pub async fn list_assignments(pool: &PgPool, policy: Uuid, group: Option<Uuid>) -> Result<Vec<Assignment>> {
     Ok(sqlx::query_as(
-        "select id, policy_id, machine_id, group_id, created_at from policy_assignments where policy_id = $1 order by id",
+        "select a.id, a.policy_id, a.machine_id, a.group_id, a.created_at from policy_assignments a
+         left join machines m on m.id = a.machine_id
+         where a.policy_id = $1 and ($2::uuid is null or a.group_id = $2 or m.group_id = $2)
+         order by a.id",
     )
     .bind(policy)
+    .bind(group)
     .fetch_all(pool)
     .await?)
 }
