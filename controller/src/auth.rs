@@ -238,8 +238,97 @@ pub async fn ensure_first_admin(
     Ok(Some((username.to_string(), generated)))
 }
 
+/// Failed logins allowed per user name, and per client address, in [`LOGIN_WINDOW_SECONDS`].
+pub const LOGIN_FAILURES_ALLOWED: i64 = 5;
+pub const LOGIN_WINDOW_SECONDS: i64 = 15 * 60;
+
+/// Argon2 runs on blocking threads, at most one per core at once, so a flood of logins cannot
+/// starve the async workers that serve agents and health checks.
+fn hashing() -> &'static tokio::sync::Semaphore {
+    static S: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    S.get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
+}
+
+async fn verify_off_the_runtime(password: &str, hash: String) -> Result<bool> {
+    let _permit = hashing().acquire().await.map_err(Error::internal)?;
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.map_err(Error::internal)
+}
+
+/// Login attempts in progress on this replica, per user name and per address: they count
+/// against the limit before their outcome is recorded, so a burst of concurrent attempts is
+/// limited too.
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<std::collections::HashMap<String, i64>>);
+
+fn in_flight() -> &'static InFlight {
+    static F: std::sync::OnceLock<InFlight> = std::sync::OnceLock::new();
+    F.get_or_init(InFlight::default)
+}
+
+/// Holds a place in [`InFlight`] for one attempt.
+struct Attempt(Vec<String>);
+
+impl InFlight {
+    fn enter(&'static self, keys: Vec<String>) -> (Attempt, i64) {
+        let Ok(mut m) = self.0.lock() else { return (Attempt(Vec::new()), 0) };
+        let mut most = 0;
+        for k in &keys {
+            let n = m.entry(k.clone()).or_insert(0);
+            most = most.max(*n);
+            *n += 1;
+        }
+        (Attempt(keys), most)
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let Ok(mut m) = in_flight().0.lock() {
+            for k in &self.0 {
+                if let Some(n) = m.get_mut(k) {
+                    *n -= 1;
+                    if *n <= 0 {
+                        m.remove(k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Refuses an attempt when its user name or address failed [`LOGIN_FAILURES_ALLOWED`] times in
+/// the window (counted from the audit log, so every replica sees every failure) or has as many
+/// attempts running. The answer says when to try again.
+async fn check_login_limit(pool: &PgPool, typed: &str, address: Option<&str>, running: i64) -> Result<()> {
+    let (failures, oldest): (i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "select count(*), min(at) from audit_events
+         where action = 'auth.login_failed' and at > now() - make_interval(secs => $3)
+           and (details->>'username' = $1 or ($2::text is not null and details->>'address' = $2))",
+    )
+    .bind(typed)
+    .bind(address)
+    .bind(LOGIN_WINDOW_SECONDS as f64)
+    .fetch_one(pool)
+    .await?;
+    if failures + running < LOGIN_FAILURES_ALLOWED {
+        return Ok(());
+    }
+    let wait = oldest.map_or(60, |t| {
+        (t + chrono::Duration::seconds(LOGIN_WINDOW_SECONDS) - chrono::Utc::now()).num_seconds().max(1)
+    });
+    let wait = u64::try_from(wait).unwrap_or(60);
+    tracing::warn!(username = typed, address, "login refused: too many failed attempts");
+    Err(Error::TooManyRequests(
+        format!("too many failed logins for this account or from this address: try again in {wait} s"),
+        Some(wait),
+    ))
+}
+
 /// Password login. Unknown users and wrong passwords get the same answer. Both outcomes are
-/// audited with the client's address (`auth.login`, `auth.login_failed`).
+/// audited with the client's address (`auth.login`, `auth.login_failed`); after
+/// [`LOGIN_FAILURES_ALLOWED`] failures per user name or address in the window, attempts are
+/// refused (429) before any password is checked.
 pub async fn login(
     pool: &PgPool,
     jwt: &JwtKeys,
@@ -247,19 +336,25 @@ pub async fn login(
     password: &str,
     address: Option<std::net::IpAddr>,
 ) -> Result<String> {
+    let address = address.map(|a| a.to_string());
+    // The name as typed, bounded: enough to tell attempts apart.
+    let typed: String = username.chars().take(64).collect();
+    let mut keys = vec![format!("u:{typed}")];
+    keys.extend(address.as_ref().map(|a| format!("a:{a}")));
+    let (_attempt, running) = in_flight().enter(keys);
+    check_login_limit(pool, &typed, address.as_deref(), running).await?;
     let row: Option<(Uuid, String, String, Option<Uuid>)> =
         sqlx::query_as("select id, password_hash, role, group_id from users where username = $1")
             .bind(username)
             .fetch_optional(pool)
             .await?;
     let (ok, row) = match row {
-        Some(r) => (verify_password(password, &r.1), Some(r)),
+        Some(r) => (verify_off_the_runtime(password, r.1.clone()).await?, Some(r)),
         None => {
-            let _ = verify_password(password, dummy_hash());
+            let _ = verify_off_the_runtime(password, dummy_hash().to_string()).await?;
             (false, None)
         }
     };
-    let address = address.map(|a| a.to_string());
     let mut tx = pool.begin().await?;
     let result = match (ok, row) {
         (true, Some((id, _, role, group))) => {
@@ -272,8 +367,6 @@ pub async fn login(
             Ok(token)
         }
         (_, row) => {
-            // The name as typed, bounded: enough to tell attempts apart.
-            let typed: String = username.chars().take(64).collect();
             let target = row.map(|r| r.0.to_string()).unwrap_or_default();
             let details =
                 serde_json::json!({"username": typed, "address": address, "known_user": !target.is_empty()});

@@ -15,8 +15,9 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Slow down; the number is the seconds to wait, when known (HTTP `Retry-After`).
     #[error("{0}")]
-    TooManyRequests(String),
+    TooManyRequests(String, Option<u64>),
     #[error("database error")]
     Db(#[source] sqlx::Error),
     #[error("internal error")]

@@ -641,3 +641,55 @@ async fn the_first_use_of_each_access_token_is_audited_once(pool: PgPool) {
     assert!(uses[0].0.ends_with(":ana"));
     assert_eq!(uses[0].1["first_request"], "GET /api/v1/groups");
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn failed_logins_are_limited_per_user_and_per_address(pool: PgPool) {
+    use crate::auth::login;
+    let st = state(pool).await;
+    let pw: secrecy::SecretString = "right-password".to_string().into();
+    crate::auth::ensure_first_admin(&st.pool, "admin", Some(&pw)).await.unwrap();
+    let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+    for i in 0..5 {
+        let r = login(&st.pool, &st.jwt, "admin", "wrong", ip(&format!("192.0.2.{i}"))).await;
+        assert!(matches!(r, Err(Error::Unauthenticated(_))), "{r:?}");
+    }
+    // The sixth, even with the right password, is refused before any password is checked.
+    match login(&st.pool, &st.jwt, "admin", "right-password", ip("192.0.2.99")).await {
+        Err(Error::TooManyRequests(_, Some(wait))) => assert!((850..=900).contains(&wait), "{wait}"),
+        other => panic!("{other:?}"),
+    }
+    // Per address: five names tried from one address.
+    for i in 0..5 {
+        let _ = login(&st.pool, &st.jwt, &format!("guess{i}"), "x", ip("198.51.100.7")).await;
+    }
+    let r = login(&st.pool, &st.jwt, "someone", "x", ip("198.51.100.7")).await;
+    assert!(matches!(r, Err(Error::TooManyRequests(..))), "{r:?}");
+    let r = login(&st.pool, &st.jwt, "someone", "x", ip("198.51.100.8")).await;
+    assert!(matches!(r, Err(Error::Unauthenticated(_))), "another address is not limited: {r:?}");
+    // A burst of concurrent attempts on one name: at most five passwords are checked.
+    let attempts = (0..20).map(|i| {
+        let st = st.clone();
+        async move { login(&st.pool, &st.jwt, "burst", "x", ip(&format!("203.0.113.{i}"))).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let checked = results.iter().filter(|r| matches!(r, Err(Error::Unauthenticated(_)))).count();
+    let limited = results.iter().filter(|r| matches!(r, Err(Error::TooManyRequests(..)))).count();
+    assert!(checked <= 5 && checked + limited == 20, "checked {checked}, limited {limited}");
+    // Over HTTP: 429 with Retry-After, as problem+json.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/auth/login")
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"username":"admin","password":"right-password"}"#))
+        .unwrap();
+    let resp = crate::api::router(st.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let failures: i64 =
+        sqlx::query_scalar("select count(*) from audit_events where action = 'auth.login_failed'")
+            .fetch_one(&st.pool)
+            .await
+            .unwrap();
+    assert!(failures <= 5 + 5 + 1 + 5, "refused attempts are not written: {failures}");
+}

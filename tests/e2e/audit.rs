@@ -127,3 +127,64 @@ async fn the_audit_log_is_read_and_verified_and_a_cut_tail_is_named() -> Result<
     assert_eq!((problem.seq, problem.kind.as_str()), (second_seq, "checkpoint"), "{problem:?}");
     Ok(())
 }
+
+/// 300 concurrent wrong-password logins against a controller process: limited (429 with
+/// Retry-After) while `/healthz` keeps answering; the latencies are printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_is_limited_while_the_controller_keeps_answering() -> Result<()> {
+    let tmp = tempfile::Builder::new().prefix("cofre-e2e-flood-").tempdir()?;
+    let pg = PgCluster::start()?;
+    let ctrl = Controller::start(&pg, &tmp.path().join("controller"), "flood")?;
+    let http = reqwest::Client::new();
+    let login_url = format!("{}/api/v1/auth/login", ctrl.api_url());
+    let health_url = format!("{}/healthz", ctrl.api_url());
+    let started = std::time::Instant::now();
+    let flood = (0..300).map(|_| {
+        let (http, url) = (http.clone(), login_url.clone());
+        async move {
+            let r = http
+                .post(&url)
+                .json(&serde_json::json!({"username": "admin", "password": "wrong"}))
+                .send()
+                .await?;
+            anyhow::Ok((r.status().as_u16(), r.headers().get("retry-after").is_some()))
+        }
+    });
+    let probe = async {
+        let mut worst = std::time::Duration::ZERO;
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            let ok = http.get(&health_url).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+            assert!(ok, "/healthz answers during the flood");
+            worst = worst.max(t.elapsed());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        worst
+    };
+    let (results, worst) = tokio::join!(futures_all(flood), probe);
+    let results = results?;
+    let limited = results.iter().filter(|(s, retry)| *s == 429 && *retry).count();
+    let refused = results.iter().filter(|(s, _)| *s == 401).count();
+    eprintln!(
+        "login flood: 300 attempts in {:.2} s: {refused} checked and refused (401), {limited} limited (429); \
+         slowest /healthz during the flood: {} ms",
+        started.elapsed().as_secs_f64(),
+        worst.as_millis()
+    );
+    assert!(refused <= 5, "{refused} passwords were checked");
+    assert_eq!(refused + limited, 300);
+    Ok(())
+}
+
+async fn futures_all<F, T>(fs: impl Iterator<Item = F>) -> Result<Vec<T>>
+where
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = fs.map(tokio::spawn).collect::<Vec<_>>();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await??);
+    }
+    Ok(out)
+}

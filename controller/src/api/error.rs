@@ -24,7 +24,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
-        Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Db(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -54,6 +54,12 @@ impl IntoResponse for Error {
             Error::Db(_) | Error::Internal(_) => "internal error; see the controller log".to_string(),
             other => other.to_string(),
         };
-        problem(status, detail, &fields)
+        let mut resp = problem(status, detail, &fields);
+        if let Error::TooManyRequests(_, Some(secs)) = &self
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
     }
 }

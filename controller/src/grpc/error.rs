@@ -13,7 +13,7 @@ impl From<Error> for Status {
             Error::Invalid { message, .. } => Status::invalid_argument(message),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::Forbidden(m) => Status::permission_denied(m),
-            Error::TooManyRequests(m) => Status::resource_exhausted(m),
+            Error::TooManyRequests(m, _) => Status::resource_exhausted(m),
             Error::Unavailable(m) => Status::unavailable(m),
             Error::Db(_) | Error::Internal(_) => Status::internal("internal error; see the controller log"),
         }
