@@ -6,3 +6,4 @@
 pub mod alerts;
 pub mod audit;
 pub mod compliance;
+pub mod users;

@@ -1,6 +1,7 @@
 //! `cofre`: script Cofre's REST API from a shell. Every command prints JSON (the compliance
 //! report also CSV). Policies as code are in `policy.rs`; audit and compliance in `reports.rs`.
 
+mod people;
 mod policy;
 mod reports;
 
@@ -37,6 +38,11 @@ enum Command {
         #[arg(long, default_value = "admin")]
         username: String,
     },
+    /// Who am I (the signed-in user, role and group).
+    Me,
+    /// People: list, create, change role or group, disable, enable, reset a password (admins).
+    #[command(subcommand)]
+    User(people::UserCommand),
     /// Create an enrollment token for agents.
     Token {
         #[arg(long)]
@@ -369,6 +375,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(&serde_json::json!({"id": m.id, "status": m.status}))?;
         }
         Command::Compliance(cmd) => reports::compliance(&client, cmd).await?,
+        Command::Me => print(&client.me().await?)?,
+        Command::User(cmd) => people::run(&client, cmd).await?,
         Command::Audit(cmd) => reports::audit(&client, cmd).await?,
         Command::Run { machine, policy, wait } => {
             let key = Uuid::new_v4().to_string();

@@ -249,6 +249,12 @@ fn hashing() -> &'static tokio::sync::Semaphore {
     S.get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
 }
 
+/// Hashes a new password on a blocking thread (bounded like verification).
+pub async fn hash_off_the_runtime(password: String) -> Result<String> {
+    let _permit = hashing().acquire().await.map_err(Error::internal)?;
+    tokio::task::spawn_blocking(move || hash_password(&password)).await.map_err(Error::internal)?
+}
+
 async fn verify_off_the_runtime(password: &str, hash: String) -> Result<bool> {
     let _permit = hashing().acquire().await.map_err(Error::internal)?;
     let password = password.to_owned();
@@ -343,11 +349,12 @@ pub async fn login(
     keys.extend(address.as_ref().map(|a| format!("a:{a}")));
     let (_attempt, running) = in_flight().enter(keys);
     check_login_limit(pool, &typed, address.as_deref(), running).await?;
-    let row: Option<(Uuid, String, String, Option<Uuid>)> =
-        sqlx::query_as("select id, password_hash, role, group_id from users where username = $1")
-            .bind(username)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<(Uuid, String, String, Option<Uuid>, bool)> = sqlx::query_as(
+        "select id, password_hash, role, group_id, disabled_at is not null from users where username = $1",
+    )
+    .bind(username)
+    .fetch_optional(pool)
+    .await?;
     let (ok, row) = match row {
         Some(r) => (verify_off_the_runtime(password, r.1.clone()).await?, Some(r)),
         None => {
@@ -357,7 +364,13 @@ pub async fn login(
     };
     let mut tx = pool.begin().await?;
     let result = match (ok, row) {
-        (true, Some((id, _, role, group))) => {
+        (true, Some((id, _, _, _, true))) => {
+            let details = serde_json::json!({"username": typed, "address": address, "known_user": true, "disabled": true});
+            audit::record(&mut tx, &Actor::System, "auth.login_failed", "user", &id.to_string(), details)
+                .await?;
+            Err(Error::Unauthenticated("this account is disabled".into()))
+        }
+        (true, Some((id, _, role, group, false))) => {
             let role =
                 Role::parse(&role).ok_or_else(|| Error::internal(anyhow::anyhow!("bad role {role}")))?;
             let token = jwt.issue(id, username, role, group)?;

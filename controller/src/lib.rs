@@ -28,6 +28,7 @@ pub mod state;
 pub mod stores;
 pub mod tls_listener;
 pub mod up;
+pub mod users;
 
 /// Initialises tracing: `pretty` for people, `json` for log collectors.
 pub fn init_tracing(format: &str, filter: &str) {

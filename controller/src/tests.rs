@@ -38,6 +38,22 @@ pub(crate) async fn state(pool: PgPool) -> AppState {
     }
 }
 
+/// A real user (every request re-reads its user) and an access token for it.
+pub(crate) async fn user_token(st: &AppState, name: &str, role: Role, group: Option<Uuid>) -> String {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "insert into users (id, username, password_hash, role, group_id) values ($1, $2, 'x', $3, $4)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(role.as_str())
+    .bind(group)
+    .execute(&st.pool)
+    .await
+    .unwrap();
+    st.jwt.issue(id, name, role, group).unwrap()
+}
+
 /// A repository definition on a REST server nobody dials (tests that never reach it).
 pub(crate) async fn test_repository(st: &AppState) -> Uuid {
     crate::repositories::create(
@@ -356,13 +372,18 @@ async fn call(st: &AppState, method: &axum::http::Method, path: &str, token: Opt
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn every_route_enforces_its_access_level(pool: PgPool) {
     let st = state(pool).await;
-    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin, None).unwrap();
-    let auditor = st.jwt.issue(Uuid::now_v7(), "u", Role::Auditor, None).unwrap();
-    let operator = st.jwt.issue(Uuid::now_v7(), "o", Role::Operator, None).unwrap();
+    let admin = user_token(&st, "a", Role::Admin, None).await;
+    let auditor = user_token(&st, "u", Role::Auditor, None).await;
+    let operator = user_token(&st, "o", Role::Operator, None).await;
     let foreign = JwtKeys::new(b"some-other-controller-secret-xyz", "zz".into(), 600)
         .issue(Uuid::now_v7(), "a", Role::Admin, None)
         .unwrap();
-    let grouped = st.jwt.issue(Uuid::now_v7(), "g", Role::Admin, Some(Uuid::now_v7())).unwrap();
+    let some_group =
+        crate::groups::create(&st.pool, &Actor::System, crate::groups::NewGroup { name: "somegroup".into() })
+            .await
+            .unwrap()
+            .id;
+    let grouped = user_token(&st, "g", Role::Admin, Some(some_group)).await;
     let routes = crate::api::routes();
     assert!(routes.len() >= 20, "route table looks truncated");
     for r in routes {
@@ -402,7 +423,7 @@ async fn every_route_enforces_its_access_level(pool: PgPool) {
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn hostile_payloads_get_problem_json(pool: PgPool) {
     let st = state(pool).await;
-    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin, None).unwrap();
+    let admin = user_token(&st, "a", Role::Admin, None).await;
     let router = crate::api::router(st.clone());
     let cases: [(&str, &str); 5] = [
         ("/api/v1/policies", "{not json"),
@@ -456,7 +477,7 @@ async fn a_user_limited_to_a_group_sees_and_acts_on_its_machines_only(pool: PgPo
     let st = state(pool).await;
     let (finance, mine) = machine_in_new_group(&st, "finance").await;
     let (_health, theirs) = machine_in_new_group(&st, "health").await;
-    let op = st.jwt.issue(Uuid::now_v7(), "op", Role::Operator, Some(finance)).unwrap();
+    let op = user_token(&st, "op", Role::Operator, Some(finance)).await;
     let (s, body) = call_json(&st, "GET", "/api/v1/machines", &op, "").await;
     assert_eq!(s, StatusCode::OK);
     let ids: Vec<&str> =
@@ -482,7 +503,7 @@ async fn a_user_limited_to_a_group_sees_and_acts_on_its_machines_only(pool: PgPo
     );
 
     // A group-limited admin may read fleet configuration but not change it.
-    let admin = st.jwt.issue(Uuid::now_v7(), "ga", Role::Admin, Some(finance)).unwrap();
+    let admin = user_token(&st, "ga", Role::Admin, Some(finance)).await;
     assert_eq!(call_json(&st, "GET", "/api/v1/policies", &admin, "").await.0, StatusCode::OK);
     let (s, body) = call_json(&st, "POST", "/api/v1/groups", &admin, r#"{"name":"x"}"#).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
@@ -518,7 +539,7 @@ async fn a_user_limited_to_a_group_sees_and_acts_on_its_machines_only(pool: PgPo
     let named: Vec<&str> =
         body["items"].as_array().unwrap().iter().filter_map(|a| a["machine_id"].as_str()).collect();
     assert_eq!(named, vec![mine.to_string()], "no other group's machine: {body}");
-    let fleet = st.jwt.issue(Uuid::now_v7(), "f", Role::Auditor, None).unwrap();
+    let fleet = user_token(&st, "f", Role::Auditor, None).await;
     assert_eq!(call_json(&st, "GET", &path, &fleet, "").await.1["items"].as_array().unwrap().len(), 2);
     let (_, report) = call_json(&st, "GET", "/api/v1/compliance", &op, "").await;
     let ids: Vec<&str> =
@@ -577,7 +598,7 @@ async fn plan_changes_notify_exactly_the_machines_they_reach(pool: PgPool) {
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn policy_edits_need_the_current_etag_and_revoked_tokens_enroll_nothing(pool: PgPool) {
     let st = state(pool).await;
-    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin, None).unwrap();
+    let admin = user_token(&st, "a", Role::Admin, None).await;
     let (s, repo) = call_json(
         &st,
         "POST",
@@ -625,8 +646,8 @@ async fn policy_edits_need_the_current_etag_and_revoked_tokens_enroll_nothing(po
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn the_first_use_of_each_access_token_is_audited_once(pool: PgPool) {
     let st = state(pool).await;
-    let token = st.jwt.issue(Uuid::now_v7(), "ana", Role::Auditor, None).unwrap();
-    let other = st.jwt.issue(Uuid::now_v7(), "ana", Role::Auditor, None).unwrap();
+    let token = user_token(&st, "ana", Role::Auditor, None).await;
+    let other = st.jwt.issue(st.jwt.verify(&token).unwrap().sub, "ana", Role::Auditor, None).unwrap();
     for t in [&token, &token, &other] {
         let (status, _) = call_json(&st, "GET", "/api/v1/groups", t, "").await;
         assert_eq!(status, StatusCode::OK);
@@ -692,4 +713,101 @@ async fn failed_logins_are_limited_per_user_and_per_address(pool: PgPool) {
             .await
             .unwrap();
     assert!(failures <= 5 + 5 + 1 + 5, "refused attempts are not written: {failures}");
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn admins_manage_people_and_changes_take_effect_on_tokens_at_once(pool: PgPool) {
+    let st = state(pool).await;
+    let pw: secrecy::SecretString = "first-admin-password".to_string().into();
+    crate::auth::ensure_first_admin(&st.pool, "admin", Some(&pw)).await.unwrap();
+    let admin = crate::auth::login(&st.pool, &st.jwt, "admin", "first-admin-password", None).await.unwrap();
+    let (group, machine) = machine_in_new_group(&st, "obras").await;
+
+    // Create: a generated password is shown once; bad fields are named, nothing is stored.
+    let (s, body) =
+        call_json(&st, "POST", "/api/v1/users", &admin, r#"{"username":"maria","role":"operator"}"#).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let password = body["generated_password"].as_str().unwrap().to_string();
+    let maria = body["user"]["id"].as_str().unwrap().to_string();
+    let (s, body) = call_json(
+        &st,
+        "POST",
+        "/api/v1/users",
+        &admin,
+        r#"{"username":"bad name","role":"boss","password":"short"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> =
+        body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["username", "role", "password"]);
+    let (_, list) = call_json(&st, "GET", "/api/v1/users", &admin, "").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+
+    // Maria operates; demoted to auditor, the same token cannot operate any more.
+    let token = crate::auth::login(&st.pool, &st.jwt, "maria", &password, None).await.unwrap();
+    let approve = format!("/api/v1/machines/{machine}/approve");
+    assert_eq!(call_json(&st, "POST", &approve, &token, "{}").await.0, StatusCode::OK);
+    let (s, _) =
+        call_json(&st, "PUT", &format!("/api/v1/users/{maria}"), &admin, r#"{"role":"auditor"}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(call_json(&st, "POST", &approve, &token, "{}").await.0, StatusCode::FORBIDDEN);
+    // Limited to a group: other groups' machines disappear from her view at once.
+    let (_, other) = machine_in_new_group(&st, "saude").await;
+    let body = format!(r#"{{"group_id":"{group}"}}"#);
+    assert_eq!(
+        call_json(&st, "PUT", &format!("/api/v1/users/{maria}"), &admin, &body).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call_json(&st, "GET", &format!("/api/v1/machines/{other}"), &token, "").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(call_json(&st, "GET", "/api/v1/users", &token, "").await.0, StatusCode::FORBIDDEN);
+    // Disabled: the token stops working and she cannot log in; enabled: both work again.
+    assert_eq!(
+        call_json(&st, "POST", &format!("/api/v1/users/{maria}/disable"), &admin, "{}").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(call_json(&st, "GET", "/api/v1/me", &token, "").await.0, StatusCode::UNAUTHORIZED);
+    let r = crate::auth::login(&st.pool, &st.jwt, "maria", &password, None).await;
+    assert!(matches!(r, Err(Error::Unauthenticated(ref m)) if m.contains("disabled")), "{r:?}");
+    assert_eq!(
+        call_json(&st, "POST", &format!("/api/v1/users/{maria}/enable"), &admin, "{}").await.0,
+        StatusCode::OK
+    );
+    let (s, me) = call_json(&st, "GET", "/api/v1/me", &token, "").await;
+    assert_eq!((s, me["role"].as_str()), (StatusCode::OK, Some("auditor")));
+    // A reset password replaces the old one.
+    let (s, body) = call_json(&st, "POST", &format!("/api/v1/users/{maria}/password"), &admin, "{}").await;
+    assert_eq!(s, StatusCode::OK);
+    let new_password = body["generated_password"].as_str().unwrap();
+    assert!(crate::auth::login(&st.pool, &st.jwt, "maria", &password, None).await.is_err());
+    assert!(crate::auth::login(&st.pool, &st.jwt, "maria", new_password, None).await.is_ok());
+
+    // The last fleet-wide admin cannot be disabled or demoted.
+    let admin_id = st.jwt.verify(&admin).unwrap().sub;
+    for (method, path, body) in [
+        ("POST", format!("/api/v1/users/{admin_id}/disable"), "{}"),
+        ("PUT", format!("/api/v1/users/{admin_id}"), r#"{"role":"operator"}"#),
+    ] {
+        assert_eq!(call_json(&st, method, &path, &admin, body).await.0, StatusCode::CONFLICT, "{path}");
+    }
+    let actions: Vec<String> =
+        sqlx::query_scalar("select action from audit_events where action like 'user.%' order by seq")
+            .fetch_all(&st.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        actions,
+        [
+            "user.create",
+            "user.create",
+            "user.update",
+            "user.update",
+            "user.disable",
+            "user.enable",
+            "user.password_reset"
+        ]
+    );
 }

@@ -11,5 +11,6 @@ mod harness_selftest;
 mod local_start;
 mod maintenance;
 mod maintenance_faults;
+mod people;
 mod policies;
 mod store;

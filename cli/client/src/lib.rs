@@ -363,6 +363,47 @@ impl Client {
         Ok(l.items)
     }
 
+    /// The signed-in user.
+    pub async fn me(&self) -> Result<cofre_api::users::User> {
+        self.get("/api/v1/me").await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<cofre_api::users::User>> {
+        let l: Items<cofre_api::users::User> = self.get("/api/v1/users").await?;
+        Ok(l.items)
+    }
+
+    /// Creates a user; without a password one is generated and returned once.
+    pub async fn create_user(
+        &self,
+        req: &cofre_api::users::NewUser,
+    ) -> Result<cofre_api::users::UserWithPassword> {
+        self.post("/api/v1/users", req).await
+    }
+
+    pub async fn update_user(
+        &self,
+        id: Uuid,
+        req: &cofre_api::users::UpdateUser,
+    ) -> Result<cofre_api::users::User> {
+        self.request(Method::PUT, &format!("/api/v1/users/{id}"), Some(req), &[]).await
+    }
+
+    /// Disables (`true`) or enables a user; a disabled user's tokens stop working at once.
+    pub async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> Result<cofre_api::users::User> {
+        let verb = if disabled { "disable" } else { "enable" };
+        self.post(&format!("/api/v1/users/{id}/{verb}"), &serde_json::json!({})).await
+    }
+
+    /// Sets a password, or generates one (returned once) when `password` is None.
+    pub async fn reset_user_password(
+        &self,
+        id: Uuid,
+        password: Option<String>,
+    ) -> Result<cofre_api::users::UserWithPassword> {
+        self.post(&format!("/api/v1/users/{id}/password"), &cofre_api::users::NewPassword { password }).await
+    }
+
     /// Decommissions a machine: it keeps its repository and snapshots, stops its schedules and
     /// loses its certificates; it leaves the compliance reports.
     pub async fn decommission_machine(&self, id: Uuid) -> Result<Machine> {

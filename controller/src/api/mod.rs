@@ -9,6 +9,7 @@ mod handlers;
 mod jobs;
 mod policies;
 mod stores;
+mod users;
 
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -73,6 +74,7 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
     use jobs as j;
     use policies as p;
     use stores as s;
+    use users as u;
     // `r`: Scope::Fleet, `g`: Scope::Group, `f`: Scope::FleetOnly.
     let r = |method: Method, path: &'static str, access: Access, mr: MethodRouter<AppState>| {
         (RouteDef { method, path, access, scope: Scope::Fleet }, mr)
@@ -87,6 +89,14 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         r(Method::GET, "/healthz", Public, get(h::healthz)),
         r(Method::GET, "/readyz", Public, get(h::readyz)),
         r(Method::POST, "/api/v1/auth/login", Public, post(h::login)),
+        g(Method::GET, "/api/v1/me", Read, get(u::me)),
+        r(Method::GET, "/api/v1/users", Admin, get(u::list_users)),
+        r(Method::POST, "/api/v1/users", Admin, post(u::create_user)),
+        r(Method::GET, "/api/v1/users/{id}", Admin, get(u::get_user)),
+        r(Method::PUT, "/api/v1/users/{id}", Admin, put(u::update_user)),
+        r(Method::POST, "/api/v1/users/{id}/disable", Admin, post(u::disable_user)),
+        r(Method::POST, "/api/v1/users/{id}/enable", Admin, post(u::enable_user)),
+        r(Method::POST, "/api/v1/users/{id}/password", Admin, post(u::reset_password)),
         r(Method::GET, "/api/v1/enrollment-tokens", Admin, get(h::list_tokens)),
         r(Method::POST, "/api/v1/enrollment-tokens", Admin, post(h::create_token)),
         r(Method::DELETE, "/api/v1/enrollment-tokens/{id}", Admin, delete(h::revoke_token)),
@@ -189,10 +199,23 @@ async fn authorise(
     let Some(token) = token else {
         return Error::Unauthenticated("missing Authorization: Bearer <token>".into()).into_response();
     };
-    let claims = match state.jwt.verify(token) {
+    let mut claims = match state.jwt.verify(token) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    // The user as it is now, not as the token remembers it: disabled, removed, demoted or
+    // moved users lose their old rights at once.
+    match crate::users::standing(&state.pool, claims.sub).await {
+        Ok(Some((role, group))) => {
+            claims.role = role;
+            claims.grp = group;
+        }
+        Ok(None) => {
+            return Error::Unauthenticated("this account is disabled or no longer exists".into())
+                .into_response();
+        }
+        Err(e) => return e.into_response(),
+    }
     if claims.role < min {
         return Error::Forbidden(format!("requires the {} role", min.as_str())).into_response();
     }

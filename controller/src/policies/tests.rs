@@ -10,13 +10,13 @@ use super::{HookRights, create, diff, list_versions, update};
 use crate::audit::Actor;
 use crate::auth::Role;
 use crate::error::Error;
-use crate::tests::{call_json, machine_in_new_group, state, test_repository};
+use crate::tests::{call_json, machine_in_new_group, state, test_repository, user_token};
 
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn invalid_policies_are_refused_naming_the_field_and_nothing_is_stored(pool: PgPool) {
     let st = state(pool).await;
     let repo = test_repository(&st).await;
-    let admin = st.jwt.issue(Uuid::now_v7(), "a", Role::Admin, None).unwrap();
+    let admin = user_token(&st, "a", Role::Admin, None).await;
     let base = serde_json::json!({"name": "p", "repository_id": repo, "paths": ["/srv"]});
     let with = |patch: serde_json::Value| {
         let mut v = base.clone();

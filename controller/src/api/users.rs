@@ -1,0 +1,68 @@
+//! People routes (admins, fleet-wide): list, create, change role or group, disable, enable,
+//! reset a password; `/me` for anyone signed in.
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::Json;
+use super::handlers::{created, id};
+use crate::auth::Claims;
+use crate::error::Result;
+use crate::state::AppState;
+use crate::users;
+
+pub async fn me(State(st): State<AppState>, Extension(c): Extension<Claims>) -> Result<Response> {
+    Ok(axum::Json(users::get(&st.pool, c.sub).await?).into_response())
+}
+
+pub async fn list_users(State(st): State<AppState>) -> Result<Response> {
+    Ok(axum::Json(json!({ "items": users::list(&st.pool).await? })).into_response())
+}
+
+pub async fn get_user(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    Ok(axum::Json(users::get(&st.pool, id(&p, "user")?).await?).into_response())
+}
+
+pub async fn create_user(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Json(req): Json<cofre_api::users::NewUser>,
+) -> Result<Response> {
+    Ok(created(users::create(&st.pool, &c.actor(), req).await?))
+}
+
+pub async fn update_user(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    Json(req): Json<cofre_api::users::UpdateUser>,
+) -> Result<Response> {
+    Ok(axum::Json(users::update(&st.pool, &c.actor(), id(&p, "user")?, req).await?).into_response())
+}
+
+pub async fn disable_user(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<Response> {
+    Ok(axum::Json(users::set_disabled(&st.pool, &c.actor(), id(&p, "user")?, true).await?).into_response())
+}
+
+pub async fn enable_user(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<Response> {
+    Ok(axum::Json(users::set_disabled(&st.pool, &c.actor(), id(&p, "user")?, false).await?).into_response())
+}
+
+pub async fn reset_password(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    Json(req): Json<cofre_api::users::NewPassword>,
+) -> Result<Response> {
+    Ok(axum::Json(users::reset_password(&st.pool, &c.actor(), id(&p, "user")?, req).await?).into_response())
+}

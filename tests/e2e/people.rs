@@ -1,0 +1,59 @@
+//! People through the CLI against a controller process: an admin creates a user (the password
+//! is generated and shown once), the user logs in and sees who they are, and once disabled
+//! their token stops working at once.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::harness::cofre::Controller;
+use crate::harness::pg::PgCluster;
+use crate::harness::procs::workspace_bin;
+
+fn json(out: &std::process::Output) -> Result<serde_json::Value> {
+    anyhow::ensure!(out.status.success(), "cofre failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).context("cofre printed no JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_creates_a_user_who_logs_in_and_is_cut_off_when_disabled() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let pg = PgCluster::start()?;
+    let ctrl = Controller::start(&pg, &tmp.path().join("controller"), "people")?;
+    let admin = ctrl.admin().await?;
+    let admin_token = admin.token().context("token")?.to_string();
+
+    let created = json(&ctrl.cli(&admin_token, &["user", "create", "maria", "--role", "auditor"])?)?;
+    let password = created["generated_password"].as_str().context("a generated password")?.to_string();
+    let id = created["user"]["id"].as_str().context("id")?.to_string();
+
+    let mut login = Command::new(workspace_bin("cofre"))
+        .args(["login", "--username", "maria"])
+        .env("COFRE_URL", ctrl.api_url())
+        .env_remove("COFRE_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    login.stdin.take().context("stdin")?.write_all(password.as_bytes())?;
+    let out = login.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "login: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout)?.trim().to_string();
+
+    let me = json(&ctrl.cli(&token, &["me"])?)?;
+    assert_eq!((me["username"].as_str(), me["role"].as_str()), (Some("maria"), Some("auditor")));
+    let refused = ctrl.cli(&token, &["user", "list"])?;
+    assert!(!refused.status.success(), "an auditor cannot list users");
+
+    json(&ctrl.cli(&admin_token, &["user", "disable", &id])?)?;
+    let out = ctrl.cli(&token, &["me"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disabled"), "{err}");
+    let users = json(&ctrl.cli(&admin_token, &["user", "list"])?)?;
+    let maria =
+        users.as_array().context("array")?.iter().find(|u| u["username"] == "maria").context("listed")?;
+    assert!(maria["disabled_at"].is_string(), "{maria}");
+    Ok(())
+}
