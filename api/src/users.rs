@@ -73,3 +73,44 @@ mod double_option {
         Option::<T>::deserialize(d).map(Some)
     }
 }
+
+/// An API token for scripts (its secret is shown only when created).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    /// At most its creator's role.
+    pub role: String,
+    /// Limited to this group; a group-limited creator's tokens always are.
+    pub group_id: Option<Uuid>,
+    /// Only reads (GET).
+    pub read_only: bool,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/v1/api-tokens`: absent fields take the creator's rights; 90 days by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiToken {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<Uuid>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// 1 to 366 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
+}
+
+/// A new API token: `token` is the secret to put in `Authorization: Bearer …`, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedApiToken {
+    pub token: String,
+    pub api_token: ApiToken,
+}

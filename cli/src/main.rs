@@ -43,6 +43,9 @@ enum Command {
     /// People: list, create, change role or group, disable, enable, reset a password (admins).
     #[command(subcommand)]
     User(people::UserCommand),
+    /// API tokens for scripts: create (scoped, expiring), list, revoke.
+    #[command(subcommand)]
+    ApiToken(people::ApiTokenCommand),
     /// Create an enrollment token for agents.
     Token {
         #[arg(long)]
@@ -377,6 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compliance(cmd) => reports::compliance(&client, cmd).await?,
         Command::Me => print(&client.me().await?)?,
         Command::User(cmd) => people::run(&client, cmd).await?,
+        Command::ApiToken(cmd) => people::api_token(&client, cmd).await?,
         Command::Audit(cmd) => reports::audit(&client, cmd).await?,
         Command::Run { machine, policy, wait } => {
             let key = Uuid::new_v4().to_string();

@@ -1,8 +1,9 @@
-//! `cofre user …` and `cofre me`: people, their roles and groups (admins only, except `me`).
+//! `cofre user …`, `cofre me` and `cofre api-token …`: people, their roles and groups (admins
+//! only, except `me`), and API tokens for scripts (anyone signed in, for themselves).
 
 use clap::Subcommand;
 use cofre_client::Client;
-use cofre_client::cofre_api::users::{NewUser, UpdateUser};
+use cofre_client::cofre_api::users::{NewApiToken, NewUser, UpdateUser};
 use uuid::Uuid;
 
 use crate::print;
@@ -72,5 +73,44 @@ pub async fn run(client: &Client, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::ResetPassword { id, password_stdin } => {
             print(&client.reset_user_password(id, password_from_stdin(password_stdin)?).await?)
         }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ApiTokenCommand {
+    /// Create a token for scripts; its secret is printed once (use it as COFRE_TOKEN).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// At most your own role (default: yours).
+        #[arg(long)]
+        role: Option<String>,
+        /// Limit it to one group's machines.
+        #[arg(long)]
+        group: Option<Uuid>,
+        /// Only reads.
+        #[arg(long)]
+        read_only: bool,
+        /// Lifetime in days (1 to 366; default 90).
+        #[arg(long)]
+        days: Option<u32>,
+    },
+    /// Your tokens (--all: everyone's, for fleet-wide admins).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token: it stops working at once.
+    Revoke { id: Uuid },
+}
+
+pub async fn api_token(client: &Client, cmd: ApiTokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        ApiTokenCommand::Create { name, role, group, read_only, days } => {
+            let req = NewApiToken { name, role, group_id: group, read_only, expires_in_days: days };
+            print(&client.create_api_token(&req).await?)
+        }
+        ApiTokenCommand::List { all } => print(&client.list_api_tokens(all).await?),
+        ApiTokenCommand::Revoke { id } => print(&client.revoke_api_token(id).await?),
     }
 }

@@ -56,6 +56,9 @@ pub struct Claims {
     /// The group this user is limited to; absent for fleet-wide users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grp: Option<Uuid>,
+    /// Only reads (an API token made read-only); never in a JWT Cofre issues.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ro: bool,
 }
 
 impl Claims {
@@ -103,6 +106,7 @@ impl JwtKeys {
             exp: now + self.ttl,
             jti: Uuid::new_v4(),
             grp: group,
+            ro: false,
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());

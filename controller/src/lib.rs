@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod compliance;

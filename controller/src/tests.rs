@@ -811,3 +811,88 @@ async fn admins_manage_people_and_changes_take_effect_on_tokens_at_once(pool: Pg
         ]
     );
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn api_tokens_are_scoped_expiring_revocable_and_die_with_their_creator(pool: PgPool) {
+    let st = state(pool).await;
+    let (group, mine) = machine_in_new_group(&st, "obras").await;
+    let (_, other) = machine_in_new_group(&st, "saude").await;
+    let op = user_token(&st, "op", Role::Operator, None).await;
+    let op_id = st.jwt.verify(&op).unwrap().sub;
+    let new = |body: &str| {
+        let (st, op, body) = (st.clone(), op.clone(), body.to_string());
+        async move {
+            let (s, v) = call_json(&st, "POST", "/api/v1/api-tokens", &op, &body).await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            (v["token"].as_str().unwrap().to_string(), v["api_token"]["id"].as_str().unwrap().to_string())
+        }
+    };
+    let approve = format!("/api/v1/machines/{mine}/approve");
+
+    // Read-only: reads, never writes.
+    let (ro, ro_id) = new(r#"{"name":"inventory","read_only":true}"#).await;
+    assert!(ro.starts_with("cofre_pat_"));
+    assert_eq!(call_json(&st, "GET", "/api/v1/machines", &ro, "").await.0, StatusCode::OK);
+    assert_eq!(call_json(&st, "POST", &approve, &ro, "{}").await.0, StatusCode::FORBIDDEN);
+    // Never more than its creator; narrowed to a group, other groups' machines are not there.
+    let (s, body) = call_json(&st, "POST", "/api/v1/api-tokens", &op, r#"{"name":"x","role":"admin"}"#).await;
+    assert_eq!((s, body["errors"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("role")));
+    let (narrow, narrow_id) = new(&format!(r#"{{"name":"obras","group_id":"{group}"}}"#)).await;
+    assert_eq!(
+        call_json(&st, "GET", &format!("/api/v1/machines/{other}"), &narrow, "").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(call_json(&st, "POST", &approve, &narrow, "{}").await.0, StatusCode::OK);
+    // A token cannot mint tokens; the secret is stored only as its SHA-256.
+    let (s, _) = call_json(&st, "POST", "/api/v1/api-tokens", &narrow, r#"{"name":"child"}"#).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let secret = narrow.strip_prefix("cofre_pat_").unwrap().split_once('_').unwrap().1;
+    let stored: Vec<u8> = sqlx::query_scalar("select secret_hash from api_tokens where id = $1::uuid")
+        .bind(&narrow_id)
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+    use sha2::Digest as _;
+    assert_eq!(stored, sha2::Sha256::digest(secret.as_bytes()).to_vec());
+    // A tampered secret, a revoked token, an expired one: 401.
+    let last = if narrow.ends_with('x') { "y" } else { "x" };
+    let tampered = format!("{}{last}", &narrow[..narrow.len() - 1]);
+    assert_eq!(call_json(&st, "GET", "/api/v1/machines", &tampered, "").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call_json(&st, "DELETE", &format!("/api/v1/api-tokens/{ro_id}"), &op, "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(call_json(&st, "GET", "/api/v1/machines", &ro, "").await.0, StatusCode::UNAUTHORIZED);
+    sqlx::query("update api_tokens set expires_at = now() - interval '1 second' where id = $1::uuid")
+        .bind(&narrow_id)
+        .execute(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!(call_json(&st, "GET", "/api/v1/machines", &narrow, "").await.0, StatusCode::UNAUTHORIZED);
+    // The creator demoted: the token follows; disabled: it dies.
+    let (full, _) = new(r#"{"name":"ops"}"#).await;
+    assert_eq!(call_json(&st, "POST", &approve, &full, "{}").await.0, StatusCode::OK);
+    sqlx::query("update users set role = 'auditor' where id = $1")
+        .bind(op_id)
+        .execute(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!(call_json(&st, "POST", &approve, &full, "{}").await.0, StatusCode::FORBIDDEN);
+    sqlx::query("update users set disabled_at = now() where id = $1")
+        .bind(op_id)
+        .execute(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!(call_json(&st, "GET", "/api/v1/machines", &full, "").await.0, StatusCode::UNAUTHORIZED);
+    let audited: Vec<String> =
+        sqlx::query_scalar("select action from audit_events where action like 'api_token.%' order by seq")
+            .fetch_all(&st.pool)
+            .await
+            .unwrap();
+    assert_eq!(audited, ["api_token.create", "api_token.create", "api_token.revoke", "api_token.create"]);
+    let used: i64 = sqlx::query_scalar("select count(*) from api_tokens where last_used_at is not null")
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!(used, 3);
+}

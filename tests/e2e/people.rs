@@ -1,6 +1,6 @@
 //! People through the CLI against a controller process: an admin creates a user (the password
-//! is generated and shown once), the user logs in and sees who they are, and once disabled
-//! their token stops working at once.
+//! is generated and shown once), the user logs in, sees who they are and makes an API token for
+//! a script; once disabled, both their login token and their API token stop working at once.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -43,6 +43,16 @@ async fn an_admin_creates_a_user_who_logs_in_and_is_cut_off_when_disabled() -> R
 
     let me = json(&ctrl.cli(&token, &["me"])?)?;
     assert_eq!((me["username"].as_str(), me["role"].as_str()), (Some("maria"), Some("auditor")));
+    // A script's token: read-only, made by maria, used by the CLI like any token.
+    let pat = json(
+        &ctrl.cli(&token, &["api-token", "create", "--name", "inventory", "--read-only", "--days", "30"])?,
+    )?;
+    let pat = pat["token"].as_str().context("the token, shown once")?.to_string();
+    let me = json(&ctrl.cli(&pat, &["me"])?)?;
+    assert_eq!(me["username"].as_str(), Some("maria"));
+    let listed = json(&ctrl.cli(&token, &["api-token", "list"])?)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert!(!listed.to_string().contains(&pat[pat.len() - 20..]), "the secret is never listed");
     let refused = ctrl.cli(&token, &["user", "list"])?;
     assert!(!refused.status.success(), "an auditor cannot list users");
 
@@ -51,6 +61,8 @@ async fn an_admin_creates_a_user_who_logs_in_and_is_cut_off_when_disabled() -> R
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("disabled"), "{err}");
+    let out = ctrl.cli(&pat, &["me"])?;
+    assert!(!out.status.success(), "her API token died with her account");
     let users = json(&ctrl.cli(&admin_token, &["user", "list"])?)?;
     let maria =
         users.as_array().context("array")?.iter().find(|u| u["username"] == "maria").context("listed")?;

@@ -404,6 +404,24 @@ impl Client {
         self.post(&format!("/api/v1/users/{id}/password"), &cofre_api::users::NewPassword { password }).await
     }
 
+    /// Creates an API token for the signed-in user (its secret is in the answer, once).
+    pub async fn create_api_token(
+        &self,
+        req: &cofre_api::users::NewApiToken,
+    ) -> Result<cofre_api::users::CreatedApiToken> {
+        self.post("/api/v1/api-tokens", req).await
+    }
+
+    /// The signed-in user's API tokens (`all`: everyone's, for fleet-wide admins).
+    pub async fn list_api_tokens(&self, all: bool) -> Result<Vec<cofre_api::users::ApiToken>> {
+        let l: Items<cofre_api::users::ApiToken> = self.get(&format!("/api/v1/api-tokens?all={all}")).await?;
+        Ok(l.items)
+    }
+
+    pub async fn revoke_api_token(&self, id: Uuid) -> Result<cofre_api::users::ApiToken> {
+        self.request::<(), _>(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None, &[]).await
+    }
+
     /// Decommissions a machine: it keeps its repository and snapshots, stops its schedules and
     /// loses its certificates; it leaves the compliance reports.
     pub async fn decommission_machine(&self, id: Uuid) -> Result<Machine> {

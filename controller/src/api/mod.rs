@@ -1,6 +1,7 @@
 //! The REST API under `/api/v1`: one route table, every route with its access level, walked by
 //! the authorisation test so no route escapes the check.
 
+mod api_tokens;
 mod audit;
 mod client_addr;
 mod compliance;
@@ -68,6 +69,7 @@ pub struct RouteDef {
 
 fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
     use Access::*;
+    use api_tokens as t;
     use audit as a;
     use compliance as c;
     use handlers as h;
@@ -90,6 +92,9 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         r(Method::GET, "/readyz", Public, get(h::readyz)),
         r(Method::POST, "/api/v1/auth/login", Public, post(h::login)),
         g(Method::GET, "/api/v1/me", Read, get(u::me)),
+        g(Method::GET, "/api/v1/api-tokens", Read, get(t::list)),
+        g(Method::POST, "/api/v1/api-tokens", Read, post(t::create)),
+        g(Method::DELETE, "/api/v1/api-tokens/{id}", Read, delete(t::revoke)),
         r(Method::GET, "/api/v1/users", Admin, get(u::list_users)),
         r(Method::POST, "/api/v1/users", Admin, post(u::create_user)),
         r(Method::GET, "/api/v1/users/{id}", Admin, get(u::get_user)),
@@ -177,8 +182,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The one authorisation check: bearer token from the Authorization header only, role at
-/// least the route's, and a fleet-wide user for changes outside a group's machines and for
+/// The one authorisation check: a bearer token from the Authorization header only (a JWT from
+/// login, re-checked against its user, or an API token with its scope), read-only tokens only
+/// reading, role at least the route's, and a fleet-wide user for changes outside a group's machines and for
 /// fleet-only records. Claims are handed to the handler as an extension; group-scoped handlers
 /// filter by `claims.grp`.
 async fn authorise(
@@ -199,22 +205,18 @@ async fn authorise(
     let Some(token) = token else {
         return Error::Unauthenticated("missing Authorization: Bearer <token>".into()).into_response();
     };
-    let mut claims = match state.jwt.verify(token) {
+    let presented = token.to_owned();
+    let claims = if presented.starts_with(crate::api_tokens::PREFIX) {
+        crate::api_tokens::authenticate(&state.pool, &presented).await
+    } else {
+        user_claims(&state, &presented).await
+    };
+    let claims = match claims {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    // The user as it is now, not as the token remembers it: disabled, removed, demoted or
-    // moved users lose their old rights at once.
-    match crate::users::standing(&state.pool, claims.sub).await {
-        Ok(Some((role, group))) => {
-            claims.role = role;
-            claims.grp = group;
-        }
-        Ok(None) => {
-            return Error::Unauthenticated("this account is disabled or no longer exists".into())
-                .into_response();
-        }
-        Err(e) => return e.into_response(),
+    if claims.ro && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Error::Forbidden("this API token is read-only".into()).into_response();
     }
     if claims.role < min {
         return Error::Forbidden(format!("requires the {} role", min.as_str())).into_response();
@@ -233,12 +235,31 @@ async fn authorise(
     if state.seen_tokens.first_use(&claims) {
         let address = client_addr::of(req.extensions(), req.headers(), &state.settings.http.trusted_proxies);
         let request = format!("{} {}", req.method(), req.uri().path());
+        if presented.starts_with(crate::api_tokens::PREFIX)
+            && let Err(e) = crate::api_tokens::touch(&state.pool, claims.jti).await
+        {
+            tracing::warn!("cannot record an API token's use: {e}");
+        }
         if let Err(e) = crate::auth::record_token_use(&state.pool, &claims, address, &request).await {
             tracing::warn!("cannot audit the use of an access token: {e}");
         }
     }
     req.extensions_mut().insert(claims);
     next.run(req).await
+}
+
+/// The claims of a JWT, with the user's current role and group (not the token's): disabled,
+/// removed, demoted or moved users lose their old rights at once.
+async fn user_claims(state: &AppState, token: &str) -> Result<crate::auth::Claims, Error> {
+    let mut claims = state.jwt.verify(token)?;
+    match crate::users::standing(&state.pool, claims.sub).await? {
+        Some((role, group)) => {
+            claims.role = role;
+            claims.grp = group;
+            Ok(claims)
+        }
+        None => Err(Error::Unauthenticated("this account is disabled or no longer exists".into())),
+    }
 }
 
 /// JSON body extractor whose rejections are problem+json like every other error.
