@@ -23,3 +23,12 @@ create table api_tokens (
 create index api_tokens_user on api_tokens (user_id);
 
 grant select, insert, update on api_tokens to cofre_app;
+
+-- Access tokens (JWTs) ended by logout before they expire; rows are useless after expires_at.
+create table revoked_access_tokens (
+    jti         uuid primary key,
+    user_id     uuid not null references users (id),
+    expires_at  timestamptz not null,
+    revoked_at  timestamptz not null default now()
+);
+grant select, insert, delete on revoked_access_tokens to cofre_app;

@@ -40,6 +40,8 @@ enum Command {
     },
     /// Who am I (the signed-in user, role and group).
     Me,
+    /// End the access token in COFRE_TOKEN (from `login`) now.
+    Logout,
     /// People: list, create, change role or group, disable, enable, reset a password (admins).
     #[command(subcommand)]
     User(people::UserCommand),
@@ -379,6 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Compliance(cmd) => reports::compliance(&client, cmd).await?,
         Command::Me => print(&client.me().await?)?,
+        Command::Logout => client.logout().await?,
         Command::User(cmd) => people::run(&client, cmd).await?,
         Command::ApiToken(cmd) => people::api_token(&client, cmd).await?,
         Command::Audit(cmd) => reports::audit(&client, cmd).await?,

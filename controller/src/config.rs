@@ -428,6 +428,13 @@ impl Settings {
         if !(1..=300).contains(&self.maintenance.poll_seconds) {
             return Err(ConfigError("maintenance.poll_seconds must be between 1 and 300".into()));
         }
+        if !(60..=12 * 3600).contains(&self.admin.token_ttl_seconds) {
+            return Err(ConfigError(
+                "admin.token_ttl_seconds must be between 60 and 43200 (12 hours): access tokens are short-lived; \
+                 scripts use API tokens"
+                    .into(),
+            ));
+        }
         if self.audit.checkpoint_interval_seconds < 60 {
             return Err(ConfigError("audit.checkpoint_interval_seconds must be at least 60".into()));
         }

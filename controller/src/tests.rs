@@ -372,9 +372,6 @@ async fn call(st: &AppState, method: &axum::http::Method, path: &str, token: Opt
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn every_route_enforces_its_access_level(pool: PgPool) {
     let st = state(pool).await;
-    let admin = user_token(&st, "a", Role::Admin, None).await;
-    let auditor = user_token(&st, "u", Role::Auditor, None).await;
-    let operator = user_token(&st, "o", Role::Operator, None).await;
     let foreign = JwtKeys::new(b"some-other-controller-secret-xyz", "zz".into(), 600)
         .issue(Uuid::now_v7(), "a", Role::Admin, None)
         .unwrap();
@@ -383,10 +380,14 @@ async fn every_route_enforces_its_access_level(pool: PgPool) {
             .await
             .unwrap()
             .id;
-    let grouped = user_token(&st, "g", Role::Admin, Some(some_group)).await;
     let routes = crate::api::routes();
     assert!(routes.len() >= 20, "route table looks truncated");
-    for r in routes {
+    // Fresh users and tokens per route: a route may end its caller's session (logout).
+    for (i, r) in routes.into_iter().enumerate() {
+        let admin = user_token(&st, &format!("a{i}"), Role::Admin, None).await;
+        let auditor = user_token(&st, &format!("u{i}"), Role::Auditor, None).await;
+        let operator = user_token(&st, &format!("o{i}"), Role::Operator, None).await;
+        let grouped = user_token(&st, &format!("g{i}"), Role::Admin, Some(some_group)).await;
         let path = r
             .path
             .replace("{id}", &Uuid::now_v7().to_string())
@@ -895,4 +896,23 @@ async fn api_tokens_are_scoped_expiring_revocable_and_die_with_their_creator(poo
         .await
         .unwrap();
     assert_eq!(used, 3);
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn logout_ends_the_token_at_once(pool: PgPool) {
+    let st = state(pool).await;
+    let a = user_token(&st, "a", Role::Auditor, None).await;
+    let b = st.jwt.issue(st.jwt.verify(&a).unwrap().sub, "a", Role::Auditor, None).unwrap();
+    assert_eq!(call_json(&st, "GET", "/api/v1/me", &a, "").await.0, StatusCode::OK);
+    assert_eq!(call_json(&st, "POST", "/api/v1/auth/logout", &a, "{}").await.0, StatusCode::NO_CONTENT);
+    let (s, body) = call_json(&st, "GET", "/api/v1/me", &a, "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(call_json(&st, "GET", "/api/v1/me", &b, "").await.0, StatusCode::OK, "other sessions go on");
+    let (s, body) = call_json(&st, "POST", "/api/v1/api-tokens", &b, r#"{"name":"s"}"#).await;
+    let pat = body["token"].as_str().unwrap().to_string();
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(
+        call_json(&st, "POST", "/api/v1/auth/logout", &pat, "{}").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
 }

@@ -46,14 +46,17 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<User> {
     row.map(user).ok_or_else(|| Error::NotFound("user".into()))
 }
 
-/// What a request may do now: the user's current role and group. None: the user is gone or
-/// disabled.
-pub async fn standing(pool: &PgPool, id: Uuid) -> Result<Option<(Role, Option<Uuid>)>> {
-    let row: Option<(String, Option<Uuid>)> =
-        sqlx::query_as("select role, group_id from users where id = $1 and disabled_at is null")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+/// What a request with access token `jti` may do now: the user's current role and group.
+/// None: the user is gone or disabled, or the token was ended by logout.
+pub async fn standing(pool: &PgPool, id: Uuid, jti: Uuid) -> Result<Option<(Role, Option<Uuid>)>> {
+    let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
+        "select role, group_id from users where id = $1 and disabled_at is null
+           and not exists (select 1 from revoked_access_tokens where jti = $2)",
+    )
+    .bind(id)
+    .bind(jti)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.and_then(|(role, group)| Role::parse(&role).map(|r| (r, group))))
 }
 
@@ -241,4 +244,24 @@ pub async fn reset_password(
     audit::record(&mut tx, actor, "user.password_reset", "user", &id.to_string(), details).await?;
     tx.commit().await?;
     Ok(UserWithPassword { user: get(pool, id).await?, generated_password: generated })
+}
+
+/// Ends an access token before it expires (logout); expired revocations are swept.
+pub async fn logout(pool: &PgPool, claims: &crate::auth::Claims) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("delete from revoked_access_tokens where expires_at < now() - interval '1 day'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "insert into revoked_access_tokens (jti, user_id, expires_at) values ($1, $2, $3) on conflict do nothing",
+    )
+    .bind(claims.jti)
+    .bind(claims.sub)
+    .bind(chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(chrono::Utc::now))
+    .execute(&mut *tx)
+    .await?;
+    let details = serde_json::json!({"token_id": claims.jti});
+    audit::record(&mut tx, &claims.actor(), "auth.logout", "user", &claims.sub.to_string(), details).await?;
+    tx.commit().await?;
+    Ok(())
 }

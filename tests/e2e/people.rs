@@ -55,6 +55,13 @@ async fn an_admin_creates_a_user_who_logs_in_and_is_cut_off_when_disabled() -> R
     assert!(!listed.to_string().contains(&pat[pat.len() - 20..]), "the secret is never listed");
     let refused = ctrl.cli(&token, &["user", "list"])?;
     assert!(!refused.status.success(), "an auditor cannot list users");
+    // Logging out ends an access token at once.
+    let session = admin.clone().with_token(admin_token.clone());
+    let other_session = ctrl.admin().await?;
+    let short = other_session.token().context("token")?.to_string();
+    assert!(ctrl.cli(&short, &["logout"])?.status.success());
+    assert!(!ctrl.cli(&short, &["me"])?.status.success(), "a logged-out token is refused");
+    session.me().await?;
 
     json(&ctrl.cli(&admin_token, &["user", "disable", &id])?)?;
     let out = ctrl.cli(&token, &["me"])?;

@@ -363,6 +363,11 @@ impl Client {
         Ok(l.items)
     }
 
+    /// Ends this client's access token (from `login`) before it expires.
+    pub async fn logout(&self) -> Result<()> {
+        self.request(Method::POST, "/api/v1/auth/logout", Some(&serde_json::json!({})), &[]).await
+    }
+
     /// The signed-in user.
     pub async fn me(&self) -> Result<cofre_api::users::User> {
         self.get("/api/v1/me").await

@@ -91,6 +91,7 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         r(Method::GET, "/healthz", Public, get(h::healthz)),
         r(Method::GET, "/readyz", Public, get(h::readyz)),
         r(Method::POST, "/api/v1/auth/login", Public, post(h::login)),
+        g(Method::POST, "/api/v1/auth/logout", Read, post(u::logout)),
         g(Method::GET, "/api/v1/me", Read, get(u::me)),
         g(Method::GET, "/api/v1/api-tokens", Read, get(t::list)),
         g(Method::POST, "/api/v1/api-tokens", Read, post(t::create)),
@@ -252,13 +253,15 @@ async fn authorise(
 /// removed, demoted or moved users lose their old rights at once.
 async fn user_claims(state: &AppState, token: &str) -> Result<crate::auth::Claims, Error> {
     let mut claims = state.jwt.verify(token)?;
-    match crate::users::standing(&state.pool, claims.sub).await? {
+    match crate::users::standing(&state.pool, claims.sub, claims.jti).await? {
         Some((role, group)) => {
             claims.role = role;
             claims.grp = group;
             Ok(claims)
         }
-        None => Err(Error::Unauthenticated("this account is disabled or no longer exists".into())),
+        None => Err(Error::Unauthenticated(
+            "this session has ended (logged out), or the account is disabled or no longer exists".into(),
+        )),
     }
 }
 
