@@ -1,6 +1,7 @@
-//! `cofre`: script Cofre's REST API from a shell. Every command prints JSON (the compliance
-//! report also CSV). Policies as code are in `policy.rs`; audit and compliance in `reports.rs`.
+//! `cofre`: script Cofre's REST API from a shell. Every command prints JSON, or a table or CSV
+//! with `--output` (`output.rs`); exit statuses are documented in docs/cli.md. Policies as code are in `policy.rs`; audit and compliance in `reports.rs`.
 
+mod output;
 mod people;
 mod policy;
 mod reports;
@@ -23,9 +24,12 @@ struct Cli {
     /// PEM file of a private CA the controller's HTTPS certificate chains to.
     #[arg(long, global = true, env = "COFRE_CA_FILE")]
     ca_file: Option<PathBuf>,
-    /// An access token from `cofre login`.
+    /// An access token from `cofre login`, or an API token.
     #[arg(long, global = true, env = "COFRE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// How to print answers: json (for scripts), table (for people) or csv (for spreadsheets).
+    #[arg(long, short, global = true, value_enum, default_value_t = output::Output::Json)]
+    output: output::Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +42,8 @@ enum Command {
         #[arg(long, default_value = "admin")]
         username: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Who am I (the signed-in user, role and group).
     Me,
     /// End the access token in COFRE_TOKEN (from `login`) now.
@@ -233,8 +239,33 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
     n.checked_mul(mult).with_context(|| format!("{s} is too large"))
 }
 
+/// The `--output` chosen for this run.
+static OUTPUT: std::sync::OnceLock<output::Output> = std::sync::OnceLock::new();
+
 fn print<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    out(&serde_json::to_string_pretty(v)?)
+    let format = OUTPUT.get().copied().unwrap_or_default();
+    out(&output::render(&serde_json::to_value(v)?, format))
+}
+
+/// The exit status for an error (documented in docs/cli.md).
+fn exit_status(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<reports::VerificationFailed>().is_some() {
+        return 9;
+    }
+    match e.downcast_ref::<cofre_client::ClientError>() {
+        Some(cofre_client::ClientError::Api { status, .. }) => match status.as_u16() {
+            401 | 403 => 3,
+            404 => 4,
+            400 | 409 | 412 | 422 => 5,
+            429 => 6,
+            s if s >= 500 => 7,
+            _ => 1,
+        },
+        Some(cofre_client::ClientError::Transport(_)) => 7,
+        Some(cofre_client::ClientError::Timeout(_)) => 8,
+        Some(cofre_client::ClientError::Url(_)) => 2,
+        None => 1,
+    }
 }
 
 /// Writes a line to stdout; a closed pipe (`cofre … | head`) ends the program quietly instead
@@ -250,11 +281,13 @@ fn out(line: &str) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let _ = OUTPUT.set(cli.output);
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit_status(&e))
         }
     }
 }
@@ -267,6 +300,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = Client::with_ca(&cli.api_url, ca.as_deref())?;
     if let Some(t) = &cli.token {
         client = client.with_token(t.clone());
+    }
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory as _;
+        clap_complete::generate(shell, &mut Cli::command(), "cofre", &mut std::io::stdout());
+        return Ok(());
     }
     let needs_token = !matches!(cli.command, Command::Login { .. });
     if needs_token && client.token().is_none() {
@@ -380,6 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(&serde_json::json!({"id": m.id, "status": m.status}))?;
         }
         Command::Compliance(cmd) => reports::compliance(&client, cmd).await?,
+        Command::Completions { .. } => {}
         Command::Me => print(&client.me().await?)?,
         Command::Logout => client.logout().await?,
         Command::User(cmd) => people::run(&client, cmd).await?,

@@ -81,7 +81,7 @@ pub enum ComplianceCommand {
         to: NaiveDate,
         /// Where to write the pack.
         #[arg(long, short)]
-        output: std::path::PathBuf,
+        file: std::path::PathBuf,
     },
     /// Alerts raised (newest first) and their delivery to each channel.
     Alerts {
@@ -99,6 +99,11 @@ pub enum ComplianceCommand {
         to: Option<DateTime<Utc>>,
     },
 }
+
+/// `cofre audit verify` found a problem (exit status 9).
+#[derive(Debug, thiserror::Error)]
+#[error("the audit log does not verify at {0}")]
+pub struct VerificationFailed(pub String);
 
 pub async fn audit(client: &Client, cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
@@ -129,9 +134,7 @@ pub async fn audit(client: &Client, cmd: AuditCommand) -> anyhow::Result<()> {
             print(&r)?;
             match r.problem {
                 None => Ok(()),
-                Some(p) => {
-                    anyhow::bail!("the audit log does not verify at {} {}: {}", p.kind, p.seq, p.message)
-                }
+                Some(p) => Err(VerificationFailed(format!("{} {}: {}", p.kind, p.seq, p.message)).into()),
             }
         }
         AuditCommand::Checkpoints => print(&client.audit_checkpoints().await?),
@@ -150,11 +153,11 @@ pub async fn compliance(client: &Client, cmd: ComplianceCommand) -> anyhow::Resu
         }
         ComplianceCommand::Summary => print(&client.compliance_summary().await?),
         ComplianceCommand::Days { group, from, to } => print(&client.compliance_days(group, from, to).await?),
-        ComplianceCommand::Evidence { group, from, to, output } => {
+        ComplianceCommand::Evidence { group, from, to, file } => {
             let tar = client.evidence_pack(group, from, to).await?;
-            std::fs::write(&output, &tar)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
-            print(&serde_json::json!({"file": output, "bytes": tar.len()}))
+            std::fs::write(&file, &tar)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+            print(&serde_json::json!({"file": file, "bytes": tar.len()}))
         }
         ComplianceCommand::Alerts { group, since } => print(&client.alerts(group, since).await?),
         ComplianceCommand::History { machine, from, to } => {

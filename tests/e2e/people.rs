@@ -54,7 +54,7 @@ async fn an_admin_creates_a_user_who_logs_in_and_is_cut_off_when_disabled() -> R
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     assert!(!listed.to_string().contains(&pat[pat.len() - 20..]), "the secret is never listed");
     let refused = ctrl.cli(&token, &["user", "list"])?;
-    assert!(!refused.status.success(), "an auditor cannot list users");
+    assert_eq!(refused.status.code(), Some(3), "an auditor cannot list users: exit status 3");
     // Logging out ends an access token at once.
     let session = admin.clone().with_token(admin_token.clone());
     let other_session = ctrl.admin().await?;
@@ -70,6 +70,12 @@ async fn an_admin_creates_a_user_who_logs_in_and_is_cut_off_when_disabled() -> R
     assert!(err.contains("disabled"), "{err}");
     let out = ctrl.cli(&pat, &["me"])?;
     assert!(!out.status.success(), "her API token died with her account");
+    let csv = ctrl.cli(&admin_token, &["user", "list", "--output", "csv"])?;
+    let csv = String::from_utf8(csv.stdout)?;
+    assert!(csv.starts_with("id,username,"), "{csv}");
+    assert!(csv.lines().any(|l| l.contains(",maria,")), "{csv}");
+    let table = String::from_utf8(ctrl.cli(&admin_token, &["user", "list", "-o", "table"])?.stdout)?;
+    assert!(table.starts_with("ID ") && table.contains("USERNAME"), "{table}");
     let users = json(&ctrl.cli(&admin_token, &["user", "list"])?)?;
     let maria =
         users.as_array().context("array")?.iter().find(|u| u["username"] == "maria").context("listed")?;
