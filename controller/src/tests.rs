@@ -380,6 +380,9 @@ async fn every_route_enforces_its_access_level(pool: PgPool) {
             .await
             .unwrap()
             .id;
+    // Tokens that must never pass, whatever the route: expired, tampered, `alg: none`, a
+    // disabled user's, a revoked API token; and a read-only API token of an admin.
+    let (expired, tampered, alg_none, disabled, revoked, read_only) = hostile_tokens(&st).await;
     let routes = crate::api::routes();
     assert!(routes.len() >= 20, "route table looks truncated");
     // Fresh users and tokens per route: a route may end its caller's session (logout).
@@ -418,7 +421,68 @@ async fn every_route_enforces_its_access_level(pool: PgPool) {
             crate::api::Scope::FleetOnly => false,
         };
         assert_eq!(!denied.contains(&as_grouped), grouped_allowed, "{what} as a group's admin: {as_grouped}");
+        for (who, token) in [
+            ("an expired JWT", &expired),
+            ("a tampered JWT", &tampered),
+            ("an alg:none JWT", &alg_none),
+            ("a disabled user's JWT", &disabled),
+            ("a revoked API token", &revoked),
+        ] {
+            assert_eq!(
+                call(&st, &r.method, &path, Some(token)).await,
+                StatusCode::UNAUTHORIZED,
+                "{what} with {who}"
+            );
+        }
+        let as_read_only = call(&st, &r.method, &path, Some(&read_only)).await;
+        let reads = r.method == axum::http::Method::GET;
+        assert_eq!(
+            !denied.contains(&as_read_only),
+            reads,
+            "{what} with an admin's read-only API token: {as_read_only}"
+        );
     }
+}
+
+/// (expired JWT, tampered JWT, `alg: none` JWT, a disabled user's JWT, a revoked API token, an
+/// admin's read-only API token), all for real users of `st`.
+async fn hostile_tokens(st: &AppState) -> (String, String, String, String, String, String) {
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let owner = user_token(st, "hostile-owner", Role::Admin, None).await;
+    let claims = st.jwt.verify(&owner).unwrap();
+    let (header, _) = owner.split_once('.').unwrap();
+    // Expired: the same key, an `exp` long past (beyond the leeway).
+    let keys = st.jwt.clone();
+    let mut old = serde_json::to_value(&claims).unwrap();
+    old["exp"] = serde_json::json!(chrono::Utc::now().timestamp() - 3600);
+    old["iat"] = serde_json::json!(chrono::Utc::now().timestamp() - 7200);
+    let expired = keys.sign_raw(header, &b64(&old));
+    // Forged right: the same claims signed the same way verify; only the expiry fails.
+    assert!(keys.verify(&keys.sign_raw(header, &b64(&serde_json::to_value(&claims).unwrap()))).is_ok());
+    assert!(matches!(keys.verify(&expired), Err(Error::Unauthenticated(m)) if m.contains("expired")));
+    let mut parts: Vec<String> = owner.split('.').map(str::to_string).collect();
+    let sig = parts[2].clone();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    parts[2] = format!("{flipped}{}", &sig[1..]);
+    let tampered = parts.join(".");
+    let none_header = b64(&serde_json::json!({"alg": "none", "typ": "JWT"}));
+    let alg_none = format!("{none_header}.{}.", b64(&serde_json::to_value(&claims).unwrap()));
+    let disabled = user_token(st, "hostile-disabled", Role::Admin, None).await;
+    let disabled_id = st.jwt.verify(&disabled).unwrap().sub;
+    sqlx::query("update users set disabled_at = now() where id = $1")
+        .bind(disabled_id)
+        .execute(&st.pool)
+        .await
+        .unwrap();
+    let (_, t) = call_json(st, "POST", "/api/v1/api-tokens", &owner, r#"{"name":"to revoke"}"#).await;
+    let revoked = t["token"].as_str().unwrap().to_string();
+    let id = t["api_token"]["id"].as_str().unwrap();
+    call_json(st, "DELETE", &format!("/api/v1/api-tokens/{id}"), &owner, "").await;
+    let (_, t) =
+        call_json(st, "POST", "/api/v1/api-tokens", &owner, r#"{"name":"reader","read_only":true}"#).await;
+    let read_only = t["token"].as_str().unwrap().to_string();
+    (expired, tampered, alg_none, disabled, revoked, read_only)
 }
 
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
