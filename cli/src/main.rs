@@ -1,6 +1,7 @@
 //! `cofre`: script Cofre's REST API from a shell. Every command prints JSON, or a table or CSV
 //! with `--output` (`output.rs`); exit statuses are documented in docs/cli.md. Policies as code are in `policy.rs`; audit and compliance in `reports.rs`.
 
+mod apply;
 mod output;
 mod people;
 mod policy;
@@ -41,6 +42,19 @@ enum Command {
     Login {
         #[arg(long, default_value = "admin")]
         username: String,
+    },
+    /// Groups, repositories, policies and assignments as code: make the controller match a
+    /// TOML file (idempotent). Prints the plan.
+    Apply {
+        /// The fleet file.
+        #[arg(long, short)]
+        file: PathBuf,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove assignments the file does not list.
+        #[arg(long)]
+        prune: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -419,6 +433,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Compliance(cmd) => reports::compliance(&client, cmd).await?,
         Command::Completions { .. } => {}
+        Command::Apply { file, dry_run, prune } => print(&apply::run(&client, &file, dry_run, prune).await?)?,
         Command::Me => print(&client.me().await?)?,
         Command::Logout => client.logout().await?,
         Command::User(cmd) => people::run(&client, cmd).await?,

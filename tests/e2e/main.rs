@@ -4,6 +4,7 @@ mod harness;
 
 mod agent_process;
 mod alerts;
+mod apply;
 mod audit;
 mod environment;
 mod foundation;

@@ -156,6 +156,16 @@ impl Client {
         self.post("/api/v1/groups", &serde_json::json!({ "name": name })).await
     }
 
+    pub async fn list_groups(&self) -> Result<Vec<Group>> {
+        let l: Items<Group> = self.get("/api/v1/groups").await?;
+        Ok(l.items)
+    }
+
+    pub async fn list_repositories(&self) -> Result<Vec<Repository>> {
+        let l: Items<Repository> = self.get("/api/v1/repositories").await?;
+        Ok(l.items)
+    }
+
     pub async fn create_repository(&self, req: &NewRepository) -> Result<Repository> {
         self.post("/api/v1/repositories", req).await
     }

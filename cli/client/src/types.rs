@@ -100,6 +100,8 @@ pub struct Repository {
 }
 
 /// What a policy says: the same type the controller validates and stores (`cofre-policy`).
+/// The field-level difference between two specs (as JSON), as `cofre apply` shows it.
+pub use cofre_policy::spec::diff as spec_diff;
 pub use cofre_policy::spec::{
     Change, HookSpec, Hooks, MaintenanceSpec, OnFailure, PolicySpec, RetentionSpec, ScheduleSpec, WindowSpec,
 };
