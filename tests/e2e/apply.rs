@@ -116,6 +116,21 @@ async fn a_fleet_file_is_applied_idempotently_and_never_prunes_unasked() -> Resu
     assert_eq!(admin.list_assignments(policy.id).await?.len(), 1);
     assert!(apply(&["--prune"])?.iter().all(|s| s["action"] == "unchanged"));
 
+    // The storage password went in sealed: it is in no API answer, no log line, no dump.
+    let answers = format!(
+        "{:?}{:?}{:?}",
+        admin.list_repositories().await?,
+        admin.get_repository(repo[0].id).await?,
+        admin.audit_events(&cofre_client::AuditFilter::default()).await?
+    );
+    let dump = pg.dump(&ctrl.db.name)?;
+    assert!(dump.contains("sealed_password"), "the dump holds the repositories table");
+    for (place, text) in
+        [("an API answer", &answers), ("the controller log", &ctrl.log()), ("pg_dump", &dump)]
+    {
+        assert!(!text.contains(PASSWORD), "the storage password leaked into {place}");
+    }
+
     // Secrets inline are refused before anything is done.
     std::fs::write(
         &file,

@@ -161,6 +161,10 @@ impl Client {
         Ok(l.items)
     }
 
+    pub async fn get_repository(&self, id: Uuid) -> Result<Repository> {
+        self.get(&format!("/api/v1/repositories/{id}")).await
+    }
+
     pub async fn list_repositories(&self) -> Result<Vec<Repository>> {
         let l: Items<Repository> = self.get("/api/v1/repositories").await?;
         Ok(l.items)

@@ -152,6 +152,22 @@ impl PgCluster {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
+    /// `pg_dump` of database `db` as the superuser (plain SQL), for tests that search it.
+    pub fn dump(&self, db: &str) -> Result<String> {
+        let output = Command::new(pg_bin("pg_dump")?)
+            .args(["-U", "postgres", "--no-owner"])
+            .arg("-h")
+            .arg(self.dir.path())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(db)
+            .env_remove("PGPASSWORD")
+            .output()
+            .context("running pg_dump")?;
+        check_output(&output).with_context(|| format!("pg_dump {db}"))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Creates database `name` owned by a new login role `<name>_owner` (CREATEROLE, so
     /// migrations may create [`APP_GROUP_ROLE`]) and a login role `<name>_app` that is a member
     /// of [`APP_GROUP_ROLE`] (created NOLOGIN if missing), the way production is set up.
