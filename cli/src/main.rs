@@ -164,8 +164,24 @@ enum Command {
         #[arg(long)]
         wait: Option<u64>,
     },
-    /// List a machine's jobs (its backups and its repository's maintenance).
-    Jobs { machine: Uuid },
+    /// List jobs, newest first: a machine's (its backups and its repository's maintenance), or
+    /// every job you may see, filtered.
+    Jobs {
+        machine: Option<Uuid>,
+        #[arg(long)]
+        policy: Option<Uuid>,
+        /// backup, forget, prune or check.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        /// Created at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Created before (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// The controller's maintenance: restic repositories, forget/prune/check jobs, run now.
     #[command(subcommand)]
     Maintenance(MaintenanceCommand),
@@ -470,8 +486,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             print_job(&j)?;
         }
-        Command::Jobs { machine } => {
-            for j in client.list_jobs(machine).await? {
+        Command::Jobs { machine, policy, kind, state, from, to } => {
+            let filter = cofre_client::JobFilter { machine, policy, kind, state, from, to };
+            for j in client.list_all_jobs(&filter).await? {
                 print_job(&j)?;
             }
         }

@@ -980,3 +980,53 @@ async fn logout_ends_the_token_at_once(pool: PgPool) {
         StatusCode::UNPROCESSABLE_ENTITY
     );
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn jobs_are_listed_fleet_wide_with_filters_and_pages(pool: PgPool) {
+    let st = state(pool).await;
+    let (g1, m1) = machine_in_new_group(&st, "obras").await;
+    let (_, m2) = machine_in_new_group(&st, "saude").await;
+    let repo = test_repository(&st).await;
+    let p1 =
+        assigned_policy(&st, cofre_policy::spec::PolicySpec::new("p1", repo, vec!["/a".into()]), m1).await;
+    let p2 =
+        assigned_policy(&st, cofre_policy::spec::PolicySpec::new("p2", repo, vec!["/b".into()]), m2).await;
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(3);
+    for (i, (m, p)) in [(m1, p1), (m1, p1), (m2, p2)].into_iter().enumerate() {
+        sqlx::query(
+            "insert into jobs (id, machine_id, policy_id, kind, trigger, state, created_at)
+             values ($1, $2, $3, 'backup', 'schedule', 'succeeded', $4)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(m)
+        .bind(p)
+        .bind(t0 + chrono::Duration::hours(i64::try_from(i).unwrap()))
+        .execute(&st.pool)
+        .await
+        .unwrap();
+    }
+    let admin = user_token(&st, "admin2", Role::Admin, None).await;
+    let count = |v: &serde_json::Value| v["items"].as_array().map_or(0, Vec::len);
+    assert_eq!(count(&call_json(&st, "GET", "/api/v1/jobs", &admin, "").await.1), 3);
+    assert_eq!(count(&call_json(&st, "GET", &format!("/api/v1/jobs?policy={p2}"), &admin, "").await.1), 1);
+    let from = (t0 + chrono::Duration::minutes(30)).to_rfc3339().replace('+', "%2B");
+    assert_eq!(count(&call_json(&st, "GET", &format!("/api/v1/jobs?from={from}"), &admin, "").await.1), 2);
+    let (_, page) = call_json(&st, "GET", "/api/v1/jobs?limit=2", &admin, "").await;
+    assert_eq!(count(&page), 2);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    assert_eq!(
+        count(&call_json(&st, "GET", &format!("/api/v1/jobs?limit=2&cursor={cursor}"), &admin, "").await.1),
+        1
+    );
+    // A user limited to obras sees obras' jobs only, and another group's machine is not there.
+    let op = user_token(&st, "op-obras", Role::Operator, Some(g1)).await;
+    assert_eq!(count(&call_json(&st, "GET", "/api/v1/jobs", &op, "").await.1), 2);
+    assert_eq!(
+        call_json(&st, "GET", &format!("/api/v1/jobs?machine={m2}"), &op, "").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call_json(&st, "GET", "/api/v1/jobs?kind=nonsense", &admin, "").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}

@@ -441,6 +441,30 @@ impl Client {
         self.request::<(), _>(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None, &[]).await
     }
 
+    /// Every job the caller may see matching `f`, newest first (all pages).
+    pub async fn list_all_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let q = [
+                ("machine", f.machine.map(|m| m.to_string())),
+                ("policy", f.policy.map(|p| p.to_string())),
+                ("kind", f.kind.clone()),
+                ("state", f.state.clone()),
+                ("from", f.from.map(|t| t.to_rfc3339())),
+                ("to", f.to.map(|t| t.to_rfc3339())),
+                ("limit", Some("500".to_string())),
+                ("cursor", cursor.clone()),
+            ];
+            let page: Page<Job> = self.get_query("/api/v1/jobs", &q).await?;
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Decommissions a machine: it keeps its repository and snapshots, stops its schedules and
     /// loses its certificates; it leaves the compliance reports.
     pub async fn decommission_machine(&self, id: Uuid) -> Result<Machine> {

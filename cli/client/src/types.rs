@@ -289,3 +289,14 @@ pub struct AuditFilter {
     pub cursor: Option<String>,
     pub limit: Option<u32>,
 }
+
+/// Filters for [`crate::Client::list_all_jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub machine: Option<Uuid>,
+    pub policy: Option<Uuid>,
+    pub kind: Option<String>,
+    pub state: Option<String>,
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+}

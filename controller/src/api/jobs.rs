@@ -41,6 +41,43 @@ pub async fn list_jobs(
     Ok(axum::Json(jobs::list(&st.pool, filter, before, limit(q.limit)?).await?).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllJobsQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    machine: Option<uuid::Uuid>,
+    policy: Option<uuid::Uuid>,
+    kind: Option<String>,
+    state: Option<String>,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Every job the caller may see (a group's machines for a group-limited user), newest first,
+/// filtered by machine, policy, kind, state and creation time; cursor-paginated.
+pub async fn list_all_jobs(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Query(q): Query<AllJobsQuery>,
+) -> Result<Response> {
+    if let Some(m) = q.machine {
+        machine_in_scope(&st, &c, m).await?;
+    }
+    let before = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
+    let filter = jobs::Filter {
+        machine: q.machine,
+        policy: q.policy,
+        kind: q.kind.as_deref(),
+        state: q.state.as_deref(),
+        group: c.grp,
+        from: q.from,
+        to: q.to,
+        ..Default::default()
+    };
+    Ok(axum::Json(jobs::list(&st.pool, filter, before, limit(q.limit)?).await?).into_response())
+}
+
 pub async fn run_now(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,

@@ -150,6 +150,7 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         g(Method::GET, "/api/v1/machines/{id}/jobs", Read, get(j::list_jobs)),
         g(Method::POST, "/api/v1/machines/{id}/jobs", Operate, post(j::run_now)),
         g(Method::GET, "/api/v1/machines/{id}/snapshots", Read, get(j::list_snapshots)),
+        g(Method::GET, "/api/v1/jobs", Read, get(j::list_all_jobs)),
         g(Method::GET, "/api/v1/jobs/{id}", Read, get(j::get_job)),
         g(Method::POST, "/api/v1/jobs/{id}/cancel", Operate, post(j::cancel_job)),
         f(Method::GET, "/api/v1/audit/events", Read, get(a::list_events)),

@@ -147,6 +147,11 @@ pub struct Filter<'a> {
     pub machine: Option<Uuid>,
     /// Only jobs of this group's machines.
     pub group: Option<Uuid>,
+    pub policy: Option<Uuid>,
+    /// Created at or after.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Created before.
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Jobs newest first, `limit` per page, before the cursor job `before`.
@@ -174,6 +179,8 @@ pub async fn list(
         "{SELECT} where ($1::uuid is null or j.machine_id = $1) and ($2::uuid is null or j.id < $2)
            and (not $3 or j.kind <> 'backup') and ($4::text is null or j.kind = $4) and ($5::text is null or j.state = $5)
            and ($7::uuid is null or j.machine_id in (select id from machines where group_id = $7))
+           and ($8::uuid is null or j.policy_id = $8)
+           and ($9::timestamptz is null or j.created_at >= $9) and ($10::timestamptz is null or j.created_at < $10)
          order by j.id desc limit $6"
     )))
     .bind(f.machine)
@@ -183,6 +190,9 @@ pub async fn list(
     .bind(f.state)
     .bind(i64::try_from(limit + 1).unwrap_or(101))
     .bind(f.group)
+    .bind(f.policy)
+    .bind(f.from)
+    .bind(f.to)
     .fetch_all(pool)
     .await?;
     Ok(crate::machines::page(items, limit, |j| j.id))
