@@ -32,3 +32,6 @@ create table revoked_access_tokens (
     revoked_at  timestamptz not null default now()
 );
 grant select, insert, delete on revoked_access_tokens to cofre_app;
+
+-- A name people give a machine (its hostname is what the agent reports).
+alter table machines add column display_name text check (length(display_name) between 1 and 100);

@@ -36,7 +36,7 @@ pub struct NewUser {
 pub struct UpdateUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    #[serde(default, with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "crate::double_option", skip_serializing_if = "Option::is_none")]
     pub group_id: Option<Option<Uuid>>,
 }
 
@@ -54,24 +54,6 @@ pub struct UserWithPassword {
     pub user: User,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generated_password: Option<String>,
-}
-
-/// Tells an absent field (no change) from `null` (clear it).
-mod double_option {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(inner) => inner.serialize(s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-        d: D,
-    ) -> Result<Option<Option<T>>, D::Error> {
-        Option::<T>::deserialize(d).map(Some)
-    }
 }
 
 /// An API token for scripts (its secret is shown only when created).

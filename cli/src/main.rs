@@ -136,6 +136,17 @@ enum Command {
     Approve { machine: Uuid },
     /// Revoke a machine: its certificates stop working at once.
     Revoke { machine: Uuid },
+    /// Rename a machine (for people) or move it to another group.
+    MachineUpdate {
+        machine: Uuid,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "no_group")]
+        group: Option<Uuid>,
+        /// Take it out of any group.
+        #[arg(long)]
+        no_group: bool,
+    },
     /// Decommission a machine: its certificates stop working and its schedules stop; its
     /// repository and snapshots are kept; it leaves the compliance reports.
     Decommission { machine: Uuid },
@@ -442,6 +453,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke { machine } => {
             let m = client.revoke_machine(machine).await?;
             print(&serde_json::json!({"id": m.id, "status": m.status}))?;
+        }
+        Command::MachineUpdate { machine, name, group, no_group } => {
+            let group_id = if no_group { Some(None) } else { group.map(Some) };
+            let req =
+                cofre_client::cofre_api::machines::UpdateMachine { display_name: name.map(Some), group_id };
+            print(&client.update_machine(machine, &req).await?)?;
         }
         Command::Decommission { machine } => {
             let m = client.decommission_machine(machine).await?;

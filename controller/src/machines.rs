@@ -16,6 +16,8 @@ use crate::events::{self, Event};
 pub struct Machine {
     pub id: Uuid,
     pub hostname: String,
+    /// A name people gave it (the hostname is what the agent reports).
+    pub display_name: Option<String>,
     pub os: String,
     pub arch: String,
     pub agent_version: String,
@@ -37,7 +39,7 @@ pub struct Machine {
 }
 
 const SELECT: &str = "
-select m.id, m.hostname, m.os, m.arch, m.agent_version, m.group_id, g.name as group_name, m.status,
+select m.id, m.hostname, m.display_name, m.os, m.arch, m.agent_version, m.group_id, g.name as group_name, m.status,
        m.enrolled_at, m.approved_at, m.revoked_at, m.last_seen_at, m.plan_version, m.storage_quota_bytes,
        (select max(r.finished_at) from job_results r join jobs j on j.id = r.job_id
          where j.machine_id = m.id and j.kind = 'backup' and r.outcome in ('succeeded', 'warning')) as last_backup_at,
@@ -134,6 +136,65 @@ pub async fn approve(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> 
 }
 
 /// Revokes the machine and all its certificates; its open session closes within a second.
+/// Renames a machine (for people) or moves it to another group; its new group's policies and
+/// store access follow at once. A user limited to a group may not move a machine out of it.
+pub async fn update(
+    pool: &PgPool,
+    actor: &Actor,
+    id: Uuid,
+    req: cofre_api::machines::UpdateMachine,
+    caller_group: Option<Uuid>,
+) -> Result<Machine> {
+    let before = get(pool, id).await?;
+    let mut problems = Vec::new();
+    if let Some(Some(name)) = &req.display_name
+        && (name.trim().is_empty() || name.chars().count() > 100)
+    {
+        problems.push(crate::error::FieldError::new("display_name", "1 to 100 characters"));
+    }
+    if let Some(group) = req.group_id {
+        if caller_group.is_some() && group != caller_group {
+            problems.push(crate::error::FieldError::new(
+                "group_id",
+                "you may not move a machine out of your group",
+            ));
+        }
+        if let Some(g) = group {
+            let exists: bool = sqlx::query_scalar("select exists (select 1 from groups where id = $1)")
+                .bind(g)
+                .fetch_one(pool)
+                .await?;
+            if !exists {
+                problems.push(crate::error::FieldError::new("group_id", "no such group"));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::fields(problems));
+    }
+    let name = req.display_name.clone().unwrap_or(before.display_name.clone());
+    let group = req.group_id.unwrap_or(before.group_id);
+    let mut tx = pool.begin().await?;
+    sqlx::query("update machines set display_name = $2, group_id = $3 where id = $1")
+        .bind(id)
+        .bind(name.as_deref().map(str::trim))
+        .bind(group)
+        .execute(&mut *tx)
+        .await?;
+    let details = serde_json::json!({
+        "display_name": {"from": before.display_name, "to": name},
+        "group_id": {"from": before.group_id, "to": group},
+    });
+    audit::record(&mut tx, actor, "machine.update", "machine", &id.to_string(), details).await?;
+    if group != before.group_id {
+        events::notify(&mut tx, &Event::plans_for(vec![id])).await?;
+        events::notify(&mut tx, &Event::Provision).await?;
+        events::notify(&mut tx, &Event::Stores).await?;
+    }
+    tx.commit().await?;
+    get(pool, id).await
+}
+
 pub async fn revoke(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> {
     retire(pool, actor, id, Retire::Revoke).await
 }

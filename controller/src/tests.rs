@@ -1030,3 +1030,58 @@ async fn jobs_are_listed_fleet_wide_with_filters_and_pages(pool: PgPool) {
         StatusCode::UNPROCESSABLE_ENTITY
     );
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn a_machine_moved_to_another_group_takes_that_groups_policies(pool: PgPool) {
+    let st = state(pool).await;
+    let (obras, m) = machine_in_new_group(&st, "obras").await;
+    let (saude, _) = machine_in_new_group(&st, "saude").await;
+    let repo = test_repository(&st).await;
+    let policy = crate::policies::create(
+        &st.pool,
+        &Actor::System,
+        cofre_policy::spec::PolicySpec::new("saude-policy", repo, vec!["/srv".into()]),
+        crate::policies::HookRights::Allowed,
+    )
+    .await
+    .unwrap();
+    crate::policies::assign(
+        &st.pool,
+        &Actor::System,
+        policy.id,
+        crate::policies::NewAssignment { machine_id: None, group_id: Some(saude) },
+    )
+    .await
+    .unwrap();
+    initialise_repositories(&st).await;
+    let plan = |st: AppState| async move {
+        crate::plans::compute(&st.pool, &st.master, &st.ca.cert_pem, m).await.unwrap()
+    };
+    assert!(plan(st.clone()).await.policies.is_empty());
+
+    let admin = user_token(&st, "admin3", Role::Admin, None).await;
+    let obras_admin = user_token(&st, "obras-admin", Role::Admin, Some(obras)).await;
+    let path = format!("/api/v1/machines/{m}");
+    // A group's admin may rename its machine but not move it out of the group.
+    let (s, body) = call_json(&st, "PUT", &path, &obras_admin, r#"{"display_name":"Recepção"}"#).await;
+    assert_eq!((s, body["display_name"].as_str()), (StatusCode::OK, Some("Recepção")));
+    let out = format!(r#"{{"group_id":"{saude}"}}"#);
+    let (s, body) = call_json(&st, "PUT", &path, &obras_admin, &out).await;
+    assert_eq!(
+        (s, body["errors"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("group_id"))
+    );
+    // A fleet admin moves it: saude's policy reaches it, obras no longer sees it.
+    let (s, body) = call_json(&st, "PUT", &path, &admin, &out).await;
+    assert_eq!((s, body["group_name"].as_str()), (StatusCode::OK, Some("saude")));
+    initialise_repositories(&st).await;
+    let p = plan(st.clone()).await;
+    assert_eq!(p.policies.len(), 1, "{p:?}");
+    assert_eq!(call_json(&st, "GET", &path, &obras_admin, "").await.0, StatusCode::NOT_FOUND);
+    let audited: i64 =
+        sqlx::query_scalar("select count(*) from audit_events where action = 'machine.update'")
+            .fetch_one(&st.pool)
+            .await
+            .unwrap();
+    assert_eq!(audited, 2);
+}

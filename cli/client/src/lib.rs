@@ -465,6 +465,15 @@ impl Client {
         }
     }
 
+    /// Renames a machine or moves it to another group.
+    pub async fn update_machine(
+        &self,
+        id: Uuid,
+        req: &cofre_api::machines::UpdateMachine,
+    ) -> Result<Machine> {
+        self.request(Method::PUT, &format!("/api/v1/machines/{id}"), Some(req), &[]).await
+    }
+
     /// Decommissions a machine: it keeps its repository and snapshots, stops its schedules and
     /// loses its certificates; it leaves the compliance reports.
     pub async fn decommission_machine(&self, id: Uuid) -> Result<Machine> {

@@ -167,10 +167,12 @@ pub struct Assignment {
     pub group_id: Option<Uuid>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Machine {
     pub id: Uuid,
     pub hostname: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
     pub os: String,
     pub agent_version: String,
     pub group_id: Option<Uuid>,

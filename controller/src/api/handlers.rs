@@ -174,3 +174,13 @@ pub async fn revoke_machine(
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
     Ok(axum::Json(machines::revoke(&st.pool, &c.actor(), m.id).await?).into_response())
 }
+
+pub async fn update_machine(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    Json(req): Json<cofre_api::machines::UpdateMachine>,
+) -> Result<Response> {
+    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
+    Ok(axum::Json(machines::update(&st.pool, &c.actor(), m.id, req, c.grp).await?).into_response())
+}

@@ -137,6 +137,7 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         g(Method::GET, "/api/v1/plans/stale", Read, get(p::stale_plans)),
         g(Method::GET, "/api/v1/machines", Read, get(h::list_machines)),
         g(Method::GET, "/api/v1/machines/{id}", Read, get(h::get_machine)),
+        g(Method::PUT, "/api/v1/machines/{id}", Admin, put(h::update_machine)),
         g(Method::POST, "/api/v1/machines/{id}/approve", Operate, post(h::approve_machine)),
         g(Method::POST, "/api/v1/machines/{id}/revoke", Admin, post(h::revoke_machine)),
         g(Method::POST, "/api/v1/machines/{id}/decommission", Admin, post(c::decommission)),
