@@ -515,6 +515,19 @@ async fn hostile_payloads_get_problem_json(pool: PgPool) {
     let nothing: i64 =
         sqlx::query_scalar("select count(*) from repositories").fetch_one(&st.pool).await.unwrap();
     assert_eq!(nothing, 0);
+    // Malformed query strings are problem+json too.
+    for uri in
+        ["/api/v1/jobs?limit=many", "/api/v1/audit/events?from=yesterday", "/api/v1/compliance?unknown=1"]
+    {
+        let req = Request::builder()
+            .uri(uri)
+            .header("authorization", format!("Bearer {admin}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json", "{uri}");
+    }
 }
 
 pub(crate) async fn call_json(

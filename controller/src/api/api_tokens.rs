@@ -2,13 +2,13 @@
 //! revoke everyone's.
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Json;
 use super::handlers::{created, id};
+use super::{Json, Query};
 use crate::api_tokens;
 use crate::auth::Claims;
 use crate::error::Result;

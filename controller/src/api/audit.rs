@@ -1,10 +1,11 @@
 //! Audit routes (fleet-wide users only): read the log, verify it, list and make signed
 //! checkpoints. The audit public key comes as PEM so `openssl` can check a checkpoint alone.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use cofre_api::audit::{Checkpoints, MadeCheckpoint};
 
+use super::Query;
 use crate::audit::{self, checkpoints};
 use crate::error::Result;
 use crate::state::AppState;

@@ -2,7 +2,7 @@
 //! machine's history, evidence packs, alerts, and decommissioning. Users limited to a group see their group only.
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::Query;
 use super::handlers::{id, machine_in_scope};
 use crate::auth::Claims;
 use crate::compliance;

@@ -2,14 +2,14 @@
 //! route table's middleware; handlers receive the caller's claims.
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::Json;
+use super::{Json, Query};
 use crate::auth::Claims;
 use crate::error::{Error, Result};
 use crate::state::AppState;

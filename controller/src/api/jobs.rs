@@ -2,14 +2,14 @@
 //! maintenance (restic repositories, maintenance jobs, run maintenance now).
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Json;
 use super::handlers::{id, limit, machine_in_scope};
+use super::{Json, Query};
 use crate::auth::Claims;
 use crate::error::{Error, Result};
 use crate::state::AppState;

@@ -267,6 +267,27 @@ async fn user_claims(state: &AppState, token: &str) -> Result<crate::auth::Claim
     }
 }
 
+/// Query-string extractor whose rejections are problem+json (400) like every other error.
+pub struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(rej) => Err(error::problem(StatusCode::BAD_REQUEST, rej.body_text(), &[])),
+        }
+    }
+}
+
 /// JSON body extractor whose rejections are problem+json like every other error.
 pub struct Json<T>(pub T);
 

@@ -2,14 +2,14 @@
 //! on edits, versions and their differences, assignments, and which machines run a stale plan.
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Json;
 use super::handlers::{created, id};
+use super::{Json, Query};
 use crate::auth::{Claims, Role};
 use crate::error::{Error, Result};
 use crate::policies::{self, HookRights};
