@@ -202,6 +202,31 @@ async fn backup_through_the_controller_is_restorable_with_restic() -> Result<()>
     let m = f.admin.get_machine(p.machine).await?;
     assert_eq!(m.last_result.as_deref(), Some("succeeded"));
     assert!(m.last_backup_at.is_some() && m.last_seen_at.is_some());
+
+    // Secrets never leak: the restic repository password and the storage password are in no
+    // API answer, no controller or agent log line, and no pg_dump (they are sealed).
+    let secrets = [plan.repositories[0].repository_password.clone(), f.rest.password().to_string()];
+    let answers = format!(
+        "{:?}{:?}{:?}{:?}{:?}",
+        f.admin.list_repositories().await?,
+        f.admin.list_jobs(p.machine).await?,
+        f.admin.list_restic_repositories(None).await?,
+        f.admin.audit_events(&cofre_client::AuditFilter { limit: Some(1000), ..Default::default() }).await?,
+        f.admin.compliance(None, None).await?,
+    );
+    let dump = f._pg.dump(&f.ctrl.db.name)?;
+    assert!(dump.contains("sealed_repository_password"), "the dump holds the restic repositories");
+    for secret in &secrets {
+        assert!(secret.len() >= 16, "a real secret");
+        for (place, text) in [
+            ("an API answer", &answers),
+            ("the controller log", &f.ctrl.log()),
+            ("the agent log", &p.agent.log()),
+            ("pg_dump", &dump),
+        ] {
+            assert!(!text.contains(secret.as_str()), "a secret leaked into {place}");
+        }
+    }
     Ok(())
 }
 
