@@ -56,3 +56,11 @@ pub async fn create(pool: &PgPool, actor: &Actor, req: NewGroup) -> Result<Group
 pub async fn list(pool: &PgPool) -> Result<Vec<Group>> {
     Ok(sqlx::query_as("select id, name, created_at from groups order by name").fetch_all(pool).await?)
 }
+
+/// Whether group `id` exists.
+pub async fn exists(pool: &PgPool, id: Uuid) -> Result<bool> {
+    Ok(sqlx::query_scalar("select exists (select 1 from groups where id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await?)
+}

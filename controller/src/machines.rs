@@ -159,14 +159,10 @@ pub async fn update(
                 "you may not move a machine out of your group",
             ));
         }
-        if let Some(g) = group {
-            let exists: bool = sqlx::query_scalar("select exists (select 1 from groups where id = $1)")
-                .bind(g)
-                .fetch_one(pool)
-                .await?;
-            if !exists {
-                problems.push(crate::error::FieldError::new("group_id", "no such group"));
-            }
+        if let Some(g) = group
+            && !crate::groups::exists(pool, g).await?
+        {
+            problems.push(crate::error::FieldError::new("group_id", "no such group"));
         }
     }
     if !problems.is_empty() {

@@ -74,16 +74,24 @@ fn check_password(p: &str, problems: &mut Vec<FieldError>) {
 }
 
 async fn check_group(pool: &PgPool, group: Option<Uuid>, problems: &mut Vec<FieldError>) -> Result<()> {
-    if let Some(g) = group {
-        let exists: bool = sqlx::query_scalar("select exists (select 1 from groups where id = $1)")
-            .bind(g)
-            .fetch_one(pool)
-            .await?;
-        if !exists {
-            problems.push(FieldError::new("group_id", "no such group"));
-        }
+    if let Some(g) = group
+        && !crate::groups::exists(pool, g).await?
+    {
+        problems.push(FieldError::new("group_id", "no such group"));
     }
     Ok(())
+}
+
+/// The hash of the given password, or of a generated one (returned, to be shown once).
+async fn hashed(given: Option<String>) -> Result<(String, Option<String>)> {
+    let (password, generated) = match given {
+        Some(p) => (p, None),
+        None => {
+            let p = crate::auth::generate_password();
+            (p.clone(), Some(p))
+        }
+    };
+    Ok((crate::auth::hash_off_the_runtime(password).await?, generated))
 }
 
 pub async fn create(pool: &PgPool, actor: &Actor, req: NewUser) -> Result<UserWithPassword> {
@@ -105,14 +113,7 @@ pub async fn create(pool: &PgPool, actor: &Actor, req: NewUser) -> Result<UserWi
     if !problems.is_empty() {
         return Err(Error::fields(problems));
     }
-    let (password, generated) = match req.password {
-        Some(p) => (p, None),
-        None => {
-            let p = crate::auth::generate_password();
-            (p.clone(), Some(p))
-        }
-    };
-    let hash = crate::auth::hash_off_the_runtime(password).await?;
+    let (hash, generated) = hashed(req.password).await?;
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
     sqlx::query(
@@ -226,14 +227,7 @@ pub async fn reset_password(
         return Err(Error::fields(problems));
     }
     let u = get(pool, id).await?;
-    let (password, generated) = match req.password {
-        Some(p) => (p, None),
-        None => {
-            let p = crate::auth::generate_password();
-            (p.clone(), Some(p))
-        }
-    };
-    let hash = crate::auth::hash_off_the_runtime(password).await?;
+    let (hash, generated) = hashed(req.password).await?;
     let mut tx = pool.begin().await?;
     sqlx::query("update users set password_hash = $2, updated_at = now() where id = $1")
         .bind(id)
