@@ -391,6 +391,7 @@ async fn every_route_enforces_its_access_level(pool: PgPool) {
         let auditor = user_token(&st, &format!("u{i}"), Role::Auditor, None).await;
         let operator = user_token(&st, &format!("o{i}"), Role::Operator, None).await;
         let grouped = user_token(&st, &format!("g{i}"), Role::Admin, Some(some_group)).await;
+        let grouped_operator = user_token(&st, &format!("go{i}"), Role::Operator, Some(some_group)).await;
         let path = r
             .path
             .replace("{id}", &Uuid::now_v7().to_string())
@@ -421,6 +422,13 @@ async fn every_route_enforces_its_access_level(pool: PgPool) {
             crate::api::Scope::FleetOnly => false,
         };
         assert_eq!(!denied.contains(&as_grouped), grouped_allowed, "{what} as a group's admin: {as_grouped}");
+        // An operator of another group: both limits at once.
+        let as_grouped_operator = call(&st, &r.method, &path, Some(&grouped_operator)).await;
+        assert_eq!(
+            !denied.contains(&as_grouped_operator),
+            grouped_allowed && operator_allowed,
+            "{what} as another group's operator: {as_grouped_operator}"
+        );
         for (who, token) in [
             ("an expired JWT", &expired),
             ("a tampered JWT", &tampered),
