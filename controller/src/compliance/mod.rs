@@ -1,6 +1,6 @@
 //! Compliance: which machines are protected, which are not, why and since when.
 //!
-//! `rules.rs` judges one machine from facts (pure); this module gathers the facts for any number
+//! `rules/` judges one machine from facts (pure); this module gathers the facts for any number
 //! of machines in two queries (plus the plans, for the plan-currency rule), rolls results up per
 //! group and fleet-wide, and writes the CSV report. `history.rs` records the insert-only history
 //! (on every change, and one row per machine and day) from exactly one replica.
