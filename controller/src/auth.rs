@@ -59,6 +59,10 @@ pub struct Claims {
     /// Only reads (an API token made read-only); never in a JWT Cofre issues.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ro: bool,
+    /// These claims come from an API token (`jti` is its id), not from a login: set by
+    /// `api_tokens::authenticate`, never read from a JWT.
+    #[serde(skip)]
+    pub api_token: bool,
 }
 
 impl Claims {
@@ -107,6 +111,7 @@ impl JwtKeys {
             jti: Uuid::new_v4(),
             grp: group,
             ro: false,
+            api_token: false,
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());

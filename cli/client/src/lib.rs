@@ -37,6 +37,16 @@ impl ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// An error answer: its problem details, or the plain text when it has none.
+fn api_error(status: StatusCode, text: String) -> ClientError {
+    let p: Problem = serde_json::from_str(&text).unwrap_or(Problem {
+        title: status.canonical_reason().unwrap_or("error").into(),
+        detail: text,
+        errors: Vec::new(),
+    });
+    ClientError::Api { status, title: p.title, detail: p.detail, errors: p.errors }
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     base: url::Url,
@@ -131,17 +141,26 @@ impl Client {
             }
             return Ok(resp.json().await?);
         }
-        let text = resp.text().await.unwrap_or_default();
-        let p: Problem = serde_json::from_str(&text).unwrap_or(Problem {
-            title: status.canonical_reason().unwrap_or("error").into(),
-            detail: text,
-            errors: Vec::new(),
-        });
-        Err(ClientError::Api { status, title: p.title, detail: p.detail, errors: p.errors })
+        Err(api_error(status, resp.text().await.unwrap_or_default()))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.request::<(), T>(Method::GET, path, None, &[]).await
+    }
+
+    /// A GET whose answer is not JSON (CSV, a tar file): its bytes. Errors are read as for
+    /// every other request.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let mut rb = self.http.get(self.base.join(path)?);
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        let resp = rb.send().await?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(api_error(status, resp.text().await.unwrap_or_default()));
+        }
+        Ok(resp.bytes().await?.to_vec())
     }
 
     pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
@@ -298,17 +317,8 @@ impl Client {
         let mut q = vec!["format=csv".to_string()];
         q.extend(group.map(|g| format!("group={g}")));
         q.extend(status.map(|s| format!("status={s}")));
-        let (code, body) =
-            self.raw(Method::GET, &format!("/api/v1/compliance?{}", q.join("&")), None).await?;
-        if !code.is_success() {
-            return Err(ClientError::Api {
-                status: code,
-                title: "error".into(),
-                detail: body,
-                errors: Vec::new(),
-            });
-        }
-        Ok(body)
+        let bytes = self.get_bytes(&format!("/api/v1/compliance?{}", q.join("&"))).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Roll-ups per group and for the fleet.
@@ -353,17 +363,7 @@ impl Client {
     ) -> Result<Vec<u8>> {
         let mut q = vec![format!("from={from}"), format!("to={to}")];
         q.extend(group.map(|g| format!("group={g}")));
-        let mut rb = self.http.get(self.base.join(&format!("/api/v1/evidence?{}", q.join("&")))?);
-        if let Some(t) = &self.token {
-            rb = rb.bearer_auth(t);
-        }
-        let resp = rb.send().await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let detail = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Api { status, title: "error".into(), detail, errors: Vec::new() });
-        }
-        Ok(resp.bytes().await?.to_vec())
+        self.get_bytes(&format!("/api/v1/evidence?{}", q.join("&"))).await
     }
 
     /// Alerts raised since `since`, newest first, with their deliveries.

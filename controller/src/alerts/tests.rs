@@ -244,10 +244,31 @@ async fn channels_take_only_their_groups_and_kinds(pool: PgPool) {
     only_obras.groups = vec!["obras".into()];
     let t = std::time::Duration::from_secs(5);
     let ch = vec![Channel::build(&only_jobs, t).unwrap(), Channel::build(&only_obras, t).unwrap()];
+    // Each channel takes what it names, and only that.
+    let m = machine(Status::NonCompliant, vec![finding(Rule::Heartbeat, Status::NonCompliant)]);
+    let silent = super::about_machine(
+        &m,
+        ("machine.silent".into(), cofre_api::alerts::Severity::Critical, "s".into()),
+        Utc::now(),
+    );
+    let in_obras = cofre_api::alerts::Alert {
+        group: Some(cofre_api::alerts::AlertGroup { id: Uuid::nil(), name: "obras".into() }),
+        ..silent.clone()
+    };
+    let failed_job = cofre_api::alerts::Alert { kind: "job.failed".into(), ..silent.clone() };
+    assert_eq!((ch[0].takes(&failed_job), ch[1].takes(&failed_job)), (true, false));
+    assert_eq!((ch[0].takes(&in_obras), ch[1].takes(&in_obras)), (false, true));
+    assert_eq!((ch[0].takes(&silent), ch[1].takes(&silent)), (false, false));
+    // Routed for real: an alert neither takes gets no delivery; one that a channel takes, one.
     raise_one(&pool, "machine.silent").await;
     super::route_new(&pool, &ch, "a").await.unwrap();
     let rec = super::list(&pool, None, None, 10).await.unwrap();
     assert!(rec[0].deliveries.is_empty(), "neither channel takes it: {:?}", rec[0].deliveries);
+    let job = raise_one(&pool, "job.failed").await;
+    super::route_new(&pool, &ch, "a").await.unwrap();
+    let rec = super::list(&pool, None, None, 10).await.unwrap();
+    let routed = rec.iter().find(|r| r.alert.id == job).unwrap();
+    assert_eq!(routed.deliveries.iter().map(|d| d.channel.as_str()).collect::<Vec<_>>(), ["ops"]);
 }
 
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]

@@ -208,11 +208,10 @@ async fn authorise(
     let Some(token) = token else {
         return Error::Unauthenticated("missing Authorization: Bearer <token>".into()).into_response();
     };
-    let presented = token.to_owned();
-    let claims = if presented.starts_with(crate::api_tokens::PREFIX) {
-        crate::api_tokens::authenticate(&state.pool, &presented).await
+    let claims = if token.starts_with(crate::api_tokens::PREFIX) {
+        crate::api_tokens::authenticate(&state.pool, token).await
     } else {
-        user_claims(&state, &presented).await
+        user_claims(&state, token).await
     };
     let claims = match claims {
         Ok(c) => c,
@@ -238,7 +237,7 @@ async fn authorise(
     if state.seen_tokens.first_use(&claims) {
         let address = client_addr::of(req.extensions(), req.headers(), &state.settings.http.trusted_proxies);
         let request = format!("{} {}", req.method(), req.uri().path());
-        if presented.starts_with(crate::api_tokens::PREFIX)
+        if claims.api_token
             && let Err(e) = crate::api_tokens::touch(&state.pool, claims.jti).await
         {
             tracing::warn!("cannot record an API token's use: {e}");

@@ -15,11 +15,7 @@ use crate::users;
 
 /// Ends the presented access token (a JWT from login) before it expires.
 pub async fn logout(State(st): State<AppState>, Extension(c): Extension<Claims>) -> Result<Response> {
-    let is_api_token: bool = sqlx::query_scalar("select exists (select 1 from api_tokens where id = $1)")
-        .bind(c.jti)
-        .fetch_one(&st.pool)
-        .await?;
-    if is_api_token {
+    if c.api_token {
         return Err(crate::error::Error::invalid(
             "this is an API token: revoke it instead (cofre api-token revoke)",
         ));

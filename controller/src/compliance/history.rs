@@ -52,53 +52,79 @@ pub async fn record(st: &AppState, now: DateTime<Utc>) -> Result<bool> {
         0 => None,
         h => Some(chrono::Duration::hours(i64::try_from(h).unwrap_or(24))),
     };
+    // One row per machine, written in two statements (not two per machine).
+    let mut rows = CurrentRows::default();
     for e in &evaluated {
         let m = &e.machine;
         let keys: BTreeSet<String> = m.findings.iter().map(rules::key).collect();
         let prev = previous.get(&m.machine_id).cloned().unwrap_or_default();
-        let changed = prev.status != Some(m.status) || prev.keys != keys;
         let alert = alerts::decide(&prev, m, now, reminder).map(|d| alerts::about_machine(m, d, now));
         if let Some(a) = &alert {
             alerts::raise(&mut tx, a).await?;
         }
-        let findings = serde_json::to_value(&m.findings).map_err(Error::internal)?;
-        let observed = serde_json::to_value(&e.observed).map_err(Error::internal)?;
-        sqlx::query(
-            "insert into compliance_current (machine_id, status, findings, observed, evaluated_at, changed_at, alerted_at)
-             values ($1, $2, $3, $4, $5, $5, case when $7 then $5 end)
-             on conflict (machine_id) do update set status = $2, findings = $3, observed = $4, evaluated_at = $5,
-                 changed_at = case when $6 then $5 else compliance_current.changed_at end,
-                 alerted_at = case when $7 then $5 else compliance_current.alerted_at end",
-        )
-        .bind(m.machine_id)
-        .bind(m.status.as_str())
-        .bind(&findings)
-        .bind(&observed)
-        .bind(now)
-        .bind(changed)
-        .bind(alert.is_some())
-        .execute(&mut *tx)
-        .await?;
-        if changed {
-            sqlx::query(
-                "insert into compliance_changes (machine_id, at, group_id, status, findings) values ($1, $2, $3, $4, $5)
-                 on conflict do nothing",
-            )
-            .bind(m.machine_id)
-            .bind(now)
-            .bind(m.group_id)
-            .bind(m.status.as_str())
-            .bind(&findings)
-            .execute(&mut *tx)
-            .await?;
-        }
+        rows.ids.push(m.machine_id);
+        rows.groups.push(m.group_id);
+        rows.statuses.push(m.status.as_str().to_owned());
+        rows.findings.push(serde_json::to_value(&m.findings).map_err(Error::internal)?);
+        rows.observed.push(serde_json::to_value(&e.observed).map_err(Error::internal)?);
+        rows.changed.push(prev.status != Some(m.status) || prev.keys != keys);
+        rows.alerted.push(alert.is_some());
     }
-    record_days(&mut tx, &st.settings.compliance.time_zone, now).await?;
+    sqlx::query(
+        // Unchanged rows keep when they last changed and were last alerted about.
+        "insert into compliance_current (machine_id, status, findings, observed, evaluated_at, changed_at, alerted_at)
+         select r.id, r.status, r.findings, r.observed, $1,
+                case when r.changed then $1 else coalesce(c.changed_at, $1) end,
+                case when r.alerted then $1 else c.alerted_at end
+         from unnest($2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::bool[], $7::bool[])
+              as r(id, status, findings, observed, changed, alerted)
+         left join compliance_current c on c.machine_id = r.id
+         on conflict (machine_id) do update set status = excluded.status, findings = excluded.findings,
+             observed = excluded.observed, evaluated_at = excluded.evaluated_at,
+             changed_at = excluded.changed_at, alerted_at = excluded.alerted_at",
+    )
+    .bind(now)
+    .bind(&rows.ids)
+    .bind(&rows.statuses)
+    .bind(&rows.findings)
+    .bind(&rows.observed)
+    .bind(&rows.changed)
+    .bind(&rows.alerted)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "insert into compliance_changes (machine_id, at, group_id, status, findings)
+         select id, $1, grp, status, findings
+         from unnest($2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::bool[]) as r(id, grp, status, findings, changed)
+         where changed
+         on conflict do nothing",
+    )
+    .bind(now)
+    .bind(&rows.ids)
+    .bind(&rows.groups)
+    .bind(&rows.statuses)
+    .bind(&rows.findings)
+    .bind(&rows.changed)
+    .execute(&mut *tx)
+    .await?;
     let zone = jiff::tz::TimeZone::get(&st.settings.compliance.time_zone).map_err(Error::internal)?;
+    record_days(&mut tx, &zone, now).await?;
     let a = &st.settings.alerts;
     alerts::record_sizes(&mut tx, date_in(&zone, now)?, a.growth_percent, a.growth_min_bytes).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The evaluated machines as columns, for one statement each.
+#[derive(Default)]
+struct CurrentRows {
+    ids: Vec<Uuid>,
+    groups: Vec<Option<Uuid>>,
+    statuses: Vec<String>,
+    findings: Vec<serde_json::Value>,
+    observed: Vec<serde_json::Value>,
+    changed: Vec<bool>,
+    alerted: Vec<bool>,
 }
 
 /// The instant day `d` starts in `zone`.
@@ -142,12 +168,10 @@ fn to_change(r: ChangeRow) -> (Change, Option<Uuid>) {
 /// Writes the daily rows of every finished day not written yet.
 async fn record_days(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    zone: &str,
+    zone: &jiff::tz::TimeZone,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let zone = jiff::tz::TimeZone::get(zone).map_err(Error::internal)?;
-    let yesterday =
-        date_in(&zone, now)?.pred_opt().ok_or_else(|| Error::internal(anyhow::anyhow!("date")))?;
+    let yesterday = date_in(zone, now)?.pred_opt().ok_or_else(|| Error::internal(anyhow::anyhow!("date")))?;
     let last_done: Option<NaiveDate> =
         sqlx::query_scalar("select max(day) from compliance_daily").fetch_one(&mut **tx).await?;
     let first_change: Option<DateTime<Utc>> =
@@ -155,11 +179,18 @@ async fn record_days(
     let Some(first_change) = first_change else { return Ok(()) };
     let mut day = match last_done {
         Some(d) => d.succ_opt().ok_or_else(|| Error::internal(anyhow::anyhow!("date")))?,
-        None => date_in(&zone, first_change)?,
+        None => date_in(zone, first_change)?,
     };
+    // A decommissioned machine's days end when it left.
+    let gone: HashMap<Uuid, DateTime<Utc>> =
+        sqlx::query_as("select id, decommissioned_at from machines where decommissioned_at is not null")
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect();
     let mut done = 0;
     while day <= yesterday && done < MAX_DAYS_PER_RUN {
-        let (start, end) = (day_start(&zone, day)?, day_start(&zone, day.succ_opt().unwrap_or(day))?);
+        let (start, end) = (day_start(zone, day)?, day_start(zone, day.succ_opt().unwrap_or(day))?);
         // Each machine's status at the start of the day, then its changes during the day.
         let rows: Vec<ChangeRow> = sqlx::query_as(
             "(select distinct on (machine_id) machine_id, at, group_id, status, findings from compliance_changes
@@ -172,12 +203,6 @@ async fn record_days(
         .bind(end)
         .fetch_all(&mut **tx)
         .await?;
-        let gone: HashMap<Uuid, DateTime<Utc>> =
-            sqlx::query_as("select id, decommissioned_at from machines where decommissioned_at is not null")
-                .fetch_all(&mut **tx)
-                .await?
-                .into_iter()
-                .collect();
         let mut by_machine: HashMap<Uuid, Vec<(Change, Option<Uuid>)>> = HashMap::new();
         for r in rows {
             by_machine.entry(r.0).or_default().push(to_change(r));

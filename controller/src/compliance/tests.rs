@@ -104,6 +104,15 @@ async fn a_machine_is_judged_with_reasons_and_its_history_cannot_be_argued_with(
     crate::compliance::record(&st, t38).await.unwrap();
     crate::compliance::record(&st, t38 + Duration::minutes(1)).await.unwrap(); // nothing changed
     assert_eq!(changes(&pool, m).await, ["compliant", "at_risk", "non_compliant", "compliant"]);
+    let now = crate::compliance::current(&st, None, None, t38 + Duration::minutes(2)).await.unwrap();
+    assert_eq!(now[0].status_since, Some(t38), "an unchanged evaluation keeps when the status began");
+    let alerted: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("select alerted_at from compliance_current where machine_id = $1")
+            .bind(m)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(alerted, Some(t38), "the recovery alert's time is kept by later evaluations");
 
     // How long was it unprotected? The history answers to the second.
     let h = crate::compliance::machine_history(&pool, m, t0, t38).await.unwrap();
