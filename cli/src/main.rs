@@ -6,6 +6,7 @@ mod output;
 mod people;
 mod policy;
 mod reports;
+mod session;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ struct Cli {
     /// PEM file of a private CA the controller's HTTPS certificate chains to.
     #[arg(long, global = true, env = "COFRE_CA_FILE")]
     ca_file: Option<PathBuf>,
-    /// An access token from `cofre login`, or an API token.
+    /// An API token (or an access token); without one, the session of `cofre login` is used.
     #[arg(long, global = true, env = "COFRE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// How to print answers: json (for scripts), table (for people) or csv (for spreadsheets).
@@ -38,10 +39,14 @@ struct Cli {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant, reason = "parsed once per run; the policy flags are many")]
 enum Command {
-    /// Log in; prints an access token (use it as COFRE_TOKEN). The password is read from stdin.
+    /// Log in (the password is read from stdin); the session is kept in the user's config dir
+    /// (0600) and refreshed as it is used.
     Login {
         #[arg(long, default_value = "admin")]
         username: String,
+        /// Also print the access token (short-lived) on stdout, e.g. for COFRE_TOKEN.
+        #[arg(long)]
+        print_token: bool,
     },
     /// Groups, repositories, policies and assignments as code: make the controller match a
     /// TOML file (idempotent). Prints the plan.
@@ -60,7 +65,7 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Who am I (the signed-in user, role and group).
     Me,
-    /// End the access token in COFRE_TOKEN (from `login`) now.
+    /// End the session of `cofre login` on the controller (or the access token given) now.
     Logout,
     /// People: list, create, change role or group, disable, enable, reset a password (admins).
     #[command(subcommand)]
@@ -349,14 +354,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let needs_token = !matches!(cli.command, Command::Login { .. });
     if needs_token && client.token().is_none() {
-        anyhow::bail!("no access token: run `cofre login` and export COFRE_TOKEN");
+        session::attach(&mut client, &cli.api_url).await?;
     }
     match cli.command {
-        Command::Login { username } => {
+        Command::Login { username, print_token } => {
             let mut pw = String::new();
             std::io::stdin().read_to_string(&mut pw).context("reading the password from stdin")?;
             let r = client.login(&username, pw.trim_end_matches(['\n', '\r'])).await?;
-            out(&r.access_token)?;
+            let path = session::save(&session::Stored::new(&cli.api_url, &username, &r))?;
+            eprintln!(
+                "Signed in to {} as {username}; the session is kept in {} until {}.",
+                cli.api_url,
+                path.display(),
+                r.refresh_expires_at.format("%Y-%m-%d %H:%M UTC")
+            );
+            if print_token {
+                out(&r.access_token)?;
+            }
         }
         Command::Token { uses, ttl_seconds, group, requires_approval, description } => {
             let t = client
@@ -468,7 +482,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { .. } => {}
         Command::Apply { file, dry_run, prune } => print(&apply::run(&client, &file, dry_run, prune).await?)?,
         Command::Me => print(&client.me().await?)?,
-        Command::Logout => client.logout().await?,
+        Command::Logout => {
+            client.logout().await?;
+            if cli.token.is_none() {
+                session::remove()?;
+            }
+        }
         Command::User(cmd) => people::run(&client, cmd).await?,
         Command::ApiToken(cmd) => people::api_token(&client, cmd).await?,
         Command::Audit(cmd) => reports::audit(&client, cmd).await?,

@@ -1,9 +1,8 @@
-//! Human authentication: argon2 password hashes, short-lived JWTs (HS256 pinned; iss, aud, exp
-//! checked; kid in the header), and the first admin created on first start.
+//! Human authentication: argon2 password hashes, password login (limited, audited) that opens a
+//! session (`sessions`), claims of access tokens (`jwt`), and the first admin created on first start.
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -13,8 +12,10 @@ use uuid::Uuid;
 use crate::audit::{self, Actor};
 use crate::error::{Error, Result};
 
-const ISSUER: &str = "cofre";
-const AUDIENCE: &str = "cofre-api";
+pub(crate) const ISSUER: &str = "cofre";
+pub(crate) const AUDIENCE: &str = "cofre-api";
+
+pub use crate::jwt::JwtKeys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +57,9 @@ pub struct Claims {
     /// The group this user is limited to; absent for fleet-wide users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grp: Option<Uuid>,
+    /// The login session (refresh-token family) this access token belongs to: logout ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
     /// Only reads (an API token made read-only); never in a JWT Cofre issues.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ro: bool,
@@ -68,83 +72,6 @@ pub struct Claims {
 impl Claims {
     pub fn actor(&self) -> Actor {
         Actor::User { id: self.sub, name: self.name.clone() }
-    }
-}
-
-pub struct JwtKeys {
-    kid: String,
-    enc: EncodingKey,
-    dec: DecodingKey,
-    ttl: i64,
-}
-
-impl std::fmt::Debug for JwtKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtKeys").field("kid", &self.kid).finish_non_exhaustive()
-    }
-}
-
-impl JwtKeys {
-    pub fn new(secret: &[u8], kid: String, ttl_seconds: u64) -> Self {
-        Self {
-            kid,
-            enc: EncodingKey::from_secret(secret),
-            dec: DecodingKey::from_secret(secret),
-            ttl: i64::try_from(ttl_seconds).unwrap_or(3600),
-        }
-    }
-
-    pub fn ttl_seconds(&self) -> i64 {
-        self.ttl
-    }
-
-    pub fn issue(&self, user: Uuid, name: &str, role: Role, group: Option<Uuid>) -> Result<String> {
-        let now = chrono::Utc::now().timestamp();
-        let claims = Claims {
-            sub: user,
-            name: name.to_string(),
-            role,
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
-            iat: now,
-            exp: now + self.ttl,
-            jti: Uuid::new_v4(),
-            grp: group,
-            ro: false,
-            api_token: false,
-        };
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.enc).map_err(Error::internal)
-    }
-
-    /// Signs `header.payload` (both base64url) as this controller would: tests forge tokens
-    /// with it (an expired one, for instance).
-    #[cfg(test)]
-    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
-        let message = format!("{header}.{payload}");
-        let sig =
-            jsonwebtoken::crypto::sign(message.as_bytes(), &self.enc, Algorithm::HS256).unwrap_or_default();
-        format!("{message}.{sig}")
-    }
-
-    pub fn verify(&self, token: &str) -> Result<Claims> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Error::Unauthenticated("malformed access token".into()))?;
-        if header.alg != Algorithm::HS256 || header.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err(Error::Unauthenticated("access token not issued by this controller".into()));
-        }
-        let mut v = Validation::new(Algorithm::HS256);
-        v.set_issuer(&[ISSUER]);
-        v.set_audience(&[AUDIENCE]);
-        v.leeway = 5;
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &self.dec, &v).map(|d| d.claims).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                Error::Unauthenticated("access token expired: log in again".into())
-            }
-            _ => Error::Unauthenticated("invalid access token".into()),
-        })
     }
 }
 
@@ -357,10 +284,11 @@ async fn check_login_limit(pool: &PgPool, typed: &str, address: Option<&str>, ru
 pub async fn login(
     pool: &PgPool,
     jwt: &JwtKeys,
+    session_ttl_seconds: u64,
     username: &str,
     password: &str,
     address: Option<std::net::IpAddr>,
-) -> Result<String> {
+) -> Result<crate::sessions::Tokens> {
     let address = address.map(|a| a.to_string());
     // The name as typed, bounded: enough to tell attempts apart.
     let typed: String = username.chars().take(64).collect();
@@ -392,11 +320,12 @@ pub async fn login(
         (true, Some((id, _, role, group, false))) => {
             let role =
                 Role::parse(&role).ok_or_else(|| Error::internal(anyhow::anyhow!("bad role {role}")))?;
-            let token = jwt.issue(id, username, role, group)?;
+            let tokens =
+                crate::sessions::open(&mut tx, jwt, session_ttl_seconds, id, username, role, group).await?;
             let actor = Actor::User { id, name: username.to_string() };
-            let details = serde_json::json!({"address": address});
+            let details = serde_json::json!({"address": address, "session": tokens.session});
             audit::record(&mut tx, &actor, "auth.login", "user", &id.to_string(), details).await?;
-            Ok(token)
+            Ok(tokens)
         }
         (_, row) => {
             let target = row.map(|r| r.0.to_string()).unwrap_or_default();
@@ -413,19 +342,6 @@ pub async fn login(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jwt_round_trip_and_tampering() {
-        let k = JwtKeys::new(b"0123456789abcdef0123456789abcdef", "k1".into(), 60);
-        let t = k.issue(Uuid::new_v4(), "admin", Role::Admin, None).unwrap();
-        assert_eq!(k.verify(&t).unwrap().role, Role::Admin);
-        let other = JwtKeys::new(b"another-secret-another-secret-xx", "k1".into(), 60);
-        assert!(other.verify(&t).is_err());
-        let mut parts: Vec<&str> = t.split('.').collect();
-        let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
-        parts[0] = none_header;
-        assert!(k.verify(&parts.join(".")).is_err());
-    }
 
     #[test]
     fn passwords() {

@@ -254,8 +254,11 @@ pub struct AdminSettings {
     /// generated and printed once.
     #[serde(serialize_with = "ser_secret_opt")]
     pub initial_password: Option<SecretString>,
-    /// Lifetime of an access token (JWT), in seconds.
+    /// Lifetime of an access token (JWT), in seconds: minutes, since a stolen one works until it
+    /// expires. Sessions go on with refresh tokens.
     pub token_ttl_seconds: u64,
+    /// Lifetime of a login session, in seconds: its refresh tokens never outlive it.
+    pub session_ttl_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -310,7 +313,12 @@ impl Default for CertificateSettings {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        Self { username: "admin".into(), initial_password: None, token_ttl_seconds: 3600 }
+        Self {
+            username: "admin".into(),
+            initial_password: None,
+            token_ttl_seconds: 900,
+            session_ttl_seconds: 12 * 3600,
+        }
     }
 }
 
@@ -428,10 +436,16 @@ impl Settings {
         if !(1..=300).contains(&self.maintenance.poll_seconds) {
             return Err(ConfigError("maintenance.poll_seconds must be between 1 and 300".into()));
         }
-        if !(60..=12 * 3600).contains(&self.admin.token_ttl_seconds) {
+        if !(60..=3600).contains(&self.admin.token_ttl_seconds) {
             return Err(ConfigError(
-                "admin.token_ttl_seconds must be between 60 and 43200 (12 hours): access tokens are short-lived; \
-                 scripts use API tokens"
+                "admin.token_ttl_seconds must be between 60 and 3600 (an hour): access tokens are short-lived; \
+                 sessions go on with refresh tokens and scripts use API tokens"
+                    .into(),
+            ));
+        }
+        if !(self.admin.token_ttl_seconds..=30 * 24 * 3600).contains(&self.admin.session_ttl_seconds) {
+            return Err(ConfigError(
+                "admin.session_ttl_seconds must be at least admin.token_ttl_seconds and at most 2592000 (30 days)"
                     .into(),
             ));
         }

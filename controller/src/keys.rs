@@ -10,6 +10,8 @@ use crate::seal::{MasterKey, Place};
 
 const CA: &str = "ca";
 const JWT: &str = "jwt";
+/// The access-token signing key before the last rotation: it still verifies, never signs.
+const JWT_PREVIOUS: &str = "jwt.previous";
 const AUDIT: &str = "audit";
 const AUDIT_MAC: &str = "audit_mac";
 
@@ -70,14 +72,16 @@ fn random_bytes(n: usize) -> Vec<u8> {
 /// Keys loaded for `serve`.
 pub struct Keys {
     pub ca: Ca,
-    pub jwt_secret: Vec<u8>,
-    pub jwt_kid: String,
+    pub jwt: JwtSecrets,
     pub audit: std::sync::Arc<crate::audit::AuditKeys>,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").field("ca", &self.ca).field("jwt_kid", &self.jwt_kid).finish_non_exhaustive()
+        f.debug_struct("Keys")
+            .field("ca", &self.ca)
+            .field("jwt_kid", &crate::jwt::kid_of(&self.jwt.current))
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,16 +97,77 @@ pub async fn load(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Keys> {
     let key_pem = master.open_string(&place(CA), sealed)?;
     let cert_pem = public.clone().ok_or_else(|| anyhow::anyhow!("CA certificate missing"))?;
     let ca = Ca::load(&CaMaterial { key_pem, cert_pem })?;
-    let jwt_secret = master.open(&place(JWT), &get(JWT)?.1)?;
-    let jwt_kid = {
-        use sha2::Digest;
-        let d = sha2::Sha256::new().chain_update(b"cofre-jwt-kid:").chain_update(&jwt_secret).finalize();
-        hex::encode(&d[..8])
-    };
+    let jwt = jwt_from(&rows, master)?;
     let audit_pkcs8 = master.open(&place(AUDIT), &get(AUDIT)?.1)?;
     let audit_mac = master.open(&place(AUDIT_MAC), &get(AUDIT_MAC)?.1)?;
     let audit = std::sync::Arc::new(crate::audit::AuditKeys::new(&audit_mac, &audit_pkcs8)?);
-    Ok(Keys { ca, jwt_secret, jwt_kid, audit })
+    Ok(Keys { ca, jwt, audit })
+}
+
+/// The access-token signing keys: the current one and, after a rotation, the previous one.
+pub struct JwtSecrets {
+    pub current: Vec<u8>,
+    pub previous: Option<Vec<u8>>,
+}
+
+fn jwt_from(rows: &[(String, Vec<u8>, Option<String>)], master: &MasterKey) -> anyhow::Result<JwtSecrets> {
+    let open =
+        |name: &str| rows.iter().find(|r| r.0 == name).map(|r| master.open(&place(name), &r.1)).transpose();
+    let current = open(JWT)?.ok_or_else(|| {
+        anyhow::anyhow!("key {JWT} is missing from the database: run `cofre-controller migrate`")
+    })?;
+    Ok(JwtSecrets { current, previous: open(JWT_PREVIOUS)? })
+}
+
+/// Re-reads the access-token signing keys (a replica picking up a rotation).
+pub async fn load_jwt(pool: &PgPool, master: &MasterKey) -> anyhow::Result<JwtSecrets> {
+    let rows: Vec<(String, Vec<u8>, Option<String>)> =
+        sqlx::query_as("select name, sealed, public_pem from server_keys where name in ($1, $2)")
+            .bind(JWT)
+            .bind(JWT_PREVIOUS)
+            .fetch_all(pool)
+            .await?;
+    jwt_from(&rows, master)
+}
+
+/// Makes a new access-token signing key; the current one becomes the previous one (its tokens
+/// live until they expire) and the one before is forgotten (its tokens stop working). Returns
+/// the new key's id. Replicas pick it up within [`crate::serve::JWT_RELOAD_SECONDS`].
+pub async fn rotate_jwt(pool: &PgPool, master: &MasterKey) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(crate::db::locks::MIGRATE).execute(&mut *tx).await?;
+    let sealed: Vec<u8> = sqlx::query_scalar("select sealed from server_keys where name = $1")
+        .bind(JWT)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!("key {JWT} is missing from the database: run `cofre-controller migrate`")
+        })?;
+    let current = master.open(&place(JWT), &sealed)?;
+    let next = random_bytes(32);
+    for (name, secret) in [(JWT_PREVIOUS, &current), (JWT, &next)] {
+        sqlx::query(
+            "insert into server_keys (name, key_id, sealed) values ($1, $2, $3)
+             on conflict (name) do update set key_id = excluded.key_id, sealed = excluded.sealed, created_at = now()",
+        )
+        .bind(name)
+        .bind(master.key_id())
+        .bind(master.seal(&place(name), secret))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let kid = crate::jwt::kid_of(&next);
+    crate::audit::record(
+        &mut tx,
+        &crate::audit::Actor::System,
+        "auth.jwt_key_rotated",
+        "server_key",
+        JWT,
+        serde_json::json!({"kid": kid, "previous_kid": crate::jwt::kid_of(&current)}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(kid)
 }
 
 /// Tests run many databases in one process, whose audit events are linked under the one

@@ -24,6 +24,9 @@ enum Command {
     Migrate,
     /// All-in-one local start: own PostgreSQL, master key, migrate, serve.
     Up(cofre_controller::up::UpArgs),
+    /// Make a new access-token signing key (as the schema owner): tokens of the key before it
+    /// stay valid until they expire; running controllers pick it up within 5 minutes.
+    RotateJwtKey,
     /// Print the documented default configuration.
     PrintDefaultConfig,
     /// Write a new random master key (64 hex characters, mode 0600) to FILE.
@@ -76,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fut.await
             }
             Command::Migrate => cofre_controller::serve::migrate(&settings).await,
+            Command::RotateJwtKey => cofre_controller::serve::rotate_jwt_key(&settings).await,
             Command::Up(args) => cofre_controller::up::run(settings, args, shutdown_signal()).await,
             Command::PrintDefaultConfig | Command::GenerateMasterKey { .. } => Ok(()),
         }

@@ -61,7 +61,7 @@ pub async fn start(
     }
     let keys = keys::load(&pool, &master).await?;
     let audit = crate::audit::install(&keys.audit)?;
-    let jwt = JwtKeys::new(&keys.jwt_secret, keys.jwt_kid.clone(), settings.admin.token_ttl_seconds);
+    let jwt = JwtKeys::new(&keys.jwt.current, keys.jwt.previous.as_deref(), settings.admin.token_ttl_seconds);
     let first_admin =
         auth::ensure_first_admin(&pool, &settings.admin.username, settings.admin.initial_password.as_ref())
             .await?;
@@ -113,6 +113,7 @@ pub async fn start(
         format!("{}:{}", replica_host(), std::process::id()),
     );
     crate::compliance::spawn(state.clone());
+    spawn_jwt_reload(&state);
     crate::alerts::spawn(&state, format!("{}:{}", replica_host(), std::process::id()))?;
     repositories::spawn_provisioner(pool, master, events.clone(), maintenance);
     let tls = grpc::tls_config(&state)?;
@@ -188,6 +189,52 @@ pub fn announce_first_admin(first_admin: &Option<(String, Option<String>)>) {
 }
 
 /// `migrate`: apply migrations as the owner role, then create missing keys.
+/// How often a replica re-reads the access-token signing keys (to pick up a rotation).
+pub const JWT_RELOAD_SECONDS: u64 = 300;
+
+/// Re-reads the signing keys every [`JWT_RELOAD_SECONDS`].
+fn spawn_jwt_reload(state: &AppState) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(JWT_RELOAD_SECONDS));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            reload_jwt(&state).await;
+        }
+    });
+}
+
+/// Reads the signing keys again; a failure keeps the ones in use.
+pub async fn reload_jwt(state: &AppState) {
+    match keys::load_jwt(&state.pool, &state.master).await {
+        Ok(k) => state.jwt.replace(&k.current, k.previous.as_deref()),
+        Err(e) => tracing::warn!("cannot re-read the access-token signing keys: {e:#}"),
+    }
+}
+
+/// `cofre-controller rotate-jwt-key`: a new access-token signing key (as the schema owner).
+pub async fn rotate_jwt_key(settings: &Settings) -> anyhow::Result<()> {
+    let master = load_master_key(settings)?;
+    let url = settings
+        .database
+        .owner_url
+        .clone()
+        .or_else(|| settings.database.url.clone())
+        .context("database.owner_url (or database.url) is not set")?;
+    let pool = db::connect(&url, 2).await?;
+    db::check_schema_current(&pool).await?;
+    let loaded = keys::load(&pool, &master).await?;
+    crate::audit::install(&loaded.audit)?;
+    let kid = keys::rotate_jwt(&pool, &master).await?;
+    println!(
+        "New access-token signing key {kid}. Running controllers use it within {JWT_RELOAD_SECONDS} s; tokens \
+         signed with the key before it stay valid until they expire, older ones stop working now."
+    );
+    pool.close().await;
+    Ok(())
+}
+
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let master = load_master_key(settings)?;
     let url = settings

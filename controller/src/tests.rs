@@ -24,7 +24,7 @@ pub(crate) async fn state(pool: PgPool) -> AppState {
     crate::keys::use_test_audit_key(&pool, &master).await;
     let keys = crate::keys::load(&pool, &master).await.unwrap();
     let audit = crate::audit::install(&keys.audit).unwrap();
-    let jwt = JwtKeys::new(&keys.jwt_secret, keys.jwt_kid.clone(), 600);
+    let jwt = JwtKeys::new(&keys.jwt.current, keys.jwt.previous.as_deref(), 600);
     let events = crate::events::Events::local();
     AppState {
         pool,
@@ -51,7 +51,7 @@ pub(crate) async fn user_token(st: &AppState, name: &str, role: Role, group: Opt
     .execute(&st.pool)
     .await
     .unwrap();
-    st.jwt.issue(id, name, role, group).unwrap()
+    st.jwt.issue(id, name, role, group, None).unwrap()
 }
 
 /// A repository definition on a REST server nobody dials (tests that never reach it).
@@ -372,8 +372,8 @@ async fn call(st: &AppState, method: &axum::http::Method, path: &str, token: Opt
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn every_route_enforces_its_access_level(pool: PgPool) {
     let st = state(pool).await;
-    let foreign = JwtKeys::new(b"some-other-controller-secret-xyz", "zz".into(), 600)
-        .issue(Uuid::now_v7(), "a", Role::Admin, None)
+    let foreign = JwtKeys::new(b"some-other-controller-secret-xyz", None, 600)
+        .issue(Uuid::now_v7(), "a", Role::Admin, None, None)
         .unwrap();
     let some_group =
         crate::groups::create(&st.pool, &Actor::System, crate::groups::NewGroup { name: "somegroup".into() })
@@ -733,7 +733,7 @@ async fn policy_edits_need_the_current_etag_and_revoked_tokens_enroll_nothing(po
 async fn the_first_use_of_each_access_token_is_audited_once(pool: PgPool) {
     let st = state(pool).await;
     let token = user_token(&st, "ana", Role::Auditor, None).await;
-    let other = st.jwt.issue(st.jwt.verify(&token).unwrap().sub, "ana", Role::Auditor, None).unwrap();
+    let other = st.jwt.issue(st.jwt.verify(&token).unwrap().sub, "ana", Role::Auditor, None, None).unwrap();
     for t in [&token, &token, &other] {
         let (status, _) = call_json(&st, "GET", "/api/v1/groups", t, "").await;
         assert_eq!(status, StatusCode::OK);
@@ -757,26 +757,26 @@ async fn failed_logins_are_limited_per_user_and_per_address(pool: PgPool) {
     crate::auth::ensure_first_admin(&st.pool, "admin", Some(&pw)).await.unwrap();
     let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
     for i in 0..5 {
-        let r = login(&st.pool, &st.jwt, "admin", "wrong", ip(&format!("192.0.2.{i}"))).await;
+        let r = login(&st.pool, &st.jwt, 3600, "admin", "wrong", ip(&format!("192.0.2.{i}"))).await;
         assert!(matches!(r, Err(Error::Unauthenticated(_))), "{r:?}");
     }
     // The sixth, even with the right password, is refused before any password is checked.
-    match login(&st.pool, &st.jwt, "admin", "right-password", ip("192.0.2.99")).await {
+    match login(&st.pool, &st.jwt, 3600, "admin", "right-password", ip("192.0.2.99")).await {
         Err(Error::TooManyRequests(_, Some(wait))) => assert!((850..=900).contains(&wait), "{wait}"),
         other => panic!("{other:?}"),
     }
     // Per address: five names tried from one address.
     for i in 0..5 {
-        let _ = login(&st.pool, &st.jwt, &format!("guess{i}"), "x", ip("198.51.100.7")).await;
+        let _ = login(&st.pool, &st.jwt, 3600, &format!("guess{i}"), "x", ip("198.51.100.7")).await;
     }
-    let r = login(&st.pool, &st.jwt, "someone", "x", ip("198.51.100.7")).await;
+    let r = login(&st.pool, &st.jwt, 3600, "someone", "x", ip("198.51.100.7")).await;
     assert!(matches!(r, Err(Error::TooManyRequests(..))), "{r:?}");
-    let r = login(&st.pool, &st.jwt, "someone", "x", ip("198.51.100.8")).await;
+    let r = login(&st.pool, &st.jwt, 3600, "someone", "x", ip("198.51.100.8")).await;
     assert!(matches!(r, Err(Error::Unauthenticated(_))), "another address is not limited: {r:?}");
     // A burst of concurrent attempts on one name: at most five passwords are checked.
     let attempts = (0..20).map(|i| {
         let st = st.clone();
-        async move { login(&st.pool, &st.jwt, "burst", "x", ip(&format!("203.0.113.{i}"))).await }
+        async move { login(&st.pool, &st.jwt, 3600, "burst", "x", ip(&format!("203.0.113.{i}"))).await }
     });
     let results = futures::future::join_all(attempts).await;
     let checked = results.iter().filter(|r| matches!(r, Err(Error::Unauthenticated(_)))).count();
@@ -806,7 +806,10 @@ async fn admins_manage_people_and_changes_take_effect_on_tokens_at_once(pool: Pg
     let st = state(pool).await;
     let pw: secrecy::SecretString = "first-admin-password".to_string().into();
     crate::auth::ensure_first_admin(&st.pool, "admin", Some(&pw)).await.unwrap();
-    let admin = crate::auth::login(&st.pool, &st.jwt, "admin", "first-admin-password", None).await.unwrap();
+    let admin = crate::auth::login(&st.pool, &st.jwt, 3600, "admin", "first-admin-password", None)
+        .await
+        .unwrap()
+        .access_token;
     let (group, machine) = machine_in_new_group(&st, "obras").await;
 
     // Create: a generated password is shown once; bad fields are named, nothing is stored.
@@ -831,7 +834,8 @@ async fn admins_manage_people_and_changes_take_effect_on_tokens_at_once(pool: Pg
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
 
     // Maria operates; demoted to auditor, the same token cannot operate any more.
-    let token = crate::auth::login(&st.pool, &st.jwt, "maria", &password, None).await.unwrap();
+    let token =
+        crate::auth::login(&st.pool, &st.jwt, 3600, "maria", &password, None).await.unwrap().access_token;
     let approve = format!("/api/v1/machines/{machine}/approve");
     assert_eq!(call_json(&st, "POST", &approve, &token, "{}").await.0, StatusCode::OK);
     let (s, _) =
@@ -850,26 +854,30 @@ async fn admins_manage_people_and_changes_take_effect_on_tokens_at_once(pool: Pg
         StatusCode::NOT_FOUND
     );
     assert_eq!(call_json(&st, "GET", "/api/v1/users", &token, "").await.0, StatusCode::FORBIDDEN);
-    // Disabled: the token stops working and she cannot log in; enabled: both work again.
+    // Disabled: the token stops working and she cannot log in; enabled: she logs in again, but
+    // the sessions the disable ended stay ended.
     assert_eq!(
         call_json(&st, "POST", &format!("/api/v1/users/{maria}/disable"), &admin, "{}").await.0,
         StatusCode::OK
     );
     assert_eq!(call_json(&st, "GET", "/api/v1/me", &token, "").await.0, StatusCode::UNAUTHORIZED);
-    let r = crate::auth::login(&st.pool, &st.jwt, "maria", &password, None).await;
+    let r = crate::auth::login(&st.pool, &st.jwt, 3600, "maria", &password, None).await;
     assert!(matches!(r, Err(Error::Unauthenticated(ref m)) if m.contains("disabled")), "{r:?}");
     assert_eq!(
         call_json(&st, "POST", &format!("/api/v1/users/{maria}/enable"), &admin, "{}").await.0,
         StatusCode::OK
     );
+    assert_eq!(call_json(&st, "GET", "/api/v1/me", &token, "").await.0, StatusCode::UNAUTHORIZED);
+    let token =
+        crate::auth::login(&st.pool, &st.jwt, 3600, "maria", &password, None).await.unwrap().access_token;
     let (s, me) = call_json(&st, "GET", "/api/v1/me", &token, "").await;
     assert_eq!((s, me["role"].as_str()), (StatusCode::OK, Some("auditor")));
     // A reset password replaces the old one.
     let (s, body) = call_json(&st, "POST", &format!("/api/v1/users/{maria}/password"), &admin, "{}").await;
     assert_eq!(s, StatusCode::OK);
     let new_password = body["generated_password"].as_str().unwrap();
-    assert!(crate::auth::login(&st.pool, &st.jwt, "maria", &password, None).await.is_err());
-    assert!(crate::auth::login(&st.pool, &st.jwt, "maria", new_password, None).await.is_ok());
+    assert!(crate::auth::login(&st.pool, &st.jwt, 3600, "maria", &password, None).await.is_err());
+    assert!(crate::auth::login(&st.pool, &st.jwt, 3600, "maria", new_password, None).await.is_ok());
 
     // The last fleet-wide admin cannot be disabled or demoted.
     let admin_id = st.jwt.verify(&admin).unwrap().sub;
@@ -987,7 +995,7 @@ async fn api_tokens_are_scoped_expiring_revocable_and_die_with_their_creator(poo
 async fn logout_ends_the_token_at_once(pool: PgPool) {
     let st = state(pool).await;
     let a = user_token(&st, "a", Role::Auditor, None).await;
-    let b = st.jwt.issue(st.jwt.verify(&a).unwrap().sub, "a", Role::Auditor, None).unwrap();
+    let b = st.jwt.issue(st.jwt.verify(&a).unwrap().sub, "a", Role::Auditor, None, None).unwrap();
     assert_eq!(call_json(&st, "GET", "/api/v1/me", &a, "").await.0, StatusCode::OK);
     assert_eq!(call_json(&st, "POST", "/api/v1/auth/logout", &a, "{}").await.0, StatusCode::NO_CONTENT);
     let (s, body) = call_json(&st, "GET", "/api/v1/me", &a, "").await;

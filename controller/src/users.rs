@@ -47,14 +47,22 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<User> {
 }
 
 /// What a request with access token `jti` may do now: the user's current role and group.
-/// None: the user is gone or disabled, or the token was ended by logout.
-pub async fn standing(pool: &PgPool, id: Uuid, jti: Uuid) -> Result<Option<(Role, Option<Uuid>)>> {
+/// None: the user is gone or disabled, or the token was ended by logout, or its session ended
+/// (logout, a reused refresh token, disable, password reset).
+pub async fn standing(
+    pool: &PgPool,
+    id: Uuid,
+    jti: Uuid,
+    session: Option<Uuid>,
+) -> Result<Option<(Role, Option<Uuid>)>> {
     let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
         "select role, group_id from users where id = $1 and disabled_at is null
-           and not exists (select 1 from revoked_access_tokens where jti = $2)",
+           and not exists (select 1 from revoked_access_tokens where jti = $2)
+           and not exists (select 1 from refresh_tokens where family_id = $3 and revoked_at is not null)",
     )
     .bind(id)
     .bind(jti)
+    .bind(session)
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(|(role, group)| Role::parse(&role).map(|r| (r, group))))
@@ -198,6 +206,9 @@ pub async fn set_disabled(pool: &PgPool, actor: &Actor, id: Uuid, disabled: bool
     .bind(disabled)
     .execute(&mut *tx)
     .await?;
+    if disabled {
+        crate::sessions::end_all_of(&mut tx, id).await?;
+    }
     let action = if disabled { "user.disable" } else { "user.enable" };
     audit::record(
         &mut tx,
@@ -234,13 +245,16 @@ pub async fn reset_password(
         .bind(hash)
         .execute(&mut *tx)
         .await?;
+    // A reset password often means a stolen one: its sessions end (they cannot refresh).
+    crate::sessions::end_all_of(&mut tx, id).await?;
     let details = serde_json::json!({"username": u.username, "generated": generated.is_some()});
     audit::record(&mut tx, actor, "user.password_reset", "user", &id.to_string(), details).await?;
     tx.commit().await?;
     Ok(UserWithPassword { user: get(pool, id).await?, generated_password: generated })
 }
 
-/// Ends an access token before it expires (logout); expired revocations are swept.
+/// Ends an access token before it expires and its session's refresh tokens (logout); expired
+/// revocations are swept.
 pub async fn logout(pool: &PgPool, claims: &crate::auth::Claims) -> Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("delete from revoked_access_tokens where expires_at < now() - interval '1 day'")
@@ -254,7 +268,10 @@ pub async fn logout(pool: &PgPool, claims: &crate::auth::Claims) -> Result<()> {
     .bind(chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(chrono::Utc::now))
     .execute(&mut *tx)
     .await?;
-    let details = serde_json::json!({"token_id": claims.jti});
+    if let Some(session) = claims.sid {
+        crate::sessions::end(&mut tx, session).await?;
+    }
+    let details = serde_json::json!({"token_id": claims.jti, "session": claims.sid});
     audit::record(&mut tx, &claims.actor(), "auth.logout", "user", &claims.sub.to_string(), details).await?;
     tx.commit().await?;
     Ok(())

@@ -29,8 +29,9 @@ async fn an_admin_creates_a_user_who_logs_in_and_is_cut_off_when_disabled() -> R
     let id = created["user"]["id"].as_str().context("id")?.to_string();
 
     let mut login = Command::new(workspace_bin("cofre"))
-        .args(["login", "--username", "maria"])
+        .args(["login", "--username", "maria", "--print-token"])
         .env("COFRE_URL", ctrl.api_url())
+        .env("XDG_CONFIG_HOME", tmp.path().join("maria-config"))
         .env_remove("COFRE_TOKEN")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -80,5 +81,65 @@ async fn an_admin_creates_a_user_who_logs_in_and_is_cut_off_when_disabled() -> R
     let maria =
         users.as_array().context("array")?.iter().find(|u| u["username"] == "maria").context("listed")?;
     assert!(maria["disabled_at"].is_string(), "{maria}");
+    Ok(())
+}
+
+/// `cofre` with no token: the session of `cofre login`, kept in `config`.
+fn with_session(
+    ctrl: &Controller,
+    config: &std::path::Path,
+    args: &[&str],
+    stdin: &str,
+) -> Result<std::process::Output> {
+    let mut child = Command::new(workspace_bin("cofre"))
+        .args(args)
+        .env("COFRE_URL", ctrl.api_url())
+        .env("XDG_CONFIG_HOME", config)
+        .env_remove("COFRE_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cofre_login_keeps_a_private_session_that_refreshes_itself_and_logout_ends_it() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir()?;
+    let pg = PgCluster::start()?;
+    let ctrl = Controller::start(&pg, &tmp.path().join("controller"), "sessions")?;
+    let config = tmp.path().join("config");
+    let password = crate::harness::cofre::ADMIN_PASSWORD;
+
+    let out = with_session(&ctrl, &config, &["login", "--username", "admin"], password)?;
+    anyhow::ensure!(out.status.success(), "login: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty(), "no token printed unless asked");
+    let file = config.join("cofre/session.json");
+    assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(config.join("cofre"))?.permissions().mode() & 0o777, 0o700);
+    let me = json(&with_session(&ctrl, &config, &["me"], "")?)?;
+    assert_eq!(me["username"], "admin");
+
+    // The access token is about to expire: the next command refreshes it first, and the used
+    // refresh token is replaced in the file.
+    let mut stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+    let first_refresh = stored["refresh_token"].clone();
+    stored["access_expires_at"] = serde_json::json!("2000-01-01T00:00:00Z");
+    std::fs::write(&file, serde_json::to_vec(&stored)?)?;
+    let me = json(&with_session(&ctrl, &config, &["me"], "")?)?;
+    assert_eq!(me["username"], "admin");
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+    assert_ne!(stored["refresh_token"], first_refresh, "rotated");
+    let access = stored["access_token"].as_str().context("access token")?.to_string();
+
+    // Logout ends the session on the controller and removes the file.
+    let out = with_session(&ctrl, &config, &["logout"], "")?;
+    anyhow::ensure!(out.status.success(), "logout: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!file.exists());
+    assert!(!ctrl.cli(&access, &["me"])?.status.success(), "the session's access token is ended");
+    let out = with_session(&ctrl, &config, &["me"], "")?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cofre login"), "says what to do");
     Ok(())
 }

@@ -74,20 +74,28 @@ impl Client {
         self
     }
 
+    pub fn set_token(&mut self, token: impl Into<String>) {
+        self.token = Some(token.into());
+    }
+
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
     }
 
-    /// Logs in with a password and keeps the access token.
-    pub async fn login(&mut self, username: &str, password: &str) -> Result<LoginResponse> {
-        let r: LoginResponse = self
-            .request(
-                Method::POST,
-                "/api/v1/auth/login",
-                Some(&serde_json::json!({"username": username, "password": password})),
-                &[],
-            )
-            .await?;
+    /// Logs in with a password and keeps the access token. The answer also holds the
+    /// session's refresh token (single use) for [`Client::refresh`].
+    pub async fn login(&mut self, username: &str, password: &str) -> Result<Session> {
+        let body = cofre_api::users::Login { username: username.into(), password: password.into() };
+        let r: Session = self.request(Method::POST, "/api/v1/auth/login", Some(&body), &[]).await?;
+        self.token = Some(r.access_token.clone());
+        Ok(r)
+    }
+
+    /// Trades a refresh token for a new access token (kept) and the session's next refresh
+    /// token (in the answer; the one given is used up).
+    pub async fn refresh(&mut self, refresh_token: &str) -> Result<Session> {
+        let body = cofre_api::users::Refresh { refresh_token: refresh_token.into() };
+        let r: Session = self.request(Method::POST, "/api/v1/auth/refresh", Some(&body), &[]).await?;
         self.token = Some(r.access_token.clone());
         Ok(r)
     }

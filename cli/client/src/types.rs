@@ -30,12 +30,7 @@ pub struct Items<T> {
     pub items: Vec<T>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct LoginResponse {
-    pub access_token: String,
-    pub token_type: String,
-    pub expires_in: i64,
-}
+pub use cofre_api::users::Session;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NewEnrollmentToken {

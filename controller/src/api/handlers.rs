@@ -46,26 +46,44 @@ pub async fn readyz(State(st): State<AppState>) -> Result<&'static str> {
     Ok("ready")
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Login {
-    username: String,
-    password: String,
-}
-
 pub async fn login(
     State(st): State<AppState>,
     super::ClientAddr(address): super::ClientAddr,
-    Json(req): Json<Login>,
+    Json(req): Json<cofre_api::users::Login>,
 ) -> Result<Response> {
     if req.username.len() > 200 || req.password.len() > 1000 {
         return Err(Error::Unauthenticated("wrong username or password".into()));
     }
-    let token = crate::auth::login(&st.pool, &st.jwt, &req.username, &req.password, address).await?;
-    Ok(axum::Json(json!({
-        "access_token": token, "token_type": "Bearer", "expires_in": st.jwt.ttl_seconds()
-    }))
-    .into_response())
+    let tokens = crate::auth::login(
+        &st.pool,
+        &st.jwt,
+        st.settings.admin.session_ttl_seconds,
+        &req.username,
+        &req.password,
+        address,
+    )
+    .await?;
+    Ok(axum::Json(session_answer(tokens)).into_response())
+}
+
+fn session_answer(t: crate::sessions::Tokens) -> cofre_api::users::Session {
+    cofre_api::users::Session {
+        access_token: t.access_token,
+        token_type: "Bearer".into(),
+        expires_in: t.expires_in,
+        refresh_token: t.refresh_token,
+        refresh_expires_at: t.refresh_expires_at,
+    }
+}
+
+/// Trades a refresh token for a new access token and the session's next refresh token.
+pub async fn refresh(
+    State(st): State<AppState>,
+    super::ClientAddr(address): super::ClientAddr,
+    Json(req): Json<cofre_api::users::Refresh>,
+) -> Result<Response> {
+    let tokens = crate::sessions::refresh(&st.pool, &st.jwt, &req.refresh_token, address).await?;
+    Ok(axum::Json(session_answer(tokens)).into_response())
 }
 
 pub async fn list_tokens(State(st): State<AppState>) -> Result<Response> {

@@ -91,6 +91,7 @@ fn table() -> Vec<(RouteDef, MethodRouter<AppState>)> {
         r(Method::GET, "/healthz", Public, get(h::healthz)),
         r(Method::GET, "/readyz", Public, get(h::readyz)),
         r(Method::POST, "/api/v1/auth/login", Public, post(h::login)),
+        r(Method::POST, "/api/v1/auth/refresh", Public, post(h::refresh)),
         g(Method::POST, "/api/v1/auth/logout", Read, post(u::logout)),
         g(Method::GET, "/api/v1/me", Read, get(u::me)),
         g(Method::GET, "/api/v1/api-tokens", Read, get(t::list)),
@@ -253,8 +254,11 @@ async fn authorise(
 /// The claims of a JWT, with the user's current role and group (not the token's): disabled,
 /// removed, demoted or moved users lose their old rights at once.
 async fn user_claims(state: &AppState, token: &str) -> Result<crate::auth::Claims, Error> {
+    if state.jwt.should_reload_for(token) {
+        crate::serve::reload_jwt(state).await;
+    }
     let mut claims = state.jwt.verify(token)?;
-    match crate::users::standing(&state.pool, claims.sub, claims.jti).await? {
+    match crate::users::standing(&state.pool, claims.sub, claims.jti, claims.sid).await? {
         Some((role, group)) => {
             claims.role = role;
             claims.grp = group;
