@@ -32,6 +32,16 @@ pub struct Settings {
     /// An upload that sends nothing for this long is abandoned (408): its temp file is removed
     /// and its reserved quota released.
     pub upload_idle_timeout_seconds: u64,
+    /// An HTTP/1 connection must send a complete request head within this long (also the longest
+    /// an idle keep-alive connection waits for its next request).
+    pub header_read_timeout_seconds: u64,
+    /// A connection with no request in progress for this long is closed (HTTP/2: GOAWAY first;
+    /// also a connection that never sends anything).
+    pub idle_connection_timeout_seconds: u64,
+    /// HTTP/2 PING every this many seconds; a peer that does not answer within
+    /// `http2_keep_alive_timeout_seconds` is disconnected.
+    pub http2_keep_alive_interval_seconds: u64,
+    pub http2_keep_alive_timeout_seconds: u64,
     pub log: LogSettings,
     /// What htpasswd users may reach. A user without a rule gets rest-server's
     /// `--private-repos` behaviour, append-only: repositories equal to or below its name.
@@ -72,6 +82,10 @@ impl Default for Settings {
             htpasswd_file: None,
             max_object_size: 4 << 30,
             upload_idle_timeout_seconds: 300,
+            header_read_timeout_seconds: 30,
+            idle_connection_timeout_seconds: 120,
+            http2_keep_alive_interval_seconds: 60,
+            http2_keep_alive_timeout_seconds: 20,
             log: LogSettings::default(),
             users: Vec::new(),
         }
@@ -83,6 +97,9 @@ impl Default for LogSettings {
         Self { format: "pretty".into(), filter: "info".into() }
     }
 }
+
+/// The longest any timeout may be set to (one day).
+const MAX_TIMEOUT_SECONDS: u64 = 86_400;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -110,6 +127,15 @@ allow_plain_http = false
 max_object_size = 4294967296
 # An upload that sends nothing for this long is abandoned (HTTP 408).
 upload_idle_timeout_seconds = 300
+# Slow and idle clients. An HTTP/1 request head must arrive within header_read_timeout_seconds
+# (also the longest an idle keep-alive connection waits for its next request); a connection
+# with no request in progress for idle_connection_timeout_seconds is closed; HTTP/2 peers are
+# pinged every http2_keep_alive_interval_seconds and dropped when they do not answer within
+# http2_keep_alive_timeout_seconds.
+header_read_timeout_seconds = 30
+idle_connection_timeout_seconds = 120
+http2_keep_alive_interval_seconds = 60
+http2_keep_alive_timeout_seconds = 20
 
 [log]
 # pretty or json
@@ -173,8 +199,20 @@ impl Settings {
         if self.max_object_size == 0 {
             return err("max_object_size must be positive".into());
         }
-        if self.upload_idle_timeout_seconds == 0 {
-            return err("upload_idle_timeout_seconds must be positive".into());
+        // Zero would mean "at once"; beyond a day is a typo (milliseconds for seconds).
+        let timeouts = [
+            ("upload_idle_timeout_seconds", self.upload_idle_timeout_seconds),
+            ("header_read_timeout_seconds", self.header_read_timeout_seconds),
+            ("idle_connection_timeout_seconds", self.idle_connection_timeout_seconds),
+            ("http2_keep_alive_interval_seconds", self.http2_keep_alive_interval_seconds),
+            ("http2_keep_alive_timeout_seconds", self.http2_keep_alive_timeout_seconds),
+        ];
+        for (key, value) in timeouts {
+            if value == 0 || value > MAX_TIMEOUT_SECONDS {
+                return err(format!(
+                    "{key} must be between 1 and {MAX_TIMEOUT_SECONDS} (one day), not {value}"
+                ));
+            }
         }
         if self.log.format != "pretty" && self.log.format != "json" {
             return err(format!("log.format must be \"pretty\" or \"json\", not {:?}", self.log.format));
@@ -228,6 +266,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("users[0].repositories[0]"), "{e}");
+        let e =
+            load("allow_plain_http = true\nidle_connection_timeout_seconds = 0\n").unwrap_err().to_string();
+        assert!(e.contains("idle_connection_timeout_seconds must be between 1 and"), "{e}");
+        let e =
+            load("allow_plain_http = true\nheader_read_timeout_seconds = 100000\n").unwrap_err().to_string();
+        assert!(e.contains("header_read_timeout_seconds must be between 1 and"), "{e}");
         let e = load("allow_plain_http = true\n[[users]]\nname = \"a\"\nmode = \"all\"\n")
             .unwrap_err()
             .to_string();

@@ -8,6 +8,7 @@ pub mod config;
 mod download;
 pub mod error;
 pub mod htpasswd;
+mod idle;
 pub mod inventory;
 pub mod layout;
 mod owners;

@@ -1,6 +1,8 @@
 //! The connection loop: accepts TCP connections, runs each TLS handshake in its own task with a
 //! deadline, reads the verified client certificate's identity and serves the router over HTTP/1.1
-//! or HTTP/2 with that identity attached to every request of the connection.
+//! or HTTP/2 with that identity attached to every request of the connection. Slow and idle
+//! clients are bounded: HTTP/1 header read timeout, HTTP/2 keep-alive pings, and an idle timeout
+//! for connections with no request in progress (also those that never send a byte).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,12 +14,13 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tower::Service as _;
 
 use crate::access::Identity;
 use crate::config::Settings;
+use crate::idle::{self, Activity};
 use crate::{StoreState, tls};
 
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -59,15 +62,24 @@ impl Store {
     /// Serves until `shutdown` completes, then lets open requests finish (up to 10 s).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let router = crate::router(self.state.clone());
+        let settings = self.state.settings();
+        let secs = Duration::from_secs;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(secs(settings.header_read_timeout_seconds))
             .max_buf_size(MAX_HEAD_BYTES);
-        builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEAD_BYTES as u32)
+            .keep_alive_interval(secs(settings.http2_keep_alive_interval_seconds))
+            .keep_alive_timeout(secs(settings.http2_keep_alive_timeout_seconds));
         let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
+        let idle_timeout = secs(settings.idle_connection_timeout_seconds);
+        // Every connection holds a receiver: `closed()` tells when the last one has ended.
+        let (stop, stopping) = watch::channel(false);
         tracing::info!(addr = %self.local_addr(), tls = self.state.shared().tls.is_some(), "cofre-store serving");
         tokio::pin!(shutdown);
         loop {
@@ -85,13 +97,19 @@ impl Store {
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.state.shared().tls.as_ref().map(tls::Tls::acceptor);
-            let conn =
-                Conn { router: router.clone(), builder: Arc::clone(&builder), watcher: graceful.watcher() };
+            let conn = Conn {
+                router: router.clone(),
+                builder: Arc::clone(&builder),
+                idle_timeout,
+                stopping: stopping.clone(),
+            };
             tokio::spawn(conn.serve(tcp, peer, acceptor));
         }
         drop(self.listener);
+        drop(stopping);
+        let _ = stop.send(true);
         tokio::select! {
-            () = graceful.shutdown() => {}
+            () = stop.closed() => {}
             () = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("open requests cut at shutdown"),
         }
         Ok(())
@@ -101,7 +119,9 @@ impl Store {
 struct Conn {
     router: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    idle_timeout: Duration,
+    /// Turns true when the server shuts down.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Conn {
@@ -125,19 +145,54 @@ impl Conn {
         self.http(TokioIo::new(tls), ConnInfo { peer: Some(peer), identity }).await;
     }
 
-    async fn http<I>(self, io: TokioIo<I>, info: ConnInfo)
+    /// Serves the connection until it ends. At server shutdown, and once no request has been in
+    /// progress for the idle timeout, it is shut down gracefully (HTTP/2: GOAWAY; HTTP/1 or a
+    /// connection that never sent its first bytes: closed); if it is still open and idle one
+    /// more idle timeout later (a peer that never acknowledges), it is dropped.
+    async fn http<I>(mut self, io: TokioIo<I>, info: ConnInfo)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let router = self.router;
+        let activity = Activity::new();
+        let tracked = Arc::clone(&activity);
+        let peer = info.peer;
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(info.clone());
             let mut router = router.clone();
-            async move { router.call(req.map(axum::body::Body::new)).await }
+            let in_flight = tracked.begin();
+            async move {
+                let resp = router.call(req.map(axum::body::Body::new)).await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| idle::track(body, in_flight)))
+            }
         });
         let conn = self.builder.serve_connection(io, service).into_owned();
-        if let Err(e) = self.watcher.watch(conn).await {
-            tracing::debug!(error = %e, "connection ended with an error");
+        tokio::pin!(conn);
+        let (mut idle_closing, mut stop_seen) = (false, false);
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                // An error means the server is gone: shut down too.
+                _ = self.stopping.changed(), if !stop_seen => {
+                    stop_seen = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = activity.idle_for(self.idle_timeout) => {
+                    if idle_closing {
+                        return tracing::debug!(?peer, "idle connection dropped");
+                    }
+                    tracing::debug!(?peer, "idle connection shut down");
+                    idle_closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    // The next idle period counts from now.
+                    activity.touch();
+                }
+            }
         }
     }
 }

@@ -8,4 +8,5 @@ mod hostile;
 mod quota;
 mod restic_cycle;
 mod rustic;
+mod slow_clients;
 mod upload;

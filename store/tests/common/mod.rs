@@ -105,6 +105,8 @@ pub struct Options {
     pub users: Vec<UserRule>,
     pub max_object_size: Option<u64>,
     pub upload_idle_timeout_seconds: Option<u64>,
+    /// Last word on the settings (timeouts, limits), applied after everything above.
+    pub configure: fn(&mut Settings),
 }
 
 impl Default for Options {
@@ -117,6 +119,7 @@ impl Default for Options {
             users: vec![],
             max_object_size: None,
             upload_idle_timeout_seconds: None,
+            configure: |_| {},
         }
     }
 }
@@ -169,6 +172,7 @@ impl TestStore {
         if let Some(secs) = opts.upload_idle_timeout_seconds {
             settings.upload_idle_timeout_seconds = secs;
         }
+        (opts.configure)(&mut settings);
         if opts.tls {
             let server = ca.server();
             settings.tls_cert = Some(server.cert_path);

@@ -1,0 +1,171 @@
+//! Slow and idle clients, over raw TCP: a connection that sends nothing, half a request head, an
+//! HTTP/2 connection that idles or ignores pings is closed after its (test-sized) timeout, while
+//! an upload or a download in progress longer than the idle timeout is never cut.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use cofre_store::Settings;
+use cofre_store::access::Mode;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::common::{self, Options, TestStore};
+
+/// Generous bound for "closed after a 1 s timeout": only a store without the timeout misses it.
+const BOUND: Duration = Duration::from_secs(15);
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+const H2_PING: u8 = 6;
+const H2_GOAWAY: u8 = 7;
+
+fn start(configure: fn(&mut Settings)) -> TestStore {
+    TestStore::start(Options {
+        tls: false,
+        client_ca: false,
+        htpasswd: vec![("ops", "pw-ops")],
+        users: vec![common::rule("ops", Mode::Full, &["*"])],
+        configure,
+        ..Options::default()
+    })
+}
+
+fn auth() -> String {
+    base64::engine::general_purpose::STANDARD.encode("ops:pw-ops")
+}
+
+/// Reads until the store closes the connection (EOF or reset) and returns what it sent; panics
+/// if the connection is still open after [`BOUND`].
+async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(BOUND, read).await.expect("the store still holds the connection open");
+    got
+}
+
+/// The frame types in a byte stream of HTTP/2 frames.
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let (mut types, mut i) = (Vec::new(), 0);
+    while i + 9 <= bytes.len() {
+        let len = usize::from(bytes[i]) << 16 | usize::from(bytes[i + 1]) << 8 | usize::from(bytes[i + 2]);
+        types.push(bytes[i + 3]);
+        i += 9 + len;
+    }
+    types
+}
+
+/// Creates repository `r` through the protocol.
+async fn create_repo(store: &TestStore) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/r/?create=true", store.base()))
+        .basic_auth("ops", Some("pw-ops"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
+    let store = start(|s| s.idle_connection_timeout_seconds = 1);
+    let mut s = TcpStream::connect(("127.0.0.1", store.port)).await.unwrap();
+    assert!(read_until_closed(&mut s).await.is_empty());
+    // Other connections are served as usual.
+    create_repo(&store).await;
+}
+
+#[tokio::test]
+async fn half_a_request_head_is_closed_after_the_header_read_timeout() {
+    // The idle timeout stays long: the header read timeout alone must close it.
+    let store = start(|s| s.header_read_timeout_seconds = 1);
+    let mut s = TcpStream::connect(("127.0.0.1", store.port)).await.unwrap();
+    s.write_all(b"GET /r/keys/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(!String::from_utf8_lossy(&got).contains(" 200 "), "{}", String::from_utf8_lossy(&got));
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway_and_is_closed() {
+    let store = start(|s| {
+        s.idle_connection_timeout_seconds = 1;
+        s.http2_keep_alive_interval_seconds = 3600;
+    });
+    let mut s = TcpStream::connect(("127.0.0.1", store.port)).await.unwrap();
+    s.write_all(&[H2_PREFACE, H2_SETTINGS].concat()).await.unwrap();
+    let types = frame_types(&read_until_closed(&mut s).await);
+    assert!(types.contains(&H2_GOAWAY), "frames received: {types:?}");
+}
+
+#[tokio::test]
+async fn an_http2_peer_that_does_not_answer_pings_is_dropped() {
+    // Never idle for the idle timer: only the keep-alive can end this connection.
+    let store = start(|s| {
+        s.http2_keep_alive_interval_seconds = 1;
+        s.http2_keep_alive_timeout_seconds = 1;
+    });
+    let mut s = TcpStream::connect(("127.0.0.1", store.port)).await.unwrap();
+    s.write_all(&[H2_PREFACE, H2_SETTINGS].concat()).await.unwrap();
+    let types = frame_types(&read_until_closed(&mut s).await);
+    assert!(types.contains(&H2_PING), "frames received: {types:?}");
+}
+
+#[tokio::test]
+async fn requests_in_progress_outlive_the_idle_timeout() {
+    let store = start(|s| s.idle_connection_timeout_seconds = 1);
+    create_repo(&store).await;
+
+    // An upload sending a chunk every 400 ms for 2.4 s, without Content-Length.
+    let chunk = [5u8; 1000];
+    let name = common::sha256_hex(&[5u8; 6000]);
+    let mut s = TcpStream::connect(("127.0.0.1", store.port)).await.unwrap();
+    let head = format!(
+        "POST /r/data/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        auth()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..6 {
+        s.write_all(&[b"3e8\r\n".as_slice(), &chunk, b"\r\n"].concat()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut s).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A download the client reads slowly: 24 MiB (more than the socket buffers hold), paused
+    // for 2.5 s after the first MiB.
+    let body: Vec<u8> = (0..24u32 << 20).map(|i| (i % 253) as u8).collect();
+    let name = common::sha256_hex(&body);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/r/data/{name}", store.base()))
+        .basic_auth("ops", Some("pw-ops"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut s = TcpStream::connect(("127.0.0.1", store.port)).await.unwrap();
+    let req = format!(
+        "GET /r/data/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+        auth()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    s.read_exact(&mut first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut all = first;
+    all.extend(read_until_closed(&mut s).await);
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(all.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(all.len() - split, body.len(), "the slow download was cut");
+    assert!(all[split..] == body[..]);
+}
