@@ -1,6 +1,7 @@
 //! Cofre's agent: enrolls once, keeps its plan on disk, runs its schedule locally with
 //! cofre-engine, spools results and delivers them whenever the controller is reachable.
 
+pub mod bounds;
 pub mod enroll;
 pub mod hooks;
 pub mod job_process;

@@ -1,6 +1,9 @@
 //! The session with the controller: dial out with mutual TLS, say Hello, deliver the spool,
 //! take plans, run-now requests, acknowledgements and renewed certificates; reconnect with
-//! capped, jittered backoff. Everything else keeps working while disconnected.
+//! capped, jittered backoff, or later when the controller says so (a `retry-after` on the
+//! status it ended the session with: a machine awaiting approval, too many results at once, a
+//! renewal too soon). Everything else keeps working while disconnected, and nothing in the
+//! spool is dropped because of a refusal.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,14 +24,38 @@ pub async fn run_forever(agent: Arc<Agent>, interrupted: Vec<String>) {
     let mut interrupted = interrupted;
     loop {
         let started = tokio::time::Instant::now();
-        match connect_once(&agent, std::mem::take(&mut interrupted)).await {
+        let ended = connect_once(&agent, std::mem::take(&mut interrupted)).await;
+        match &ended {
             Ok(()) => tracing::warn!("controller closed the session"),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "session with the controller ended"),
         }
-        let wait = backoff.after(started.elapsed());
+        let wait = reconnect_delay(&mut backoff, started.elapsed(), ended.as_ref().err());
         tracing::info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the controller later");
         tokio::time::sleep(wait).await;
     }
+}
+
+/// The controller's refusal of a session or end of it, as a status (code, message, metadata).
+#[derive(Debug, thiserror::Error)]
+#[error("{} ({:?})", .0.message(), .0.code())]
+pub struct Ended(pub tonic::Status);
+
+/// The most a controller may make an agent wait before it tries again.
+const MAX_ASKED_DELAY: Duration = Duration::from_secs(3600);
+
+/// How long to wait before connecting again: the backoff, or longer if the controller asked for
+/// it (status metadata `retry-after`, in seconds, at most an hour).
+pub fn reconnect_delay(
+    backoff: &mut cofre_dial::Backoff,
+    lasted: Duration,
+    error: Option<&anyhow::Error>,
+) -> Duration {
+    let wait = backoff.after(lasted);
+    let asked = error
+        .and_then(|e| e.downcast_ref::<Ended>())
+        .and_then(|Ended(status)| status.metadata().get("retry-after")?.to_str().ok()?.trim().parse().ok())
+        .map_or(Duration::ZERO, |secs: u64| Duration::from_secs(secs).min(MAX_ASKED_DELAY));
+    wait.max(asked)
 }
 
 async fn connect_once(agent: &Arc<Agent>, interrupted: Vec<String>) -> anyhow::Result<()> {
@@ -49,7 +76,7 @@ async fn connect_once(agent: &Arc<Agent>, interrupted: Vec<String>) -> anyhow::R
     let mut inbound = client
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| anyhow::anyhow!("the controller refused the session: {}", s.message()))?
+        .map_err(|s| anyhow::Error::new(Ended(s)).context("the controller refused the session"))?
         .into_inner();
     tracing::info!(controller = %id.controller_url, machine.id = %id.machine_id, "connected to the controller");
     let sender = tokio::spawn(deliver(agent.clone(), tx.clone()));
@@ -65,7 +92,9 @@ async fn deliver(agent: Arc<Agent>, tx: mpsc::Sender<pb::AgentMessage>) {
         let notified = agent.spool.added.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        for ev in agent.spool.pending() {
+        for mut ev in agent.spool.pending() {
+            // Spooled by an older agent, it may be larger than the controller takes.
+            crate::bounds::job_event(&mut ev);
             if sent.insert(ev.event_id.clone())
                 && tx.send(pb::AgentMessage { msg: Some(Out::JobEvent(ev)) }).await.is_err()
             {
@@ -108,7 +137,7 @@ async fn receive(
             msg = inbound.next() => {
                 let msg = match msg {
                     Some(Ok(m)) => m,
-                    Some(Err(status)) => anyhow::bail!("controller: {} ({:?})", status.message(), status.code()),
+                    Some(Err(status)) => return Err(anyhow::Error::new(Ended(status)).context("the controller ended the session")),
                     None => return Ok(()),
                 };
                 match msg.msg {
@@ -150,5 +179,29 @@ async fn receive(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_waits_as_long_as_the_controller_asks_within_an_hour() {
+        let refusal = |secs: &str| {
+            let mut status = tonic::Status::resource_exhausted("too many job events");
+            status.metadata_mut().insert("retry-after", secs.parse().unwrap());
+            anyhow::Error::new(Ended(status)).context("the controller ended the session")
+        };
+        let mut backoff = cofre_dial::Backoff::default();
+        let quick = Duration::from_secs(1);
+        assert!(reconnect_delay(&mut backoff, quick, None) < Duration::from_secs(2));
+        let asked = reconnect_delay(&mut backoff, quick, Some(&refusal("90")));
+        assert_eq!(asked, Duration::from_secs(90));
+        let capped = reconnect_delay(&mut backoff, quick, Some(&refusal("86400")));
+        assert_eq!(capped, MAX_ASKED_DELAY);
+        let other = anyhow::anyhow!("connection refused");
+        assert!(reconnect_delay(&mut backoff, quick, Some(&other)) <= Duration::from_secs(90));
+        assert!(reconnect_delay(&mut backoff, quick, Some(&refusal("nonsense"))) <= Duration::from_secs(90));
     }
 }

@@ -1,7 +1,9 @@
 //! The result spool: every job event is written here (one 0600 file per event, named so that
 //! listing sorts oldest first) before it is sent, and deleted only when the controller
 //! acknowledges it, which it does after committing. Nothing is lost across crashes, restarts
-//! or controller outages; a redelivered event is stored once by the controller.
+//! or controller outages; a redelivered event is stored once by the controller. Events are cut
+//! to what the controller takes before they are written (`bounds`), so none can block the
+//! ones after it.
 
 use std::path::PathBuf;
 
@@ -27,8 +29,11 @@ impl Spool {
         Some(self.dir.join(format!("{event_id}.pb")))
     }
 
+    /// Spools an event, cut to what the controller takes (`bounds`).
     pub fn push(&self, ev: &pb::JobEvent) -> anyhow::Result<()> {
         let p = self.path(&ev.event_id).ok_or_else(|| anyhow::anyhow!("bad event id"))?;
+        let mut ev = ev.clone();
+        crate::bounds::job_event(&mut ev);
         crate::state::write_atomic(&p, &ev.encode_to_vec())?;
         self.added.notify_waiters();
         Ok(())
@@ -99,5 +104,32 @@ mod tests {
         again.ack(&a.event_id);
         again.ack(&a.event_id); // twice is fine
         assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn an_oversized_result_is_bounded_before_it_is_spooled() {
+        use prost::Message as _;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::new(dir.path().to_path_buf());
+        let ev = pb::JobEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            job_id: uuid::Uuid::now_v7().to_string(),
+            kind: Some(pb::job_event::Kind::Finished(pb::JobFinished {
+                warnings: (0..5_000).map(|i| format!("{i} {}", "w".repeat(5_000))).collect(),
+                log: "out\0put\n".repeat(1_000_000),
+                error: Some(pb::JobError { message: "e".repeat(1_000_000), retry_class: 1 }),
+                ..Default::default()
+            })),
+        };
+        s.push(&ev).unwrap();
+        let spooled = s.pending().remove(0);
+        assert!(spooled.encoded_len() <= 3 * 1024 * 1024, "{} bytes", spooled.encoded_len());
+        let Some(pb::job_event::Kind::Finished(f)) = spooled.kind else { panic!("finished") };
+        assert!(f.warnings.len() <= 1_000, "{}", f.warnings.len());
+        assert!(f.warnings.iter().all(|w| w.len() <= 2_000));
+        let last = f.warnings.last().unwrap();
+        assert!(last.contains("more warnings"), "the report says how many are missing: {last}");
+        assert!(!f.log.contains('\0'), "PostgreSQL stores no NUL");
+        assert!(f.log.len() <= 64 * 1024 && f.error.unwrap().message.len() <= 8_000);
     }
 }

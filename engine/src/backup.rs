@@ -16,7 +16,8 @@ use rustic_core::{
 
 use crate::error::{EngineError, from_rustic};
 use crate::repo::{self, OpenRepo, normalise_id};
-use crate::source::{Warnings, WatchedSource};
+use crate::source::WatchedSource;
+use crate::warnings::Warnings;
 use crate::{Archiver, BackupReport, BackupRequest, RepoTarget};
 
 /// The `command` recorded in the snapshot summary.
@@ -188,7 +189,12 @@ fn snapshot_template(req: &BackupRequest) -> Result<SnapshotFile, EngineError> {
         .map_err(|err| EngineError::InvalidInput(crate::error::describe_rustic(&err)))
 }
 
-fn report(snap: &SnapshotFile, paths: &[PathBuf], duration: Duration, warnings: Vec<String>) -> BackupReport {
+fn report(
+    snap: &SnapshotFile,
+    paths: &[PathBuf],
+    duration: Duration,
+    (warnings, warnings_dropped): (Vec<String>, u64),
+) -> BackupReport {
     let summary = snap.summary.clone().unwrap_or_default();
     let utc_offset_seconds = snap.time.offset().seconds();
     let ts = snap.time.timestamp();
@@ -214,6 +220,7 @@ fn report(snap: &SnapshotFile, paths: &[PathBuf], duration: Duration, warnings: 
         bytes_added_packed: summary.data_added_packed,
         duration,
         warnings,
+        warnings_dropped,
     }
 }
 
@@ -238,7 +245,7 @@ mod tests {
         let got =
             check_paths(&[inner, dir.path().to_path_buf(), PathBuf::from("/nonexistent/cofre")], &w).unwrap();
         assert_eq!(got, vec![dir.path().canonicalize().unwrap()]);
-        assert_eq!(w.take().len(), 1);
+        assert_eq!(w.take().0.len(), 1);
     }
 
     #[test]

@@ -27,9 +27,9 @@
 //! unless [`set_cache_dir`] says otherwise.
 //!
 //! Modules: `target` (URL rules, backend options), `probe`, `repo` (open/init), `backup` with
-//! `source` (warnings) and `archiver` (pipeline, restic format, pack uploads), `restore` with
-//! `restorer`, `lock` (restic's repository locks), `maintenance` (forget, prune, check for the
-//! controller), `error` (error mapping, redaction).
+//! `source`, `warnings` (bounded) and `archiver` (pipeline, restic format, pack uploads),
+//! `restore` with `restorer`, `lock` (restic's repository locks), `maintenance` (forget, prune,
+//! check for the controller), `error` (error mapping, redaction).
 //!
 //! Backups hold a non-exclusive restic lock and maintenance an exclusive one, so a backup and a
 //! prune of the same repository never run at the same time: whichever comes second waits.
@@ -48,6 +48,7 @@ mod restore;
 mod restorer;
 mod source;
 mod target;
+mod warnings;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,6 +57,7 @@ pub use error::{EngineError, RetryClass};
 pub use lock::LockOptions;
 pub use repo::set_cache_dir;
 pub use target::{RepoTarget, WireTarget, check_repository_url};
+pub use warnings::{MAX_WARNING_BYTES, MAX_WARNINGS, clip};
 
 /// What to back up and how to label the snapshot.
 #[derive(Debug, Clone, Default)]
@@ -123,8 +125,12 @@ pub struct BackupReport {
     pub bytes_added_packed: u64,
     /// Wall time of the whole call, opening the repository included.
     pub duration: Duration,
-    /// Unreadable entries (skipped), files that changed while being read, missing paths.
+    /// Unreadable entries (skipped), files that changed while being read, missing paths: the
+    /// first [`MAX_WARNINGS`] distinct ones, each at most [`MAX_WARNING_BYTES`] long.
     pub warnings: Vec<String>,
+    /// How many more warnings there were than `warnings` lists.
+    #[serde(default)]
+    pub warnings_dropped: u64,
 }
 
 /// Initialises a new repository (restic format version 2, compression on) and returns its

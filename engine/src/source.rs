@@ -35,7 +35,6 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use rustic_core::jiff::Timestamp;
 use rustic_core::{
@@ -44,25 +43,7 @@ use rustic_core::{
 };
 
 use crate::error::describe_rustic;
-
-/// Warnings collected during one backup; shared with the reader threads.
-#[derive(Clone, Default)]
-pub(crate) struct Warnings(Arc<Mutex<Vec<String>>>);
-
-impl Warnings {
-    /// Records a warning once (the walk can report the same entry twice).
-    pub(crate) fn push(&self, warning: String) {
-        let mut list = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !list.contains(&warning) {
-            log::warn!("{warning}");
-            list.push(warning);
-        }
-    }
-
-    pub(crate) fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-}
+use crate::warnings::Warnings;
 
 type InnerOpen = <LocalSource as ReadSource>::Open;
 type InnerIter = <LocalSource as ReadSource>::Iter;
@@ -411,13 +392,13 @@ mod tests {
         let mut out = Vec::new();
         reader_for(&file, 100, &w).read_to_end(&mut out).unwrap();
         assert_eq!(out, vec![7u8; 100]);
-        assert!(w.take().is_empty());
+        assert!(w.take().0.is_empty());
 
         // The walk saw 60 bytes, the file has 100 now: 60 bytes are stored, with a warning.
         let mut out = Vec::new();
         reader_for(&file, 60, &w).read_to_end(&mut out).unwrap();
         assert_eq!(out, vec![7u8; 60]);
-        let warnings = w.take();
+        let warnings = w.take().0;
         assert!(warnings[0].contains("size 60 → 100 bytes"), "{warnings:?}");
 
         // The walk saw 150 bytes, the file has 100: zeros fill the missing tail.
@@ -426,7 +407,7 @@ mod tests {
         assert_eq!(out.len(), 150);
         assert_eq!(&out[..100], &[7u8; 100][..]);
         assert!(out[100..].iter().all(|b| *b == 0));
-        let warnings = w.take();
+        let warnings = w.take().0;
         assert!(warnings[0].contains("missing 50 bytes were stored as zeros"), "{warnings:?}");
     }
 

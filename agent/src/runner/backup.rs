@@ -29,6 +29,7 @@ impl Agent {
         let policy = self.policy(&job.policy_id).unwrap_or_default();
         let mut log = String::new();
         let mut hook_warnings = Vec::new();
+        let mut engine_dropped = 0;
         if let Some(h) = &policy.before_hook {
             let r = crate::hooks::run(&self.hook_dir, h, &self.hook_env(job, &policy, None)).await;
             append_log(&mut log, &r);
@@ -59,6 +60,7 @@ impl Agent {
                     files = report.files_processed, bytes_added = report.bytes_added,
                     warnings = report.warnings.len(), "backup finished");
                 finished.warnings = report.warnings.clone();
+                engine_dropped = report.warnings_dropped;
                 finished.stats = Some(stats(&report));
                 finished.outcome = pb::JobOutcome::Succeeded as i32;
             }
@@ -95,7 +97,9 @@ impl Agent {
                 }
             }
         }
-        finished.warnings.extend(hook_warnings);
+        // Hooks' warnings first: when the list is cut, the thousandth unreadable file goes.
+        hook_warnings.append(&mut finished.warnings);
+        finished.warnings = crate::bounds::report_warnings(hook_warnings, engine_dropped);
         if finished.outcome == pb::JobOutcome::Succeeded as i32 && !finished.warnings.is_empty() {
             finished.outcome = pb::JobOutcome::SucceededWithWarnings as i32;
         }

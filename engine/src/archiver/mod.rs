@@ -44,7 +44,8 @@ use rustic_core::{
 };
 use rustic_core::{RusticError, WriteBackend};
 
-use crate::source::{Warnings, WatchedOpen, WatchedSource};
+use crate::source::{WatchedOpen, WatchedSource};
+use crate::warnings::Warnings;
 use chunker::{Chunker, SplitError};
 use format::{BlobKind, Hash, IndexJson, IndexPackJson, Key, PackedBlob, sha256};
 use index::{IdSet, Index, TreeReader};

@@ -1,0 +1,103 @@
+//! The warnings of one backup, bounded: the first [`MAX_WARNINGS`] distinct ones, each clipped
+//! to [`MAX_WARNING_BYTES`], and a count of the rest.
+//!
+//! A backup of a tree with millions of unreadable files used to collect millions of warnings
+//! (de-duplicated with a linear search each, so quadratic time), and the whole list travelled
+//! to the agent and on to the controller in one message, over gRPC's size limit: the result
+//! could never be delivered. The first warnings name the problem; the count says how big it is.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+/// How many distinct warnings a report lists (the controller stores as many).
+pub const MAX_WARNINGS: usize = 1_000;
+
+/// The longest warning kept, in bytes (longer ones are cut on a character boundary and end
+/// with `…`); the controller stores warnings up to this length too.
+pub const MAX_WARNING_BYTES: usize = 2_000;
+
+/// Warnings collected during one backup; shared with the reader threads.
+#[derive(Clone, Default)]
+pub(crate) struct Warnings(Arc<Mutex<Collected>>);
+
+#[derive(Default)]
+struct Collected {
+    /// In the order they came.
+    list: Vec<String>,
+    seen: HashSet<String>,
+    /// Warnings not listed because the list was full. A warning repeated after that counts
+    /// each time: telling repeats apart would mean remembering every warning.
+    dropped: u64,
+}
+
+impl Warnings {
+    /// Records a warning once (the walk can report the same entry twice).
+    pub(crate) fn push(&self, warning: String) {
+        let mut c = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.list.len() >= MAX_WARNINGS {
+            if !c.seen.contains(&warning) {
+                c.dropped += 1;
+            }
+            return;
+        }
+        let warning = clip(warning, MAX_WARNING_BYTES);
+        if c.seen.insert(warning.clone()) {
+            log::warn!("{warning}");
+            c.list.push(warning);
+        }
+    }
+
+    /// The warnings listed so far and how many more there were; starts a new list.
+    pub(crate) fn take(&self) -> (Vec<String>, u64) {
+        let mut c = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let c = std::mem::take(&mut *c);
+        (c.list, c.dropped)
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut with `…`.
+pub fn clip(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_bounded_distinct_and_clipped() {
+        let w = Warnings::default();
+        for i in 0..5_000 {
+            w.push(format!("/data/file-{i}: cannot be read"));
+            w.push(format!("/data/file-{i}: cannot be read"));
+        }
+        let (list, dropped) = w.take();
+        assert_eq!(list.len(), 1_000, "the first 1,000 distinct warnings are kept");
+        assert_eq!(list[999], "/data/file-999: cannot be read", "in the order they came");
+        assert_eq!(dropped, 8_000, "the others are counted");
+        w.push("é".repeat(10_000));
+        let (long, dropped) = w.take();
+        assert!(long[0].len() <= MAX_WARNING_BYTES, "each warning is clipped: {} bytes", long[0].len());
+        assert!(long[0].ends_with('…'));
+        assert_eq!(dropped, 0, "take starts a new list");
+    }
+
+    #[test]
+    fn many_warnings_cost_linear_time() {
+        // These pushes finish at once (a quadratic de-duplication took minutes); not timed.
+        let w = Warnings::default();
+        for i in 0..200_000 {
+            w.push(format!("/data/{i}"));
+        }
+        assert_eq!(w.take().1, 199_000);
+    }
+}
