@@ -32,6 +32,11 @@ pub struct Settings {
     /// An upload that sends nothing for this long is abandoned (408): its temp file is removed
     /// and its reserved quota released.
     pub upload_idle_timeout_seconds: u64,
+    /// bcrypt password checks (htpasswd users) run at once, each on a blocking thread.
+    pub bcrypt_concurrency: u32,
+    /// bcrypt checks that may wait for a free slot; beyond that, requests needing one are
+    /// answered 503 with Retry-After (passwords already verified are cached and never wait).
+    pub bcrypt_queue: u32,
     /// An HTTP/1 connection must send a complete request head within this long (also the longest
     /// an idle keep-alive connection waits for its next request).
     pub header_read_timeout_seconds: u64,
@@ -82,6 +87,8 @@ impl Default for Settings {
             htpasswd_file: None,
             max_object_size: 4 << 30,
             upload_idle_timeout_seconds: 300,
+            bcrypt_concurrency: 2,
+            bcrypt_queue: 32,
             header_read_timeout_seconds: 30,
             idle_connection_timeout_seconds: 120,
             http2_keep_alive_interval_seconds: 60,
@@ -127,6 +134,10 @@ allow_plain_http = false
 max_object_size = 4294967296
 # An upload that sends nothing for this long is abandoned (HTTP 408).
 upload_idle_timeout_seconds = 300
+# bcrypt password checks for htpasswd users: how many run at once, and how many may wait for a
+# slot (more: HTTP 503 with Retry-After). Passwords already verified are cached and never wait.
+bcrypt_concurrency = 2
+bcrypt_queue = 32
 # Slow and idle clients. An HTTP/1 request head must arrive within header_read_timeout_seconds
 # (also the longest an idle keep-alive connection waits for its next request); a connection
 # with no request in progress for idle_connection_timeout_seconds is closed; HTTP/2 peers are
@@ -199,6 +210,9 @@ impl Settings {
         if self.max_object_size == 0 {
             return err("max_object_size must be positive".into());
         }
+        if self.bcrypt_concurrency == 0 {
+            return err("bcrypt_concurrency must be positive".into());
+        }
         // Zero would mean "at once"; beyond a day is a typo (milliseconds for seconds).
         let timeouts = [
             ("upload_idle_timeout_seconds", self.upload_idle_timeout_seconds),
@@ -266,6 +280,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("users[0].repositories[0]"), "{e}");
+        let e = load("allow_plain_http = true\nbcrypt_concurrency = 0\n").unwrap_err().to_string();
+        assert!(e.contains("bcrypt_concurrency must be positive"), "{e}");
         let e =
             load("allow_plain_http = true\nidle_connection_timeout_seconds = 0\n").unwrap_err().to_string();
         assert!(e.contains("idle_connection_timeout_seconds must be between 1 and"), "{e}");

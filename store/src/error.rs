@@ -3,6 +3,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+/// What `Retry-After` says when a request is refused for a momentary lack of capacity.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A malformed path, query or body (also: an upload whose content does not match its name).
@@ -28,6 +31,9 @@ pub enum StoreError {
     RangeNotSatisfiable { size: u64 },
     #[error("storage quota exceeded ({0})")]
     QuotaExceeded(String),
+    /// Too much of a shared resource in use right now (password checks): retry shortly.
+    #[error("busy: {0}; retry shortly")]
+    Busy(&'static str),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -56,6 +62,7 @@ impl StoreError {
             StoreError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             StoreError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             StoreError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Io { .. } | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +88,9 @@ impl IntoResponse for StoreError {
             StoreError::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
+            StoreError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
             StoreError::RangeNotSatisfiable { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     headers.insert(header::CONTENT_RANGE, v);
@@ -89,5 +99,17 @@ impl IntoResponse for StoreError {
             _ => {}
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn momentary_refusals_say_when_to_retry() {
+        let resp = StoreError::Busy("too many password checks waiting").into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -110,7 +110,11 @@ impl StoreState {
             }),
             None => None,
         };
-        let htpasswd = htpasswd::Htpasswd::load(settings.htpasswd_file.as_deref())?;
+        let htpasswd = htpasswd::Htpasswd::load(
+            settings.htpasswd_file.as_deref(),
+            settings.bcrypt_concurrency as usize,
+            settings.bcrypt_queue as usize,
+        )?;
         Ok(StoreState(Arc::new(Shared {
             users: access::UserPolicies::new(&settings.users),
             settings,

@@ -52,7 +52,7 @@ async fn dispatch(State(state): State<StoreState>, req: Request) -> Response {
     }
     let status = resp.status();
     let changes = method == Method::POST || method == Method::DELETE;
-    let refused = matches!(status.as_u16(), 401 | 403 | 507);
+    let refused = matches!(status.as_u16(), 401 | 403 | 429 | 503 | 507);
     if changes || refused {
         tracing::info!(
             target: "cofre_store::access",
@@ -157,7 +157,7 @@ async fn authenticate(state: &StoreState, parts: &Parts) -> Result<Identity, Sto
         return Ok(id);
     }
     let (user, password) = basic_credentials(&parts.headers).ok_or(StoreError::Unauthenticated)?;
-    if state.shared().htpasswd.verify(&user, &password).await {
+    if state.shared().htpasswd.verify(&user, &password).await? {
         Ok(Identity::User(user))
     } else {
         Err(StoreError::Unauthenticated)
