@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::compliance::Status;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Critical,
@@ -28,7 +28,7 @@ impl Severity {
 /// `X-Cofre-Alert-Id` (the same on every retry: receivers de-duplicate by it),
 /// `X-Cofre-Alert-Kind` and, when the channel has a secret,
 /// `X-Cofre-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     pub id: Uuid,
     /// `machine.non_compliant`, `machine.silent`, `run.missed`, `backup.overdue`,
@@ -53,19 +53,19 @@ pub struct Alert {
     pub job: Option<AlertJob>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertMachine {
     pub id: Uuid,
     pub hostname: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertGroup {
     pub id: Uuid,
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertJob {
     pub id: Uuid,
     /// backup, forget, prune or check.
@@ -73,7 +73,7 @@ pub struct AlertJob {
 }
 
 /// An alert's delivery to one channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub channel: String,
     /// `pending` or `sent`.
@@ -84,7 +84,7 @@ pub struct Delivery {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertRecord {
     pub alert: Alert,
     /// Empty until a controller routed it (within seconds), or when no channel takes it.

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// One audit event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub seq: i64,
     pub at: DateTime<Utc>,
@@ -18,7 +18,7 @@ pub struct Event {
 }
 
 /// A page of events, newest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventPage {
     pub items: Vec<Event>,
     /// Pass as `cursor` for the next (older) page; absent on the last page.
@@ -28,7 +28,7 @@ pub struct EventPage {
 /// A signed checkpoint of the chain head. The signature is Ed25519 over
 /// `"cofre-audit-checkpoint v1\nseq {seq}\nhead {head_hash}\nat {at}\n"` (at in RFC 3339 with
 /// microseconds and `Z`), by the key whose PEM `/api/v1/audit/checkpoints` gives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Checkpoint {
     pub seq: i64,
     /// Hex.
@@ -39,13 +39,13 @@ pub struct Checkpoint {
     pub made_by: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Checkpoints {
     pub public_key_pem: String,
     pub items: Vec<Checkpoint>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MadeCheckpoint {
     /// None while the log is empty.
     pub checkpoint: Option<Checkpoint>,
@@ -53,7 +53,7 @@ pub struct MadeCheckpoint {
 }
 
 /// What verification found.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Report {
     pub ok: bool,
     /// Events whose link was recomputed (up to the first problem).
@@ -70,7 +70,8 @@ pub struct Report {
     pub problem: Option<Problem>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = VerificationProblem)]
 pub struct Problem {
     /// The event (or the event a checkpoint signed) where verification fails.
     pub seq: i64,

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A machine's status, ordered from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Compliant,
@@ -41,7 +43,9 @@ impl std::fmt::Display for Status {
 }
 
 /// The rules a machine is judged by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
     /// The machine has reported at least once.
@@ -84,7 +88,7 @@ impl Rule {
 }
 
 /// A rule that does not hold (or is close to failing).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Finding {
     pub rule: Rule,
     pub status: Status,
@@ -100,7 +104,7 @@ pub struct Finding {
 }
 
 /// One machine's compliance now.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineCompliance {
     pub machine_id: Uuid,
     pub hostname: String,
@@ -116,7 +120,7 @@ pub struct MachineCompliance {
 }
 
 /// Machines per status in a group (or the whole fleet).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rollup {
     pub group_id: Option<Uuid>,
     pub group_name: Option<String>,
@@ -129,7 +133,7 @@ pub struct Rollup {
     pub protected_percent: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Summary {
     pub evaluated_at: DateTime<Utc>,
     pub fleet: Rollup,
@@ -137,7 +141,8 @@ pub struct Summary {
 }
 
 /// A change of a machine's status or findings, as the history recorded it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = StatusChange)]
 pub struct Change {
     pub machine_id: Uuid,
     pub at: DateTime<Utc>,
@@ -146,7 +151,7 @@ pub struct Change {
 }
 
 /// A machine's history over a period: its changes and the time spent in each status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineHistory {
     pub machine_id: Uuid,
     pub from: DateTime<Utc>,
@@ -158,7 +163,7 @@ pub struct MachineHistory {
 }
 
 /// Seconds spent in each status (time before the first record is counted nowhere).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusSeconds {
     pub compliant: i64,
     pub at_risk: i64,
@@ -167,7 +172,7 @@ pub struct StatusSeconds {
 }
 
 /// One day of a group (or the fleet): machines by their worst status of that day.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Day {
     pub day: NaiveDate,
     pub group_id: Option<Uuid>,

@@ -1,13 +1,22 @@
 //! The REST API's wire types: what `/api/v1` answers, defined once and used by the controller
 //! (which maps its rows into them), the client, the CLI and the portal. Serde only: no
-//! database, no HTTP. Older resources still have their types in the controller and the client;
-//! they move here as they are touched.
+//! database, no HTTP. Every type derives its OpenAPI schema (utoipa), so the document the
+//! controller serves is made from the same definitions.
 
 pub mod alerts;
 pub mod audit;
+pub mod common;
 pub mod compliance;
+pub mod enrollment;
+pub mod groups;
+pub mod jobs;
 pub mod machines;
+pub mod policies;
+pub mod repositories;
+pub mod stores;
 pub mod users;
+
+pub use common::{FieldError, Items, Page, Problem};
 
 /// Tells an absent field (no change) from `null` (clear it).
 pub(crate) mod double_option {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A person who uses Cofre. `role`: `admin`, `operator` or `auditor`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: Uuid,
     pub username: String,
@@ -19,7 +19,7 @@ pub struct User {
 }
 
 /// `POST /api/v1/users`. Without a password, one is generated and shown once.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub username: String,
@@ -31,7 +31,7 @@ pub struct NewUser {
 }
 
 /// `PUT /api/v1/users/{id}`: the fields to change. `group_id: null` makes the user fleet-wide.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,7 +41,7 @@ pub struct UpdateUser {
 }
 
 /// `POST /api/v1/users/{id}/password`: a new password, or none to have one generated.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPassword {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,7 +49,7 @@ pub struct NewPassword {
 }
 
 /// A user with the password Cofre generated for it (shown this once).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserWithPassword {
     pub user: User,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,7 +57,7 @@ pub struct UserWithPassword {
 }
 
 /// An API token for scripts (its secret is shown only when created).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiToken {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -75,7 +75,7 @@ pub struct ApiToken {
 }
 
 /// `POST /api/v1/api-tokens`: absent fields take the creator's rights; 90 days by default.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiToken {
     pub name: String,
@@ -91,14 +91,14 @@ pub struct NewApiToken {
 }
 
 /// A new API token: `token` is the secret to put in `Authorization: Bearer …`, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedApiToken {
     pub token: String,
     pub api_token: ApiToken,
 }
 
 /// `POST /api/v1/auth/login`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     pub username: String,
@@ -112,7 +112,7 @@ impl std::fmt::Debug for Login {
 }
 
 /// `POST /api/v1/auth/refresh`: a refresh token from login or the last refresh (single use).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Refresh {
     pub refresh_token: String,
@@ -126,7 +126,7 @@ impl std::fmt::Debug for Refresh {
 
 /// The answer to login and refresh: a short-lived access token (`expires_in` seconds) and the
 /// session's next refresh token, usable once, until `refresh_expires_at` at the latest.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Session {
     pub access_token: String,
     pub token_type: String,

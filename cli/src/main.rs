@@ -383,7 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             print(
-                &serde_json::json!({"id": t.id, "token": t.token, "uses_left": t.uses_left, "expires_at": t.expires_at}),
+                &serde_json::json!({"id": t.info.id, "token": t.token, "uses_left": t.info.uses_left, "expires_at": t.info.expires_at}),
             )?;
         }
         Command::Group { name } => {
@@ -523,7 +523,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_job(&j)?;
         }
         Command::Jobs { machine, policy, kind, state, from, to } => {
-            let filter = cofre_client::JobFilter { machine, policy, kind, state, from, to };
+            let filter =
+                cofre_client::JobFilter { machine, policy, kind, state, from, to, ..Default::default() };
             for j in client.list_all_jobs(&filter).await? {
                 print_job(&j)?;
             }

@@ -6,7 +6,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -16,19 +15,10 @@ use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::pki::Ca;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    #[serde(default)]
-    pub description: String,
-    pub group_id: Option<Uuid>,
-    pub uses: Option<u32>,
-    pub ttl_seconds: Option<u64>,
-    #[serde(default)]
-    pub requires_approval: bool,
-}
+/// `POST /api/v1/enrollment-tokens` (the wire type; checked by [`create_token`]).
+pub use cofre_api::enrollment::NewEnrollmentToken as NewToken;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct TokenInfo {
     pub id: Uuid,
     pub description: String,
@@ -40,9 +30,8 @@ pub struct TokenInfo {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct CreatedToken {
-    #[serde(flatten)]
     pub info: TokenInfo,
     /// The whole token; shown once, never stored.
     pub token: String,

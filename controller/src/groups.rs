@@ -1,20 +1,16 @@
 //! Groups (departments): machines belong to at most one; policies and quotas apply to them.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::audit::{self, Actor};
 use crate::error::{Error, Result};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewGroup {
-    pub name: String,
-}
+/// `POST /api/v1/groups` (the wire type; checked by [`create`]).
+pub use cofre_api::groups::NewGroup;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct Group {
     pub id: Uuid,
     pub name: String,

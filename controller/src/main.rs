@@ -29,6 +29,8 @@ enum Command {
     RotateJwtKey,
     /// Print the documented default configuration.
     PrintDefaultConfig,
+    /// Print the REST API's OpenAPI 3.1 document (also served at /api/v1/openapi.json).
+    PrintOpenapi,
     /// Write a new random master key (64 hex characters, mode 0600) to FILE.
     GenerateMasterKey { file: PathBuf },
 }
@@ -57,6 +59,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", Settings::default_toml());
             return Ok(());
         }
+        Command::PrintOpenapi => {
+            println!("{}", serde_json::to_string_pretty(cofre_controller::api::openapi::served())?);
+            return Ok(());
+        }
         Command::GenerateMasterKey { file } => {
             cofre_controller::seal::MasterKey::generate().write_new_file(&file)?;
             println!(
@@ -81,7 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Migrate => cofre_controller::serve::migrate(&settings).await,
             Command::RotateJwtKey => cofre_controller::serve::rotate_jwt_key(&settings).await,
             Command::Up(args) => cofre_controller::up::run(settings, args, shutdown_signal()).await,
-            Command::PrintDefaultConfig | Command::GenerateMasterKey { .. } => Ok(()),
+            Command::PrintDefaultConfig | Command::PrintOpenapi | Command::GenerateMasterKey { .. } => Ok(()),
         }
     })
 }

@@ -165,7 +165,7 @@ pub fn version_of(plan: &pb::Plan) -> u64 {
 }
 
 /// A machine whose agent does not hold its current plan.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct StalePlan {
     pub machine_id: Uuid,
     pub hostname: String,

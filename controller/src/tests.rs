@@ -60,7 +60,11 @@ pub(crate) async fn test_repository(st: &AppState) -> Uuid {
         &st.pool,
         &st.master,
         &Actor::System,
-        serde_json::from_value(serde_json::json!({"name": "r", "url": "https://rest.example"})).unwrap(),
+        serde_json::from_value::<cofre_api::repositories::NewRepository>(
+            serde_json::json!({"name": "r", "url": "https://rest.example"}),
+        )
+        .unwrap()
+        .into(),
     )
     .await
     .unwrap()
@@ -262,10 +266,11 @@ async fn a_result_delivered_twice_is_stored_once(pool: PgPool) {
         &st.pool,
         &st.master,
         &Actor::System,
-        serde_json::from_value(
+        serde_json::from_value::<cofre_api::repositories::NewRepository>(
             serde_json::json!({"name": "r", "url": "https://rest.example", "per_machine": false}),
         )
-        .unwrap(),
+        .unwrap()
+        .into(),
     )
     .await
     .unwrap();

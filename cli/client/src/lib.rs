@@ -40,7 +40,9 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 /// An error answer: its problem details, or the plain text when it has none.
 fn api_error(status: StatusCode, text: String) -> ClientError {
     let p: Problem = serde_json::from_str(&text).unwrap_or(Problem {
+        kind: "about:blank".into(),
         title: status.canonical_reason().unwrap_or("error").into(),
+        status: status.as_u16(),
         detail: text,
         errors: Vec::new(),
     });

@@ -5,7 +5,6 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::handlers::{created, id};
 use super::{Json, Query};
@@ -14,7 +13,8 @@ use crate::auth::Claims;
 use crate::error::Result;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Admins: everyone's tokens.
@@ -27,7 +27,7 @@ pub async fn list(
     Extension(c): Extension<Claims>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": api_tokens::list(&st.pool, &c, q.all).await? })).into_response())
+    Ok(axum::Json(cofre_api::Items { items: api_tokens::list(&st.pool, &c, q.all).await? }).into_response())
 }
 
 pub async fn create(

@@ -27,7 +27,8 @@ fn scoped_group(c: &Claims, asked: Option<Uuid>) -> Result<Option<Uuid>> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReportQuery {
     group: Option<Uuid>,
@@ -52,7 +53,7 @@ pub async fn report(
         .transpose()?;
     let machines = compliance::current(&st, group, status, Utc::now()).await?;
     match q.format.as_deref() {
-        None | Some("json") => Ok(axum::Json(json!({ "items": machines })).into_response()),
+        None | Some("json") => Ok(axum::Json(cofre_api::Items { items: machines }).into_response()),
         Some("csv") => Ok((
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -65,7 +66,8 @@ pub async fn report(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GroupQuery {
     group: Option<Uuid>,
@@ -80,7 +82,8 @@ pub async fn summary(
     Ok(axum::Json(compliance::summary(&st, group, Utc::now()).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DaysQuery {
     group: Option<Uuid>,
@@ -99,10 +102,12 @@ pub async fn days(
     if from > to || (to - from).num_days() > 3660 {
         return Err(Error::field("from", "must be before to, at most ten years apart"));
     }
-    Ok(axum::Json(json!({ "items": compliance::days(&st.pool, group, from, to).await? })).into_response())
+    Ok(axum::Json(cofre_api::Items { items: compliance::days(&st.pool, group, from, to).await? })
+        .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     from: Option<DateTime<Utc>>,
@@ -128,10 +133,12 @@ pub async fn decommission(
     Path(p): Path<String>,
 ) -> Result<Response> {
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
-    Ok(axum::Json(crate::machines::decommission(&st.pool, &c.actor(), m.id).await?).into_response())
+    let m = crate::machines::decommission(&st.pool, &c.actor(), m.id).await?;
+    Ok(axum::Json(cofre_api::machines::Machine::from(m)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EvidenceQuery {
     group: Option<Uuid>,
@@ -173,7 +180,8 @@ pub async fn evidence(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsQuery {
     group: Option<Uuid>,
@@ -192,6 +200,6 @@ pub async fn alerts(
     if !(1..=1000).contains(&limit) {
         return Err(Error::field("limit", "between 1 and 1000"));
     }
-    Ok(axum::Json(json!({ "items": crate::alerts::list(&st.pool, q.since, group, limit).await? }))
+    Ok(axum::Json(cofre_api::Items { items: crate::alerts::list(&st.pool, q.since, group, limit).await? })
         .into_response())
 }

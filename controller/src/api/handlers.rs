@@ -5,11 +5,10 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use cofre_api::{self as api, Items};
 use uuid::Uuid;
 
-use super::{Json, Query};
+use super::{Json, Query, wire};
 use crate::auth::Claims;
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -86,17 +85,19 @@ pub async fn refresh(
     Ok(axum::Json(session_answer(tokens)).into_response())
 }
 
-pub async fn list_tokens(State(st): State<AppState>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": enrollment::list_tokens(&st.pool).await? })).into_response())
+pub async fn list_tokens(
+    State(st): State<AppState>,
+) -> Result<axum::Json<Items<api::enrollment::EnrollmentToken>>> {
+    Ok(axum::Json(Items::of(enrollment::list_tokens(&st.pool).await?)))
 }
 
 pub async fn create_token(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
-    Json(req): Json<enrollment::NewToken>,
+    Json(req): Json<api::enrollment::NewEnrollmentToken>,
 ) -> Result<Response> {
     let t = enrollment::create_token(&st.pool, &c.actor(), &st.ca, &st.settings.enrollment, req).await?;
-    Ok(created(t))
+    Ok(created(api::enrollment::CreatedEnrollmentToken::from(t)))
 }
 
 pub async fn revoke_token(
@@ -108,40 +109,38 @@ pub async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn list_groups(State(st): State<AppState>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": groups::list(&st.pool).await? })).into_response())
+pub async fn list_groups(State(st): State<AppState>) -> Result<axum::Json<Items<api::groups::Group>>> {
+    Ok(axum::Json(Items::of(groups::list(&st.pool).await?)))
 }
 
 pub async fn create_group(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
-    Json(req): Json<groups::NewGroup>,
+    Json(req): Json<api::groups::NewGroup>,
 ) -> Result<Response> {
-    Ok(created(groups::create(&st.pool, &c.actor(), req).await?))
+    Ok(created(api::groups::Group::from(groups::create(&st.pool, &c.actor(), req).await?)))
 }
 
-pub async fn list_repositories(State(st): State<AppState>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": repositories::list(&st.pool).await? })).into_response())
+pub async fn list_repositories(
+    State(st): State<AppState>,
+) -> Result<axum::Json<Items<api::repositories::Repository>>> {
+    Ok(axum::Json(Items::of(repositories::list(&st.pool).await?)))
 }
 
 pub async fn create_repository(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
-    Json(req): Json<repositories::NewRepository>,
+    Json(req): Json<api::repositories::NewRepository>,
 ) -> Result<Response> {
-    Ok(created(repositories::create(&st.pool, &st.master, &c.actor(), req).await?))
+    let r = repositories::create(&st.pool, &st.master, &c.actor(), req.into()).await?;
+    Ok(created(api::repositories::Repository::from(r)))
 }
 
-pub async fn get_repository(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    Ok(axum::Json(repositories::get(&st.pool, id(&p, "repository")?).await?).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    cursor: Option<String>,
-    limit: Option<usize>,
-    status: Option<String>,
+pub async fn get_repository(
+    State(st): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<axum::Json<api::repositories::Repository>> {
+    Ok(axum::Json(repositories::get(&st.pool, id(&p, "repository")?).await?.into()))
 }
 
 pub(super) fn limit(l: Option<usize>) -> Result<usize> {
@@ -155,50 +154,51 @@ pub(super) fn limit(l: Option<usize>) -> Result<usize> {
 pub async fn list_machines(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
-    Query(q): Query<ListQuery>,
-) -> Result<Response> {
+    Query(q): Query<api::machines::MachineQuery>,
+) -> Result<axum::Json<api::Page<api::machines::Machine>>> {
     let after = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
     if let Some(s) = &q.status
         && !["pending", "active", "revoked", "decommissioned"].contains(&s.as_str())
     {
         return Err(Error::field("status", "one of pending, active, revoked, decommissioned"));
     }
-    Ok(axum::Json(machines::list(&st.pool, after, limit(q.limit)?, q.status.as_deref(), c.grp).await?)
-        .into_response())
+    Ok(axum::Json(wire::page(
+        machines::list(&st.pool, after, limit(q.limit)?, q.status.as_deref(), c.grp).await?,
+    )))
 }
 
 pub async fn get_machine(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-) -> Result<Response> {
-    Ok(axum::Json(machine_in_scope(&st, &c, id(&p, "machine")?).await?).into_response())
+) -> Result<axum::Json<api::machines::Machine>> {
+    Ok(axum::Json(machine_in_scope(&st, &c, id(&p, "machine")?).await?.into()))
 }
 
 pub async fn approve_machine(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-) -> Result<Response> {
+) -> Result<axum::Json<api::machines::Machine>> {
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
-    Ok(axum::Json(machines::approve(&st.pool, &c.actor(), m.id).await?).into_response())
+    Ok(axum::Json(machines::approve(&st.pool, &c.actor(), m.id).await?.into()))
 }
 
 pub async fn revoke_machine(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-) -> Result<Response> {
+) -> Result<axum::Json<api::machines::Machine>> {
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
-    Ok(axum::Json(machines::revoke(&st.pool, &c.actor(), m.id).await?).into_response())
+    Ok(axum::Json(machines::revoke(&st.pool, &c.actor(), m.id).await?.into()))
 }
 
 pub async fn update_machine(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-    Json(req): Json<cofre_api::machines::UpdateMachine>,
-) -> Result<Response> {
+    Json(req): Json<api::machines::UpdateMachine>,
+) -> Result<axum::Json<api::machines::Machine>> {
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
-    Ok(axum::Json(machines::update(&st.pool, &c.actor(), m.id, req, c.grp).await?).into_response())
+    Ok(axum::Json(machines::update(&st.pool, &c.actor(), m.id, req, c.grp).await?.into()))
 }

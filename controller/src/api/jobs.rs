@@ -5,31 +5,22 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cofre_api::{self as api, Items};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::handlers::{id, limit, machine_in_scope};
-use super::{Json, Query};
+use super::{Json, Query, wire};
 use crate::auth::Claims;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::{jobs, machines, maintenance};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobsQuery {
-    cursor: Option<String>,
-    limit: Option<usize>,
-    kind: Option<String>,
-    state: Option<String>,
-}
-
 pub async fn list_jobs(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-    Query(q): Query<JobsQuery>,
-) -> Result<Response> {
+    Query(q): Query<api::jobs::JobsQuery>,
+) -> Result<axum::Json<api::Page<api::jobs::Job>>> {
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
     let before = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
     let filter = jobs::Filter {
@@ -38,20 +29,7 @@ pub async fn list_jobs(
         state: q.state.as_deref(),
         ..Default::default()
     };
-    Ok(axum::Json(jobs::list(&st.pool, filter, before, limit(q.limit)?).await?).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AllJobsQuery {
-    cursor: Option<String>,
-    limit: Option<usize>,
-    machine: Option<uuid::Uuid>,
-    policy: Option<uuid::Uuid>,
-    kind: Option<String>,
-    state: Option<String>,
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    to: Option<chrono::DateTime<chrono::Utc>>,
+    Ok(axum::Json(wire::page(jobs::list(&st.pool, filter, before, limit(q.limit)?).await?)))
 }
 
 /// Every job the caller may see (a group's machines for a group-limited user), newest first,
@@ -59,8 +37,8 @@ pub struct AllJobsQuery {
 pub async fn list_all_jobs(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
-    Query(q): Query<AllJobsQuery>,
-) -> Result<Response> {
+    Query(q): Query<api::jobs::JobFilter>,
+) -> Result<axum::Json<api::Page<api::jobs::Job>>> {
     if let Some(m) = q.machine {
         machine_in_scope(&st, &c, m).await?;
     }
@@ -75,7 +53,7 @@ pub async fn list_all_jobs(
         to: q.to,
         ..Default::default()
     };
-    Ok(axum::Json(jobs::list(&st.pool, filter, before, limit(q.limit)?).await?).into_response())
+    Ok(axum::Json(wire::page(jobs::list(&st.pool, filter, before, limit(q.limit)?).await?)))
 }
 
 pub async fn run_now(
@@ -83,7 +61,7 @@ pub async fn run_now(
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
     headers: HeaderMap,
-    Json(req): Json<jobs::RunNow>,
+    Json(req): Json<api::jobs::RunNow>,
 ) -> Result<Response> {
     let key = headers
         .get("idempotency-key")
@@ -91,16 +69,16 @@ pub async fn run_now(
         .transpose()?;
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
     let job = jobs::run_now(&st.pool, &c.actor(), m.id, req, key).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(api::jobs::Job::from(job))).into_response())
 }
 
 pub async fn list_snapshots(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-) -> Result<Response> {
+) -> Result<axum::Json<Items<api::jobs::Snapshot>>> {
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
-    Ok(axum::Json(json!({ "items": jobs::snapshots_for_machine(&st.pool, m.id).await? })).into_response())
+    Ok(axum::Json(Items::of(jobs::snapshots_for_machine(&st.pool, m.id).await?)))
 }
 
 /// A job the caller may see: one of a machine in the caller's scope, or (fleet-wide users
@@ -122,8 +100,8 @@ pub async fn get_job(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-) -> Result<Response> {
-    Ok(axum::Json(job_in_scope(&st, &c, id(&p, "job")?).await?).into_response())
+) -> Result<axum::Json<api::jobs::Job>> {
+    Ok(axum::Json(job_in_scope(&st, &c, id(&p, "job")?).await?.into()))
 }
 
 pub async fn cancel_job(
@@ -133,10 +111,11 @@ pub async fn cancel_job(
 ) -> Result<Response> {
     let job = job_in_scope(&st, &c, id(&p, "job")?).await?;
     let job = jobs::cancel(&st.pool, &c.actor(), job.id).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(api::jobs::Job::from(job))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoriesQuery {
     machine: Option<String>,
@@ -147,21 +126,20 @@ pub async fn list_restic_repositories(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Query(q): Query<RepositoriesQuery>,
-) -> Result<Response> {
+) -> Result<axum::Json<Items<api::repositories::ResticRepository>>> {
     let machine = q
         .machine
         .as_deref()
         .map(|m| uuid::Uuid::try_parse(m).map_err(|_| Error::field("machine", "not a machine id")))
         .transpose()?;
-    let items = maintenance::list_repositories(&st.pool, machine, c.grp).await?;
-    Ok(axum::Json(json!({ "items": items })).into_response())
+    Ok(axum::Json(Items::of(maintenance::list_repositories(&st.pool, machine, c.grp).await?)))
 }
 
 pub async fn run_maintenance(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-    Json(req): Json<maintenance::RunMaintenance>,
+    Json(req): Json<api::repositories::RunMaintenance>,
 ) -> Result<Response> {
     let repo = id(&p, "restic repository")?;
     if c.grp.is_some()
@@ -170,15 +148,15 @@ pub async fn run_maintenance(
         return Err(Error::NotFound("restic repository".into()));
     }
     let job = maintenance::run_now(&st.pool, &c.actor(), repo, req).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(api::jobs::Job::from(job))).into_response())
 }
 
 /// Maintenance jobs; a group-limited user sees only its group's machines' ones.
 pub async fn list_maintenance_jobs(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
-    Query(q): Query<JobsQuery>,
-) -> Result<Response> {
+    Query(q): Query<api::jobs::JobsQuery>,
+) -> Result<axum::Json<api::Page<api::jobs::Job>>> {
     let before = q.cursor.as_deref().map(machines::decode_cursor).transpose()?;
     let filter = jobs::Filter {
         maintenance: true,
@@ -187,6 +165,5 @@ pub async fn list_maintenance_jobs(
         group: c.grp,
         ..Default::default()
     };
-    let page = jobs::list(&st.pool, filter, before, limit(q.limit)?).await?;
-    Ok(axum::Json(page).into_response())
+    Ok(axum::Json(wire::page(jobs::list(&st.pool, filter, before, limit(q.limit)?).await?)))
 }

@@ -5,8 +5,7 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use cofre_api::{self as api, Items};
 
 use super::handlers::{created, id};
 use super::{Json, Query};
@@ -17,7 +16,7 @@ use crate::state::AppState;
 
 fn with_etag(p: policies::Policy, status: StatusCode) -> Response {
     let etag = format!("\"rev-{}\"", p.revision);
-    let mut resp = (status, axum::Json(p)).into_response();
+    let mut resp = (status, axum::Json(api::policies::Policy::from(p))).into_response();
     if let Ok(v) = HeaderValue::from_str(&etag) {
         resp.headers_mut().insert(header::ETAG, v);
     }
@@ -28,8 +27,8 @@ fn hook_rights(c: &Claims) -> HookRights {
     if c.role == Role::Admin { HookRights::Allowed } else { HookRights::Denied }
 }
 
-pub async fn list_policies(State(st): State<AppState>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": policies::list(&st.pool).await? })).into_response())
+pub async fn list_policies(State(st): State<AppState>) -> Result<axum::Json<Items<api::policies::Policy>>> {
+    Ok(axum::Json(Items::of(policies::list(&st.pool).await?)))
 }
 
 pub async fn create_policy(
@@ -68,45 +67,40 @@ pub async fn update_policy(
     Ok(with_etag(pol, StatusCode::OK))
 }
 
-pub async fn list_versions(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": policies::list_versions(&st.pool, id(&p, "policy")?).await? }))
-        .into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiffQuery {
-    from: i64,
-    to: i64,
+pub async fn list_versions(
+    State(st): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<axum::Json<Items<api::policies::PolicyVersion>>> {
+    Ok(axum::Json(Items::of(policies::list_versions(&st.pool, id(&p, "policy")?).await?)))
 }
 
 pub async fn diff_versions(
     State(st): State<AppState>,
     Path(p): Path<String>,
-    Query(q): Query<DiffQuery>,
-) -> Result<Response> {
+    Query(q): Query<api::policies::DiffQuery>,
+) -> Result<axum::Json<api::policies::PolicyDiff>> {
     let changes = policies::diff(&st.pool, id(&p, "policy")?, q.from, q.to).await?;
-    Ok(axum::Json(json!({ "from": q.from, "to": q.to, "changes": changes })).into_response())
+    Ok(axum::Json(api::policies::PolicyDiff { from: q.from, to: q.to, changes }))
 }
 
 pub async fn list_assignments(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-) -> Result<Response> {
+) -> Result<axum::Json<Items<api::policies::Assignment>>> {
     let policy = id(&p, "policy")?;
     policies::get(&st.pool, policy).await?;
-    Ok(axum::Json(json!({ "items": policies::list_assignments(&st.pool, policy, c.grp).await? }))
-        .into_response())
+    Ok(axum::Json(Items::of(policies::list_assignments(&st.pool, policy, c.grp).await?)))
 }
 
 pub async fn assign_policy(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-    Json(req): Json<policies::NewAssignment>,
+    Json(req): Json<api::policies::NewAssignment>,
 ) -> Result<Response> {
-    Ok(created(policies::assign(&st.pool, &c.actor(), id(&p, "policy")?, req).await?))
+    let a = policies::assign(&st.pool, &c.actor(), id(&p, "policy")?, req).await?;
+    Ok(created(api::policies::Assignment::from(a)))
 }
 
 pub async fn unassign_policy(
@@ -120,7 +114,9 @@ pub async fn unassign_policy(
 
 /// Machines (of the caller's group, for a group-limited user) whose agent does not hold the
 /// plan the controller computes now.
-pub async fn stale_plans(State(st): State<AppState>, Extension(c): Extension<Claims>) -> Result<Response> {
-    let items = crate::plans::stale(&st.pool, &st.master, &st.ca.cert_pem, c.grp).await?;
-    Ok(axum::Json(json!({ "items": items })).into_response())
+pub async fn stale_plans(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+) -> Result<axum::Json<Items<api::policies::StalePlan>>> {
+    Ok(axum::Json(Items::of(crate::plans::stale(&st.pool, &st.master, &st.ca.cert_pem, c.grp).await?)))
 }

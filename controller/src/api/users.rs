@@ -4,7 +4,6 @@
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::Json;
 use super::handlers::{created, id};
@@ -29,7 +28,7 @@ pub async fn me(State(st): State<AppState>, Extension(c): Extension<Claims>) -> 
 }
 
 pub async fn list_users(State(st): State<AppState>) -> Result<Response> {
-    Ok(axum::Json(json!({ "items": users::list(&st.pool).await? })).into_response())
+    Ok(axum::Json(cofre_api::Items { items: users::list(&st.pool).await? }).into_response())
 }
 
 pub async fn get_user(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {

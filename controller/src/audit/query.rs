@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 /// What to read. `actor` matches a whole actor (`user:<id>:<name>`) or its leading parts
 /// (`user:<id>`, `machine`); `action` a whole action (`machine.revoke`) or its prefix up to a
 /// dot (`machine`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     pub actor: Option<String>,

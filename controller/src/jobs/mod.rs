@@ -8,7 +8,6 @@ pub(crate) use ingest::cap;
 pub use ingest::{JobReport, ingest};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -16,7 +15,7 @@ use crate::audit::{self, Actor};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct Job {
     pub id: Uuid,
     /// The machine a backup ran on, or whose repository a maintenance job worked on (None for
@@ -54,11 +53,8 @@ pub fn is_final(state: &str) -> bool {
 
 pub const MAINTENANCE_KINDS: [&str; 3] = ["forget", "prune", "check"];
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunNow {
-    pub policy_id: Uuid,
-}
+/// `POST /api/v1/machines/{id}/jobs` (the wire type).
+pub use cofre_api::jobs::RunNow;
 
 /// Queues a backup of `policy` on `machine`. With an idempotency key, a repeated request
 /// returns the job the first one created.
@@ -314,7 +310,7 @@ pub async fn mark_interrupted(pool: &PgPool, machine: Uuid, jobs: &[Uuid]) -> Re
     Ok(())
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct Snapshot {
     pub snapshot_id: String,
     pub restic_repository_id: Uuid,

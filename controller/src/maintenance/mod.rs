@@ -22,7 +22,6 @@ mod worker;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -109,15 +108,8 @@ pub fn worker(
     worker::Worker { pool, master, identity, settings, replica }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunMaintenance {
-    /// forget, prune or check.
-    pub kind: String,
-    /// A forget that removes nothing and reports what it would remove (`stats.would_remove`).
-    #[serde(default)]
-    pub dry_run: bool,
-}
+/// `POST /api/v1/restic-repositories/{id}/maintenance` (the wire type; checked by [`run_now`]).
+pub use cofre_api::repositories::RunMaintenance;
 
 /// Queues a maintenance job of `kind` on a restic repository now.
 pub async fn run_now(
@@ -168,7 +160,7 @@ pub async fn run_now(
 }
 
 /// A restic repository as the API shows it, with its last maintenance.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct ResticRepository {
     pub id: Uuid,
     pub repository_id: Uuid,

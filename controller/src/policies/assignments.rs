@@ -2,7 +2,6 @@
 //! Which machines a policy reaches is the `machine_policies` view; nothing here repeats it.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -10,14 +9,10 @@ use crate::audit::{self, Actor};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewAssignment {
-    pub machine_id: Option<Uuid>,
-    pub group_id: Option<Uuid>,
-}
+/// `POST /api/v1/policies/{id}/assignments` (the wire type; checked by [`assign`]).
+pub use cofre_api::policies::NewAssignment;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct Assignment {
     pub id: Uuid,
     pub policy_id: Uuid,

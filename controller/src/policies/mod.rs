@@ -11,7 +11,6 @@ mod versions;
 
 use chrono::{DateTime, Utc};
 use cofre_policy::spec::PolicySpec;
-use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -23,13 +22,12 @@ use crate::error::{Error, Result};
 use crate::events::{self, Event};
 
 /// A policy as the API returns it: its spec's fields with its id and revision.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub id: Uuid,
     pub revision: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    #[serde(flatten)]
     pub spec: PolicySpec,
 }
 

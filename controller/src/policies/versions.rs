@@ -3,14 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use cofre_policy::spec::Change;
-use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::audit::Actor;
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PolicyVersion {
     pub policy_id: Uuid,
     pub revision: i64,

@@ -16,7 +16,6 @@ pub use provision::{provision, spawn_provisioner};
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -25,19 +24,16 @@ use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::seal::{MasterKey, Place};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct NewRepository {
     pub name: String,
     pub url: String,
-    #[serde(default = "default_true")]
     pub per_machine: bool,
     pub path_template: Option<String>,
     pub username: Option<String>,
     /// Write-only: never returned.
     pub password: Option<SecretString>,
     pub ca_certificate_pem: Option<String>,
-    #[serde(default)]
     pub allow_insecure_http: bool,
     /// A plain rest-server's controller-only instance serving the same data (the agents' one
     /// runs `--append-only`): init, forget, prune and check go there. Not for cofre-store,
@@ -48,11 +44,7 @@ pub struct NewRepository {
     pub maintenance_password: Option<SecretString>,
 }
 
-fn default_true() -> bool {
-    true
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct Repository {
     pub id: Uuid,
     pub name: String,

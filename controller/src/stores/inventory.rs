@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use cofre_proto::store::v1 as pb;
-use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -116,7 +115,7 @@ pub async fn ingest(
 }
 
 /// One repository on a store, joined with what the controller knows about it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct RepositoryInventory {
     pub path: String,
     pub url: String,

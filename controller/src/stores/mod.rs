@@ -12,7 +12,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -25,15 +24,10 @@ use crate::pki::{Ca, Issued};
 /// How long a store enrollment token stays valid.
 const TOKEN_TTL_HOURS: i64 = 24;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewStore {
-    pub name: String,
-    /// The URL agents and the controller reach the store at, e.g. `https://backup.example:8443/`.
-    pub url: String,
-}
+/// `POST /api/v1/stores` (the wire type; checked by [`create`]).
+pub use cofre_api::stores::NewStore;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Store {
     pub id: Uuid,
     pub name: String,
@@ -51,9 +45,8 @@ pub struct Store {
 const COLUMNS: &str = "id, name, url, status, store_version, access_list_version, created_at,
     token_expires_at, enrolled_at, last_seen_at, revoked_at";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct CreatedStore {
-    #[serde(flatten)]
     pub store: Store,
     /// The enrollment token for `cofre-store enroll`; shown once, never stored.
     pub token: String,

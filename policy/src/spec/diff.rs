@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// One difference between two versions of a spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Change {
     /// JSON path of the changed value (`schedule.cron`, `paths[1]`).
     pub field: String,

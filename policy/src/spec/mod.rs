@@ -21,6 +21,7 @@ pub use diff::{Change, diff};
 pub use validate::valid_hook_name;
 
 /// One problem with one field, named by its JSON path (`schedule.timezone`, `paths[2]`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     pub field: String,
@@ -34,6 +35,7 @@ impl FieldError {
 }
 
 /// A complete policy as written by an administrator.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
@@ -89,6 +91,7 @@ fn default_heartbeat() -> u64 {
 
 /// A schedule as written: a cron expression in an IANA time zone, or an interval; optional
 /// jitter and allowed window.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
@@ -112,6 +115,7 @@ fn is_zero(v: &u64) -> bool {
 }
 
 /// Local times `HH:MM` between which runs may start; `end` before `start` crosses midnight.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSpec {
@@ -120,6 +124,7 @@ pub struct WindowSpec {
 }
 
 /// restic's `forget --keep-*` options. Counts of 0 and absent durations are not set.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionSpec {
@@ -158,6 +163,7 @@ fn is_zero32(v: &u32) -> bool {
 }
 
 /// The controller's maintenance of a policy's repositories.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceSpec {
@@ -207,6 +213,7 @@ impl Default for MaintenanceSpec {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
@@ -224,6 +231,7 @@ impl Hooks {
 
 /// A hook by name: the agent runs it only if an executable of this name exists in its own
 /// root-owned hook directory. A policy never carries a command line.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookSpec {
@@ -239,6 +247,7 @@ fn default_hook_timeout() -> u64 {
 }
 
 /// What a failed (or timed-out, or missing) hook does to the job.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {

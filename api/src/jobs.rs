@@ -1,0 +1,96 @@
+//! Jobs (backups, forget, prune, check) and the snapshots backups made.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    /// The machine a backup ran on, or whose repository a maintenance job worked on (None for
+    /// a shared repository's maintenance).
+    pub machine_id: Option<Uuid>,
+    pub policy_id: Option<Uuid>,
+    pub restic_repository_id: Option<Uuid>,
+    /// backup, forget, prune or check.
+    pub kind: String,
+    /// schedule, manual, …
+    pub trigger: String,
+    /// queued, running, succeeded, warning, failed, interrupted, cancelled or skipped.
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The run was still going when its policy's window closed.
+    pub overran_window: bool,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub snapshot_id: Option<String>,
+    pub stats: Option<serde_json::Value>,
+    pub warnings: Option<Vec<String>>,
+    pub error_message: Option<String>,
+    /// How the agent should treat the failure: transient, permanent, …
+    pub retry_class: Option<String>,
+    pub log: Option<String>,
+}
+
+impl Job {
+    /// The job has ended (it will not change any more).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "warning" | "failed" | "interrupted" | "cancelled" | "skipped"
+        )
+    }
+}
+
+/// `POST /api/v1/machines/{id}/jobs`: back this machine up now under this policy.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunNow {
+    pub policy_id: Uuid,
+}
+
+/// `GET /api/v1/machines/{id}/jobs` and `GET /api/v1/maintenance/jobs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    pub cursor: Option<String>,
+    /// 1 to 1000 (100 by default).
+    pub limit: Option<usize>,
+    pub kind: Option<String>,
+    pub state: Option<String>,
+}
+
+/// `GET /api/v1/jobs`: every filter is optional; times bound `created_at`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct JobFilter {
+    pub cursor: Option<String>,
+    /// 1 to 1000 (100 by default).
+    pub limit: Option<usize>,
+    pub machine: Option<Uuid>,
+    pub policy: Option<Uuid>,
+    pub kind: Option<String>,
+    pub state: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// A snapshot a backup made, as the agent reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub snapshot_id: String,
+    pub restic_repository_id: Uuid,
+    pub machine_id: Uuid,
+    pub job_id: Option<Uuid>,
+    pub time: DateTime<Utc>,
+    pub hostname: String,
+    pub paths: Vec<String>,
+    pub bytes_processed: Option<i64>,
+    pub bytes_added: Option<i64>,
+    pub policy_id: Option<Uuid>,
+    pub tags: Vec<String>,
+}
