@@ -342,10 +342,56 @@ pub async fn insert_certificate(
     Ok(())
 }
 
-/// Records a renewed certificate for an active machine.
-pub async fn record_certificate(pool: &PgPool, id: Uuid, issued: &crate::pki::Issued) -> Result<()> {
+/// How often a machine may receive a certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewalLimit {
+    /// The least time since the machine's newest certificate was issued.
+    pub interval: std::time::Duration,
+    /// The same when the certificate presented expires within `interval` (a renewal answer
+    /// lost on the way must not lock the machine out).
+    pub near_expiry_interval: std::time::Duration,
+}
+
+/// Issues (with `issue`) and records a renewed certificate for an active machine presenting
+/// `serial`, unless the machine received one too recently: each renewal is a certificate that
+/// opens sessions for its lifetime and an audit event written under the audit log's global
+/// lock. Refused with `TooManyRequests` and the seconds to wait.
+pub async fn renew_certificate(
+    pool: &PgPool,
+    id: Uuid,
+    serial: &str,
+    limit: RenewalLimit,
+    issue: impl FnOnce() -> Result<crate::pki::Issued>,
+) -> Result<crate::pki::Issued> {
     let mut tx = pool.begin().await?;
-    insert_certificate(&mut tx, id, issued).await?;
+    // One renewal at a time per machine, whichever replica its sessions are on.
+    sqlx::query("select 1 from machines where id = $1 for update").bind(id).execute(&mut *tx).await?;
+    let (since_newest, presented_left): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "select extract(epoch from now() - max(issued_at))::float8,
+                (select extract(epoch from not_after - now())::float8 from certificates
+                 where serial = $2 and machine_id = $1)
+         from certificates where machine_id = $1",
+    )
+    .bind(id)
+    .bind(serial)
+    .fetch_one(&mut *tx)
+    .await?;
+    let since_newest = since_newest.unwrap_or(f64::MAX);
+    let near_expiry = presented_left.is_some_and(|left| left < limit.interval.as_secs_f64());
+    let needed = if near_expiry { limit.near_expiry_interval } else { limit.interval }.as_secs_f64();
+    if since_newest < needed {
+        // Whole seconds, rounded up: between 1 and the interval.
+        let wait = (needed - since_newest).ceil().max(1.0) as u64;
+        return Err(Error::TooManyRequests(
+            format!(
+                "this machine received a certificate {} s ago; ask again in {wait} s",
+                since_newest.floor()
+            ),
+            Some(wait),
+        ));
+    }
+    let issued = issue()?;
+    insert_certificate(&mut tx, id, &issued).await?;
     audit::record(
         &mut tx,
         &Actor::Machine(id),
@@ -356,5 +402,39 @@ pub async fn record_certificate(pool: &PgPool, id: Uuid, issued: &crate::pki::Is
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(issued)
+}
+
+/// Revokes the machine's certificates issued before `serial` once a session proves the
+/// machine holds `serial` (the renewed one): a renewal no longer leaves its predecessor usable
+/// for the rest of its lifetime. Until then both work, since the renewal's answer may be lost
+/// on the way. Audited; open sessions with a predecessor re-check and close.
+pub async fn retire_predecessors(pool: &PgPool, id: Uuid, serial: &str) -> Result<Vec<String>> {
+    let mut tx = pool.begin().await?;
+    let retired: Vec<String> = sqlx::query_scalar(
+        "update certificates c set revoked_at = now()
+         from certificates cur
+         where cur.serial = $2 and cur.machine_id = $1
+           and c.machine_id = $1 and c.revoked_at is null and c.issued_at < cur.issued_at
+         returning c.serial",
+    )
+    .bind(id)
+    .bind(serial)
+    .fetch_all(&mut *tx)
+    .await?;
+    if retired.is_empty() {
+        return Ok(retired);
+    }
+    audit::record(
+        &mut tx,
+        &Actor::Machine(id),
+        "certificate.supersede",
+        "machine",
+        &id.to_string(),
+        serde_json::json!({"in_use": serial, "revoked_certificates": retired}),
+    )
+    .await?;
+    events::notify(&mut tx, &Event::Machine { id }).await?;
+    tx.commit().await?;
+    Ok(retired)
 }

@@ -4,18 +4,20 @@
 //! every open.
 
 mod error;
+mod limits;
 mod session;
 pub mod store;
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use cofre_proto::agent::v1 as pb;
 use pb::agent_service_server::{AgentService, AgentServiceServer};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
+
+pub use limits::Limits;
+use limits::{EventLimiter, RateLimiter};
 
 use crate::enrollment;
 use crate::state::AppState;
@@ -23,6 +25,13 @@ use crate::state::AppState;
 pub struct AgentApi {
     state: AppState,
     limiter: RateLimiter,
+    sessions: Arc<SessionLimits>,
+}
+
+/// What every session of this replica shares: the limits and the per-machine event buckets.
+pub(crate) struct SessionLimits {
+    pub(crate) limits: Limits,
+    pub(crate) events: EventLimiter,
 }
 
 impl std::fmt::Debug for AgentApi {
@@ -32,8 +41,17 @@ impl std::fmt::Debug for AgentApi {
 }
 
 pub fn service(state: AppState) -> AgentServiceServer<AgentApi> {
+    service_with(state, Limits::default())
+}
+
+/// The agent service with other limits (tests).
+pub fn service_with(state: AppState, limits: Limits) -> AgentServiceServer<AgentApi> {
     let per_minute = state.settings.grpc.enroll_per_minute;
-    AgentServiceServer::new(AgentApi { state, limiter: RateLimiter::new(per_minute) })
+    let sessions = Arc::new(SessionLimits { limits, events: EventLimiter::new(&limits) });
+    AgentServiceServer::new(AgentApi { state, limiter: RateLimiter::new(per_minute), sessions })
+        // tonic's default (4 MiB) ended the session of an agent whose result was larger, and
+        // the agent sent that result first again after every reconnect.
+        .max_decoding_message_size(limits.max_message_bytes)
 }
 
 /// TLS for the gRPC port: our CA-issued server certificate (chain includes the CA, so an
@@ -49,7 +67,8 @@ pub fn tls_config(state: &AppState) -> anyhow::Result<ServerTlsConfig> {
 
 fn inventory(inv: Option<pb::Inventory>) -> enrollment::Inventory {
     let inv = inv.unwrap_or_default();
-    let clip = |s: String| s.chars().take(255).collect::<String>();
+    // PostgreSQL's text holds no NUL.
+    let clip = |s: String| s.chars().filter(|c| *c != '\0').take(255).collect::<String>();
     enrollment::Inventory {
         hostname: clip(inv.hostname),
         os: clip(inv.os),
@@ -102,7 +121,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        session::open(self.state.clone(), req).await
+        session::open(self.state.clone(), self.sessions.clone(), req).await
     }
 }
 
@@ -135,43 +154,5 @@ pub(crate) fn hello_first() -> End {
     End::Refuse(Status::invalid_argument("the first message must be Hello"))
 }
 
-/// A fixed-window limiter per source address (per replica).
-struct RateLimiter {
-    per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl RateLimiter {
-    fn new(per_minute: u32) -> Self {
-        Self { per_minute, windows: Mutex::new(HashMap::new()) }
-    }
-
-    fn allow(&self, ip: IpAddr) -> bool {
-        let mut w = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if w.len() > 100_000 {
-            w.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
-        }
-        let e = w.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(60) {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        e.1 <= self.per_minute
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn enroll_attempts_are_limited_per_address() {
-        let l = RateLimiter::new(3);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!((0..3).all(|_| l.allow(a)));
-        assert!(!l.allow(a), "the fourth attempt within a minute is refused");
-        assert!(l.allow(b), "other addresses are not affected");
-    }
-}
+mod tests;

@@ -2,9 +2,15 @@
 //! open and on every machine event, the plan on connect and whenever it changes, run-now
 //! jobs, idempotent ingestion of results with acknowledgements after commit, and
 //! certificate renewal.
+//!
+//! A machine awaiting approval writes nothing: its results are refused with a retry delay and
+//! stay in its spool. Job events are limited per machine (a token bucket) and renewals to one
+//! per hour; over a limit the session ends with `RESOURCE_EXHAUSTED` and a `retry-after`. The
+//! first session with a renewed certificate revokes the machine's older ones.
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cofre_proto::agent::v1 as pb;
@@ -17,7 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::End;
+use super::error::retry_later;
+use super::{End, SessionLimits};
 use crate::error::Error;
 use crate::events::Event;
 use crate::machines::{self, SessionStanding};
@@ -45,17 +52,26 @@ fn identity<T>(req: &Request<T>) -> Result<(Uuid, String), Status> {
     Ok((id, crate::pki::serial_hex(cert.raw_serial())))
 }
 
+/// How long a machine awaiting approval waits before it offers its results again.
+const PENDING_RETRY: Duration = Duration::from_secs(60);
+
 pub async fn open(
     state: AppState,
+    limits: Arc<SessionLimits>,
     req: Request<Streaming<pb::AgentMessage>>,
 ) -> Result<Response<OutStream>, Status> {
     let (machine, serial) = identity(&req)?;
     let standing = machines::session_standing(&state.pool, machine, &serial).await?;
+    let retired = machines::retire_predecessors(&state.pool, machine, &serial).await?;
+    if !retired.is_empty() {
+        tracing::info!(machine.id = %machine, serial = %serial, ?retired, "renewed certificate in use; older ones revoked");
+    }
     let events = state.events.subscribe();
     let inbound = req.into_inner();
     let (tx, rx) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(64);
     let session = Session {
         state,
+        limits,
         machine,
         serial,
         standing,
@@ -73,6 +89,7 @@ pub async fn open(
 
 struct Session {
     state: AppState,
+    limits: Arc<SessionLimits>,
     machine: Uuid,
     serial: String,
     standing: SessionStanding,
@@ -142,7 +159,9 @@ impl Session {
         machines::record_hello(&self.state.pool, self.machine, &inv, hello.plan_version).await?;
         let interrupted: Vec<Uuid> =
             hello.interrupted_job_ids.iter().filter_map(|s| Uuid::try_parse(s).ok()).collect();
-        jobs::mark_interrupted(&self.state.pool, self.machine, &interrupted).await?;
+        if self.standing == SessionStanding::Active {
+            jobs::mark_interrupted(&self.state.pool, self.machine, &interrupted).await?;
+        }
         tracing::info!(machine.id = %self.machine, agent_version = %inv.agent_version, plan_version = hello.plan_version, "agent connected");
         self.sent_plan = Some(hello.plan_version);
         self.held_plan = hello.plan_version;
@@ -205,12 +224,31 @@ impl Session {
     }
 
     async fn on_job_event(&mut self, ev: pb::JobEvent) -> Result<(), End> {
+        if self.standing != SessionStanding::Active {
+            // Nothing is written for a machine nobody approved; the agent keeps the event.
+            let status = Status::failed_precondition(
+                "this machine awaits an administrator's approval: its results stay in its spool until then",
+            );
+            return Err(End::Refuse(retry_later(status, PENDING_RETRY)));
+        }
+        if let Err(wait) = self.limits.events.take(self.machine, std::time::Instant::now()) {
+            tracing::warn!(machine.id = %self.machine, retry_in_s = wait.as_secs(), "too many job events; session ended");
+            let status = Status::resource_exhausted(
+                "too many job events from this machine: the rest stay in its spool",
+            );
+            return Err(End::Refuse(retry_later(status, wait)));
+        }
         match jobs::ingest(&self.state.pool, self.machine, &ev).await {
             Ok(()) => {}
             // Retrying will not make a malformed or foreign event acceptable: log it and ack, so
             // it does not block the agent's spool forever.
             Err(e @ (Error::Invalid { .. } | Error::Forbidden(_))) => {
                 tracing::warn!(machine.id = %self.machine, event_id = %ev.event_id, error = %e, "discarding invalid job event");
+            }
+            // Data PostgreSQL refuses (class 22, data exception) will be refused again: the
+            // same, rather than the agent redelivering it first after every reconnect.
+            Err(Error::Db(sqlx::Error::Database(db))) if db.code().is_some_and(|c| c.starts_with("22")) => {
+                tracing::warn!(machine.id = %self.machine, event_id = %ev.event_id, error = %db, "discarding a job event the database cannot store");
             }
             // Not stored: close, so the agent reconnects later and delivers it again.
             Err(e) => return Err(e.into()),
@@ -224,11 +262,19 @@ impl Session {
         }
         let st = &self.state;
         let lifetime = Duration::from_secs(st.settings.certificates.agent_lifetime_seconds);
-        let issued = st
-            .ca
-            .issue_agent_cert(self.machine, &r.csr_der, lifetime)
-            .map_err(|e| End::Refuse(Status::invalid_argument(e.to_string())))?;
-        machines::record_certificate(&st.pool, self.machine, &issued).await?;
+        let limits = &self.limits.limits;
+        // Half the lifetime at most, so short test lifetimes still renew at 2/3.
+        let interval = limits.renewal_interval.min(lifetime / 2);
+        let limit = machines::RenewalLimit {
+            interval,
+            near_expiry_interval: limits.near_expiry_interval.min(interval),
+        };
+        let issue = || {
+            st.ca
+                .issue_agent_cert(self.machine, &r.csr_der, lifetime)
+                .map_err(|e| Error::invalid(e.to_string()))
+        };
+        let issued = machines::renew_certificate(&st.pool, self.machine, &self.serial, limit, issue).await?;
         tracing::info!(machine.id = %self.machine, serial = %issued.serial, "certificate renewed");
         self.send(Out::CertificateRenewed(pb::CertificateRenewed { certificate_pem: issued.pem })).await
     }

@@ -70,8 +70,12 @@ fn trigger_str(t: i32) -> &'static str {
     if t == pb::TriggerKind::RunNow as i32 { "run_now" } else { "schedule" }
 }
 
-/// Clips a string to at most `n` bytes on a character boundary.
+/// Clips a string to at most `n` bytes on a character boundary, without NUL characters
+/// (PostgreSQL's text refuses them, and a hook's output in a job's log may hold one).
 pub(crate) fn cap(s: &str, n: usize) -> String {
+    if s.contains('\0') {
+        return cap(&s.replace('\0', ""), n);
+    }
     if s.len() <= n {
         return s.to_string();
     }
