@@ -32,6 +32,9 @@ pub struct Settings {
     /// An upload that sends nothing for this long is abandoned (408): its temp file is removed
     /// and its reserved quota released.
     pub upload_idle_timeout_seconds: u64,
+    /// Uploads one identity (machine or htpasswd user) may have in progress at once; more are
+    /// answered 429 with Retry-After. The maintenance identity is exempt.
+    pub max_uploads_per_identity: u32,
     /// bcrypt password checks (htpasswd users) run at once, each on a blocking thread.
     pub bcrypt_concurrency: u32,
     /// bcrypt checks that may wait for a free slot; beyond that, requests needing one are
@@ -87,6 +90,7 @@ impl Default for Settings {
             htpasswd_file: None,
             max_object_size: 4 << 30,
             upload_idle_timeout_seconds: 300,
+            max_uploads_per_identity: 8,
             bcrypt_concurrency: 2,
             bcrypt_queue: 32,
             header_read_timeout_seconds: 30,
@@ -134,6 +138,9 @@ allow_plain_http = false
 max_object_size = 4294967296
 # An upload that sends nothing for this long is abandoned (HTTP 408).
 upload_idle_timeout_seconds = 300
+# Uploads one machine or htpasswd user may have in progress at once (more: HTTP 429 with
+# Retry-After: 1). The controller's maintenance identity is exempt.
+max_uploads_per_identity = 8
 # bcrypt password checks for htpasswd users: how many run at once, and how many may wait for a
 # slot (more: HTTP 503 with Retry-After). Passwords already verified are cached and never wait.
 bcrypt_concurrency = 2
@@ -210,8 +217,13 @@ impl Settings {
         if self.max_object_size == 0 {
             return err("max_object_size must be positive".into());
         }
-        if self.bcrypt_concurrency == 0 {
-            return err("bcrypt_concurrency must be positive".into());
+        for (key, value) in [
+            ("max_uploads_per_identity", self.max_uploads_per_identity),
+            ("bcrypt_concurrency", self.bcrypt_concurrency),
+        ] {
+            if value == 0 {
+                return err(format!("{key} must be positive"));
+            }
         }
         // Zero would mean "at once"; beyond a day is a typo (milliseconds for seconds).
         let timeouts = [
@@ -280,6 +292,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("users[0].repositories[0]"), "{e}");
+        let e = load("allow_plain_http = true\nmax_uploads_per_identity = 0\n").unwrap_err().to_string();
+        assert!(e.contains("max_uploads_per_identity must be positive"), "{e}");
         let e = load("allow_plain_http = true\nbcrypt_concurrency = 0\n").unwrap_err().to_string();
         assert!(e.contains("bcrypt_concurrency must be positive"), "{e}");
         let e =

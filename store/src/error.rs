@@ -31,6 +31,9 @@ pub enum StoreError {
     RangeNotSatisfiable { size: u64 },
     #[error("storage quota exceeded ({0})")]
     QuotaExceeded(String),
+    /// The identity already has `max_uploads_per_identity` uploads in progress.
+    #[error("too many uploads in progress for this identity; retry shortly")]
+    TooManyUploads,
     /// Too much of a shared resource in use right now (password checks): retry shortly.
     #[error("busy: {0}; retry shortly")]
     Busy(&'static str),
@@ -62,6 +65,7 @@ impl StoreError {
             StoreError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             StoreError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             StoreError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::TooManyUploads => StatusCode::TOO_MANY_REQUESTS,
             StoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Io { .. } | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,7 +92,7 @@ impl IntoResponse for StoreError {
             StoreError::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            StoreError::Busy(_) => {
+            StoreError::TooManyUploads | StoreError::Busy(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
             StoreError::RangeNotSatisfiable { size } => {
@@ -110,6 +114,9 @@ mod tests {
     fn momentary_refusals_say_when_to_retry() {
         let resp = StoreError::Busy("too many password checks waiting").into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let resp = StoreError::TooManyUploads.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }
 }

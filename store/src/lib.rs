@@ -17,6 +17,7 @@ pub mod quota;
 mod report;
 mod server;
 pub mod session;
+mod slots;
 pub mod state;
 pub mod tls;
 mod upload;
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     /// The server certificate is the one Cofre's CA issued (renewals replace it).
     pub tls_from_cofre: bool,
     pub owners: owners::LockOwners,
+    /// Uploads in progress per identity (`max_uploads_per_identity`).
+    pub uploads: Arc<slots::UploadSlots>,
 }
 
 impl StoreState {
@@ -117,6 +120,7 @@ impl StoreState {
         )?;
         Ok(StoreState(Arc::new(Shared {
             users: access::UserPolicies::new(&settings.users),
+            uploads: slots::UploadSlots::new(settings.max_uploads_per_identity as usize),
             settings,
             layout,
             catalog: Arc::new(catalog),

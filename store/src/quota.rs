@@ -1,14 +1,19 @@
 //! Quotas: which limits apply to an identity (its machine grant, its group, its user rule), and
 //! the atomic reservation of upload bytes against them, so concurrent uploads cannot jointly
-//! exceed a limit. Maintenance is exempt: prune must always be able to run to free space.
+//! exceed a limit. A reservation grows while a body of unknown length streams in, before its
+//! bytes reach the disk. Maintenance is exempt: prune must always be able to run to free space.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::access::{AccessList, Identity, RepoPattern, UserPolicies};
 use crate::error::StoreError;
-use crate::inventory::Catalog;
+use crate::inventory::{Catalog, RepoStats};
 use crate::layout::RepoPath;
+
+/// A growing reservation takes at least this much more at a time (fewer catalog scans for an
+/// upload arriving in small chunks), unless only less is left under a limit.
+const GROWTH_STEP: u64 = 1 << 20;
 
 /// One limit: at most `quota` bytes stored (plus in flight) in the repositories of `scope`.
 #[derive(Clone, Debug)]
@@ -87,6 +92,26 @@ impl Drop for Reservation {
     }
 }
 
+impl Reservation {
+    /// Grows the reservation to at least `total` bytes if every limit stays respected (counting
+    /// what is stored and every other reservation in the limits' scopes); otherwise 507 and the
+    /// reservation is unchanged.
+    pub fn grow_to(&mut self, total: u64, limits: &[Limit]) -> Result<(), StoreError> {
+        let Some(needed) = total.checked_sub(self.bytes).filter(|n| *n > 0) else { return Ok(()) };
+        let mut repos = self.catalog.lock();
+        let step = needed.max(GROWTH_STEP);
+        let extra = if fits(&repos, step, limits).is_ok() {
+            step
+        } else {
+            fits(&repos, needed, limits)?;
+            needed
+        };
+        repos.entry(self.repo.clone()).or_default().in_flight += extra;
+        self.bytes += extra;
+        Ok(())
+    }
+}
+
 /// Reserves `bytes` for an upload into `repo` if every limit stays respected, atomically with
 /// respect to other reservations. Otherwise: 507.
 pub fn reserve(
@@ -96,6 +121,13 @@ pub fn reserve(
     limits: &[Limit],
 ) -> Result<Reservation, StoreError> {
     let mut repos = catalog.lock();
+    fits(&repos, bytes, limits)?;
+    repos.entry(repo.clone()).or_default().in_flight += bytes;
+    Ok(Reservation { catalog: Arc::clone(catalog), repo: repo.clone(), bytes })
+}
+
+/// Whether `bytes` more fit under every limit (stored plus in flight, in each limit's scope).
+fn fits(repos: &BTreeMap<RepoPath, RepoStats>, bytes: u64, limits: &[Limit]) -> Result<(), StoreError> {
     for l in limits {
         let used: u64 =
             repos.iter().filter(|(r, _)| l.scope.contains(r)).map(|(_, s)| s.stored() + s.in_flight).sum();
@@ -106,8 +138,7 @@ pub fn reserve(
             )));
         }
     }
-    repos.entry(repo.clone()).or_default().in_flight += bytes;
-    Ok(Reservation { catalog: Arc::clone(catalog), repo: repo.clone(), bytes })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -148,5 +179,31 @@ mod tests {
         assert!(e.to_string().contains("group"), "{e}");
         assert!(reserve(&catalog, &b, 90, &l2).is_ok());
         assert!(limits_for(&Identity::Maintenance, &acl, &users).is_empty());
+    }
+
+    #[test]
+    fn reservations_grow_up_to_the_limit_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::scan(&Layout::new(dir.path())).unwrap());
+        let repo = RepoPath::parse("r").unwrap();
+        let quota = 3 * GROWTH_STEP + 10;
+        let limits = vec![Limit {
+            what: "user quota".into(),
+            quota,
+            scope: Scope::Repos(BTreeSet::from([repo.clone()])),
+        }];
+        let other = reserve(&catalog, &repo, 10, &limits).unwrap();
+        let mut r = reserve(&catalog, &repo, 0, &limits).unwrap();
+        r.grow_to(100, &limits).unwrap();
+        assert_eq!(r.bytes, GROWTH_STEP, "grows a step at a time");
+        r.grow_to(3 * GROWTH_STEP, &limits).unwrap();
+        assert_eq!(r.bytes, 3 * GROWTH_STEP, "exactly what is left under the limit");
+        let e = r.grow_to(3 * GROWTH_STEP + 1, &limits).unwrap_err();
+        assert_eq!(e.status().as_u16(), 507, "the other upload's 10 bytes count");
+        assert_eq!(r.bytes, 3 * GROWTH_STEP);
+        drop(other);
+        r.grow_to(3 * GROWTH_STEP + 1, &limits).unwrap();
+        drop(r);
+        assert_eq!(catalog.lock()[&repo].in_flight, 0, "everything released");
     }
 }

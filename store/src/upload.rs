@@ -1,7 +1,9 @@
 //! Uploads: streamed into a dotfile temp in the target's directory while hashing SHA-256,
 //! fsynced, verified against the name, then published without ever overwriting (a hard link
-//! fails if the target exists) and the directory fsynced. Quota bytes are reserved before the
-//! body is read when its length is known, else checked before publishing.
+//! fails if the target exists) and the directory fsynced. Each identity has a bounded number of
+//! uploads in progress. Quota bytes are reserved before the body is read when its length is
+//! known, and the reservation grows as bytes arrive beyond it (a body without Content-Length),
+//! always before they are written: an upload over quota is cut at once and its temp file removed.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -19,6 +21,7 @@ use crate::access::{self, Action, Identity};
 use crate::error::StoreError;
 use crate::layout::{FileKind, ObjectType, RepoPath, TEMP_MARKER};
 use crate::quota;
+use crate::slots::UploadSlot;
 
 /// Removes the temp file unless it was published (also when the handler future is dropped
 /// because the client went away mid-upload).
@@ -41,7 +44,8 @@ impl Drop for TempFile {
 const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// Reads and discards what is left of a request body (bounded in bytes and time); beyond that
-/// the connection is simply closed after the answer. `declared` is the Content-Length.
+/// the connection is simply closed after the answer. `declared` is the Content-Length. Nothing
+/// read here is written anywhere.
 pub async fn drain(stream: &mut BodyDataStream, declared: Option<u64>) {
     if declared.is_some_and(|n| n > DRAIN_LIMIT) {
         return;
@@ -85,11 +89,9 @@ pub async fn receive(
     if length.is_some_and(|n| n > max) {
         return Err(StoreError::PayloadTooLarge);
     }
+    let slot = s.uploads.acquire(identity)?;
     let limits = quota::limits_for(identity, &state.access_list(), &s.users);
-    let mut reservation = match length {
-        Some(n) => Some(quota::reserve(&s.catalog, repo, n, &limits)?),
-        None => None,
-    };
+    let mut reservation = quota::reserve(&s.catalog, repo, length.unwrap_or(0), &limits)?;
 
     let (tmp, file) = create_temp(&dir, name).await?;
     let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
@@ -104,19 +106,24 @@ pub async fn receive(
     {
         let chunk = chunk.map_err(|e| StoreError::BadRequest(format!("upload interrupted: {e}")))?;
         size += chunk.len() as u64;
-        if size > max {
-            drain(&mut stream, length).await;
-            return Err(StoreError::PayloadTooLarge);
+        // Before the bytes reach the disk: the temp file never holds more than the object size
+        // limit or the quota (with every other upload's reservation) allows.
+        let refused = if size > max {
+            Some(StoreError::PayloadTooLarge)
+        } else {
+            reservation.grow_to(size, &limits).err()
+        };
+        if let Some(e) = refused {
+            drop(out);
+            drop(tmp);
+            discard_rest(stream, slot);
+            return Err(e);
         }
         hasher.update(&chunk);
         out.write_all(&chunk).await.map_err(|e| StoreError::io("writing an upload", e))?;
     }
     out.flush().await.map_err(|e| StoreError::io("writing an upload", e))?;
     out.into_inner().sync_all().await.map_err(|e| StoreError::io("syncing an upload", e))?;
-
-    if reservation.is_none() {
-        reservation = Some(quota::reserve(&s.catalog, repo, size, &limits)?);
-    }
     // restic and rustic name every object by the SHA-256 of its stored bytes; config is not hashed.
     if kind != FileKind::Config && hex::encode(hasher.finalize()) != name {
         return Err(StoreError::BadRequest("the content's SHA-256 does not match the object's name".into()));
@@ -130,7 +137,19 @@ pub async fn receive(
         .unwrap_or_else(|_| SystemTime::now());
     s.catalog.record_added(repo, kind, name, size, mtime);
     drop(reservation);
+    drop(slot);
     Ok(size)
+}
+
+/// After an upload was refused mid-body (its temp file already gone): the rest of the body is
+/// read and discarded in the background, within [`drain`]'s bounds, while the answer goes out,
+/// so the client reads the answer instead of a connection reset. The identity's upload slot is
+/// held until then.
+fn discard_rest(mut stream: BodyDataStream, slot: UploadSlot) {
+    tokio::spawn(async move {
+        drain(&mut stream, None).await;
+        drop(slot);
+    });
 }
 
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, StoreError> {
