@@ -97,6 +97,15 @@ impl Ca {
     /// (chain PEM: leaf then CA, key PEM). The CA is in the chain so an enrolling agent can
     /// check it against the fingerprint in its token.
     pub fn issue_server_cert(&self, names: &[String]) -> Result<(String, String), PkiError> {
+        self.issue_server_cert_for(names, std::time::Duration::from_secs(90 * 24 * 3600))
+    }
+
+    /// [`Ca::issue_server_cert`] valid for `lifetime` (renewals in the running process).
+    pub fn issue_server_cert_for(
+        &self,
+        names: &[String],
+        lifetime: std::time::Duration,
+    ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         for n in names {
@@ -113,7 +122,8 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now + time::Duration::days(90);
+        params.not_after =
+            now + time::Duration::try_from(lifetime).map_err(|e| PkiError::Ca(e.to_string()))?;
         params.serial_number = Some(random_serial().0);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((format!("{}{}", cert.pem(), self.cert_pem), key.serialize_pem()))

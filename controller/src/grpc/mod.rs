@@ -7,6 +7,7 @@ mod error;
 mod limits;
 mod session;
 pub mod store;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use limits::Limits;
 use limits::{EventLimiter, RateLimiter};
+pub use tls::GrpcTls;
 
 use crate::enrollment;
 use crate::state::AppState;

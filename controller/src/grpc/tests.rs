@@ -348,3 +348,75 @@ async fn a_renewed_certificate_in_use_retires_its_predecessor(pool: PgPool) {
         count(&st.pool, "select count(*) from audit_events where action = 'certificate.supersede'").await;
     assert_eq!(audited, 1);
 }
+
+/// The serial and expiry of the certificate a new TLS handshake with `addr` presents.
+async fn presented_certificate(st: &AppState, addr: SocketAddr) -> (String, i64) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from(st.ca.cert_der.clone())).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    (crate::pki::serial_hex(cert.raw_serial()), cert.validity().not_after.timestamp())
+}
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn the_grpc_server_certificate_is_renewed_in_the_running_process(pool: PgPool) {
+    let st = state(pool).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let lifetime = Duration::from_secs(3 * 3600);
+    let tls = super::GrpcTls::new(st.ca.clone(), st.settings.tls_names(), lifetime).unwrap();
+    // Due at 2/3 of the lifetime (an injected "now", nobody waits hours).
+    let start = std::time::SystemTime::now();
+    assert!(!tls.renewal_due(start + Duration::from_secs(3600)));
+    assert!(tls.renewal_due(start + Duration::from_secs(2 * 3600 + 1)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .add_service(super::service(st.clone()))
+        .serve_with_incoming(tls.incoming(listener));
+    tokio::spawn(server);
+    let (first, first_expiry) = presented_certificate(&st, addr).await;
+    // Sessions work over it: the machine's identity comes from its verified certificate.
+    let m = enroll(&st, false).await;
+    let mut session = open(&st, addr, &m.cert_pem, &m.key_pem).await.unwrap();
+    assert!(matches!(session.next().await, Ok(Recv::Plan(_))));
+    // Enrollment works without a client certificate.
+    let tls_client = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&st.ca.cert_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls_client)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let refused = pb::agent_service_client::AgentServiceClient::new(channel)
+        .enroll(pb::EnrollRequest {
+            token: "cofre1.x.y.z".into(),
+            csr_der: key_and_csr().1,
+            inventory: Some(pb::Inventory { hostname: "h".into(), ..Default::default() }),
+        })
+        .await
+        .expect_err("a made-up token is refused");
+    assert_ne!(refused.code(), Code::Unavailable, "the call reached the service: {refused:?}");
+
+    tls.renew().unwrap();
+    let (second, second_expiry) = presented_certificate(&st, addr).await;
+    assert_ne!(first, second, "new handshakes get the renewed certificate");
+    assert!(second_expiry >= first_expiry);
+    assert!(!tls.renewal_due(std::time::SystemTime::now() + Duration::from_secs(3600)));
+    // The session opened before the renewal goes on.
+    session.send(Send::JobEvent(started_event(Uuid::now_v7()))).await;
+    assert!(matches!(session.next().await, Ok(Recv::Ack(_))));
+}
