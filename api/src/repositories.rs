@@ -100,3 +100,49 @@ pub struct RunMaintenance {
     #[serde(default)]
     pub dry_run: bool,
 }
+
+/// `PUT /api/v1/repositories/{id}`: absent fields stay; `null` clears. Secrets stay
+/// write-only. Where the backups live (`url`, `per_machine`, `path_template`) cannot change:
+/// the restic repositories already exist there; define a new repository instead.
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRepository {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only the same value is accepted (it cannot change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Only the same value is accepted (it cannot change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_machine: Option<bool>,
+    /// Only the same value is accepted (it cannot change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_template: Option<String>,
+    #[serde(default, with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    pub username: Option<Option<String>>,
+    /// Write-only: a new storage password (rotation), or null to remove it.
+    #[serde(default, with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    pub password: Option<Option<String>>,
+    #[serde(default, with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    pub ca_certificate_pem: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_insecure_http: Option<bool>,
+    #[serde(default, with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    pub maintenance_url: Option<Option<String>>,
+    #[serde(default, with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    pub maintenance_username: Option<Option<String>>,
+    /// Write-only.
+    #[serde(default, with = "crate::double_option", skip_serializing_if = "Option::is_none")]
+    pub maintenance_password: Option<Option<String>>,
+}
+
+impl std::fmt::Debug for UpdateRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateRepository")
+            .field("name", &self.name)
+            .field("username", &self.username)
+            .field("password_changes", &self.password.is_some())
+            .field("maintenance_password_changes", &self.maintenance_password.is_some())
+            .finish_non_exhaustive()
+    }
+}

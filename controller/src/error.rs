@@ -7,6 +7,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// An edit made from a stale copy (If-Match no longer matches).
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("{message}")]
     Invalid { message: String, fields: Vec<FieldError> },
     #[error("{0}")]

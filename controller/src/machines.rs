@@ -138,12 +138,26 @@ pub async fn approve(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<Machine> 
 /// Revokes the machine and all its certificates; its open session closes within a second.
 /// Renames a machine (for people) or moves it to another group; its new group's policies and
 /// store access follow at once. A user limited to a group may not move a machine out of it.
+/// The version of what people may edit on a machine (ETag, If-Match): its name and group.
+pub fn etag(display_name: Option<&str>, group: Option<Uuid>) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::new()
+        .chain_update(display_name.unwrap_or("\0none").as_bytes())
+        .chain_update(b"\0")
+        .chain_update(group.map(|g| g.to_string()).unwrap_or_default())
+        .finalize();
+    format!("\"m-{}\"", hex::encode(&d[..8]))
+}
+
+/// Renames a machine or moves it; `if_match` (an [`etag`]) refuses an edit made from a stale
+/// copy (412).
 pub async fn update(
     pool: &PgPool,
     actor: &Actor,
     id: Uuid,
     req: cofre_api::machines::UpdateMachine,
     caller_group: Option<Uuid>,
+    if_match: Option<&str>,
 ) -> Result<Machine> {
     let before = get(pool, id).await?;
     let mut problems = Vec::new();
@@ -171,6 +185,16 @@ pub async fn update(
     let name = req.display_name.clone().unwrap_or(before.display_name.clone());
     let group = req.group_id.unwrap_or(before.group_id);
     let mut tx = pool.begin().await?;
+    let (locked_name, locked_group): (Option<String>, Option<Uuid>) =
+        sqlx::query_as("select display_name, group_id from machines where id = $1 for update")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if let Some(expected) = if_match
+        && expected != etag(locked_name.as_deref(), locked_group)
+    {
+        return Err(Error::PreconditionFailed("this machine changed meanwhile: read it again".into()));
+    }
     sqlx::query("update machines set display_name = $2, group_id = $3 where id = $1")
         .bind(id)
         .bind(name.as_deref().map(str::trim))

@@ -116,7 +116,8 @@ pub async fn start(
     spawn_jwt_reload(&state);
     crate::alerts::spawn(&state, format!("{}:{}", replica_host(), std::process::id()))?;
     repositories::spawn_provisioner(pool, master, events.clone(), maintenance);
-    let tls = grpc::tls_config(&state)?;
+    // The gRPC server certificate renews itself in this process (at 2/3 of its lifetime).
+    let tls = grpc::GrpcTls::start(&state)?;
     let http_tls = match (&settings.http.tls_cert_file, &settings.http.tls_key_file) {
         (Some(cert), Some(key)) => Some(crate::tls_listener::server_config(cert, key)?),
         _ => None,
@@ -152,17 +153,13 @@ pub async fn start(
             }
         };
         let grpc_fut = tonic::transport::Server::builder()
-            .tls_config(tls)?
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(grpc::service(state.clone()))
             .add_service(grpc::store::service(state))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                async move {
-                    let _ = rx2.wait_for(|v| *v).await;
-                },
-            );
+            .serve_with_incoming_shutdown(tls.incoming(grpc_listener), async move {
+                let _ = rx2.wait_for(|v| *v).await;
+            });
         let (h, g) = tokio::join!(http_fut, grpc_fut);
         h.context("HTTP server")?;
         g.context("gRPC server")?;

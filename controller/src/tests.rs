@@ -718,12 +718,16 @@ async fn policy_edits_need_the_current_etag_and_revoked_tokens_enroll_nothing(po
     };
     let router = crate::api::router(st.clone());
     let stale = router.clone().oneshot(put("\"rev-7\"")).await.unwrap();
-    assert_eq!(stale.status(), StatusCode::CONFLICT);
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
     let ok = router.clone().oneshot(put("\"rev-1\"")).await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(ok.headers()["etag"], "\"rev-2\"");
     let again = router.clone().oneshot(put("\"rev-1\"")).await.unwrap();
-    assert_eq!(again.status(), StatusCode::CONFLICT, "a second edit from the same old copy loses nothing");
+    assert_eq!(
+        again.status(),
+        StatusCode::PRECONDITION_FAILED,
+        "a second edit from the same old copy loses nothing"
+    );
 
     // A revoked token enrolls nothing.
     let created = new_token(&st, 5, None, None).await;

@@ -155,7 +155,24 @@ async fn keep_an_admin(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, changing:
     }
 }
 
-pub async fn update(pool: &PgPool, actor: &Actor, id: Uuid, req: UpdateUser) -> Result<User> {
+/// The version of a user an edit is made from (ETag, If-Match): changes with every change.
+pub fn etag(u: &User) -> String {
+    etag_at(u.updated_at)
+}
+
+fn etag_at(updated_at: chrono::DateTime<chrono::Utc>) -> String {
+    format!("\"u-{}\"", updated_at.timestamp_micros())
+}
+
+/// Changes a user's role or group; `if_match` (an [`etag`]) refuses an edit made from a
+/// stale copy (412).
+pub async fn update(
+    pool: &PgPool,
+    actor: &Actor,
+    id: Uuid,
+    req: UpdateUser,
+    if_match: Option<&str>,
+) -> Result<User> {
     let mut problems = Vec::new();
     if let Some(r) = &req.role {
         check_role(r, &mut problems);
@@ -170,7 +187,16 @@ pub async fn update(pool: &PgPool, actor: &Actor, id: Uuid, req: UpdateUser) -> 
     let role = req.role.clone().unwrap_or_else(|| before.role.clone());
     let group = req.group_id.unwrap_or(before.group_id);
     let mut tx = pool.begin().await?;
-    sqlx::query("select 1 from users where id = $1 for update").bind(id).execute(&mut *tx).await?;
+    let at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select updated_at from users where id = $1 for update")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if let Some(expected) = if_match
+        && expected != etag_at(at)
+    {
+        return Err(Error::PreconditionFailed("this user changed meanwhile: read it again".into()));
+    }
     if before.role == "admin" && before.group_id.is_none() && (role != "admin" || group.is_some()) {
         keep_an_admin(&mut tx, id).await?;
     }

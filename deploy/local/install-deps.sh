@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Cofre's local start and test suite need when it is missing, and nothing else:
-# PostgreSQL 15 (initdb/pg_ctl), the restic CLI, and (for tests) rustic-server and aiosmtpd (an SMTP
+# PostgreSQL 15 (initdb/pg_ctl), the restic CLI, and (for tests) rustic-server, schemathesis and aiosmtpd (an SMTP
 # sink the alert tests deliver to).
 # Usage: deploy/local/install-deps.sh [--tests]
 set -euo pipefail
@@ -43,5 +43,10 @@ if [ $want_tests = 1 ]; then
     echo "installing aiosmtpd (test fixture: an SMTP sink)"
     python3 -m pip install --quiet aiosmtpd 2>/dev/null \
       || python3 -m pip install --quiet --break-system-packages aiosmtpd
+  fi
+  if ! command -v st >/dev/null 2>&1; then
+    echo "installing schemathesis (test tool: fuzzes the REST API from its OpenAPI document)"
+    python3 -m pip install --quiet 'schemathesis>=4,<5' 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages 'schemathesis>=4,<5'
   fi
 fi

@@ -9,6 +9,7 @@ mod apply;
 mod audit;
 mod environment;
 mod foundation;
+mod fuzz;
 mod harness_selftest;
 mod local_start;
 mod maintenance;

@@ -3,7 +3,7 @@
 
 use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cofre_api::{self as api, Items};
 use uuid::Uuid;
@@ -27,6 +27,27 @@ pub(super) async fn machine_in_scope(st: &AppState, c: &Claims, id: Uuid) -> Res
         Some(g) if m.group_id != Some(g) => Err(Error::NotFound("machine".into())),
         _ => Ok(m),
     }
+}
+
+/// The ETag an edit is made from (`If-Match`), if one was sent.
+pub(super) fn if_match(headers: &HeaderMap) -> Result<Option<String>> {
+    headers
+        .get(header::IF_MATCH)
+        .map(|v| {
+            v.to_str()
+                .map(|s| s.trim().trim_start_matches("W/").to_string())
+                .map_err(|_| Error::invalid("If-Match must be an ETag returned by this API"))
+        })
+        .transpose()
+}
+
+/// A JSON answer carrying the ETag of what it shows.
+pub(super) fn with_etag<T: serde::Serialize>(v: T, etag: &str) -> Response {
+    let mut resp = axum::Json(v).into_response();
+    if let Ok(e) = axum::http::HeaderValue::from_str(etag) {
+        resp.headers_mut().insert(header::ETAG, e);
+    }
+    resp
 }
 
 pub(super) fn created<T: serde::Serialize>(v: T) -> Response {
@@ -121,6 +142,15 @@ pub async fn create_group(
     Ok(created(api::groups::Group::from(groups::create(&st.pool, &c.actor(), req).await?)))
 }
 
+pub async fn delete_group(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<StatusCode> {
+    groups::delete(&st.pool, &c.actor(), id(&p, "group")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn list_repositories(
     State(st): State<AppState>,
 ) -> Result<axum::Json<Items<api::repositories::Repository>>> {
@@ -134,6 +164,25 @@ pub async fn create_repository(
 ) -> Result<Response> {
     let r = repositories::create(&st.pool, &st.master, &c.actor(), req.into()).await?;
     Ok(created(api::repositories::Repository::from(r)))
+}
+
+pub async fn update_repository(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+    Json(req): Json<api::repositories::UpdateRepository>,
+) -> Result<axum::Json<api::repositories::Repository>> {
+    let r = repositories::update(&st.pool, &st.master, &c.actor(), id(&p, "repository")?, req).await?;
+    Ok(axum::Json(r.into()))
+}
+
+pub async fn delete_repository(
+    State(st): State<AppState>,
+    Extension(c): Extension<Claims>,
+    Path(p): Path<String>,
+) -> Result<StatusCode> {
+    repositories::delete(&st.pool, &c.actor(), id(&p, "repository")?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn get_repository(
@@ -171,8 +220,10 @@ pub async fn get_machine(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
-) -> Result<axum::Json<api::machines::Machine>> {
-    Ok(axum::Json(machine_in_scope(&st, &c, id(&p, "machine")?).await?.into()))
+) -> Result<Response> {
+    let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
+    let etag = machines::etag(m.display_name.as_deref(), m.group_id);
+    Ok(with_etag(api::machines::Machine::from(m), &etag))
 }
 
 pub async fn approve_machine(
@@ -197,8 +248,12 @@ pub async fn update_machine(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
+    headers: HeaderMap,
     Json(req): Json<api::machines::UpdateMachine>,
-) -> Result<axum::Json<api::machines::Machine>> {
+) -> Result<Response> {
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
-    Ok(axum::Json(machines::update(&st.pool, &c.actor(), m.id, req, c.grp).await?.into()))
+    let expected = if_match(&headers)?;
+    let m = machines::update(&st.pool, &c.actor(), m.id, req, c.grp, expected.as_deref()).await?;
+    let etag = machines::etag(m.display_name.as_deref(), m.group_id);
+    Ok(with_etag(api::machines::Machine::from(m), &etag))
 }

@@ -6,6 +6,7 @@ mod audit;
 mod client_addr;
 mod compliance;
 mod error;
+mod extract;
 mod handlers;
 mod jobs;
 pub mod openapi;
@@ -14,7 +15,10 @@ mod stores;
 mod users;
 mod wire;
 
-use axum::extract::{FromRequest, Request, State};
+#[cfg(test)]
+mod tests;
+
+use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +26,7 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Router, extract::DefaultBodyLimit};
 
 pub use client_addr::{ClientAddr, Network, Peer};
+pub use extract::{Json, Query};
 use openapi::{Answer, Doc};
 
 use crate::auth::Role;
@@ -212,6 +217,9 @@ fn table() -> Vec<Route> {
             .says("Create a group")
             .takes(one::<gr::NewGroup>)
             .answers(201, one::<gr::Group>),
+        r(DELETE, "/api/v1/groups/{id}", Admin, delete(h::delete_group))
+            .says("Delete a group nothing belongs to")
+            .answers_with(Answer::Empty),
         r(PUT, "/api/v1/groups/{id}/quota", Admin, put(s::set_group_quota))
             .says("Set a group's storage quota on cofre-store (null: no limit)")
             .takes(one::<st::Quota>)
@@ -242,6 +250,13 @@ fn table() -> Vec<Route> {
         r(GET, "/api/v1/repositories/{id}", Read, get(h::get_repository))
             .says("One repository definition")
             .answers(200, one::<re::Repository>),
+        r(PUT, "/api/v1/repositories/{id}", Admin, put(h::update_repository))
+            .says("Change a repository: name, storage credentials (rotation), CA, maintenance endpoint")
+            .takes(one::<re::UpdateRepository>)
+            .answers(200, one::<re::Repository>),
+        r(DELETE, "/api/v1/repositories/{id}", Admin, delete(h::delete_repository))
+            .says("Delete a repository definition nothing uses (never one holding backups)")
+            .answers_with(Answer::Empty),
         g(GET, "/api/v1/restic-repositories", Read, get(j::list_restic_repositories))
             .says("Restic repositories with their last maintenance")
             .query(params::<j::RepositoriesQuery>)
@@ -399,6 +414,9 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .fallback(|| async { Error::NotFound("route".into()) })
+        .method_not_allowed_fallback(|| async {
+            error::problem(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method".into(), &[])
+        })
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -485,52 +503,5 @@ async fn user_claims(state: &AppState, token: &str) -> Result<crate::auth::Claim
         None => Err(Error::Unauthenticated(
             "this session has ended (logged out), or the account is disabled or no longer exists".into(),
         )),
-    }
-}
-
-/// Query-string extractor whose rejections are problem+json (400) like every other error.
-pub struct Query<T>(pub T);
-
-impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(Query(v)),
-            Err(rej) => Err(error::problem(StatusCode::BAD_REQUEST, rej.body_text(), &[])),
-        }
-    }
-}
-
-/// JSON body extractor whose rejections are problem+json like every other error.
-pub struct Json<T>(pub T);
-
-impl<T, S> FromRequest<S> for Json<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rej) => {
-                let status = match rej.status() {
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::UNPROCESSABLE_ENTITY,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                Err(error::problem(status, rej.body_text(), &[]))
-            }
-        }
     }
 }

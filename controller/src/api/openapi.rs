@@ -238,6 +238,8 @@ pub fn document(routes: &[(RouteDef, Doc)]) -> OpenApi {
         if matches!(r.method, Method::POST | Method::PUT | Method::DELETE) && r.access != Access::Public {
             responses = responses.response("409", problem(&mut schemas, "Conflicts with the current state."));
         }
+        // Every other error (405, 413, 415, 503 …) is problem+json too.
+        responses = responses.response("default", problem(&mut schemas, "Any other error (problem+json)."));
         op = op.responses(responses.build());
         paths.add_path_operation(r.path, vec![method(&r.method)], op.build());
     }

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 
 use super::Json;
-use super::handlers::{created, id};
+use super::handlers::{created, id, if_match, with_etag};
 use crate::auth::Claims;
 use crate::error::Result;
 use crate::state::AppState;
@@ -32,7 +32,9 @@ pub async fn list_users(State(st): State<AppState>) -> Result<Response> {
 }
 
 pub async fn get_user(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    Ok(axum::Json(users::get(&st.pool, id(&p, "user")?).await?).into_response())
+    let u = users::get(&st.pool, id(&p, "user")?).await?;
+    let etag = users::etag(&u);
+    Ok(with_etag(u, &etag))
 }
 
 pub async fn create_user(
@@ -47,9 +49,13 @@ pub async fn update_user(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
     Path(p): Path<String>,
+    headers: axum::http::HeaderMap,
     Json(req): Json<cofre_api::users::UpdateUser>,
 ) -> Result<Response> {
-    Ok(axum::Json(users::update(&st.pool, &c.actor(), id(&p, "user")?, req).await?).into_response())
+    let expected = if_match(&headers)?;
+    let u = users::update(&st.pool, &c.actor(), id(&p, "user")?, req, expected.as_deref()).await?;
+    let etag = users::etag(&u);
+    Ok(with_etag(u, &etag))
 }
 
 pub async fn disable_user(

@@ -25,6 +25,7 @@ impl From<Error> for Status {
         match e {
             Error::NotFound(m) => Status::not_found(format!("{m} not found")),
             Error::Conflict(m) => Status::already_exists(m),
+            Error::PreconditionFailed(m) => Status::failed_precondition(m),
             Error::Invalid { message, .. } => Status::invalid_argument(message),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::Forbidden(m) => Status::permission_denied(m),

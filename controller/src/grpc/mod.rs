@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use cofre_proto::agent::v1 as pb;
 use pb::agent_service_server::{AgentService, AgentServiceServer};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use limits::Limits;
@@ -56,10 +55,14 @@ pub fn service_with(state: AppState, limits: Limits) -> AgentServiceServer<Agent
         .max_decoding_message_size(limits.max_message_bytes)
 }
 
-/// TLS for the gRPC port: our CA-issued server certificate (chain includes the CA, so an
-/// enrolling agent can match it to its token's fingerprint); client certificates optional at
-/// the TLS layer, verified against our CA when presented.
-pub fn tls_config(state: &AppState) -> anyhow::Result<ServerTlsConfig> {
+/// Tonic's own TLS with a one-off server certificate, for tests that serve the services
+/// directly. `serve` uses [`GrpcTls`] (same trust rules, and the certificate renews itself):
+/// our CA-issued server certificate (chain includes the CA, so an enrolling agent can match it
+/// to its token's fingerprint); client certificates optional at the TLS layer, verified
+/// against our CA when presented.
+#[cfg(test)]
+pub(crate) fn tls_config(state: &AppState) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let (chain, key) = state.ca.issue_server_cert(&state.settings.tls_names())?;
     Ok(ServerTlsConfig::new()
         .identity(Identity::from_pem(chain, key))

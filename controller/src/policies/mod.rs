@@ -167,8 +167,8 @@ pub async fn update(
     if let Some(expected) = if_revision
         && expected != revision
     {
-        return Err(Error::Conflict(format!(
-            "policy changed meanwhile (revision {revision}, you had {expected})"
+        return Err(Error::PreconditionFailed(format!(
+            "policy changed meanwhile (revision {revision}, you had {expected}): read it again"
         )));
     }
     let old = stored_spec(old_json.clone())?;

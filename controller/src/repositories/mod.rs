@@ -6,7 +6,10 @@
 //! one is `access.rs`.
 
 mod access;
+mod change;
 mod provision;
+
+pub use change::{delete, update};
 
 pub(crate) use access::{ACCESS_COLUMNS, AccessRow, access_by_id, restic_password_place};
 pub use access::{ControllerTarget, ResticAccess, controller_target, engine_target};
