@@ -2,20 +2,20 @@
 //! with `--output` (`output.rs`); exit statuses are documented in docs/cli.md. Policies as code are in `policy.rs`; audit and compliance in `reports.rs`.
 
 mod apply;
+mod fleet;
 mod output;
 mod people;
 mod policy;
 mod reports;
 mod session;
+mod setup;
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cofre_client::{Client, NewEnrollmentToken, NewRepository};
-use uuid::Uuid;
+use cofre_client::Client;
 
 #[derive(Parser)]
 #[command(name = "cofre", version, about = "Script Cofre's REST API")]
@@ -73,202 +73,37 @@ enum Command {
     /// API tokens for scripts: create (scoped, expiring), list, revoke.
     #[command(subcommand)]
     ApiToken(people::ApiTokenCommand),
-    /// Create an enrollment token for agents.
-    Token {
-        #[arg(long)]
-        uses: Option<u32>,
-        #[arg(long)]
-        ttl_seconds: Option<u64>,
-        #[arg(long)]
-        group: Option<Uuid>,
-        #[arg(long)]
-        requires_approval: bool,
-        #[arg(long, default_value = "")]
-        description: String,
-    },
-    /// Create a group (department).
-    Group { name: String },
-    /// Define a repository: a REST server location and its storage credentials.
-    Repository {
-        #[arg(long)]
-        name: String,
-        /// e.g. https://backup.example:8000
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        username: Option<String>,
-        /// Name of an environment variable holding the storage password.
-        #[arg(long)]
-        password_env: Option<String>,
-        /// PEM file of a private CA the REST server's certificate chains to.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// Path of each machine's repository under the URL ({machine}, {group}, {hostname}).
-        #[arg(long)]
-        path_template: Option<String>,
-        /// One repository shared by every machine using it (not recommended).
-        #[arg(long)]
-        shared: bool,
-        #[arg(long)]
-        allow_insecure_http: bool,
-        /// A plain rest-server's controller-only instance on the same data (the agents' one
-        /// runs --append-only): the controller initialises and maintains repositories there.
-        #[arg(long)]
-        maintenance_url: Option<String>,
-        #[arg(long)]
-        maintenance_username: Option<String>,
-        /// Name of an environment variable holding the maintenance instance's password.
-        #[arg(long)]
-        maintenance_password_env: Option<String>,
-    },
-    /// Backup policies: create, edit (as code, from JSON/TOML or flags), list, versions, diff.
+    /// Enrollment tokens for agents: list, create (printed once), revoke.
+    #[command(subcommand)]
+    EnrollmentToken(fleet::EnrollmentTokenCommand),
+    /// Groups (departments): list, create, delete, quota.
+    #[command(subcommand)]
+    Group(setup::GroupCommand),
+    /// Repositories (where backups go): list, show, create, update (credential rotation), delete.
+    #[command(subcommand)]
+    Repository(setup::RepositoryCommand),
+    /// Backup policies: create, edit (as code, from JSON/TOML or flags), list, show, versions,
+    /// diff, assign, assignments, unassign, stale.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Machines whose agent does not run the current plan of its policies.
-    StalePlans,
-    /// Assign a policy to a machine or a group.
-    Assign {
-        #[arg(long)]
-        policy: Uuid,
-        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
-        machine: Option<Uuid>,
-        #[arg(long)]
-        group: Option<Uuid>,
-    },
-    /// List machines with their last backup and result.
-    Machines,
-    /// Approve a machine waiting for approval.
-    Approve { machine: Uuid },
-    /// Revoke a machine: its certificates stop working at once.
-    Revoke { machine: Uuid },
-    /// Rename a machine (for people) or move it to another group.
-    MachineUpdate {
-        machine: Uuid,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, conflicts_with = "no_group")]
-        group: Option<Uuid>,
-        /// Take it out of any group.
-        #[arg(long)]
-        no_group: bool,
-    },
-    /// Decommission a machine: its certificates stop working and its schedules stop; its
-    /// repository and snapshots are kept; it leaves the compliance reports.
-    Decommission { machine: Uuid },
+    /// Machines: list, show, update, approve, revoke, decommission, quota, snapshots, run.
+    #[command(subcommand)]
+    Machine(fleet::MachineCommand),
+    /// Jobs (backups and maintenance): list, show, cancel.
+    #[command(subcommand)]
+    Job(fleet::JobCommand),
     /// Compliance: every machine's status and why, roll-ups, daily history, a machine's history.
     #[command(subcommand)]
     Compliance(reports::ComplianceCommand),
     /// The audit log: list, verify, checkpoints.
     #[command(subcommand)]
     Audit(reports::AuditCommand),
-    /// Run a policy on a machine now.
-    Run {
-        #[arg(long)]
-        machine: Uuid,
-        #[arg(long)]
-        policy: Uuid,
-        /// Wait for the job to finish (up to this many seconds).
-        #[arg(long)]
-        wait: Option<u64>,
-    },
-    /// Show a job.
-    Job { id: Uuid },
-    /// Stop a queued or running job (backup or maintenance); it ends "cancelled".
-    Cancel {
-        job: Uuid,
-        /// Wait for the job to end (up to this many seconds).
-        #[arg(long)]
-        wait: Option<u64>,
-    },
-    /// List jobs, newest first: a machine's (its backups and its repository's maintenance), or
-    /// every job you may see, filtered.
-    Jobs {
-        machine: Option<Uuid>,
-        #[arg(long)]
-        policy: Option<Uuid>,
-        /// backup, forget, prune or check.
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long)]
-        state: Option<String>,
-        /// Created at or after (RFC 3339).
-        #[arg(long)]
-        from: Option<chrono::DateTime<chrono::Utc>>,
-        /// Created before (RFC 3339).
-        #[arg(long)]
-        to: Option<chrono::DateTime<chrono::Utc>>,
-    },
     /// The controller's maintenance: restic repositories, forget/prune/check jobs, run now.
     #[command(subcommand)]
-    Maintenance(MaintenanceCommand),
-    /// List a machine's snapshots as the controller recorded them.
-    Snapshots { machine: Uuid },
-    /// cofre-store instances: register, list, inventory, revoke.
+    Maintenance(setup::MaintenanceCommand),
+    /// cofre-store instances: create, list, show, inventory, revoke.
     #[command(subcommand)]
-    Store(StoreCommand),
-    /// Set or clear the storage quota cofre-store enforces for a machine or a group.
-    Quota {
-        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
-        machine: Option<Uuid>,
-        #[arg(long)]
-        group: Option<Uuid>,
-        /// The limit in bytes (suffixes K, M, G, T: powers of 1024).
-        #[arg(long, conflicts_with = "unlimited", required_unless_present = "unlimited")]
-        bytes: Option<String>,
-        /// Remove the limit.
-        #[arg(long)]
-        unlimited: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum MaintenanceCommand {
-    /// Restic repositories with their snapshot count and last forget, prune and check.
-    Repositories {
-        #[arg(long)]
-        machine: Option<Uuid>,
-    },
-    /// Maintenance jobs, newest first.
-    Jobs {
-        /// forget, prune or check.
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long)]
-        state: Option<String>,
-    },
-    /// Queue forget, prune or check of a restic repository now.
-    Run {
-        #[arg(long)]
-        repository: Uuid,
-        /// forget, prune or check.
-        #[arg(long)]
-        kind: String,
-        /// Forget only: remove nothing, report what would be removed.
-        #[arg(long)]
-        dry_run: bool,
-        /// Wait for the job to finish (up to this many seconds).
-        #[arg(long)]
-        wait: Option<u64>,
-    },
-}
-
-#[derive(Subcommand)]
-enum StoreCommand {
-    /// Register a store; prints the one-time token for `cofre-store enroll`.
-    Add {
-        #[arg(long)]
-        name: String,
-        /// The URL agents reach the store at, e.g. https://backup.example:8443/. Repositories
-        /// whose URL starts with it are served by this store.
-        #[arg(long)]
-        url: String,
-    },
-    /// List stores.
-    List,
-    /// What a store holds, per repository, with snapshots the controller never recorded.
-    Inventory { store: Uuid },
-    /// Revoke a store: it can no longer connect to the controller.
-    Revoke { store: Uuid },
+    Store(setup::StoreCommand),
 }
 
 /// "500M", "2G", "1048576" → bytes.
@@ -372,112 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out(&r.access_token)?;
             }
         }
-        Command::Token { uses, ttl_seconds, group, requires_approval, description } => {
-            let t = client
-                .create_enrollment_token(&NewEnrollmentToken {
-                    description,
-                    group_id: group,
-                    uses,
-                    ttl_seconds,
-                    requires_approval,
-                })
-                .await?;
-            print(
-                &serde_json::json!({"id": t.info.id, "token": t.token, "uses_left": t.info.uses_left, "expires_at": t.info.expires_at}),
-            )?;
-        }
-        Command::Group { name } => {
-            let g = client.create_group(&name).await?;
-            print(&serde_json::json!({"id": g.id, "name": g.name}))?;
-        }
-        Command::Repository {
-            name,
-            url,
-            username,
-            password_env,
-            ca_file,
-            path_template,
-            shared,
-            allow_insecure_http,
-            maintenance_url,
-            maintenance_username,
-            maintenance_password_env,
-        } => {
-            let from_env = |var: Option<String>| -> anyhow::Result<Option<String>> {
-                var.map(|v| std::env::var(&v).with_context(|| format!("environment variable {v} is not set")))
-                    .transpose()
-            };
-            let password = from_env(password_env)?;
-            let maintenance_password = from_env(maintenance_password_env)?;
-            let ca_certificate_pem = match ca_file {
-                Some(p) => Some(
-                    std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?,
-                ),
-                None => None,
-            };
-            let r = client
-                .create_repository(&NewRepository {
-                    name,
-                    url,
-                    per_machine: !shared,
-                    path_template,
-                    username,
-                    password,
-                    ca_certificate_pem,
-                    allow_insecure_http,
-                    maintenance_url,
-                    maintenance_username,
-                    maintenance_password,
-                })
-                .await?;
-            print(
-                &serde_json::json!({"id": r.id, "name": r.name, "url": r.url, "path_template": r.path_template}),
-            )?;
-        }
         Command::Policy(cmd) => policy::run(&client, cmd).await?,
-        Command::StalePlans => print(&client.stale_plans().await?)?,
-        Command::Assign { policy, machine, group } => {
-            let a = match (machine, group) {
-                (Some(m), _) => client.assign_policy_to_machine(policy, m).await?,
-                (None, Some(g)) => client.assign_policy_to_group(policy, g).await?,
-                (None, None) => anyhow::bail!("give --machine or --group"),
-            };
-            print(
-                &serde_json::json!({"id": a.id, "policy_id": a.policy_id, "machine_id": a.machine_id, "group_id": a.group_id}),
-            )?;
-        }
-        Command::Machines => {
-            let ms = client.list_machines().await?;
-            let rows: Vec<_> = ms
-                .iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "id": m.id, "hostname": m.hostname, "status": m.status, "group": m.group_name,
-                        "last_seen_at": m.last_seen_at, "last_backup_at": m.last_backup_at,
-                        "last_result": m.last_result, "last_error": m.last_error,
-                    })
-                })
-                .collect();
-            print(&rows)?;
-        }
-        Command::Approve { machine } => {
-            let m = client.approve_machine(machine).await?;
-            print(&serde_json::json!({"id": m.id, "status": m.status}))?;
-        }
-        Command::Revoke { machine } => {
-            let m = client.revoke_machine(machine).await?;
-            print(&serde_json::json!({"id": m.id, "status": m.status}))?;
-        }
-        Command::MachineUpdate { machine, name, group, no_group } => {
-            let group_id = if no_group { Some(None) } else { group.map(Some) };
-            let req =
-                cofre_client::cofre_api::machines::UpdateMachine { display_name: name.map(Some), group_id };
-            print(&client.update_machine(machine, &req).await?)?;
-        }
-        Command::Decommission { machine } => {
-            let m = client.decommission_machine(machine).await?;
-            print(&serde_json::json!({"id": m.id, "status": m.status}))?;
-        }
         Command::Compliance(cmd) => reports::compliance(&client, cmd).await?,
         Command::Completions { .. } => {}
         Command::Apply { file, dry_run, prune } => print(&apply::run(&client, &file, dry_run, prune).await?)?,
@@ -491,90 +221,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => people::run(&client, cmd).await?,
         Command::ApiToken(cmd) => people::api_token(&client, cmd).await?,
         Command::Audit(cmd) => reports::audit(&client, cmd).await?,
-        Command::Run { machine, policy, wait } => {
-            let key = Uuid::new_v4().to_string();
-            let mut job = client.run_now(machine, policy, Some(&key)).await?;
-            if let Some(secs) = wait {
-                job = client.wait_for_job(job.id, Duration::from_secs(secs)).await?;
-            }
-            print_job(&job)?;
-        }
-        Command::Job { id } => print_job(&client.get_job(id).await?)?,
-        Command::Cancel { job, wait } => {
-            let mut j = client.cancel_job(job).await?;
-            if let Some(secs) = wait {
-                j = client.wait_for_job(j.id, Duration::from_secs(secs)).await?;
-            }
-            print_job(&j)?;
-        }
-        Command::Maintenance(MaintenanceCommand::Repositories { machine }) => {
-            print(&client.list_restic_repositories(machine).await?)?;
-        }
-        Command::Maintenance(MaintenanceCommand::Jobs { kind, state }) => {
-            for j in client.maintenance_jobs(kind.as_deref(), state.as_deref()).await? {
-                print_job(&j)?;
-            }
-        }
-        Command::Maintenance(MaintenanceCommand::Run { repository, kind, dry_run, wait }) => {
-            let mut j = client.run_maintenance(repository, &kind, dry_run).await?;
-            if let Some(secs) = wait {
-                j = client.wait_for_job(j.id, Duration::from_secs(secs)).await?;
-            }
-            print_job(&j)?;
-        }
-        Command::Jobs { machine, policy, kind, state, from, to } => {
-            let filter =
-                cofre_client::JobFilter { machine, policy, kind, state, from, to, ..Default::default() };
-            for j in client.list_all_jobs(&filter).await? {
-                print_job(&j)?;
-            }
-        }
-        Command::Snapshots { machine } => {
-            let rows: Vec<_> = client
-                .list_snapshots(machine)
-                .await?
-                .iter()
-                .map(|s| serde_json::json!({"snapshot_id": s.snapshot_id, "time": s.time, "hostname": s.hostname, "paths": s.paths}))
-                .collect();
-            print(&rows)?;
-        }
-        Command::Store(StoreCommand::Add { name, url }) => {
-            let s = client.create_store(&name, &url).await?;
-            print(&s.store)?;
-            out(&format!(
-                "\nOn the store machine, run once:\n  cofre-store --config /etc/cofre/store.toml enroll --controller https://<controller>:7443 --token {}",
-                s.token
-            ))?;
-        }
-        Command::Store(StoreCommand::List) => print(&client.list_stores().await?)?,
-        Command::Store(StoreCommand::Inventory { store }) => print(&client.store_inventory(store).await?)?,
-        Command::Store(StoreCommand::Revoke { store }) => print(&client.revoke_store(store).await?)?,
-        Command::Quota { machine, group, bytes, unlimited: _ } => {
-            let bytes = bytes.as_deref().map(parse_size).transpose()?;
-            match (machine, group) {
-                (Some(m), _) => client.set_machine_quota(m, bytes).await?,
-                (None, Some(g)) => client.set_group_quota(g, bytes).await?,
-                (None, None) => anyhow::bail!("give --machine or --group"),
-            }
-            out("quota set")?;
-        }
+        Command::EnrollmentToken(cmd) => fleet::enrollment_token(&client, cmd).await?,
+        Command::Group(cmd) => setup::group(&client, cmd).await?,
+        Command::Repository(cmd) => setup::repository(&client, cmd).await?,
+        Command::Machine(cmd) => fleet::machine(&client, cmd).await?,
+        Command::Job(cmd) => fleet::job(&client, cmd).await?,
+        Command::Maintenance(cmd) => setup::maintenance(&client, cmd).await?,
+        Command::Store(cmd) => setup::store(&client, cmd).await?,
     }
     Ok(())
-}
-
-fn print_job(j: &cofre_client::Job) -> anyhow::Result<()> {
-    print(&serde_json::json!({
-        "id": j.id, "kind": j.kind, "machine_id": j.machine_id, "policy_id": j.policy_id,
-        "restic_repository_id": j.restic_repository_id, "trigger": j.trigger, "state": j.state,
-        "started_at": j.started_at, "finished_at": j.finished_at, "overran_window": j.overran_window,
-        "snapshot_id": j.snapshot_id, "stats": j.stats, "warnings": j.warnings, "error": j.error_message,
-        "retry_class": j.retry_class, "log": j.log,
-    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    /// Every command's arguments are consistent, and none reuses the name of a global flag
+    /// (`token`, `output`, …): clap would then panic when that command runs.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        fn walk(cmd: &clap::Command, globals: &[String], path: &str, clashes: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let here = format!("{path} {}", sub.get_name());
+                for arg in sub.get_arguments().filter(|a| !a.is_global_set()) {
+                    if globals.iter().any(|g| g == arg.get_id().as_str()) {
+                        clashes.push(format!("{here}: {}", arg.get_id()));
+                    }
+                }
+                walk(sub, globals, &here, clashes);
+            }
+        }
+        let cli = super::Cli::command();
+        cli.clone().debug_assert();
+        let globals: Vec<String> =
+            cli.get_arguments().filter(|a| a.is_global_set()).map(|a| a.get_id().to_string()).collect();
+        assert!(globals.contains(&"token".to_string()));
+        let mut clashes = Vec::new();
+        walk(&cli, &globals, "cofre", &mut clashes);
+        assert!(clashes.is_empty(), "arguments named like a global flag: {clashes:?}");
+    }
 
     #[test]
     fn sizes_take_binary_suffixes_and_refuse_nonsense() {

@@ -38,8 +38,18 @@ pub enum PolicyCommand {
         #[arg(long)]
         to: i64,
     },
+    /// Apply a policy to a machine or to every machine of a group.
+    Assign {
+        id: Uuid,
+        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+        machine: Option<Uuid>,
+        #[arg(long)]
+        group: Option<Uuid>,
+    },
     /// Where a policy is assigned.
     Assignments { id: Uuid },
+    /// Machines whose agent does not run the current plan of its policies.
+    Stale,
     /// Remove an assignment.
     Unassign {
         id: Uuid,
@@ -197,7 +207,16 @@ pub async fn run(client: &cofre_client::Client, cmd: PolicyCommand) -> anyhow::R
         }
         PolicyCommand::Versions { id } => crate::print(&client.policy_versions(id).await?)?,
         PolicyCommand::Diff { id, from, to } => crate::print(&client.policy_diff(id, from, to).await?)?,
+        PolicyCommand::Assign { id, machine, group } => {
+            let a = match (machine, group) {
+                (Some(m), _) => client.assign_policy_to_machine(id, m).await?,
+                (None, Some(g)) => client.assign_policy_to_group(id, g).await?,
+                (None, None) => anyhow::bail!("give --machine or --group"),
+            };
+            crate::print(&a)?;
+        }
         PolicyCommand::Assignments { id } => crate::print(&client.list_assignments(id).await?)?,
+        PolicyCommand::Stale => crate::print(&client.stale_plans().await?)?,
         PolicyCommand::Unassign { id, assignment } => {
             client.unassign_policy(id, assignment).await?;
             crate::out("unassigned")?;

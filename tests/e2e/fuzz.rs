@@ -19,7 +19,9 @@ fn schemathesis(ctrl: &Controller, token: Option<&str>, dir: &std::path::Path) -
     cmd.arg("run")
         .arg(format!("{}/api/v1/openapi.json", ctrl.api_url()))
         .args(["--checks", "not_a_server_error,content_type_conformance"])
-        .args(["--max-examples", "15", "--workers", "2", "--seed", SEED])
+        // One worker: CPython 3.11's parser is not thread-safe under hypothesis (seen in CI:
+        // "AST constructor recursion depth mismatch" inside schemathesis, not a finding).
+        .args(["--max-examples", "15", "--workers", "1", "--seed", SEED])
         .args(["--request-timeout", "20", "--max-time", "75"])
         .args(["--suppress-health-check", "all", "--warnings", "off", "--no-color"])
         // The token under test must live through the run: its own revocation is left out.

@@ -7,6 +7,7 @@ mod agent_process;
 mod alerts;
 mod apply;
 mod audit;
+mod cli;
 mod environment;
 mod foundation;
 mod fuzz;

@@ -181,6 +181,34 @@ impl Client {
         self.post("/api/v1/enrollment-tokens", req).await
     }
 
+    pub async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>> {
+        let l: Items<EnrollmentToken> = self.get("/api/v1/enrollment-tokens").await?;
+        Ok(l.items)
+    }
+
+    pub async fn revoke_enrollment_token(&self, id: Uuid) -> Result<()> {
+        self.request::<(), ()>(Method::DELETE, &format!("/api/v1/enrollment-tokens/{id}"), None, &[]).await
+    }
+
+    /// Deletes a group nothing belongs to (409 saying what still does, otherwise).
+    pub async fn delete_group(&self, id: Uuid) -> Result<()> {
+        self.request::<(), ()>(Method::DELETE, &format!("/api/v1/groups/{id}"), None, &[]).await
+    }
+
+    /// Changes a repository's name or credentials (absent fields stay; `Some(None)` clears).
+    pub async fn update_repository(
+        &self,
+        id: Uuid,
+        req: &cofre_api::repositories::UpdateRepository,
+    ) -> Result<Repository> {
+        self.request(Method::PUT, &format!("/api/v1/repositories/{id}"), Some(req), &[]).await
+    }
+
+    /// Deletes a repository definition nothing uses.
+    pub async fn delete_repository(&self, id: Uuid) -> Result<()> {
+        self.request::<(), ()>(Method::DELETE, &format!("/api/v1/repositories/{id}"), None, &[]).await
+    }
+
     pub async fn create_group(&self, name: &str) -> Result<Group> {
         self.post("/api/v1/groups", &serde_json::json!({ "name": name })).await
     }

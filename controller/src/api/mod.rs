@@ -8,6 +8,7 @@ mod compliance;
 mod error;
 mod extract;
 mod handlers;
+mod idempotency;
 mod jobs;
 pub mod openapi;
 mod policies;
@@ -117,6 +118,12 @@ impl Route {
         self
     }
 
+    /// The edit honours `If-Match`.
+    fn guarded(mut self) -> Self {
+        self.doc.if_match = true;
+        self
+    }
+
     fn answers_with(mut self, answer: Answer) -> Self {
         self.doc.answer = answer;
         self
@@ -189,6 +196,7 @@ fn table() -> Vec<Route> {
         r(PUT, "/api/v1/users/{id}", Admin, put(u::update_user))
             .says("Change a user's role or group")
             .takes(one::<us::UpdateUser>)
+            .guarded()
             .answers(200, one::<us::User>),
         r(POST, "/api/v1/users/{id}/disable", Admin, post(u::disable_user))
             .says("Disable a user: their tokens and sessions end at once")
@@ -282,6 +290,7 @@ fn table() -> Vec<Route> {
         r(PUT, "/api/v1/policies/{id}", Admin, put(p::update_policy))
             .says("Replace a policy's spec (If-Match: an ETag from this API)")
             .takes(one::<po::PolicySpec>)
+            .guarded()
             .answers(200, one::<po::Policy>),
         r(GET, "/api/v1/policies/{id}/versions", Read, get(p::list_versions))
             .says("Every revision of a policy")
@@ -313,6 +322,7 @@ fn table() -> Vec<Route> {
         g(PUT, "/api/v1/machines/{id}", Admin, put(h::update_machine))
             .says("Rename a machine or move it to another group")
             .takes(one::<ma::UpdateMachine>)
+            .guarded()
             .answers(200, one::<ma::Machine>),
         g(POST, "/api/v1/machines/{id}/approve", Operate, post(h::approve_machine))
             .says("Approve a machine waiting for approval")
@@ -404,6 +414,18 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for Route { def, handler, .. } in table() {
         let rule = (def.access, def.scope);
+        // Every authenticated POST honours Idempotency-Key (inside the authorisation, which
+        // tells whose key it is).
+        let handler = if def.method == Method::POST && def.access != Access::Public {
+            handler.route_layer(middleware::from_fn_with_state(
+                state.pool.clone(),
+                |State(pool): State<sqlx::PgPool>, req: Request, next: Next| {
+                    idempotency::once(pool, req, next)
+                },
+            ))
+        } else {
+            handler
+        };
         let mr = handler.route_layer(middleware::from_fn_with_state(
             (state.clone(), rule),
             move |State((st, rule)): State<(AppState, (Access, Scope))>, req: Request, next: Next| {

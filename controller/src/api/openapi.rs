@@ -47,12 +47,24 @@ pub struct Doc {
     pub query: Option<ParamsFn>,
     pub body: Option<SchemaFn>,
     pub answer: Answer,
+    /// The edit honours `If-Match` (412 on a stale copy).
+    pub if_match: bool,
 }
 
 impl Default for Doc {
     fn default() -> Self {
-        Self { summary: "", query: None, body: None, answer: Answer::Undocumented }
+        Self { summary: "", query: None, body: None, answer: Answer::Undocumented, if_match: false }
     }
+}
+
+fn header(name: &str, description: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
 }
 
 /// `T` by reference (`#/components/schemas/T`).
@@ -160,6 +172,15 @@ pub fn document(routes: &[(RouteDef, Doc)]) -> OpenApi {
         if let Some(q) = d.query {
             op = op.parameters(Some(q()));
         }
+        if r.method == Method::POST && r.access != Access::Public {
+            op = op.parameter(header(
+                "Idempotency-Key",
+                "Retries with the same key and request get the first answer again (kept a day).",
+            ));
+        }
+        if d.if_match {
+            op = op.parameter(header("If-Match", "The ETag of the copy this edit is made from."));
+        }
         if let Some(b) = d.body {
             op = op.request_body(Some(
                 RequestBodyBuilder::new()
@@ -234,6 +255,9 @@ pub fn document(routes: &[(RouteDef, Doc)]) -> OpenApi {
         if r.path.contains('{') {
             responses =
                 responses.response("404", problem(&mut schemas, "No such resource (or not visible to you)."));
+        }
+        if d.if_match {
+            responses = responses.response("412", problem(&mut schemas, "Changed meanwhile: read it again."));
         }
         if matches!(r.method, Method::POST | Method::PUT | Method::DELETE) && r.access != Access::Public {
             responses = responses.response("409", problem(&mut schemas, "Conflicts with the current state."));

@@ -193,3 +193,43 @@ async fn repository_credentials_rotate_and_deletes_refuse_what_is_in_use(pool: P
     let operator = user_token(&st, "op", Role::Operator, None).await;
     assert_eq!(call(&st, "DELETE", &path, &operator, &[], "").await.0, StatusCode::FORBIDDEN);
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn a_post_retried_with_its_idempotency_key_is_done_once(pool: PgPool) {
+    let st = state(pool).await;
+    let admin = user_token(&st, "admin", Role::Admin, None).await;
+    let key = [("idempotency-key", "create-obras-1")];
+    let (s1, h1, first) = call(&st, "POST", "/api/v1/groups", &admin, &key, r#"{"name":"obras"}"#).await;
+    assert_eq!(s1, StatusCode::CREATED, "{first}");
+    assert!(h1.get("idempotent-replayed").is_none());
+    // The retry (say, the answer was lost): the same answer, nothing done twice.
+    let (s2, h2, again) = call(&st, "POST", "/api/v1/groups", &admin, &key, r#"{"name":"obras"}"#).await;
+    assert_eq!((s2, &again), (StatusCode::CREATED, &first));
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(h2["content-type"], "application/json");
+    let groups: i64 = sqlx::query_scalar("select count(*) from groups").fetch_one(&st.pool).await.unwrap();
+    assert_eq!(groups, 1);
+    let audited: i64 = sqlx::query_scalar("select count(*) from audit_events where action = 'group.create'")
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 1);
+    // The same key for another request is refused; a refusal is kept like any answer.
+    let (s, h, body) = call(&st, "POST", "/api/v1/groups", &admin, &key, r#"{"name":"saude"}"#).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(is_problem(&h));
+    let bad = [("idempotency-key", "bad-1")];
+    let (s, _, _) = call(&st, "POST", "/api/v1/groups", &admin, &bad, r#"{"name":"Not Valid"}"#).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, h, _) = call(&st, "POST", "/api/v1/groups", &admin, &bad, r#"{"name":"Not Valid"}"#).await;
+    assert_eq!((s, h["idempotent-replayed"].to_str().unwrap()), (StatusCode::UNPROCESSABLE_ENTITY, "true"));
+    // Keys are per user: another admin's same key is a new request.
+    let other = user_token(&st, "other", Role::Admin, None).await;
+    let (s, _, _) = call(&st, "POST", "/api/v1/groups", &other, &key, r#"{"name":"saude"}"#).await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Without a key, two requests are two requests.
+    let (s, _, _) = call(&st, "POST", "/api/v1/groups", &admin, &[], r#"{"name":"educacao"}"#).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, _) = call(&st, "POST", "/api/v1/groups", &admin, &[], r#"{"name":"educacao"}"#).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+}
