@@ -9,6 +9,10 @@ deploy/local/install-deps.sh --tests
 export PATH="$HOME/.cargo/bin:$PATH"
 pgbin=$(dirname "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
 
+echo "== format and lints (gates: a change that is not formatted or not clippy-clean fails here)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "== build"
 cargo build --workspace --bins --locked
 

@@ -69,14 +69,46 @@ fn find_pg_bin(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs a PostgreSQL tool, as the `postgres` user when we are root (postgres refuses root).
+/// The master key never reaches it (nor the server it starts).
 fn pg_command(bin: &Path) -> Command {
-    if nix::unistd::Uid::effective().is_root() {
+    let mut c = if nix::unistd::Uid::effective().is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);
         c
     } else {
         Command::new(bin)
+    };
+    c.env_remove("COFRE_MASTER_KEY");
+    c
+}
+
+/// As root, PostgreSQL runs as the `postgres` user, which must be able to reach `dir`: names
+/// the first directory on the way that it cannot enter (say, a private 0700 temp directory)
+/// instead of letting initdb fail with a bare "Permission denied".
+fn check_postgres_reaches(dir: &Path) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
     }
+    let enters = |d: &Path| {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-x"])
+            .arg(d)
+            .env_remove("COFRE_MASTER_KEY")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if enters(dir) {
+        return Ok(());
+    }
+    let blocked = dir.ancestors().collect::<Vec<_>>().into_iter().rev().find(|d| !enters(d)).unwrap_or(dir);
+    bail!(
+        "PostgreSQL runs as the postgres user, which cannot enter {} (on the way to the data directory {}): \
+         choose a data directory others may traverse (e.g. the default /var/lib/cofre), or allow it with \
+         `chmod o+x {}`",
+        blocked.display(),
+        dir.display(),
+        blocked.display()
+    )
 }
 
 fn run_checked(mut c: Command, what: &str) -> anyhow::Result<()> {
@@ -136,6 +168,7 @@ impl Postgres {
 fn start_postgres(dir: &Path, st: &UpState) -> anyhow::Result<Postgres> {
     let initdb = find_pg_bin("initdb")?;
     let pg_ctl = find_pg_bin("pg_ctl")?;
+    check_postgres_reaches(dir)?;
     let data = dir.join("postgres");
     let sock = dir.join("pg-socket");
     std::fs::create_dir_all(&sock)?;
@@ -165,9 +198,25 @@ fn url(user: &str, password: &str, port: u16, db: &str) -> SecretString {
     SecretString::from(format!("postgres://{user}:{password}@127.0.0.1:{port}/{db}"))
 }
 
+/// The superuser's connection, whose statements (role passwords inlined: CREATE ROLE takes no
+/// parameters) are never logged.
+async fn superuser(st: &UpState, db: &str) -> anyhow::Result<sqlx::PgPool> {
+    use secrecy::ExposeSecret as _;
+    use sqlx::ConnectOptions as _;
+    let options: sqlx::postgres::PgConnectOptions = url("postgres", &st.superuser_password, st.pg_port, db)
+        .expose_secret()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the superuser's connection URL: {e}"))?;
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options.disable_statement_logging())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))
+}
+
 async fn prepare_database(st: &UpState) -> anyhow::Result<()> {
-    let admin =
-        crate::db::connect(&url("postgres", &st.superuser_password, st.pg_port, "postgres"), 2).await?;
+    let admin = superuser(st, "postgres").await?;
     let role: bool =
         sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = 'cofre_owner')")
             .fetch_one(&admin)
@@ -192,7 +241,7 @@ async fn prepare_database(st: &UpState) -> anyhow::Result<()> {
 }
 
 async fn prepare_app_role(st: &UpState) -> anyhow::Result<()> {
-    let admin = crate::db::connect(&url("postgres", &st.superuser_password, st.pg_port, "cofre"), 2).await?;
+    let admin = superuser(st, "cofre").await?;
     let exists: bool =
         sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = 'cofre_serve')")
             .fetch_one(&admin)
@@ -258,21 +307,6 @@ pub async fn run(
         crate::serve::migrate(&settings).await?;
         prepare_app_role(&st).await?;
         let (started, fut) = crate::serve::start(settings.clone(), shutdown).await?;
-        let token = crate::enrollment::create_token(
-            &started.state.pool,
-            &Actor::System,
-            &started.state.ca,
-            &settings.enrollment,
-            crate::enrollment::NewToken {
-                description: "printed by cofre-controller up".into(),
-                group_id: None,
-                uses: Some(1),
-                ttl_seconds: None,
-                requires_approval: false,
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create an enrollment token: {e}"))?;
         println!();
         println!("Cofre is running.");
         println!(
@@ -296,15 +330,37 @@ pub async fn run(
         );
         println!("  Data directory:  {}", dir.display());
         println!();
-        println!("Enroll an agent on this machine (token valid 24 h, one use):");
-        // Name the agent binary by its full path when it sits beside this one (a build tree).
-        let agent = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("cofre-agent")))
-            .filter(|p| p.is_file())
-            .map_or_else(|| "cofre-agent".to_string(), |p| p.display().to_string());
-        println!("  {agent} enroll --controller {} --token {}", settings.grpc.public_url, token.token);
-        println!();
+        // One enrollment token on the first run; later runs do not mint a new one each start.
+        if first {
+            let token = crate::enrollment::create_token(
+                &started.state.pool,
+                &Actor::System,
+                &started.state.ca,
+                &settings.enrollment,
+                crate::enrollment::NewToken {
+                    description: "printed by cofre-controller up".into(),
+                    group_id: None,
+                    uses: Some(1),
+                    ttl_seconds: None,
+                    requires_approval: false,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create an enrollment token: {e}"))?;
+            println!("Enroll an agent on this machine (token valid 24 h, one use):");
+            // Name the agent binary by its full path when it sits beside this one (a build tree).
+            let agent = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("cofre-agent")))
+                .filter(|p| p.is_file())
+                .map_or_else(|| "cofre-agent".to_string(), |p| p.display().to_string());
+            println!("  {agent} enroll --controller {} --token {}", settings.grpc.public_url, token.token);
+            println!();
+        } else {
+            println!("Enroll an agent: create a token with `cofre enrollment-token create`, then");
+            println!("  cofre-agent enroll --controller {} --token <token>", settings.grpc.public_url);
+            println!();
+        }
         println!("Press Ctrl-C to stop Cofre and its PostgreSQL.");
         fut.await
     }

@@ -62,11 +62,12 @@ async fn the_api_fuzzed_from_its_own_openapi_document_never_answers_5xx_and_erro
     println!("as admin:\n{}", summary(&as_admin));
     let anonymous = schemathesis(&ctrl, None, tmp.path())?;
     println!("anonymous:\n{}", summary(&anonymous));
-    // The controller is still whole: it answers, its data is there, it never panicked. (The
-    // admin's login session may have ended: the fuzzer may have reset the admin's password.)
+    // The controller is still whole: it answers and takes changes, and it never panicked. (The
+    // fuzzer may have deleted the group, or reset the admin's password, ending that session.)
     let script = cofre_client::Client::new(&ctrl.api_url())?.with_token(token.token.clone());
-    let groups = script.list_groups().await?;
-    assert!(groups.iter().any(|g| g.id == group.id));
+    let after = script.create_group("after-fuzzing").await?;
+    assert!(script.list_groups().await?.iter().any(|g| g.id == after.id));
+    assert_ne!(after.id, group.id);
     let log = ctrl.log();
     assert!(!log.contains("panicked"), "the controller panicked:\n{log}");
     Ok(())

@@ -115,3 +115,53 @@ fn up_runs_cofre_on_its_own_postgres_and_a_second_up_reuses_it() -> Result<()> {
     stop(second, &data)?;
     Ok(())
 }
+
+#[test]
+fn up_in_a_private_directory_names_what_postgres_cannot_enter() -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipped: PostgreSQL runs as another user only when up runs as root");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700))?;
+    let data = tmp.path().join("cofre");
+    let out = up(&data, free_port(), free_port()).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot enter")
+            && err.contains(&tmp.path().display().to_string())
+            && err.contains("chmod o+x"),
+        "names the directory and the way out: {err}"
+    );
+    assert!(!data.join("postgres/PG_VERSION").exists(), "initdb was not even tried");
+    Ok(())
+}
+
+#[test]
+fn the_master_key_never_reaches_postgres_and_role_passwords_are_never_logged() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711))?;
+    let data = tmp.path().join("cofre");
+    let key = "ab".repeat(32);
+    let mut cmd = up(&data, free_port(), free_port());
+    // Even with every statement sqlx runs logged.
+    cmd.env("COFRE_MASTER_KEY", &key).env("COFRE_LOG", "info,sqlx=debug");
+    let mut p = Proc::spawn("up-env", cmd, tmp.path())?.with_grace(Duration::from_secs(30));
+    let log = wait_for_banner(&mut p)?;
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("up.json"))?)?;
+    for role in ["superuser_password", "owner_password", "app_password"] {
+        let secret = state[role].as_str().context("a role password")?;
+        assert!(!log.contains(secret), "{role} is in up's log");
+    }
+    assert!(log.contains("sqlx"), "statements are logged in this test: {log}");
+    let pid = std::fs::read_to_string(data.join("postgres/postmaster.pid"))?;
+    let pid = pid.lines().next().context("postmaster.pid")?.trim().to_string();
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    assert!(!environ.is_empty(), "the postmaster's environment is readable");
+    assert!(
+        !String::from_utf8_lossy(&environ).contains(&key),
+        "PostgreSQL (a child of up) was given COFRE_MASTER_KEY"
+    );
+    stop(p, &data)
+}

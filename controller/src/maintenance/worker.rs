@@ -169,7 +169,8 @@ impl Worker {
         };
         let exe = std::env::current_exe().map_err(Error::internal)?;
         let mut cmd = tokio::process::Command::new(exe);
-        cmd.arg(super::child::SUBCOMMAND);
+        // The job carries what the process needs; the master key stays with the controller.
+        cmd.arg(super::child::SUBCOMMAND).env_remove("COFRE_MASTER_KEY");
         // Why the watcher stopped the process, if it did.
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel::<Option<Stop>>(None);
         let watcher = self.watch(conn, job.id, &lock_record, stop_tx);
