@@ -207,6 +207,22 @@ pub struct HttpSettings {
     /// Proxies (addresses or networks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` is believed
     /// for the client address recorded in the audit log; from anyone else it is ignored.
     pub trusted_proxies: Vec<crate::api::Network>,
+    /// An HTTP/1 request head must arrive within this many seconds of the client starting it
+    /// (also the longest a keep-alive connection waits for its next request, and the longest a
+    /// new connection may stay silent before its first request). 1–86400.
+    pub header_read_timeout_seconds: u64,
+    /// A connection with no request in progress for this many seconds is closed (HTTP/2: GOAWAY
+    /// first). A request in progress (a slow upload, a slowly read download) is never cut. 1–86400.
+    pub idle_timeout_seconds: u64,
+    /// HTTP/2 PING every this many seconds; a peer that does not answer within
+    /// `http2_keep_alive_timeout_seconds` is disconnected. 1–86400 each.
+    pub http2_keep_alive_interval_seconds: u64,
+    pub http2_keep_alive_timeout_seconds: u64,
+    /// Connections served at once (TLS handshakes included). Over the cap, new connections wait
+    /// in the kernel's accept backlog until one closes; they are not refused. Idle connections
+    /// hold their slot until they time out (as above), so a flood of them delays every client,
+    /// health checks included. Keep it below the open-file limit (`LimitNOFILE`). 1–1000000.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -284,6 +300,11 @@ impl Default for HttpSettings {
             tls_key_file: None,
             allow_plain_http: false,
             trusted_proxies: Vec::new(),
+            header_read_timeout_seconds: 30,
+            idle_timeout_seconds: 120,
+            http2_keep_alive_interval_seconds: 60,
+            http2_keep_alive_timeout_seconds: 20,
+            max_connections: 1024,
         }
     }
 }
@@ -428,6 +449,21 @@ impl Settings {
             }
             _ => {}
         }
+        // Zero would mean "at once"; beyond a day is a typo (milliseconds for seconds).
+        let timeouts = [
+            ("header_read_timeout_seconds", self.http.header_read_timeout_seconds),
+            ("idle_timeout_seconds", self.http.idle_timeout_seconds),
+            ("http2_keep_alive_interval_seconds", self.http.http2_keep_alive_interval_seconds),
+            ("http2_keep_alive_timeout_seconds", self.http.http2_keep_alive_timeout_seconds),
+        ];
+        for (key, value) in timeouts {
+            if !(1..=86_400).contains(&value) {
+                return Err(ConfigError(format!("http.{key} must be between 1 and 86400 (a day)")));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            return Err(ConfigError("http.max_connections must be between 1 and 1000000".into()));
+        }
         if self.maintenance.concurrency == 0 && self.maintenance.enabled {
             return Err(ConfigError(
                 "maintenance.concurrency must be at least 1 (or set maintenance.enabled = false)".into(),
@@ -512,6 +548,24 @@ mod tests {
         assert!(Settings::load(Some(&f)).is_ok());
         std::fs::write(&f, "[http]\ntls_cert_file = \"/x.pem\"\n").unwrap();
         assert!(Settings::load(Some(&f)).unwrap_err().to_string().contains("go together"));
+    }
+
+    #[test]
+    fn http_connection_limits_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let load = |body: &str| {
+            std::fs::write(&f, format!("[http]\n{body}\n")).unwrap();
+            Settings::load(Some(&f)).map_err(|e| e.to_string())
+        };
+        let e = load("idle_timeout_seconds = 0").unwrap_err();
+        assert!(e.contains("http.idle_timeout_seconds must be between 1 and 86400"), "{e}");
+        let e = load("header_read_timeout_seconds = 100000").unwrap_err();
+        assert!(e.contains("http.header_read_timeout_seconds must be between"), "{e}");
+        let e = load("max_connections = 0").unwrap_err();
+        assert!(e.contains("http.max_connections must be between"), "{e}");
+        let s = load("max_connections = 2\nidle_timeout_seconds = 5").unwrap();
+        assert_eq!((s.http.max_connections, s.http.idle_timeout_seconds), (2, 5));
     }
 
     #[test]

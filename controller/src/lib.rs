@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod groups;
 pub mod grpc;
+pub mod http_server;
 pub mod jobs;
 pub mod jwt;
 pub mod keys;

@@ -131,27 +131,15 @@ pub async fn start(
         let _ = stop_tx.send(true);
     });
     let router = api::router(state.clone());
+    // Slow and idle clients are bounded (http.header_read_timeout_seconds, …, http.max_connections).
+    let limits = crate::http_server::Limits::from_settings(&settings.http);
     let mut rx1 = stop_rx.clone();
     let mut rx2 = stop_rx;
     let fut = async move {
         let stop_http = async move {
             let _ = rx1.wait_for(|v| *v).await;
         };
-        let http_fut = async move {
-            match http_tls {
-                Some(config) => {
-                    let listener = crate::tls_listener::TlsListener::new(http, config)?;
-                    axum::serve(listener, router.into_make_service_with_connect_info::<api::Peer>())
-                        .with_graceful_shutdown(stop_http)
-                        .await
-                }
-                None => {
-                    axum::serve(http, router.into_make_service_with_connect_info::<api::Peer>())
-                        .with_graceful_shutdown(stop_http)
-                        .await
-                }
-            }
-        };
+        let http_fut = crate::http_server::serve(http, http_tls, router, limits, stop_http);
         let grpc_fut = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))

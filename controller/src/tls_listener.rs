@@ -1,5 +1,6 @@
-//! HTTPS for the REST API: a listener that hands axum already-handshaken TLS streams. Handshakes
-//! run in their own tasks with a deadline, so a slow or silent client never blocks accepting.
+//! HTTPS for the REST API: the rustls configuration from PEM files and the handshake with its
+//! deadline (`http_server` runs each in the connection's own task, so a slow or silent client
+//! never blocks accepting), plus a listener handing axum already-handshaken TLS streams.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,6 +36,30 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> anyhow::Result<rustls
     Ok(config)
 }
 
+/// How long a client may take to complete its TLS handshake.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs the TLS handshake within [`HANDSHAKE_DEADLINE`]; `None` (logged) when it fails or is late.
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// A listener for `axum::serve`. `serve` uses [`crate::http_server`] instead, which bounds slow
+/// and idle clients; this stays for `api::Peer`'s `Connected` implementation.
 pub struct TlsListener {
     local: SocketAddr,
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -60,12 +85,8 @@ impl TlsListener {
                 }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    if let Some(tls) = handshake(&acceptor, stream, peer).await {
+                        let _ = tx.send((tls, peer)).await;
                     }
                 });
             }
