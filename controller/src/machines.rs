@@ -459,6 +459,8 @@ pub async fn retire_predecessors(pool: &PgPool, id: Uuid, serial: &str) -> Resul
     )
     .await?;
     events::notify(&mut tx, &Event::Machine { id }).await?;
+    // Stores learn the revoked serials from their access lists.
+    events::notify(&mut tx, &Event::Stores).await?;
     tx.commit().await?;
     Ok(retired)
 }

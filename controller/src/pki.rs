@@ -116,6 +116,8 @@ impl Ca {
             params.subject_alt_names.push(san);
         }
         let mut dn = DistinguishedName::new();
+        // The controller's role: agents and stores accept a server only with this CN
+        // (`cofre_dial::CONTROLLER_CN`); no other certificate the CA issues may carry it.
         dn.push(DnType::CommonName, "Cofre controller");
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

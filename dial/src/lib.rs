@@ -4,15 +4,17 @@
 
 pub mod files;
 mod pinning;
+mod role;
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 pub use pinning::fetch_pinned_ca;
+pub use role::CONTROLLER_CN;
 
 /// The parts of a `cofre1.<id>.<secret>.<ca sha256>` token a client needs.
 pub struct Token {
@@ -50,21 +52,17 @@ pub fn controller_url(controller: &str) -> anyhow::Result<url::Url> {
 }
 
 /// A gRPC channel to the controller for enrollment: server-authenticated TLS against the CA
-/// found by [`fetch_pinned_ca`]. Returns the channel and the CA's PEM.
+/// found by [`fetch_pinned_ca`], the server holding the controller's role. Returns the channel
+/// and the CA's PEM.
 pub async fn enrollment_channel(url: &url::Url, token: &Token) -> anyhow::Result<(Channel, String)> {
     let ca_der = fetch_pinned_ca(url, &token.ca_fingerprint).await?;
     let ca_pem = der_to_pem(&ca_der);
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)).domain_name(host_of(url));
-    let channel = Endpoint::from_shared(url.to_string())?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(15))
-        .connect()
-        .await
-        .context("cannot connect to the controller")?;
+    let channel = role::channel(url, role::client_config(&ca_pem, None)?).await?;
     Ok((channel, ca_pem))
 }
 
-/// A mutual-TLS gRPC channel to the controller with this client's certificate.
+/// A mutual-TLS gRPC channel to the controller with this client's certificate; only the
+/// controller's certificate is accepted (not a store's of the same CA).
 pub async fn session_channel(
     controller_url: &str,
     ca_pem: &str,
@@ -72,23 +70,7 @@ pub async fn session_channel(
     key_pem: &str,
 ) -> anyhow::Result<Channel> {
     let url = url::Url::parse(controller_url)?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .domain_name(host_of(&url));
-    Endpoint::from_shared(controller_url.to_string())?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the controller at {controller_url}"))
-}
-
-fn host_of(url: &url::Url) -> String {
-    url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string()
+    role::channel(&url, role::client_config(ca_pem, Some((cert_pem, key_pem)))?).await
 }
 
 /// Checks that the CA the controller returned at enrollment is the one the token pinned.

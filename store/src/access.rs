@@ -51,6 +51,9 @@ pub struct MachineGrant {
     pub repositories: Vec<String>,
     #[serde(default)]
     pub quota_bytes: Option<u64>,
+    /// Serials (lowercase hex) of its certificates revoked before they expire: refused.
+    #[serde(default)]
+    pub revoked_serials: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -71,6 +74,11 @@ impl AccessList {
 }
 
 impl MachineGrant {
+    /// Whether the certificate with this serial was revoked (superseded by a renewal, stolen).
+    pub fn revoked(&self, serial: &str) -> bool {
+        self.revoked_serials.iter().any(|s| s.eq_ignore_ascii_case(serial))
+    }
+
     /// Grants are compared as normalised repository paths (tolerating stray slashes).
     pub fn grants(&self, repo: &RepoPath) -> bool {
         self.repositories.iter().any(|r| r.trim_matches('/') == repo.as_str())

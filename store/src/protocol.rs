@@ -153,7 +153,15 @@ async fn handle(
 
 /// Client certificate first (proved in the handshake), else HTTP Basic against htpasswd.
 async fn authenticate(state: &StoreState, parts: &Parts) -> Result<Identity, StoreError> {
-    if let Some(id) = parts.extensions.get::<ConnInfo>().and_then(|c| c.identity.clone()) {
+    if let Some(info) = parts.extensions.get::<ConnInfo>()
+        && let Some(id) = info.identity.clone()
+    {
+        // A machine's superseded (or stolen) certificate still verifies: the access list says.
+        if let (Identity::Machine(m), Some(serial)) = (&id, &info.serial)
+            && state.access_list().machine(*m).is_some_and(|g| g.revoked(serial))
+        {
+            return Err(StoreError::Forbidden("this certificate was revoked: a newer one replaced it"));
+        }
         return Ok(id);
     }
     let (user, password) = basic_credentials(&parts.headers).ok_or(StoreError::Unauthenticated)?;

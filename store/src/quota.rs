@@ -158,6 +158,7 @@ mod tests {
             group_id: Some(g),
             repositories: vec![r.into()],
             quota_bytes: q,
+            revoked_serials: Vec::new(),
         };
         let acl = AccessList {
             version: 1,

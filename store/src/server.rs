@@ -33,6 +33,9 @@ pub struct ConnInfo {
     pub peer: Option<SocketAddr>,
     /// From a client certificate verified against the Cofre CA, if it names a known identity.
     pub identity: Option<Identity>,
+    /// That certificate's serial (lowercase hex), checked against the access list's revoked
+    /// serials at every request.
+    pub serial: Option<String>,
 }
 
 /// A bound store: the shared state and the listening socket, not yet serving.
@@ -127,7 +130,7 @@ struct Conn {
 impl Conn {
     async fn serve(self, tcp: TcpStream, peer: SocketAddr, acceptor: Option<tokio_rustls::TlsAcceptor>) {
         let Some(acceptor) = acceptor else {
-            let info = ConnInfo { peer: Some(peer), identity: None };
+            let info = ConnInfo { peer: Some(peer), identity: None, serial: None };
             return self.http(TokioIo::new(tcp), info).await;
         };
         let tls = match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
@@ -136,13 +139,10 @@ impl Conn {
             Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
         };
         // rustls only hands out a peer certificate it verified against the client CA.
-        let identity = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| tls::identity_from_certificate(c));
-        self.http(TokioIo::new(tls), ConnInfo { peer: Some(peer), identity }).await;
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let identity = leaf.and_then(|c| tls::identity_from_certificate(c));
+        let serial = leaf.and_then(|c| tls::serial_of(c));
+        self.http(TokioIo::new(tls), ConnInfo { peer: Some(peer), identity, serial }).await;
     }
 
     /// Serves the connection until it ends. At server shutdown, and once no request has been in

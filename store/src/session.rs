@@ -79,6 +79,7 @@ pub fn access_list_from_pb(list: pb::AccessList) -> AccessList {
                 group_id: parse(&m.group_id),
                 repositories: m.repositories,
                 quota_bytes: m.quota_bytes,
+                revoked_serials: m.revoked_serials,
             })
         })
         .collect();

@@ -122,6 +122,14 @@ pub fn identity_from_certificate(der: &[u8]) -> Option<Identity> {
     Uuid::parse_str(cn).ok().map(Identity::Machine)
 }
 
+/// The serial of a certificate as the controller records it: lowercase hex, leading zero
+/// bytes dropped.
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let raw: Vec<u8> = cert.raw_serial().iter().copied().skip_while(|b| *b == 0).collect();
+    Some(hex::encode(raw))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

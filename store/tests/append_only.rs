@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::common::{self, Options, TestStore};
 
 fn grant(id: Uuid, repo: &str) -> MachineGrant {
-    MachineGrant { machine_id: id, group_id: None, repositories: vec![repo.into()], quota_bytes: None }
+    MachineGrant { machine_id: id, repositories: vec![repo.into()], ..Default::default() }
 }
 
 #[tokio::test]
@@ -111,4 +111,35 @@ async fn a_client_ca_set_later_admits_machines_from_then_on() {
     store.state.set_client_ca(store.ca.cert_pem.as_bytes()).unwrap();
     assert_eq!(store.client(Some(&cert)).post(&url).send().await.unwrap().status(), 200);
     assert!(store.repo_dir("late/m/keys").is_dir());
+}
+
+/// The serial of a PEM certificate as the controller records it.
+fn serial(pem: &str) -> String {
+    use rustls_pki_types::pem::PemObject as _;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    cofre_store::tls::serial_of(der.as_ref()).unwrap()
+}
+
+#[tokio::test]
+async fn a_superseded_certificate_of_an_active_machine_is_refused() {
+    let m = Uuid::new_v4();
+    let acl = AccessList { version: 1, machines: vec![grant(m, "fleet/m")], groups: vec![] };
+    let store = TestStore::start(Options { access_list: Some(acl), ..Options::default() });
+    let (old, new) = (store.ca.client(&m.to_string()), store.ca.client(&m.to_string()));
+    let url = format!("{}/fleet/m/keys/", store.base());
+    for cert in [&old, &new] {
+        assert_ne!(store.client(Some(cert)).get(&url).send().await.unwrap().status(), 403);
+    }
+    // The controller says the old one was revoked (superseded by the renewed one).
+    let mut revoked = grant(m, "fleet/m");
+    revoked.revoked_serials = vec![serial(&old.cert_pem).to_uppercase()];
+    store.state.set_access_list(AccessList { version: 2, machines: vec![revoked], groups: vec![] });
+    let refused = store.client(Some(&old)).get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("revoked"));
+    assert_ne!(
+        store.client(Some(&new)).get(&url).send().await.unwrap().status(),
+        403,
+        "the renewed one works"
+    );
 }

@@ -41,6 +41,7 @@ async fn machine_and_group_quotas_refuse_with_507_and_store_nothing() {
         group_id: group,
         repositories: vec![repo.into()],
         quota_bytes: quota,
+        revoked_serials: Vec::new(),
     };
     store.state.set_access_list(AccessList {
         version: 1,

@@ -29,6 +29,7 @@ fn rustic_machine_backs_up_and_restores_append_only() {
         group_id: None,
         repositories: vec!["city/pc".into()],
         quota_bytes: None,
+        revoked_serials: Vec::new(),
     };
     let store = TestStore::start(Options {
         access_list: Some(AccessList { version: 1, machines: vec![grant], groups: vec![] }),

@@ -39,9 +39,25 @@ pub async fn compute(pool: &PgPool, store_url: &str) -> Result<pb::AccessList> {
             group_id: group.map(|g| g.to_string()).unwrap_or_default(),
             repositories: Vec::new(),
             quota_bytes: quota.and_then(|q| u64::try_from(q).ok()),
+            revoked_serials: Vec::new(),
         });
         grant.repositories.push(path);
         groups.extend(group);
+    }
+    // Certificates revoked before they expire (superseded by a renewal, or stolen): still valid
+    // signatures, so the store must be told.
+    let ids: Vec<Uuid> = machines.keys().copied().collect();
+    let revoked: Vec<(Uuid, String)> = sqlx::query_as(
+        "select machine_id, serial from certificates
+         where machine_id = any($1) and revoked_at is not null and not_after > now() order by serial",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    for (machine, serial) in revoked {
+        if let Some(g) = machines.get_mut(&machine) {
+            g.revoked_serials.push(serial);
+        }
     }
     let group_ids: Vec<Uuid> = groups.into_iter().collect();
     let quotas: Vec<(Uuid, Option<i64>)> =

@@ -118,6 +118,32 @@ async fn the_access_list_names_each_active_machine_with_its_own_repositories_and
     assert_eq!(grant(&with_quotas, m1).unwrap().quota_bytes, Some(5_000_000));
     let g = with_quotas.groups.iter().find(|g| g.group_id == g1.to_string()).unwrap();
     assert_eq!(g.quota_bytes, Some(9_000_000));
+
+    // A renewed certificate in use retires its predecessor: the store is told its serial (the
+    // old certificate still verifies) until it expires; expired ones leave the list.
+    let serials: Vec<String> = sqlx::query_scalar("select serial from certificates where machine_id = $1")
+        .bind(m1)
+        .fetch_all(&st.pool)
+        .await
+        .unwrap();
+    let old = serials.first().expect("the enrollment certificate").clone();
+    sqlx::query("insert into certificates (serial, machine_id, not_before, not_after, issued_at) values ('0abc', $1, now(), now() + interval '30 days', now() + interval '1 second')")
+        .bind(m1)
+        .execute(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!(crate::machines::retire_predecessors(&st.pool, m1, "0abc").await.unwrap(), vec![old.clone()]);
+    let after = access::compute(&st.pool, STORE_URL).await.unwrap();
+    assert_eq!(grant(&after, m1).unwrap().revoked_serials, vec![old.clone()]);
+    assert!(grant(&after, m2).unwrap().revoked_serials.is_empty());
+    assert_ne!(after.version, with_quotas.version, "the store gets the new list");
+    sqlx::query("update certificates set not_after = now() - interval '1 second' where serial = $1")
+        .bind(&old)
+        .execute(&st.pool)
+        .await
+        .unwrap();
+    let expired = access::compute(&st.pool, STORE_URL).await.unwrap();
+    assert!(grant(&expired, m1).unwrap().revoked_serials.is_empty());
     assert!(super::set_machine_quota(&st.pool, &Actor::System, m1, Some(0)).await.is_err());
 
     // The plan tells the agent to use its certificate for the store, and sends no shared
