@@ -15,6 +15,7 @@ mod harness_selftest;
 mod local_start;
 mod maintenance;
 mod maintenance_faults;
+mod packaging;
 mod people;
 mod policies;
 mod store;
