@@ -95,7 +95,7 @@ pub async fn run(dir: &Path, hook: &pb::Hook, env: &[(&str, String)]) -> HookRes
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let mut child = match spawn(&mut cmd).await {
         Ok(c) => c,
         Err(e) => {
             return HookResult {
@@ -155,6 +155,22 @@ pub async fn run(dir: &Path, hook: &pb::Hook, env: &[(&str, String)]) -> HookRes
                 summary: format!("hook {} timed out after {} s and was killed", hook.name, timeout.as_secs()),
                 output: String::new(),
             }
+        }
+    }
+}
+
+/// Starts the hook, retrying briefly while its file is "busy": a hook just written (by an admin's
+/// deployment, or a test) can still be open for writing in a process another thread is forking,
+/// and exec then fails with ETXTBSY for a moment.
+async fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let mut attempts = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => return other,
         }
     }
 }

@@ -72,10 +72,26 @@ impl MasterKey {
 
     /// Reads the key file, refusing files that other users can read.
     pub fn read_file(path: &Path) -> Result<Self, SealError> {
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        Self::read_file_with(path, credentials.as_deref())
+    }
+
+    /// [`MasterKey::read_file`], with systemd's credentials directory of this service (if any):
+    /// a key file there (`LoadCredential=`) may be group-readable — newer systemd hands it over
+    /// as 0440 with an access list, in a directory only this service can enter — but never
+    /// readable by others. Anywhere else the file must be 0600 or 0400.
+    pub fn read_file_with(path: &Path, credentials_dir: Option<&Path>) -> Result<Self, SealError> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path)
             .map_err(|e| SealError::Key(format!("cannot read {}: {e}", path.display())))?;
-        if meta.permissions().mode() & 0o077 != 0 {
+        let in_credentials = credentials_dir.is_some_and(|dir| {
+            match (dir.canonicalize(), path.parent().map(Path::canonicalize)) {
+                (Ok(dir), Some(Ok(parent))) => dir == parent,
+                _ => false,
+            }
+        });
+        let forbidden = if in_credentials { 0o007 } else { 0o077 };
+        if meta.permissions().mode() & forbidden != 0 {
             return Err(SealError::Key(format!(
                 "{} is readable by other users (mode {:o}); run: chmod 600 {}",
                 path.display(),
@@ -187,5 +203,27 @@ mod tests {
         assert!(k.write_new_file(&f).is_err(), "must not overwrite an existing key");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(MasterKey::read_file(&f).unwrap_err().to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn a_systemd_credential_may_be_group_readable_but_never_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let creds = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let k = MasterKey::generate();
+        for dir in [creds.path(), elsewhere.path()] {
+            let f = dir.join("master.key");
+            k.write_new_file(&f).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o440)).unwrap();
+        }
+        let (cred, other) = (creds.path().join("master.key"), elsewhere.path().join("master.key"));
+        // As newer systemd hands a LoadCredential= file over: 0440 in the service's own directory.
+        assert_eq!(MasterKey::read_file_with(&cred, Some(creds.path())).unwrap().key_id(), k.key_id());
+        // The same mode anywhere else is refused, as before.
+        assert!(MasterKey::read_file_with(&other, Some(creds.path())).is_err());
+        assert!(MasterKey::read_file_with(&cred, None).is_err());
+        // Readable by others: refused even there.
+        std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(MasterKey::read_file_with(&cred, Some(creds.path())).is_err());
     }
 }

@@ -55,23 +55,34 @@ impl Warnings {
     }
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut with `…`.
-pub fn clip(mut s: String, max: usize) -> String {
+/// Cuts `s` to at most `max` bytes on character boundaries, keeping its beginning and its end
+/// (where a warning's reason and a log's last lines are) and marking the cut with `…`.
+pub fn clip(s: String, max: usize) -> String {
     if s.len() <= max {
         return s;
     }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
+    let room = max.saturating_sub('…'.len_utf8());
+    let mut head = room / 2;
+    while !s.is_char_boundary(head) {
+        head -= 1;
     }
-    s.truncate(end);
-    s.push('…');
-    s
+    let mut tail = s.len() - (room - room / 2);
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{}", &s[..head], &s[tail..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Warnings {
+        /// A long path's warning as the engine words it, clipped.
+        fn clipped_example(&self) -> String {
+            clip(format!("/{}: skipped, name too long", "d/".repeat(3_000)), MAX_WARNING_BYTES)
+        }
+    }
 
     #[test]
     fn warnings_are_bounded_distinct_and_clipped() {
@@ -87,7 +98,12 @@ mod tests {
         w.push("é".repeat(10_000));
         let (long, dropped) = w.take();
         assert!(long[0].len() <= MAX_WARNING_BYTES, "each warning is clipped: {} bytes", long[0].len());
-        assert!(long[0].ends_with('…'));
+        assert!(
+            long[0].starts_with('é') && long[0].ends_with('é') && long[0].contains('…'),
+            "head and tail kept"
+        );
+        let reason = w.clipped_example();
+        assert!(reason.ends_with(": skipped, name too long"), "the reason at the end survives: {reason}");
         assert_eq!(dropped, 0, "take starts a new list");
     }
 
