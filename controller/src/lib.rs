@@ -16,6 +16,7 @@ pub mod events;
 pub mod groups;
 pub mod grpc;
 pub mod http_server;
+pub mod install;
 pub mod jobs;
 pub mod jwt;
 pub mod keys;

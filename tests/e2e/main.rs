@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod agent_install;
 mod agent_limits;
 mod agent_process;
 mod alerts;
