@@ -424,6 +424,92 @@ async fn results_survive_a_controller_outage_and_are_stored_once() -> Result<()>
     Ok(())
 }
 
+/// The fault matrix's "PostgreSQL restarted, and down for 2 minutes": the controller stays up,
+/// says it is not ready, stops acknowledging (the agent keeps its result spooled), and recovers
+/// without a restart; the result is then stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_for_two_minutes_loses_nothing_and_the_controller_recovers_alone() -> Result<()> {
+    let mut f = fixture("dbdown").await?;
+    let source = f.tmp.path().join("docs");
+    write_random_files(&source, 4, 1)?;
+    let p = protect(&mut f, &source).await?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let status = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("{}{path}", f.ctrl.api_url()));
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()).map_err(|e| e.to_string()) }
+    };
+    assert_eq!(status("/readyz").await, Ok(200));
+
+    let job = f.admin.run_now(p.machine, p.policy, None).await?;
+    wait_until_running(&f.admin, job.id).await?;
+    f._pg.stop_server()?;
+    let down = std::time::Instant::now();
+    wait_until_async(
+        "the controller says it is not ready",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let s = status("/readyz");
+            async move { if s.await == Ok(503) { Ok(()) } else { Err("still ready".to_string()) } }
+        },
+    )
+    .await?;
+    assert_eq!(status("/healthz").await, Ok(200), "alive, only not ready");
+    let agent = &p.agent;
+    let running = p.agent.state_dir.join("running");
+    wait_until_async(
+        "the backup ends and its result waits in the spool",
+        Duration::from_secs(110),
+        Duration::from_millis(200),
+        || {
+            let idle = std::fs::read_dir(&running).map(|rd| rd.count() == 0).unwrap_or(false);
+            let spooled = agent.spooled();
+            async move {
+                if idle && spooled > 0 {
+                    Ok(())
+                } else {
+                    Err(format!("running: {}, spooled: {spooled}", !idle))
+                }
+            }
+        },
+    )
+    .await?;
+    // Down for two minutes in all; the controller process lives through it.
+    tokio::time::sleep(Duration::from_secs(120).saturating_sub(down.elapsed())).await;
+    assert!(
+        f.ctrl.pid().is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()),
+        "{}",
+        f.ctrl.log()
+    );
+    assert_eq!(status("/healthz").await, Ok(200));
+    f._pg.start_server()?;
+
+    wait_until_async(
+        "ready again without a restart",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let s = status("/readyz");
+            async move { if s.await == Ok(200) { Ok(()) } else { Err("not ready".to_string()) } }
+        },
+    )
+    .await?;
+    let done = f.admin.wait_for_job(job.id, Duration::from_secs(180)).await?;
+    assert_eq!(done.state, "succeeded", "{done:?}\n{}", p.agent.log());
+    wait_until_async("the spool drains", Duration::from_secs(60), Duration::from_millis(200), || {
+        let n = agent.spooled();
+        async move { if n == 0 { Ok(()) } else { Err(format!("{n} spooled")) } }
+    })
+    .await?;
+    let db = f.ctrl.db.name.clone();
+    let count = |table: &str| -> Result<i64> {
+        Ok(f._pg.psql(&db, &format!("select count(*) from {table}"))?.trim().parse()?)
+    };
+    assert_eq!(count("job_results")?, 1, "stored exactly once");
+    assert_eq!(count("snapshots")?, 1);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<()> {
     // 60 s certificates: the agent renews after 40 s.

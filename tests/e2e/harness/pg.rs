@@ -108,6 +108,27 @@ impl PgCluster {
         self.port
     }
 
+    /// Stops the server, keeping its data. A fast shutdown, not an immediate one: this test
+    /// cluster runs without fsync, so an immediate stop would lose committed transactions that
+    /// a real server (with fsync) keeps through a crash.
+    pub fn stop_server(&self) -> Result<()> {
+        run_as_postgres(Command::new(pg_bin("pg_ctl")?).args([
+            "-D".as_ref(),
+            self.dir.path().join("data").as_os_str(),
+            "-m".as_ref(),
+            "fast".as_ref(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            "30".as_ref(),
+            "stop".as_ref(),
+        ]))
+    }
+
+    /// Starts the stopped server again on the same port.
+    pub fn start_server(&self) -> Result<()> {
+        pg_ctl_start(self.dir.path(), self.port)
+    }
+
     /// Superuser URL for `db` over TCP.
     pub fn admin_url(&self, db: &str) -> String {
         format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.superuser_password, self.port)
