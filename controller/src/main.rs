@@ -86,7 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Migrate => cofre_controller::serve::migrate(&settings).await,
             Command::RotateJwtKey => cofre_controller::serve::rotate_jwt_key(&settings).await,
-            Command::Up(args) => cofre_controller::up::run(settings, args, shutdown_signal()).await,
+            Command::Up(args) => Box::pin(cofre_controller::up::run(settings, args, shutdown_signal())).await,
             Command::PrintDefaultConfig | Command::PrintOpenapi | Command::GenerateMasterKey { .. } => Ok(()),
         }
     })

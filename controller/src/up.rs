@@ -355,6 +355,17 @@ pub async fn run(
                 .filter(|p| p.is_file())
                 .map_or_else(|| "cofre-agent".to_string(), |p| p.display().to_string());
             println!("  {agent} enroll --controller {} --token {}", settings.grpc.public_url, token.token);
+            // The same token as a service install on any machine that reaches this controller.
+            if let Ok(Some(sha256)) = crate::install::agent_sha256().await {
+                let api = format!("http://{}", started.http);
+                println!(
+                    "or install the agent as a service (downloaded from here, its SHA-256 checked; one use):"
+                );
+                println!(
+                    "  {}",
+                    crate::install::install_line(&api, &settings.grpc.public_url, &token.token, &sha256)
+                );
+            }
             println!();
         } else {
             println!("Enroll an agent: create a token with `cofre enrollment-token create`, then");

@@ -78,6 +78,15 @@ fn up_runs_cofre_on_its_own_postgres_and_a_second_up_reuses_it() -> Result<()> {
     assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
     let enroll_line = banner.lines().find(|l| l.contains("enroll --controller")).context("an enroll line")?;
     assert!(enroll_line.contains(&format!("https://localhost:{grpc} --token cofre1.")), "{enroll_line}");
+    // The same token as a one-line service install, pinned to the agent binary it serves.
+    let install = banner.lines().find(|l| l.contains("/install.sh")).context("an install line")?;
+    let sum = Command::new("sha256sum").arg(workspace_bin("cofre-agent")).output()?;
+    let sha = String::from_utf8(sum.stdout)?.split_whitespace().next().context("sha256sum")?.to_string();
+    assert!(
+        install.contains(&format!("--sha256 {sha}"))
+            && install.contains(&format!("--api http://127.0.0.1:{http} ")),
+        "{install}"
+    );
     login(http, &password)?;
 
     // The printed line enrolls an agent as it is.

@@ -163,12 +163,12 @@ fn table() -> Vec<Route> {
             .answers_with(Answer::Text),
         r(GET, "/install.sh", Public, get(crate::install::serve_script))
             .says("The agent install script (POSIX sh; docs/install.md)")
-            .answers_with(Answer::Text),
+            .answers_with(Answer::Files(&["text/x-shellscript"])),
         r(GET, "/downloads/{file}", Public, get(crate::install::serve_download))
             .says(
                 "The agent binary for this controller's platform, or its .sha256 (404 names what is served)",
             )
-            .answers_with(Answer::Text),
+            .answers_with(Answer::Files(&["application/octet-stream", "text/plain"])),
         r(GET, "/api/v1/openapi.json", Public, get(openapi_json))
             .says("This API's OpenAPI 3.1 document")
             .answers(200, object),

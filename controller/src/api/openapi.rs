@@ -36,6 +36,8 @@ pub enum Answer {
     /// 204, no body.
     Empty,
     Text,
+    /// A file in one of these media types (a script, a binary, its checksum).
+    Files(&'static [&'static str]),
     Csv(SchemaFn),
     Tar,
 }
@@ -208,6 +210,18 @@ pub fn document(routes: &[(RouteDef, Doc)]) -> OpenApi {
                         .build(),
                 ),
             ),
+            Answer::Files(types) => {
+                let mut answer = ResponseBuilder::new().description("A file.");
+                for t in types {
+                    answer = answer.content(
+                        *t,
+                        ContentBuilder::new()
+                            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                            .build(),
+                    );
+                }
+                responses.response("200", answer)
+            }
             Answer::Csv(f) => responses.response(
                 "200",
                 ResponseBuilder::new()
