@@ -5,6 +5,7 @@ mod common;
 
 mod append_only;
 mod hostile;
+mod parse_fuzz;
 mod quota;
 mod restic_cycle;
 mod rustic;

@@ -2,6 +2,8 @@
 //! controller), run-now requests and cancellation from the API, and the queries the API and
 //! the sessions read. What agents report is ingested in `ingest.rs`.
 
+#[cfg(test)]
+mod fuzz;
 mod ingest;
 
 pub(crate) use ingest::cap;
