@@ -18,10 +18,24 @@ pub mod locks {
 }
 
 pub async fn connect(url: &secrecy::SecretString, max: u32) -> anyhow::Result<PgPool> {
+    connect_logged(url, max, true).await
+}
+
+/// [`connect`]; with `log_statements` false, sqlx never logs the statements this pool runs
+/// (for the ones that must inline a secret: `CREATE ROLE … PASSWORD` takes no parameters).
+pub async fn connect_logged(
+    url: &secrecy::SecretString,
+    max: u32,
+    log_statements: bool,
+) -> anyhow::Result<PgPool> {
+    use sqlx::ConnectOptions as _;
+    let options: sqlx::postgres::PgConnectOptions =
+        url.expose_secret().parse().map_err(|e| anyhow::anyhow!("invalid PostgreSQL URL: {e}"))?;
+    let options = if log_statements { options } else { options.disable_statement_logging() };
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(url.expose_secret())
+        .connect_with(options)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
     Ok(pool)

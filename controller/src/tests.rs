@@ -361,17 +361,9 @@ async fn the_app_role_cannot_rewrite_history(pool: PgPool) {
 }
 
 async fn call(st: &AppState, method: &axum::http::Method, path: &str, token: Option<&str>) -> StatusCode {
-    let mut req =
-        Request::builder().method(method.clone()).uri(path).header("content-type", "application/json");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let body = if *method == axum::http::Method::GET || *method == axum::http::Method::DELETE {
-        Body::empty()
-    } else {
-        Body::from("{}")
-    };
-    crate::api::router(st.clone()).oneshot(req.body(body).unwrap()).await.unwrap().status()
+    let body =
+        if *method == axum::http::Method::GET || *method == axum::http::Method::DELETE { "" } else { "{}" };
+    request(st, method.as_str(), path, token, &[], body).await.0
 }
 
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
@@ -543,6 +535,30 @@ async fn hostile_payloads_get_problem_json(pool: PgPool) {
     }
 }
 
+/// One request through the whole router (middleware included): status, headers, JSON body
+/// (null when it is not JSON). The tests' one way to call the REST API.
+pub(crate) async fn request(
+    st: &AppState,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(if body.is_empty() { Body::empty() } else { Body::from(body.to_string()) }).unwrap();
+    let resp = crate::api::router(st.clone()).oneshot(req).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
 pub(crate) async fn call_json(
     st: &AppState,
     method: &str,
@@ -550,17 +566,9 @@ pub(crate) async fn call_json(
     token: &str,
     body: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {token}"))
-        .body(if method == "GET" { Body::empty() } else { Body::from(body.to_string()) })
-        .unwrap();
-    let resp = crate::api::router(st.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    let body = if method == "GET" { "" } else { body };
+    let (status, _, json) = request(st, method, path, Some(token), &[], body).await;
+    (status, json)
 }
 
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]

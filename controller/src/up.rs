@@ -201,18 +201,7 @@ fn url(user: &str, password: &str, port: u16, db: &str) -> SecretString {
 /// The superuser's connection, whose statements (role passwords inlined: CREATE ROLE takes no
 /// parameters) are never logged.
 async fn superuser(st: &UpState, db: &str) -> anyhow::Result<sqlx::PgPool> {
-    use secrecy::ExposeSecret as _;
-    use sqlx::ConnectOptions as _;
-    let options: sqlx::postgres::PgConnectOptions = url("postgres", &st.superuser_password, st.pg_port, db)
-        .expose_secret()
-        .parse()
-        .map_err(|e| anyhow::anyhow!("the superuser's connection URL: {e}"))?;
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect_with(options.disable_statement_logging())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))
+    crate::db::connect_logged(&url("postgres", &st.superuser_password, st.pg_port, db), 2, false).await
 }
 
 async fn prepare_database(st: &UpState) -> anyhow::Result<()> {

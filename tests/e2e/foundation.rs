@@ -116,6 +116,30 @@ async fn wait_until_running(admin: &Client, job: Uuid) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the agent runs no job and keeps at least one result in its spool.
+async fn wait_result_spooled(agent: &Agent, what: &str, timeout: Duration) -> Result<()> {
+    let running = agent.state_dir.join("running");
+    wait_until_async(what, timeout, Duration::from_millis(200), || {
+        let idle = std::fs::read_dir(&running).map(|rd| rd.count() == 0).unwrap_or(false);
+        let spooled = agent.spooled();
+        async move {
+            if idle && spooled > 0 { Ok(()) } else { Err(format!("running: {}, spooled: {spooled}", !idle)) }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Waits until every spooled result was acknowledged.
+async fn wait_spool_drained(agent: &Agent, timeout: Duration) -> Result<()> {
+    wait_until_async("the spool drains", timeout, Duration::from_millis(100), || {
+        let n = agent.spooled();
+        async move { if n == 0 { Ok(()) } else { Err(format!("{n} spooled")) } }
+    })
+    .await?;
+    Ok(())
+}
+
 fn restic_for(f: &Fixture, plan: &pb::Plan, cache: &Path) -> Result<Restic> {
     let repo = plan.repositories.first().context("plan has a repository")?;
     let path = url::Url::parse(&repo.url)?.path().trim_start_matches('/').to_string();
@@ -385,34 +409,17 @@ async fn results_survive_a_controller_outage_and_are_stored_once() -> Result<()>
     assert_eq!(results(&f._pg, "job_results")?, 0, "the result must not be in before the outage");
 
     // The agent finishes on its own and keeps the result in its spool.
-    let running = p.agent.state_dir.join("running");
-    let agent = &p.agent;
-    wait_until_async(
+    wait_result_spooled(
+        &p.agent,
         "the backup finishes while the controller is down",
         Duration::from_secs(600),
-        Duration::from_millis(200),
-        || {
-            let idle = std::fs::read_dir(&running).map(|rd| rd.count() == 0).unwrap_or(false);
-            let spooled = agent.spooled();
-            async move {
-                if idle && spooled > 0 {
-                    Ok(())
-                } else {
-                    Err(format!("running: {}, spooled: {spooled}", !idle))
-                }
-            }
-        },
     )
     .await?;
 
     f.ctrl.restart()?;
     let done = f.admin.wait_for_job(job.id, Duration::from_secs(120)).await?;
     assert_eq!(done.state, "succeeded", "{done:?}\n{}", p.agent.log());
-    wait_until_async("the spool drains", Duration::from_secs(30), Duration::from_millis(100), || {
-        let n = agent.spooled();
-        async move { if n == 0 { Ok(()) } else { Err(format!("{n} spooled")) } }
-    })
-    .await?;
+    wait_spool_drained(&p.agent, Duration::from_secs(30)).await?;
     // Stored exactly once (redelivery after a lost ack is covered by the database tests).
     assert_eq!(results(&f._pg, "job_results")?, 1);
     assert_eq!(results(&f._pg, "snapshots")?, 1);
@@ -455,23 +462,10 @@ async fn postgres_down_for_two_minutes_loses_nothing_and_the_controller_recovers
     )
     .await?;
     assert_eq!(status("/healthz").await, Ok(200), "alive, only not ready");
-    let agent = &p.agent;
-    let running = p.agent.state_dir.join("running");
-    wait_until_async(
+    wait_result_spooled(
+        &p.agent,
         "the backup ends and its result waits in the spool",
         Duration::from_secs(110),
-        Duration::from_millis(200),
-        || {
-            let idle = std::fs::read_dir(&running).map(|rd| rd.count() == 0).unwrap_or(false);
-            let spooled = agent.spooled();
-            async move {
-                if idle && spooled > 0 {
-                    Ok(())
-                } else {
-                    Err(format!("running: {}, spooled: {spooled}", !idle))
-                }
-            }
-        },
     )
     .await?;
     // Down for two minutes in all; the controller process lives through it.
@@ -496,11 +490,7 @@ async fn postgres_down_for_two_minutes_loses_nothing_and_the_controller_recovers
     .await?;
     let done = f.admin.wait_for_job(job.id, Duration::from_secs(180)).await?;
     assert_eq!(done.state, "succeeded", "{done:?}\n{}", p.agent.log());
-    wait_until_async("the spool drains", Duration::from_secs(60), Duration::from_millis(200), || {
-        let n = agent.spooled();
-        async move { if n == 0 { Ok(()) } else { Err(format!("{n} spooled")) } }
-    })
-    .await?;
+    wait_spool_drained(&p.agent, Duration::from_secs(60)).await?;
     let db = f.ctrl.db.name.clone();
     let count = |table: &str| -> Result<i64> {
         Ok(f._pg.psql(&db, &format!("select count(*) from {table}"))?.trim().parse()?)

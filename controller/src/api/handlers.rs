@@ -42,8 +42,8 @@ pub(super) fn if_match(headers: &HeaderMap) -> Result<Option<String>> {
 }
 
 /// A JSON answer carrying the ETag of what it shows.
-pub(super) fn with_etag<T: serde::Serialize>(v: T, etag: &str) -> Response {
-    let mut resp = axum::Json(v).into_response();
+pub(super) fn with_etag<T: serde::Serialize>(status: StatusCode, v: T, etag: &str) -> Response {
+    let mut resp = (status, axum::Json(v)).into_response();
     if let Ok(e) = axum::http::HeaderValue::from_str(etag) {
         resp.headers_mut().insert(header::ETAG, e);
     }
@@ -223,7 +223,7 @@ pub async fn get_machine(
 ) -> Result<Response> {
     let m = machine_in_scope(&st, &c, id(&p, "machine")?).await?;
     let etag = machines::etag(m.display_name.as_deref(), m.group_id);
-    Ok(with_etag(api::machines::Machine::from(m), &etag))
+    Ok(with_etag(StatusCode::OK, api::machines::Machine::from(m), &etag))
 }
 
 pub async fn approve_machine(
@@ -255,5 +255,5 @@ pub async fn update_machine(
     let expected = if_match(&headers)?;
     let m = machines::update(&st.pool, &c.actor(), m.id, req, c.grp, expected.as_deref()).await?;
     let etag = machines::etag(m.display_name.as_deref(), m.group_id);
-    Ok(with_etag(api::machines::Machine::from(m), &etag))
+    Ok(with_etag(StatusCode::OK, api::machines::Machine::from(m), &etag))
 }

@@ -520,10 +520,15 @@ async fn authorise(
 /// The claims of a JWT, with the user's current role and group (not the token's): disabled,
 /// removed, demoted or moved users lose their old rights at once.
 async fn user_claims(state: &AppState, token: &str) -> Result<crate::auth::Claims, Error> {
-    if state.jwt.should_reload_for(token) {
-        crate::serve::reload_jwt(state).await;
-    }
-    let mut claims = state.jwt.verify(token)?;
+    // A token naming a key this replica has not loaded yet (a rotation elsewhere) re-reads the
+    // key set once; valid tokens never pay for that check.
+    let mut claims = match state.jwt.verify(token) {
+        Err(_) if state.jwt.should_reload_for(token) => {
+            crate::serve::reload_jwt(state).await;
+            state.jwt.verify(token)?
+        }
+        other => other?,
+    };
     match crate::users::standing(&state.pool, claims.sub, claims.jti, claims.sid).await? {
         Some((role, group)) => {
             claims.role = role;

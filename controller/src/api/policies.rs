@@ -3,24 +3,21 @@
 
 use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use cofre_api::{self as api, Items};
 
-use super::handlers::{created, id};
+use super::handlers::{created, id, if_match, with_etag};
 use super::{Json, Query};
 use crate::auth::{Claims, Role};
 use crate::error::{Error, Result};
 use crate::policies::{self, HookRights};
 use crate::state::AppState;
 
-fn with_etag(p: policies::Policy, status: StatusCode) -> Response {
+/// A policy's version is its revision.
+fn with_revision(p: policies::Policy, status: StatusCode) -> Response {
     let etag = format!("\"rev-{}\"", p.revision);
-    let mut resp = (status, axum::Json(api::policies::Policy::from(p))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
+    with_etag(status, api::policies::Policy::from(p), &etag)
 }
 
 fn hook_rights(c: &Claims) -> HookRights {
@@ -37,11 +34,14 @@ pub async fn create_policy(
     Json(body): Json<serde_json::Value>,
 ) -> Result<Response> {
     let spec = policies::parse_spec(body)?;
-    Ok(with_etag(policies::create(&st.pool, &c.actor(), spec, hook_rights(&c)).await?, StatusCode::CREATED))
+    Ok(with_revision(
+        policies::create(&st.pool, &c.actor(), spec, hook_rights(&c)).await?,
+        StatusCode::CREATED,
+    ))
 }
 
 pub async fn get_policy(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
-    Ok(with_etag(policies::get(&st.pool, id(&p, "policy")?).await?, StatusCode::OK))
+    Ok(with_revision(policies::get(&st.pool, id(&p, "policy")?).await?, StatusCode::OK))
 }
 
 pub async fn update_policy(
@@ -51,20 +51,18 @@ pub async fn update_policy(
     headers: HeaderMap,
     Json(body): Json<serde_json::Value>,
 ) -> Result<Response> {
-    let if_revision = match headers.get(header::IF_MATCH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().trim_start_matches("W/").trim_matches('"').strip_prefix("rev-"))
+    let if_revision = if_match(&headers)?
+        .map(|e| {
+            e.trim_matches('"')
+                .strip_prefix("rev-")
                 .and_then(|n| n.parse::<i64>().ok())
-                .ok_or_else(|| Error::invalid("If-Match must be an ETag returned by this API"))?,
-        ),
-    };
+                .ok_or_else(|| Error::invalid("If-Match must be an ETag returned by this API"))
+        })
+        .transpose()?;
     let id = id(&p, "policy")?;
     let spec = policies::parse_spec(body)?;
     let pol = policies::update(&st.pool, &c.actor(), id, if_revision, spec, hook_rights(&c)).await?;
-    Ok(with_etag(pol, StatusCode::OK))
+    Ok(with_revision(pol, StatusCode::OK))
 }
 
 pub async fn list_versions(

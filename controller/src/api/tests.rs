@@ -3,14 +3,12 @@
 //! repository credentials rotate while secrets stay write-only, and deletes happen only when
 //! nothing depends on what is deleted (409 saying why).
 
-use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 use crate::auth::Role;
 use crate::state::AppState;
-use crate::tests::{call_json, machine_in_new_group, state, user_token};
+use crate::tests::{call_json, machine_in_new_group, request, state, user_token};
 
 async fn call(
     st: &AppState,
@@ -20,19 +18,7 @@ async fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (StatusCode, HeaderMap, serde_json::Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {token}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(if body.is_empty() { Body::empty() } else { Body::from(body.to_string()) }).unwrap();
-    let resp = crate::api::router(st.clone()).oneshot(req).await.unwrap();
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-    (status, headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    request(st, method, path, Some(token), headers, body).await
 }
 
 fn is_problem(h: &HeaderMap) -> bool {

@@ -34,7 +34,7 @@ pub async fn list_users(State(st): State<AppState>) -> Result<Response> {
 pub async fn get_user(State(st): State<AppState>, Path(p): Path<String>) -> Result<Response> {
     let u = users::get(&st.pool, id(&p, "user")?).await?;
     let etag = users::etag(&u);
-    Ok(with_etag(u, &etag))
+    Ok(with_etag(axum::http::StatusCode::OK, u, &etag))
 }
 
 pub async fn create_user(
@@ -55,7 +55,7 @@ pub async fn update_user(
     let expected = if_match(&headers)?;
     let u = users::update(&st.pool, &c.actor(), id(&p, "user")?, req, expected.as_deref()).await?;
     let etag = users::etag(&u);
-    Ok(with_etag(u, &etag))
+    Ok(with_etag(axum::http::StatusCode::OK, u, &etag))
 }
 
 pub async fn disable_user(

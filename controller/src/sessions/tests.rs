@@ -2,25 +2,15 @@
 //! ends its whole family, logout / disable / password reset end sessions, families expire, and
 //! a rotated signing key is picked up by a replica that has not reloaded yet.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 use crate::state::AppState;
-use crate::tests::{call_json, state};
+use crate::tests::{call_json, request, state};
 
 async fn post(st: &AppState, path: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
-    let req = Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = crate::api::router(st.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    let (status, _, json) = request(st, "POST", path, None, &[], &body.to_string()).await;
+    (status, json)
 }
 
 async fn login(st: &AppState, user: &str, password: &str) -> serde_json::Value {
