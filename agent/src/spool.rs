@@ -55,7 +55,16 @@ impl Spool {
             match std::fs::read(&p)
                 .map_err(anyhow::Error::from)
                 .and_then(|raw| Ok(pb::JobEvent::decode(raw.as_slice())?))
-            {
+                .and_then(|ev| {
+                    // Its acknowledgement removes the file named after its id: an event under
+                    // another name (a damaged file) would be sent again at every connection.
+                    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                    if ev.event_id == stem {
+                        Ok(ev)
+                    } else {
+                        Err(anyhow::anyhow!("its event id {:?} is not its file's name", ev.event_id))
+                    }
+                }) {
                 Ok(ev) => out.push(ev),
                 Err(e) => {
                     tracing::error!(path = %p.display(), error = %e, "unreadable spooled event; moved aside");

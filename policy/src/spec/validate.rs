@@ -187,7 +187,7 @@ impl ScheduleSpec {
                         let len = window_minutes(start, end);
                         // The jitter must leave room inside the window, also on a DST day
                         // when the window is an hour shorter.
-                        if self.jitter_seconds > 0 && self.jitter_seconds + 3600 >= len * 60 {
+                        if self.jitter_seconds > 0 && self.jitter_seconds.saturating_add(3600) >= len * 60 {
                             errs.push(FieldError::new(
                                 format!("{field}.jitter_seconds"),
                                 format!("must be shorter than the window ({len} min) minus an hour"),

@@ -1,0 +1,9 @@
+¼µâ³ÅÆö
+$0190a1b2-0000-7000-8000-00000000000a/https://store.example.org:8000/finance/0190a1b2*k7Qm1xâ€¦repository-password2@5f1c0a7e5f1c0a7e5f1c0a7e5f1c0a7e5f1c0a7e5f1c0a7e5f1c0a7e5f1c0a7e:;-----BEGIN CERTIFICATE-----
+MIIB
+-----END CERTIFICATE-----
+H±
+$0190a1b2-0000-7000-8000-0000000000b1nightly$0190a1b2-0000-7000-8000-00000000000a"/etc"/home**.tmp0€£B*.ISOJ	.nobackupP€€€€Xbfinancej
+dump-dbØr
+notifyØx`
+$0190a1b2-0000-7000-8000-0000000000b2hourly$0190a1b2-0000-7000-8000-00000000000a"/srv0€£x
