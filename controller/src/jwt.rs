@@ -11,6 +11,27 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use uuid::Uuid;
 
 use crate::auth::{AUDIENCE, Claims, ISSUER, Role};
+
+/// The audience of portal tickets (never the REST API's).
+pub const PORTAL_AUDIENCE: &str = "cofre-portal";
+
+/// What a portal ticket says: whose login session it belongs to, until when, and the CSRF
+/// token the portal's forms must carry.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PortalTicket {
+    pub sub: Uuid,
+    pub name: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grp: Option<Uuid>,
+    pub sid: Uuid,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: Uuid,
+    pub csrf: String,
+}
 use crate::error::{Error, Result};
 
 /// How often a replica may re-read the key set because a token named an unknown `kid`.
@@ -118,6 +139,22 @@ impl JwtKeys {
         group: Option<Uuid>,
         session: Option<Uuid>,
     ) -> Result<String> {
+        self.issue_with(user, name, role, group, session, Uuid::new_v4(), self.ttl)
+    }
+
+    /// An access token with a given id and lifetime: the portal's per-request tokens share
+    /// their ticket's id, so their first use is audited once per session, not per page.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_with(
+        &self,
+        user: Uuid,
+        name: &str,
+        role: Role,
+        group: Option<Uuid>,
+        session: Option<Uuid>,
+        jti: Uuid,
+        ttl: i64,
+    ) -> Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user,
@@ -126,17 +163,32 @@ impl JwtKeys {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             iat: now,
-            exp: now + self.ttl,
-            jti: Uuid::new_v4(),
+            exp: now + ttl,
+            jti,
             grp: group,
             sid: session,
             ro: false,
             api_token: false,
         };
+        self.sign(&claims)
+    }
+
+    fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String> {
         let set = self.set.read().map_err(|_| Error::internal(anyhow::anyhow!("JWT key set poisoned")))?;
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(set.current.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &set.current.enc).map_err(Error::internal)
+        jsonwebtoken::encode(&header, claims, &set.current.enc).map_err(Error::internal)
+    }
+
+    /// A portal ticket (the portal's session cookie): the access token's claims under the
+    /// portal's own audience, so the REST API never accepts one, valid until `exp`.
+    pub fn issue_portal(&self, ticket: &PortalTicket) -> Result<String> {
+        self.sign(ticket)
+    }
+
+    /// Checks a portal ticket.
+    pub fn verify_portal(&self, token: &str) -> Result<PortalTicket> {
+        self.decode(token, PORTAL_AUDIENCE)
     }
 
     /// Signs `header.payload` (both base64url) as this controller would: tests forge tokens
@@ -151,6 +203,10 @@ impl JwtKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims> {
+        self.decode(token, AUDIENCE)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, token: &str, audience: &str) -> Result<T> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Error::Unauthenticated("malformed access token".into()))?;
         let not_ours = || Error::Unauthenticated("access token not issued by this controller".into());
@@ -169,10 +225,10 @@ impl JwtKeys {
         };
         let mut v = Validation::new(Algorithm::HS256);
         v.set_issuer(&[ISSUER]);
-        v.set_audience(&[AUDIENCE]);
+        v.set_audience(&[audience]);
         v.leeway = 5;
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, key, &v).map(|d| d.claims).map_err(|e| match e.kind() {
+        jsonwebtoken::decode::<T>(token, key, &v).map(|d| d.claims).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                 Error::Unauthenticated("access token expired: refresh it or log in again".into())
             }

@@ -25,6 +25,7 @@ pub mod maintenance;
 pub mod pki;
 pub mod plans;
 pub mod policies;
+pub mod portal;
 pub mod repositories;
 pub mod seal;
 pub mod serve;

@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::events::Events;
 use crate::seal::MasterKey;
 use crate::state::AppState;
-use crate::{api, db, grpc, keys, repositories};
+use crate::{db, grpc, keys, repositories};
 
 /// Reads the master key from `COFRE_MASTER_KEY` (hex) or `keys.master_key_file`.
 pub fn load_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
@@ -130,7 +130,7 @@ pub async fn start(
         session_events.shutdown();
         let _ = stop_tx.send(true);
     });
-    let router = api::router(state.clone());
+    let router = crate::portal::router(state.clone());
     // Slow and idle clients are bounded (http.header_read_timeout_seconds, …, http.max_connections).
     let limits = crate::http_server::Limits::from_settings(&settings.http);
     let mut rx1 = stop_rx.clone();
