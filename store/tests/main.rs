@@ -4,6 +4,7 @@
 mod common;
 
 mod append_only;
+mod config_fuzz;
 mod hostile;
 mod parse_fuzz;
 mod quota;
