@@ -419,7 +419,8 @@ fn a_pushed_event_reads_back_as_its_bounded_self() {
             let mut bounded = ev.clone();
             cofre_agent::bounds::job_event(&mut bounded);
             match spool.push(&ev) {
-                Ok(()) => {
+                Ok(pushed) => {
+                    assert_eq!(pushed, cofre_agent::spool::Pushed::Written);
                     let pending = spool.pending();
                     assert_eq!(pending, vec![bounded], "stored as bounded, read back as stored");
                     spool.ack(&ev.event_id);

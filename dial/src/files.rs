@@ -1,6 +1,7 @@
 //! The files a client of the controller keeps: written whole (temp file, fsync, rename, fsync of
 //! the directory) and readable only by their owner; the identity file holds the certificate
-//! and its key together, so a renewal never leaves a mismatched pair.
+//! and its key together, so a renewal never leaves a mismatched pair. A write that fails (a
+//! full disk) leaves nothing behind.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -16,13 +17,18 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id()
     ));
-    {
+    let written = (|| {
         let mut f =
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // A partial temporary file would hold on to space a full disk needs back.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     // Make the rename itself durable.
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();

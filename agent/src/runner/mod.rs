@@ -120,9 +120,16 @@ impl Agent {
         plan.as_ref()?.policies.iter().find(|p| p.id == id).cloned()
     }
 
+    /// Takes a new plan: stored, and in force at once. A plan that cannot be stored (a full
+    /// disk) is still used; the controller sends it again after a restart.
     pub fn set_plan(&self, plan: pb::Plan) -> anyhow::Result<()> {
-        self.state.save_plan(&plan)?;
-        tracing::info!(version = plan.version, policies = plan.policies.len(), "new plan stored");
+        match self.state.save_plan(&plan) {
+            Ok(()) => {
+                tracing::info!(version = plan.version, policies = plan.policies.len(), "new plan stored");
+            }
+            Err(e) => tracing::error!(version = plan.version, error = %e,
+                "cannot store the new plan; using it from memory (it is lost if the agent restarts before the controller sends it again)"),
+        }
         *self.plan.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan);
         Ok(())
     }
@@ -198,7 +205,7 @@ impl Agent {
                         ..Default::default()
                     },
                 );
-                if self.spool.push(&ev).is_err() {
+                if self.spool.push_durable(&ev).is_err() {
                     continue; // keep the marker; try again next start
                 }
                 ids.push(m.job_id.to_string());
@@ -257,6 +264,8 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
+            // Results kept in memory while the spool's disk was full are written when it has room.
+            self.spool.retry_held();
             for job in self.due_jobs() {
                 tracing::info!(job.id = %job.job_id, policy = %job.policy_id, "scheduled backup due");
                 self.submit(job);
@@ -301,7 +310,16 @@ impl Agent {
             trigger: job.trigger as i32,
             started_at,
         };
-        crate::state::write_atomic(&marker_path, &serde_json::to_vec(&marker)?)?;
+        // Without its marker (a full disk) the job still runs and reports; only a crash during
+        // it would go unreported.
+        let marker_written = match crate::state::write_atomic(&marker_path, &serde_json::to_vec(&marker)?) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(job.id = %job.job_id, path = %marker_path.display(), error = %e,
+                    "cannot write the running-job marker; running the job anyway");
+                false
+            }
+        };
         self.spool.push(&pb::JobEvent {
             event_id: Uuid::now_v7().to_string(),
             job_id: job.job_id.to_string(),
@@ -332,8 +350,11 @@ impl Agent {
             finished.overran_window = true;
             tracing::warn!(job.id = %job.job_id, "the backup ran past its policy's window");
         }
-        self.spool.push(&finished_event(job.job_id, finished.clone()))?;
-        std::fs::remove_file(&marker_path)?;
+        // The marker goes once the result is safe: written, or acknowledged from memory.
+        self.spool.push_with_marker(
+            &finished_event(job.job_id, finished.clone()),
+            marker_written.then_some(marker_path),
+        )?;
         Ok(finished)
     }
 
