@@ -17,6 +17,7 @@ mod local_start;
 mod maintenance;
 mod maintenance_faults;
 mod packaging;
+mod packaging_deb;
 mod people;
 mod policies;
 mod store;
