@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Cofre's local start and test suite need when it is missing, and nothing else:
-# PostgreSQL 15 (initdb/pg_ctl), the restic CLI, and (for tests) rustic-server, schemathesis and aiosmtpd (an SMTP
-# sink the alert tests deliver to).
+# PostgreSQL 15 (initdb/pg_ctl), the restic CLI, and (for tests) rustic-server, schemathesis, aiosmtpd (an SMTP
+# sink the alert tests deliver to), headless Chromium with chromedriver and axe-core (the portal's browser tests).
 # Usage: deploy/local/install-deps.sh [--tests]
 set -euo pipefail
 
@@ -43,6 +43,25 @@ if [ $want_tests = 1 ]; then
     echo "installing aiosmtpd (test fixture: an SMTP sink)"
     python3 -m pip install --quiet aiosmtpd 2>/dev/null \
       || python3 -m pip install --quiet --break-system-packages aiosmtpd
+  fi
+  browser_pkgs=()
+  command -v chromium >/dev/null 2>&1 || browser_pkgs+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || browser_pkgs+=(chromium-driver)
+  command -v npm >/dev/null 2>&1 || browser_pkgs+=(npm)
+  if [ ${#browser_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "missing packages for the portal's browser tests: ${browser_pkgs[*]} (as root: apt-get install ${browser_pkgs[*]})" >&2
+      exit 1
+    fi
+    echo "installing: ${browser_pkgs[*]} (the portal's browser tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${browser_pkgs[@]}" >/dev/null
+  fi
+  axe_dir="$HOME/.cache/cofre/axe"
+  if [ ! -f "$axe_dir/node_modules/axe-core/axe.min.js" ]; then
+    echo "installing axe-core (accessibility checks of the portal) into $axe_dir"
+    mkdir -p "$axe_dir"
+    npm install --prefix "$axe_dir" --no-audit --no-fund --silent 'axe-core@4' >/dev/null
   fi
   if ! command -v st >/dev/null 2>&1; then
     echo "installing schemathesis (test tool: fuzzes the REST API from its OpenAPI document)"

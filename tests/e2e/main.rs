@@ -20,4 +20,5 @@ mod packaging;
 mod packaging_deb;
 mod people;
 mod policies;
+mod portal;
 mod store;

@@ -6,6 +6,7 @@
 #![allow(dead_code, reason = "harness API shared by scenario modules")]
 
 pub mod alerts;
+pub mod browser;
 pub mod cofre;
 pub mod dataset;
 pub mod pg;

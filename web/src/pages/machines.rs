@@ -14,7 +14,7 @@ use cofre_api::compliance::{MachineCompliance, Status};
 use cofre_api::groups::Group;
 use cofre_api::jobs::{Job, RunNow, Snapshot};
 use cofre_api::machines::Machine;
-use cofre_api::policies::Policy;
+use cofre_api::policies::{Assignment, Policy};
 use http::Method;
 use leptos::prelude::*;
 use serde::Deserialize;
@@ -239,18 +239,25 @@ pub async fn page(
     };
     let compliance = report.into_iter().find(|m| m.machine_id == id);
     let policy_names: BTreeMap<Uuid, String> = policies.iter().map(|p| (p.id, p.spec.name.clone())).collect();
-    // The machine's policies: those its findings name.
-    let mut own: Vec<(Uuid, String)> = compliance
-        .iter()
-        .flat_map(|c| c.findings.iter())
-        .filter_map(|f| {
-            f.policy_id.map(|p| {
-                (p, f.policy_name.clone().or_else(|| policy_names.get(&p).cloned()).unwrap_or_default())
-            })
-        })
-        .collect();
-    own.sort();
-    own.dedup();
+    // The machine's policies: those assigned to it or to its group.
+    let assignments = futures::future::join_all(
+        policies
+            .iter()
+            .map(|p| ctx.api.get::<Items<Assignment>>(format!("/api/v1/policies/{}/assignments", p.id))),
+    )
+    .await;
+    let mut own: Vec<(Uuid, String)> = Vec::new();
+    for (p, a) in policies.iter().zip(assignments) {
+        let a = match a {
+            Ok(a) => a.items,
+            Err(e) => return layout::api_error(&ctx, &e),
+        };
+        if a.iter()
+            .any(|a| a.machine_id == Some(id) || (a.group_id.is_some() && a.group_id == machine.group_id))
+        {
+            own.push((p.id, p.spec.name.clone()));
+        }
+    }
     let viewer = ctx.viewer.clone();
     let can_operate = viewer.as_ref().is_some_and(|v| v.can_operate());
     let is_admin = viewer.as_ref().is_some_and(|v| v.is_admin());

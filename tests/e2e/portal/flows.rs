@@ -1,0 +1,114 @@
+//! A department head who has never seen Cofre, in Portuguese: logs in, sees at once how much of
+//! the fleet is protected (the API's numbers) and which machines are not and why, filters the
+//! machine list, backs one up now and sees the job, makes a mistake in a form and reads the error
+//! beside the field, exports the report as the API's CSV, switches to English and logs out (the
+//! session ends on the server).
+
+use anyhow::{Context as _, Result};
+use cofre_api::compliance::Status;
+
+use super::{Fleet, http};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_department_head_sees_in_portuguese_which_machines_are_unprotected_and_why() -> Result<()> {
+    let fleet = Fleet::start("portalflows").await?;
+    let b = fleet.admin_browser("pt-BR").await?;
+
+    // The portal answers in the browser's language, and the session cookie is set as designed.
+    let lang = b.eval("return document.documentElement.lang", vec![]).await?;
+    assert_eq!(lang.as_str(), Some("pt-BR"));
+    assert_eq!(b.text("main h1").await?, "Estamos protegidos?");
+    assert!(b.cookie("cofre_session").await?.is_some(), "the session cookie is kept by the browser");
+
+    // The overview's numbers are the API's.
+    let summary = fleet.admin.compliance_summary().await?;
+    let shown = b.eval("return document.querySelector('#protected .value').dataset.value", vec![]).await?;
+    assert_eq!(shown.as_str().and_then(|s| s.parse::<f64>().ok()), Some(summary.fleet.protected_percent));
+    for (status, n) in [
+        ("compliant", summary.fleet.compliant),
+        ("at_risk", summary.fleet.at_risk),
+        ("unknown", summary.fleet.unknown),
+        ("non_compliant", summary.fleet.non_compliant),
+    ] {
+        assert_eq!(b.text(&format!("#count-{status}")).await?, n.to_string(), "{status}");
+    }
+    assert_eq!(b.text("#pending-count").await?, "1", "one machine waits for approval");
+    // Every machine that is not protected is listed with the reason the API gives.
+    let report = fleet.admin.compliance(None, None).await?;
+    let attention = b.text("#attention").await?;
+    for m in report.iter().filter(|m| m.status != Status::Compliant) {
+        assert!(attention.contains(&m.hostname), "{} is listed: {attention}", m.hostname);
+        let reason = m.findings.iter().find(|f| f.status != Status::Compliant).context("a failing rule")?;
+        assert!(attention.contains(&reason.reason), "the reason {:?} is shown: {attention}", reason.reason);
+    }
+    assert!(b.text("#groups").await?.contains("saude"), "per-department bars");
+
+    // The machine list filters by name.
+    b.goto(&fleet.url("/machines")).await?;
+    assert_eq!(b.eval("return document.querySelector('#machine-count').dataset.count", vec![]).await?, "3");
+    b.fill("#q", "ubs-centro").await?;
+    b.click("form.filters button[type=submit]").await?;
+    assert_eq!(b.eval("return document.querySelector('#machine-count').dataset.count", vec![]).await?, "1");
+    let rows = b.text("#machines tbody").await?;
+    assert!(rows.contains("ubs-centro-01") && !rows.contains("escola-norte-07"), "{rows}");
+
+    // Back a machine up now: the job appears on its page and in the API.
+    b.click("#machines tbody a").await?;
+    assert_eq!(b.path().await?, format!("/machines/{}", fleet.saude));
+    b.click("#actions form[action$='/run'] button").await?;
+    assert_eq!(b.path().await?, format!("/machines/{}?done=run", fleet.saude));
+    assert!(b.text(".notice").await?.contains("na fila"), "the notice says the backup is queued");
+    let jobs = b.text("#jobs table").await?;
+    assert!(jobs.contains("na fila") && jobs.contains("documentos"), "{jobs}");
+    let api_jobs = fleet
+        .admin
+        .list_all_jobs(&cofre_api::jobs::JobFilter { machine: Some(fleet.saude), ..Default::default() })
+        .await?;
+    assert_eq!(api_jobs.len(), 1, "exactly one job (the form's key makes a resubmission the same job)");
+    assert_eq!((api_jobs[0].trigger.as_str(), api_jobs[0].policy_id), ("run_now", Some(fleet.policy)));
+
+    // A mistake in a form: the API's message stands next to the field, the value is kept.
+    b.goto(&fleet.url("/groups")).await?;
+    b.fill("#name", "Saúde Bucal").await?;
+    b.click("form[action='/groups'] button[type=submit]").await?;
+    let error = b.text("#name-error").await?;
+    assert!(error.contains("a-z"), "the field's error: {error}");
+    let kept = b.eval("return document.querySelector('#name').value", vec![]).await?;
+    assert_eq!(kept.as_str(), Some("Saúde Bucal"));
+    let described =
+        b.eval("return document.querySelector('#name').getAttribute('aria-describedby')", vec![]).await?;
+    assert_eq!(described.as_str(), Some("name-error"), "the error is tied to its field for screen readers");
+    b.fill("#name", "saude-bucal").await?;
+    b.click("form[action='/groups'] button[type=submit]").await?;
+    assert_eq!(b.path().await?, "/groups?done=group", "Post/Redirect/Get");
+    assert!(fleet.admin.list_groups().await?.iter().any(|g| g.name == "saude-bucal"));
+
+    // The CSV export is the API's CSV, byte for byte.
+    let cookie = b.cookie("cofre_session").await?.context("session cookie")?;
+    b.goto(&fleet.url("/compliance")).await?;
+    let href = b.eval("return document.querySelector('#csv').getAttribute('href')", vec![]).await?;
+    let href = href.as_str().context("the CSV link")?.to_string();
+    let portal_csv = http()?
+        .get(fleet.url(&href))
+        .header("cookie", format!("cofre_session={cookie}"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let api_csv = fleet.admin.compliance_csv(None, None).await?;
+    assert_eq!(portal_csv, api_csv);
+
+    // Switch language: the same page in English.
+    b.click("a[hreflang='en']").await?;
+    assert_eq!(b.text("main h1").await?, "Compliance report");
+    assert_eq!(b.eval("return document.documentElement.lang", vec![]).await?, "en");
+
+    // Log out: the session ends on the server, so the old cookie opens nothing.
+    b.click(".user button").await?;
+    assert!(b.path().await?.starts_with("/login"));
+    let after =
+        http()?.get(fleet.url("/")).header("cookie", format!("cofre_session={cookie}")).send().await?;
+    assert_eq!(after.status(), 303, "the ended session's cookie is sent to the login page");
+    b.close().await?;
+    Ok(())
+}
