@@ -37,6 +37,13 @@ impl std::fmt::Debug for CaMaterial {
 }
 
 /// Creates a new self-signed CA (ECDSA P-256, ten years).
+/// How far back every certificate's notBefore is set: a client whose clock is up to this much
+/// behind accepts a certificate issued this moment (an agent an hour off after a wrong time
+/// zone or a DST mistake; a controller restart issues its server certificate anew, and a
+/// store's is renewed in place). Before, five minutes: such an agent refused the controller for
+/// the first 55 minutes after every restart (#13, docs/reliability.md).
+pub const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::hours(3);
+
 pub fn generate_ca() -> Result<CaMaterial, PkiError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
@@ -47,7 +54,7 @@ pub fn generate_ca() -> Result<CaMaterial, PkiError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
+    params.not_before = now - CLOCK_SKEW_ALLOWANCE;
     params.not_after = now + time::Duration::days(3650);
     params.serial_number = Some(random_serial().0);
     let cert = params.self_signed(&key)?;
@@ -123,7 +130,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
+        params.not_before = now - CLOCK_SKEW_ALLOWANCE;
         params.not_after =
             now + time::Duration::try_from(lifetime).map_err(|e| PkiError::Ca(e.to_string()))?;
         params.serial_number = Some(random_serial().0);
@@ -214,8 +221,8 @@ impl Ca {
         self.sign(common_name, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth, key, lifetime)
     }
 
-    /// A leaf certificate: CN, SANs, one extended key usage, notBefore five minutes back (clock
-    /// skew), a random serial.
+    /// A leaf certificate: CN, SANs, one extended key usage, notBefore
+    /// [`CLOCK_SKEW_ALLOWANCE`] back, a random serial.
     fn sign(
         &self,
         common_name: &str,
@@ -232,7 +239,7 @@ impl Ca {
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
+        params.not_before = now - CLOCK_SKEW_ALLOWANCE;
         params.not_after =
             now + time::Duration::try_from(lifetime).map_err(|e| PkiError::Ca(e.to_string()))?;
         let (serial, serial_hex) = random_serial();
