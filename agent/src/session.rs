@@ -3,7 +3,8 @@
 //! capped, jittered backoff, or later when the controller says so (a `retry-after` on the
 //! status it ended the session with: a machine awaiting approval, too many results at once, a
 //! renewal too soon). Everything else keeps working while disconnected, and nothing in the
-//! spool is dropped because of a refusal.
+//! spool is dropped because of a refusal. The session's answer carries the controller's time
+//! (its `date` header): a machine clock more than a minute off follows the controller's.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -73,11 +74,15 @@ async fn connect_once(agent: &Arc<Agent>, interrupted: Vec<String>) -> anyhow::R
         })),
     })
     .await?;
-    let mut inbound = client
+    let answer = client
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| anyhow::Error::new(Ended(s)).context("the controller refused the session"))?
-        .into_inner();
+        .map_err(|s| anyhow::Error::new(Ended(s)).context("the controller refused the session"))?;
+    // The controller's clock (its HTTP/2 `date` header): an agent whose clock is off follows it.
+    if let Some(controller) = answer.metadata().get("date").and_then(|v| http_date(v.to_str().ok()?)) {
+        agent.learn_controller_time(controller, agent.local_now());
+    }
+    let mut inbound = answer.into_inner();
     tracing::info!(controller = %id.controller_url, machine.id = %id.machine_id, "connected to the controller");
     let sender = tokio::spawn(deliver(agent.clone(), tx.clone()));
     let result = receive(agent, &tx, &mut inbound, &cert_pem).await;
@@ -182,9 +187,21 @@ async fn receive(
     }
 }
 
+/// An HTTP date (`Wed, 02 Dec 2026 08:30:00 GMT`, RFC 9110's IMF-fixdate).
+fn http_date(value: &str) -> Option<jiff::Timestamp> {
+    let t = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
+    jiff::Timestamp::from_second(t.timestamp()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_controllers_date_header_is_read() {
+        assert_eq!(http_date("Wed, 02 Dec 2026 08:30:00 GMT"), "2026-12-02T08:30:00Z".parse().ok());
+        assert_eq!(http_date("yesterday"), None);
+    }
 
     #[test]
     fn the_agent_waits_as_long_as_the_controller_asks_within_an_hour() {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::scheduler::{Clock, Scheduler};
+use crate::scheduler::{Clock, Corrected, Scheduler};
 use crate::spool::Spool;
 use crate::state::StateDir;
 
@@ -57,7 +57,8 @@ pub struct Agent {
     /// Jobs queued or running per policy, so the schedule does not pile up.
     busy: Mutex<HashMap<String, usize>>,
     scheduler: Mutex<Scheduler>,
-    clock: Arc<dyn Clock>,
+    /// The machine's clock, corrected by the controller's once a session has told it.
+    clock: Arc<Corrected>,
     /// Cancel requests for jobs not started yet.
     cancelled: Mutex<HashSet<Uuid>>,
     /// The running job and the switch that stops it.
@@ -90,6 +91,7 @@ impl Agent {
         let plan = state.load_plan();
         let machine_id =
             state.identity().ok().and_then(|i| Uuid::try_parse(&i.machine_id).ok()).unwrap_or_default();
+        let clock = Arc::new(Corrected::new(clock));
         let scheduler = Scheduler::load(state.load_schedule().as_deref(), machine_id.as_bytes(), clock.now());
         let spool = Spool::new(state.spool_dir());
         let hostname = crate::enroll::inventory().hostname;
@@ -109,6 +111,27 @@ impl Agent {
             hostname,
         });
         (agent, rx)
+    }
+
+    /// The controller's time, as a session's answer gave it; `local` is this machine's clock
+    /// when the answer arrived. Schedules and reported times follow the controller's clock from
+    /// now on when the two differ by more than a minute (see `scheduler::Corrected`).
+    pub fn learn_controller_time(
+        &self,
+        controller: jiff::Timestamp,
+        local: jiff::Timestamp,
+    ) -> jiff::SignedDuration {
+        self.clock.learn(local, controller)
+    }
+
+    /// This machine's own clock, uncorrected (to compare with the controller's).
+    pub fn local_now(&self) -> jiff::Timestamp {
+        self.clock.local_now()
+    }
+
+    /// Now, on the controller's scale (see [`Agent::learn_controller_time`]).
+    fn now_utc(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.clock.now().as_microsecond()).unwrap_or_else(Utc::now)
     }
 
     pub fn plan_version(&self) -> u64 {
@@ -196,7 +219,7 @@ impl Agent {
                         policy_id: m.policy_id,
                         trigger: m.trigger,
                         started_at: Some(ts(m.started_at)),
-                        finished_at: Some(ts(Utc::now())),
+                        finished_at: Some(ts(self.now_utc())),
                         outcome: pb::JobOutcome::Interrupted as i32,
                         error: Some(pb::JobError {
                             message: "the agent stopped while this job was running".into(),
@@ -289,7 +312,7 @@ impl Agent {
 
     /// Runs one job; returns its result as reported.
     async fn run_job(&self, job: &JobRequest) -> anyhow::Result<pb::JobFinished> {
-        let started_at = Utc::now();
+        let started_at = self.now_utc();
         let mut finished = pb::JobFinished {
             policy_id: job.policy_id.clone(),
             trigger: job.trigger as i32,
@@ -299,7 +322,7 @@ impl Agent {
         if lock(&self.cancelled).remove(&job.job_id) {
             tracing::info!(job.id = %job.job_id, "cancelled before it started");
             finished.outcome = pb::JobOutcome::Cancelled as i32;
-            finished.finished_at = Some(ts(Utc::now()));
+            finished.finished_at = Some(ts(self.now_utc()));
             self.spool.push(&finished_event(job.job_id, finished.clone()))?;
             return Ok(finished);
         }
@@ -343,7 +366,7 @@ impl Agent {
         *lock(&self.running) = Some((job.job_id, stop_tx));
         self.run_backup(job, &mut finished, stop_rx).await;
         *lock(&self.running) = None;
-        finished.finished_at = Some(ts(Utc::now()));
+        finished.finished_at = Some(ts(self.now_utc()));
         if let Some(end) = job.window_end
             && self.clock.now() > end
         {

@@ -58,6 +58,91 @@ impl Clock for SystemClock {
     }
 }
 
+/// Offsets smaller than this between the machine's clock and the controller's are left alone
+/// (the controller's time arrives with one-second resolution, after a round trip; NTP keeps
+/// good clocks far closer).
+pub const CLOCK_TOLERANCE: SignedDuration = SignedDuration::from_secs(60);
+
+/// Offsets larger than this are not believed: something else is wrong (the controller's own
+/// clock, or a proxy's header), and the machine keeps its own time.
+pub const CLOCK_MAX_CORRECTION: SignedDuration = SignedDuration::from_secs(24 * 3600);
+
+/// The machine's clock corrected by the controller's (learnt from each session's answer), so
+/// an agent whose clock is an hour off runs its cron slots when the controller expects them
+/// and reports times on the controller's scale. The scheduler sees a correction as a wall-clock
+/// jump and handles it as one (see the module documentation). Monotonic time is untouched.
+pub struct Corrected {
+    inner: std::sync::Arc<dyn Clock>,
+    /// Controller time minus machine time, in seconds (0: none applied).
+    offset: std::sync::atomic::AtomicI64,
+}
+
+impl std::fmt::Debug for Corrected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Corrected").field("offset", &self.offset()).finish_non_exhaustive()
+    }
+}
+
+impl Corrected {
+    pub fn new(inner: std::sync::Arc<dyn Clock>) -> Self {
+        Self { inner, offset: std::sync::atomic::AtomicI64::new(0) }
+    }
+
+    /// The correction in force (controller minus machine).
+    pub fn offset(&self) -> SignedDuration {
+        SignedDuration::from_secs(self.offset.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Learns the controller's time `controller`, read when the machine's (uncorrected) clock
+    /// said `local`. Returns the offset now in force. Within [`CLOCK_TOLERANCE`] the correction
+    /// is dropped; beyond [`CLOCK_MAX_CORRECTION`] it is refused and the clock left as it was.
+    pub fn learn(&self, local: Timestamp, controller: Timestamp) -> SignedDuration {
+        let measured = controller.duration_since(local);
+        let before = self.offset();
+        let after = if measured.abs() < CLOCK_TOLERANCE {
+            SignedDuration::ZERO
+        } else if measured.abs() > CLOCK_MAX_CORRECTION {
+            tracing::error!(
+                offset_s = measured.as_secs(),
+                "this machine's clock and the controller's differ by more than a day; not following the controller's (check both clocks)"
+            );
+            before
+        } else {
+            SignedDuration::from_secs(measured.as_secs())
+        };
+        if (after - before).abs() >= CLOCK_TOLERANCE {
+            if after.is_zero() {
+                tracing::info!("this machine's clock agrees with the controller's again; no correction");
+            } else {
+                tracing::warn!(
+                    offset_s = after.as_secs(),
+                    "this machine's clock is {} s {} the controller's: schedules and reported times follow the controller's clock (fix this machine's time: NTP, time zone)",
+                    after.as_secs().abs(),
+                    if after.is_positive() { "behind" } else { "ahead of" }
+                );
+            }
+        }
+        self.offset.store(after.as_secs(), std::sync::atomic::Ordering::Relaxed);
+        after
+    }
+
+    /// The machine's own clock, uncorrected.
+    pub fn local_now(&self) -> Timestamp {
+        self.inner.now()
+    }
+}
+
+impl Clock for Corrected {
+    fn now(&self) -> Timestamp {
+        let local = self.inner.now();
+        local.checked_add(self.offset()).unwrap_or(local)
+    }
+
+    fn mono(&self) -> Duration {
+        self.inner.mono()
+    }
+}
+
 /// What is persisted per policy (`schedule.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyState {

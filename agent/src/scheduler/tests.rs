@@ -275,3 +275,71 @@ fn plans_of_older_controllers_with_only_an_interval_still_run() {
     let mut s = Scheduler::load(None, b"m", clock.now());
     assert_eq!(due_ids(&mut s, &p, &clock).len(), 1);
 }
+
+/// Agent clock an hour off (#13): once the session has told the agent the controller's time,
+/// a cron policy runs at its slot on the controller's clock — when the controller's compliance
+/// predicts it (`compliance::facts`: the schedule applied to the last scheduled start it
+/// received) — every day, once per slot. Without the correction the agent ran an hour early or
+/// late, and the controller counted a missed run (from 15 minutes after the slot) every day.
+#[test]
+fn a_clock_an_hour_off_runs_cron_when_the_controller_expects_it() {
+    let spec = cofre_policy::spec::ScheduleSpec {
+        cron: Some("30 2 * * *".into()),
+        timezone: Some("Europe/Lisbon".into()),
+        ..Default::default()
+    };
+    let expected = spec.parse("schedule").unwrap();
+    let p = plan(vec![policy("p", cron("30 2 * * *", "Europe/Lisbon"))]);
+    let true_start: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+    for skew in [-3600_i64, 3600, -59 * 60, 0] {
+        // The machine's clock reads `skew` off the true (controller's) time.
+        let machine = std::sync::Arc::new(FakeClock::at("2026-12-01T00:00:00Z"));
+        machine.jump(skew);
+        let clock = Corrected::new(machine.clone());
+        let offset = clock.learn(machine.now(), true_start);
+        assert_eq!(offset.as_secs(), if skew == 0 { 0 } else { -skew }, "skew {skew}");
+        let mut s = Scheduler::load(None, b"m", clock.now());
+        s.due(&p, &HashSet::new(), &clock); // the policy is first seen at midnight
+        let mut runs = Vec::new();
+        let tick = i64::try_from(TICK.as_secs()).unwrap();
+        for _ in 0..(3 * 24 * 3600 / tick) {
+            for _ in s.due(&p, &HashSet::new(), &clock).0 {
+                // The controller receives the start now, by the true time.
+                runs.push(machine.now() - SignedDuration::from_secs(skew));
+            }
+            machine.pass(tick);
+        }
+        let want: Vec<Timestamp> = ["2026-12-01T02:30:00Z", "2026-12-02T02:30:00Z", "2026-12-03T02:30:00Z"]
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        assert_eq!(runs, want, "skew {skew}: runs at the slots on the controller's clock, once each");
+        // What the controller predicts from each received start is the next run, to the tick.
+        for pair in runs.windows(2) {
+            assert_eq!(expected.next_start(Some(pair[0]), true_start, 0), Some(pair[1]), "skew {skew}");
+        }
+    }
+}
+
+/// The correction itself: small differences are left alone, absurd ones refused, and a clock
+/// that is put right drops it.
+#[test]
+fn the_controllers_clock_is_followed_within_bounds() {
+    let machine = std::sync::Arc::new(FakeClock::at("2026-12-01T10:00:00Z"));
+    let clock = Corrected::new(machine.clone());
+    let at = |t: &str| t.parse::<Timestamp>().unwrap();
+    assert!(
+        clock.learn(machine.now(), at("2026-12-01T10:00:40Z")).is_zero(),
+        "under a minute: NTP's business"
+    );
+    assert_eq!(clock.learn(machine.now(), at("2026-12-01T11:00:00Z")).as_secs(), 3600);
+    assert_eq!(clock.now(), at("2026-12-01T11:00:00Z"));
+    assert_eq!(
+        clock.learn(machine.now(), at("2026-12-03T11:00:00Z")).as_secs(),
+        3600,
+        "a day off is not believed"
+    );
+    machine.jump(3600); // NTP fixes the machine
+    assert!(clock.learn(machine.now(), at("2026-12-01T11:00:00Z")).is_zero());
+    assert_eq!(clock.now(), at("2026-12-01T11:00:00Z"));
+}
