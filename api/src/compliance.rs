@@ -101,6 +101,52 @@ pub struct Finding {
     pub reason: String,
     /// Since when this finding holds.
     pub since: Option<DateTime<Utc>>,
+    /// The reason as data, for saying it in another language (absent in records made before
+    /// it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<Why>,
+}
+
+/// A finding's reason as data: which sentence (`code`) and the values it names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Why {
+    /// `pending`, `revoked`, `never_reported`, `no_policy`, `silent`, `plan_stale`,
+    /// `backup_old`, `backup_never`, `check_old`, `check_never`, `run_late`, `unrecorded`.
+    pub code: String,
+    /// The moment the sentence names (last backup, last contact, approval…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+    /// A second moment (the deadline a late run missed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// The limit the rule applies, in seconds (RPO, allowed silence, grace, check cadence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_seconds: Option<i64>,
+    /// A count (unrecorded snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+}
+
+impl Why {
+    pub fn new(code: &str) -> Self {
+        Self { code: code.into(), ..Default::default() }
+    }
+    pub fn at(mut self, t: DateTime<Utc>) -> Self {
+        self.at = Some(t);
+        self
+    }
+    pub fn until(mut self, t: DateTime<Utc>) -> Self {
+        self.until = Some(t);
+        self
+    }
+    pub fn limit(mut self, seconds: i64) -> Self {
+        self.limit_seconds = Some(seconds);
+        self
+    }
+    pub fn count(mut self, n: i64) -> Self {
+        self.count = Some(n);
+        self
+    }
 }
 
 /// One machine's compliance now.

@@ -124,6 +124,8 @@ impl Lang {
             "at",
             "events",
             "checkpoints",
+            "until",
+            "limit",
         ]
         .into_iter()
         .map(|k| (Cow::Borrowed(k), FluentValue::from(1)))
@@ -217,6 +219,20 @@ impl Lang {
         self.ta(key, &[("n", Arg::Int(n))])
     }
 
+    /// A limit as people write it (`36 h`, `7 d`, `15 min`), the way the controller's reasons do.
+    pub fn limit(self, seconds: i64) -> String {
+        let s = seconds;
+        if s % 86_400 == 0 && s >= 2 * 86_400 {
+            format!("{} d", s / 86_400)
+        } else if s % 3600 == 0 && s >= 3600 {
+            format!("{} h", s / 3600)
+        } else if s % 60 == 0 && s >= 60 {
+            format!("{} min", s / 60)
+        } else {
+            format!("{s} s")
+        }
+    }
+
     /// A duration in words (`2 min 5 s`).
     pub fn duration(self, seconds: i64) -> String {
         let s = seconds.max(0);
@@ -304,6 +320,25 @@ mod tests {
         assert_eq!(Lang::En.datetime(t), "2026-12-02 14:05 UTC");
         assert_eq!(Lang::PtBr.ago(t - chrono::Duration::hours(3), t), "há 3 horas");
         assert_eq!(Lang::En.ago(t - chrono::Duration::hours(1), t), "1 hour ago");
+    }
+
+    #[test]
+    fn reasons_in_english_read_as_the_controller_writes_them() {
+        let t = DateTime::parse_from_rfc3339("2026-12-02T14:05:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .expect("date");
+        let args = [("at", Arg::Text(Lang::En.datetime(t))), ("limit", Arg::Text(Lang::En.limit(36 * 3600)))];
+        assert_eq!(
+            Lang::En.ta("why-backup_old", &args),
+            "last good backup at 2026-12-02 14:05 UTC (RPO: 36 h)"
+        );
+        assert_eq!(
+            Lang::PtBr.ta("why-backup_old", &args).split(" (").next(),
+            Some("último backup bem-sucedido em 2026-12-02 14:05 UTC")
+        );
+        assert_eq!(Lang::En.limit(7 * 86_400), "7 d");
+        assert_eq!(Lang::En.limit(86_400), "24 h");
+        assert_eq!(Lang::En.limit(90), "90 s");
     }
 
     #[test]

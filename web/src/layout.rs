@@ -175,6 +175,45 @@ pub fn field_error(id: &'static str, message: Option<String>) -> impl IntoView +
     message.map(|m| view! { <p class="field-error" id=id role="alert">{m}</p> })
 }
 
+/// Why a rule fails, in this language: from the finding's data when the controller gave it,
+/// else the controller's own (English) sentence, marked as English.
+pub fn reason(lang: Lang, f: &cofre_api::compliance::Finding) -> AnyView {
+    use crate::i18n::Arg;
+    match &f.why {
+        Some(w) => {
+            let mut args = Vec::new();
+            if let Some(t) = w.at {
+                args.push(("at", Arg::Text(lang.datetime(t))));
+            }
+            if let Some(t) = w.until {
+                args.push(("until", Arg::Text(lang.datetime(t))));
+            }
+            if let Some(l) = w.limit_seconds {
+                args.push(("limit", Arg::Text(lang.limit(l))));
+            }
+            if let Some(n) = w.count {
+                args.push(("count", Arg::Int(n)));
+            }
+            let key = format!("why-{}", w.code);
+            let text = if lang.has(&key) { lang.ta(&key, &args) } else { f.reason.clone() };
+            view! { <span class="reason" data-why=w.code.clone()>{text}</span> }.into_any()
+        }
+        None => view! { <span class="reason" lang="en">{f.reason.clone()}</span> }.into_any(),
+    }
+}
+
+/// The failing findings' reasons, one after another.
+pub fn reasons(lang: Lang, findings: &[cofre_api::compliance::Finding]) -> impl IntoView + use<> {
+    let failing: Vec<_> =
+        findings.iter().filter(|f| f.status != cofre_api::compliance::Status::Compliant).cloned().collect();
+    let n = failing.len();
+    failing
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| view! { {reason(lang, &f)}{(i + 1 < n).then_some("; ")} })
+        .collect_view()
+}
+
 /// A date as this language writes it, with the exact moment on hover.
 pub fn when(lang: Lang, t: Option<chrono::DateTime<chrono::Utc>>) -> impl IntoView + use<> {
     let now = chrono::Utc::now();

@@ -25,6 +25,7 @@ fn finding(rule: Rule, status: Status) -> Finding {
         policy_name: None,
         reason: format!("{} failed", rule.as_str()),
         since: None,
+        why: None,
     }
 }
 

@@ -33,14 +33,20 @@ async fn a_department_head_sees_in_portuguese_which_machines_are_unprotected_and
         assert_eq!(b.text(&format!("#count-{status}")).await?, n.to_string(), "{status}");
     }
     assert_eq!(b.text("#pending-count").await?, "1", "one machine waits for approval");
-    // Every machine that is not protected is listed with the reason the API gives.
+    // Every machine that is not protected is listed with the reason the API gives, said in
+    // Portuguese (the API's reason as data, translated).
     let report = fleet.admin.compliance(None, None).await?;
     let attention = b.text("#attention").await?;
     for m in report.iter().filter(|m| m.status != Status::Compliant) {
         assert!(attention.contains(&m.hostname), "{} is listed: {attention}", m.hostname);
-        let reason = m.findings.iter().find(|f| f.status != Status::Compliant).context("a failing rule")?;
-        assert!(attention.contains(&reason.reason), "the reason {:?} is shown: {attention}", reason.reason);
+        let finding = m.findings.iter().find(|f| f.status != Status::Compliant).context("a failing rule")?;
+        let why = finding.why.as_ref().context("the API gives the reason as data")?;
+        let row = format!("#attention a[href='/machines/{}']", m.machine_id);
+        assert!(b.has(&row).await?, "{row}");
+        assert!(b.has(&format!("#attention [data-why='{}']", why.code)).await?, "the reason {} is shown", why.code);
     }
+    assert!(attention.contains("nunca se comunicou"), "reasons are in Portuguese: {attention}");
+    assert!(!attention.contains("has never reported"), "no English reason: {attention}");
     assert!(b.text("#groups").await?.contains("saude"), "per-department bars");
 
     // The machine list filters by name.

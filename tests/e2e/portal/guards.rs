@@ -107,6 +107,15 @@ async fn roles_forgeries_cookies_escaping_accessibility_and_translation() -> Res
     let api = http()?.get(fleet.url("/api/v1/me")).bearer_auth(&cookie).send().await?;
     assert_eq!(api.status(), 401, "a portal ticket is not an API token");
 
+    // In English, the portal's reasons read exactly as the API's.
+    b.goto(&fleet.url("/machines")).await?;
+    let rows = b.text("#machines tbody").await?;
+    for m in fleet.admin.compliance(None, None).await? {
+        for f in m.findings.iter().filter(|f| f.status != cofre_api::compliance::Status::Compliant) {
+            assert!(rows.contains(&f.reason), "{:?} is shown as the API says it: {rows}", f.reason);
+        }
+    }
+
     // A machine named like a script is text everywhere; no page runs a script at all.
     let escaped = "&lt;script&gt;alert(1)&lt;/script&gt;";
     for page in pages(&fleet) {

@@ -221,3 +221,18 @@ repositories-maintenance = Endereço de manutenção
 stores-title = Armazenamentos
 stores-name = Nome
 stores-version = Versão
+why-pending = aguardando aprovação desde { $at }
+why-revoked = revogada em { $at }: não pode mais fazer backup
+why-never_reported = aprovada em { $at } e nunca se comunicou
+why-no_policy = nenhuma política se aplica a esta máquina: nada é copiado
+why-silent = agente visto pela última vez em { $at } (silêncio permitido: { $limit })
+why-plan_stale = roda um plano antigo desde { $at } (tolerância: { $limit })
+why-backup_old = último backup bem-sucedido em { $at } (RPO: { $limit })
+why-backup_never = nenhum backup bem-sucedido desde que a política passou a valer, em { $at } (RPO: { $limit })
+why-check_old = última verificação de integridade bem-sucedida em { $at } (verificação a cada { $limit }, mais 1 d)
+why-check_never = nenhuma verificação de integridade bem-sucedida desde a criação do repositório, em { $at } (verificação a cada { $limit }, mais 1 d)
+why-run_late = o backup previsto para { $at } não tinha começado às { $until }
+why-unrecorded = { $count ->
+    [one] 1 snapshot no repositório não foi informado pelo Cofre: gravado fora do Cofre, ou plantado
+   *[other] { $count } snapshots no repositório não foram informados pelo Cofre: gravados fora do Cofre, ou plantados
+}

@@ -68,7 +68,7 @@ pub async fn page(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
                 .iter()
                 .filter(|x| x.status != Status::Compliant)
                 .map(|x| {
-                    view! { <li>{badge(lang, x.status.as_str())} " " {lang.t(&format!("rule-{}", x.rule.as_str()))} ": " <span class="reason">{x.reason.clone()}</span></li> }
+                    view! { <li>{badge(lang, x.status.as_str())} " " {lang.t(&format!("rule-{}", x.rule.as_str()))} ": " {layout::reason(lang, x)}</li> }
                 })
                 .collect_view();
             view! {

@@ -124,20 +124,14 @@ pub async fn list(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
     let body = rows
         .into_iter()
         .map(|m| {
-            let reason = m
-                .findings
-                .iter()
-                .filter(|x| x.status != Status::Compliant)
-                .map(|x| x.reason.clone())
-                .collect::<Vec<_>>()
-                .join("; ");
+            let reason = layout::reasons(lang, &m.findings);
             let href = format!("/machines/{}", m.machine_id);
             view! {
                 <tr>
                     <th scope="row"><a href=href>{m.hostname}</a></th>
                     <td>{m.group_name.unwrap_or_else(|| lang.t("group-none"))}</td>
                     <td>{badge(lang, m.status.as_str())}</td>
-                    <td class="reason">{reason}</td>
+                    <td>{reason}</td>
                     <td>{when(lang, m.last_good_backup_at)}</td>
                     <td>{when(lang, m.last_seen_at)}</td>
                 </tr>
@@ -275,7 +269,7 @@ pub async fn page(
                             {badge(lang, f.status.as_str())} " "
                             <strong>{lang.t(&format!("rule-{}", f.rule.as_str()))}</strong>
                             {f.policy_name.clone().map(|p| view! { <span class="muted">" · " {p}</span> })}
-                            <br/><span class="reason">{f.reason.clone()}</span>
+                            <br/>{layout::reason(lang, f)}
                         </li>
                     }
                 })

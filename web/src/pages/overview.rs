@@ -122,20 +122,14 @@ fn attention_list(lang: Lang, fleet_size: i64, machines: Vec<MachineCompliance>)
     let rows = machines
         .into_iter()
         .map(|m| {
-            let reason = m
-                .findings
-                .iter()
-                .filter(|f| f.status != Status::Compliant)
-                .map(|f| f.reason.clone())
-                .collect::<Vec<_>>()
-                .join("; ");
+            let reason = layout::reasons(lang, &m.findings);
             let href = format!("/machines/{}", m.machine_id);
             view! {
                 <tr>
                     <th scope="row"><a href=href>{m.hostname}</a></th>
                     <td>{m.group_name.unwrap_or_default()}</td>
                     <td>{badge(lang, m.status.as_str())}</td>
-                    <td class="reason">{reason}</td>
+                    <td>{reason}</td>
                     <td>{when(lang, m.last_good_backup_at)}</td>
                 </tr>
             }

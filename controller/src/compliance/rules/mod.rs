@@ -6,7 +6,7 @@
 //! its `since` is the instant it crossed. The machine's status is its worst finding's.
 
 use chrono::{DateTime, Duration, Utc};
-use cofre_api::compliance::{Finding, Rule, Status};
+use cofre_api::compliance::{Finding, Rule, Status, Why};
 use uuid::Uuid;
 
 /// Share of a limit after which a rule is at risk, in percent.
@@ -107,7 +107,7 @@ fn finding(
     rule: Rule,
     status: Status,
     policy: Option<&PolicyFacts>,
-    reason: String,
+    (reason, why): (String, Why),
     since: Option<DateTime<Utc>>,
 ) -> Finding {
     Finding {
@@ -117,6 +117,7 @@ fn finding(
         policy_name: policy.map(|p| p.name.clone()),
         reason,
         since,
+        why: Some(why),
     }
 }
 
@@ -128,7 +129,10 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
                 Rule::Approved,
                 Status::Unknown,
                 None,
-                format!("waiting for approval since {}", at(f.registered_at)),
+                (
+                    format!("waiting for approval since {}", at(f.registered_at)),
+                    Why::new("pending").at(f.registered_at),
+                ),
                 Some(f.registered_at),
             ));
             return verdict(out);
@@ -139,7 +143,10 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
                 Rule::NotRevoked,
                 Status::NonCompliant,
                 None,
-                format!("revoked at {}: it can no longer back up", at(since)),
+                (
+                    format!("revoked at {}: it can no longer back up", at(since)),
+                    Why::new("revoked").at(since),
+                ),
                 Some(since),
             ));
             return verdict(out);
@@ -151,7 +158,10 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
             Rule::Reported,
             Status::Unknown,
             None,
-            format!("approved at {} and has never reported", at(f.registered_at)),
+            (
+                format!("approved at {} and has never reported", at(f.registered_at)),
+                Why::new("never_reported").at(f.registered_at),
+            ),
             Some(f.registered_at),
         ));
         return verdict(out);
@@ -161,7 +171,7 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
             Rule::PolicyAssigned,
             Status::NonCompliant,
             None,
-            "no policy applies to this machine: nothing is backed up".into(),
+            ("no policy applies to this machine: nothing is backed up".into(), Why::new("no_policy")),
             Some(f.registered_at),
         ));
     }
@@ -171,7 +181,10 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
             Rule::Heartbeat,
             status,
             None,
-            format!("agent last seen at {} (allowed silence: {})", at(last_seen), human(allowance)),
+            (
+                format!("agent last seen at {} (allowed silence: {})", at(last_seen), human(allowance)),
+                Why::new("silent").at(last_seen).limit(allowance.num_seconds()),
+            ),
             Some(since),
         ));
     }
@@ -182,16 +195,20 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
             Rule::PlanCurrent,
             status,
             None,
-            format!("runs an older plan since {} (grace: {})", at(stale), human(limits.plan_grace)),
+            (
+                format!("runs an older plan since {} (grace: {})", at(stale), human(limits.plan_grace)),
+                Why::new("plan_stale").at(stale).limit(limits.plan_grace.num_seconds()),
+            ),
             Some(since),
         ));
     }
     for p in &f.policies {
-        let (reference, what) = match p.last_good_backup {
-            Some(t) => (t, format!("last good backup at {}", at(t))),
+        let (reference, what, code) = match p.last_good_backup {
+            Some(t) => (t, format!("last good backup at {}", at(t)), "backup_old"),
             None => (
                 p.applies_since,
                 format!("no good backup since the policy applied at {}", at(p.applies_since)),
+                "backup_never",
             ),
         };
         if let Some((status, since)) = limit_rule(reference, p.rpo, now) {
@@ -199,17 +216,21 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
                 Rule::BackupAge,
                 status,
                 Some(p),
-                format!("{what} (RPO: {})", human(p.rpo)),
+                (
+                    format!("{what} (RPO: {})", human(p.rpo)),
+                    Why::new(code).at(reference).limit(p.rpo.num_seconds()),
+                ),
                 Some(since),
             ));
         }
         if let (Some(cadence), Some(ready)) = (p.check_cadence, p.repository_ready_at) {
             let limit = cadence + CHECK_SLACK;
-            let (reference, what) = match p.last_good_check {
-                Some(t) => (t, format!("last good integrity check at {}", at(t))),
+            let (reference, what, code) = match p.last_good_check {
+                Some(t) => (t, format!("last good integrity check at {}", at(t)), "check_old"),
                 None => (
                     ready,
                     format!("no good integrity check since the repository was created at {}", at(ready)),
+                    "check_never",
                 ),
             };
             if let Some((status, since)) = limit_rule(reference, limit, now) {
@@ -217,7 +238,10 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
                     Rule::CheckAge,
                     status,
                     Some(p),
-                    format!("{what} (checks every {} plus 1 d)", human(cadence)),
+                    (
+                        format!("{what} (checks every {} plus 1 d)", human(cadence)),
+                        Why::new(code).at(reference).limit(cadence.num_seconds()),
+                    ),
                     Some(since),
                 ));
             }
@@ -229,7 +253,10 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
                     Rule::RunOnTime,
                     Status::AtRisk,
                     Some(p),
-                    format!("the backup due at {} had not started by {}", at(due), at(deadline)),
+                    (
+                        format!("the backup due at {} had not started by {}", at(due), at(deadline)),
+                        Why::new("run_late").at(due).until(deadline),
+                    ),
                     Some(deadline),
                 ));
             }
@@ -239,9 +266,12 @@ pub fn evaluate(f: &MachineFacts, limits: &Limits, now: DateTime<Utc>) -> Verdic
                 Rule::NoUnrecordedSnapshots,
                 Status::NonCompliant,
                 Some(p),
-                format!(
-                    "{} snapshot(s) in its repository were not reported by Cofre: written outside Cofre, or planted",
-                    p.unrecorded_snapshots
+                (
+                    format!(
+                        "{} snapshot(s) in its repository were not reported by Cofre: written outside Cofre, or planted",
+                        p.unrecorded_snapshots
+                    ),
+                    Why::new("unrecorded").count(p.unrecorded_snapshots),
                 ),
                 None,
             ));
