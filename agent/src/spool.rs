@@ -221,8 +221,8 @@ impl Spool {
         tracing::error!(
             dir = %self.dir.display(),
             free = %free,
-            error = %e,
-            "the result spool cannot be written (disk full?): results are kept in memory until it can, progress events are dropped; free space in {}",
+            "cannot write the result spool in {} ({free} free there): {e}; results are kept in memory and \
+             delivered from there until it can be written, progress events are dropped",
             self.dir.display()
         );
     }

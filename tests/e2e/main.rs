@@ -5,6 +5,7 @@ mod harness;
 mod agent_install;
 mod agent_limits;
 mod agent_process;
+mod agent_spool_full;
 mod alerts;
 mod apply;
 mod audit;

@@ -258,7 +258,8 @@ fn on_a_full_disk_progress_is_dropped_and_counted_results_are_kept_and_written_w
     assert_eq!(errors.len(), 1, "one error for the whole failure: {errors:#?}");
     let dir = spool.dir().display().to_string();
     assert!(
-        errors[0].contains(&dir) && errors[0].contains("free=") && errors[0].contains("No space left"),
+        errors[0].contains(&format!("cannot write the result spool in {dir} (0 bytes free there)"))
+            && errors[0].contains("No space left on device"),
         "the error names the directory, the free space and the cause: {}",
         errors[0]
     );
