@@ -79,8 +79,17 @@ async fn connect_once(agent: &Arc<Agent>, interrupted: Vec<String>) -> anyhow::R
         .await
         .map_err(|s| anyhow::Error::new(Ended(s)).context("the controller refused the session"))?;
     // The controller's clock (its HTTP/2 `date` header): an agent whose clock is off follows it.
-    if let Some(controller) = answer.metadata().get("date").and_then(|v| http_date(v.to_str().ok()?)) {
-        agent.learn_controller_time(controller, agent.local_now());
+    match answer.metadata().get("date").and_then(|v| http_date(v.to_str().ok()?)) {
+        Some(controller) => {
+            let local = agent.local_now();
+            let applied = agent.learn_controller_time(controller, local);
+            tracing::debug!(
+                measured_s = controller.duration_since(local).as_secs(),
+                applied_s = applied.as_secs(),
+                "compared this machine's clock with the controller's"
+            );
+        }
+        None => tracing::debug!("the controller's answer carries no date: keeping this machine's clock"),
     }
     let mut inbound = answer.into_inner();
     tracing::info!(controller = %id.controller_url, machine.id = %id.machine_id, "connected to the controller");

@@ -97,6 +97,11 @@ async fn a_full_spool_disk_loses_no_result_and_says_so_once() -> Result<()> {
     agent.start()?;
     agent.wait_for_policy(policy.id, "the agent stores a plan with the policy").await?;
 
+    // The session's answer carries the controller's clock (the agent follows it when its own
+    // is more than a minute off; here both are the same clock).
+    let log = agent.log();
+    assert!(log.contains("compared this machine's clock with the controller's"), "{log}");
+
     // The disk fills while the agent runs; a backup is asked for.
     disk.fill()?;
     let job = admin.run_now(machine, policy.id, None).await?;
