@@ -1,14 +1,26 @@
 //! The one-line agent install (#14 item 1): the install script and the agent binary that sits
-//! beside the running controller, served publicly by the REST API, and the line people paste.
+//! beside the running controller binary, served publicly by the REST API, and the line people paste.
 //!
 //! Only the platform the controller itself was built for is served (the agent beside it is the
 //! same build); every other platform answers 404 naming the one available.
+//!
+//! The line pins everything it downloads (docs/install.md, "What the line protects"): the
+//! script's SHA-256 is checked before `sh` sees it, the binary's by the script before it is
+//! installed, and when this controller serves the REST API over HTTPS itself, curl pins its key
+//! (`--pinnedpubkey sha256//…`, [`spki_pin`]) for the script and the script for the binary.
 
-use axum::extract::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context as _;
+use axum::extract::Path as UrlPath;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use crate::config::Settings;
 use crate::error::Error;
 
 /// The script, with the agent's systemd unit (the one in `deploy/systemd`) in place of
@@ -22,18 +34,101 @@ pub fn agent_file_name() -> String {
     format!("cofre-agent-{}-{}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
-/// The install script as served.
+/// The install script as served. It ends with exactly one newline: the line reads it with
+/// `$(curl …)`, which drops trailing newlines, and gives it back one with `printf '%s\n'`, so
+/// the bytes hashed and run are the bytes served.
 pub fn script() -> String {
-    SCRIPT.replace("@COFRE_AGENT_UNIT@", UNIT.trim_end())
+    let s = SCRIPT.replace("@COFRE_AGENT_UNIT@", UNIT.trim_end());
+    format!("{}\n", s.trim_end_matches('\n'))
 }
 
-/// The whole install, as one line for a shell: fetch the script from the REST API and run it
-/// with what pins the download (the binary's SHA-256) and the enrollment (the token pins the CA).
-pub fn install_line(api_url: &str, controller_url: &str, token: &str, sha256: &str) -> String {
+/// The SHA-256 (lower-case hex) of [`script`], as the line checks it.
+pub fn script_sha256() -> String {
+    hex::encode(Sha256::digest(script().as_bytes()))
+}
+
+/// curl's pin of a certificate's key: `sha256//` and the base64 SHA-256 of its DER
+/// SubjectPublicKeyInfo (what `openssl x509 -pubkey | openssl pkey -pubin -outform der |
+/// openssl dgst -sha256 -binary | base64` prints).
+pub fn spki_pin(cert_der: &[u8]) -> anyhow::Result<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    Ok(format!("sha256//{}", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki))))
+}
+
+/// The pins of the certificates this process serves the REST API with, by certificate file.
+/// `serve` records the chain it loaded, so lines pin the key actually served even after the file
+/// has been replaced on disk (a renewal takes effect at the next start; so do its pins).
+static SERVED_PINS: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+
+/// Records the pin of the certificate `serve` loaded from `cert_file`.
+pub fn record_served_pin(cert_file: &Path, pin: String) {
+    SERVED_PINS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(cert_file.to_path_buf(), pin);
+}
+
+/// The pin of the REST API's key when this controller serves HTTPS itself (`http.tls_cert_file`):
+/// the one `serve` recorded, else (outside `serve`) computed from the file. `None` for plain HTTP
+/// (loopback, or behind a TLS proxy whose key the controller does not know).
+pub fn api_pin(settings: &Settings) -> anyhow::Result<Option<String>> {
+    let Some(cert_file) = &settings.http.tls_cert_file else {
+        return Ok(None);
+    };
+    if let Some(pin) = SERVED_PINS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(cert_file) {
+        return Ok(Some(pin.clone()));
+    }
+    let der = rustls_pki_types::pem::PemObject::pem_file_iter(cert_file)
+        .with_context(|| format!("cannot read {} (http.tls_cert_file)", cert_file.display()))?
+        .next()
+        .with_context(|| format!("{} holds no certificate", cert_file.display()))?
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
+        .with_context(|| format!("{} is not a PEM certificate chain", cert_file.display()))?;
+    Ok(Some(spki_pin(&der)?))
+}
+
+/// The whole install, as one line for a POSIX shell (sh, bash, dash, zsh): what `up` prints and
+/// the portal shows. `api_url` is the REST API as the machine reaches it; when this controller
+/// serves it over HTTPS (`http.tls_cert_file`) the URL is `https://` (the portal may only see
+/// `http://` without a proxy's `X-Forwarded-Proto`) and its key is pinned.
+pub fn install_line(api_url: &str, settings: &Settings, token: &str, sha256: &str) -> anyhow::Result<String> {
+    let pin = api_pin(settings)?;
     let api = api_url.trim_end_matches('/');
-    let proto = if api.starts_with("http://") { "=http" } else { "=https" };
+    let api = match (&pin, api.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => api.to_string(),
+    };
+    let pin = pin.filter(|_| api.starts_with("https://"));
+    Ok(format_line(&api, pin.as_deref(), &script_sha256(), &settings.grpc.public_url, token, sha256))
+}
+
+/// The line from its parts: the script is read into a variable (no temporary file), its SHA-256
+/// compared with the one on the line and only then run, with the script's options last so more
+/// can be appended (`--prefix`, `--no-systemd`, …). With a pin, curl checks the key instead of
+/// the certificate chain (`-k`: a private CA need not be trusted by the machine; curl still
+/// aborts before sending anything when the key differs).
+fn format_line(
+    api: &str,
+    pin: Option<&str>,
+    script_sha256: &str,
+    controller_url: &str,
+    token: &str,
+    sha256: &str,
+) -> String {
+    let (curl, pin_arg) = match pin {
+        Some(p) => {
+            let p = sh_quote(p);
+            (format!("curl -fsSk --proto '=https' --pinnedpubkey {p}"), format!(" --pin {p}"))
+        }
+        None if api.starts_with("http://") => ("curl -fsS --proto '=http'".to_string(), String::new()),
+        None => ("curl -fsS --proto '=https'".to_string(), String::new()),
+    };
     format!(
-        "curl -fsS --proto '{proto}' {} | sh -s -- --api {} --controller {} --token {} --sha256 {}",
+        "s=$({curl} {}) && {{ [ \"$(printf '%s\\n' \"$s\" | sha256sum | cut -c1-64)\" = {script_sha256} ] || {{ \
+         echo 'cofre: install.sh is not the script this line pins: not run' >&2; false; }}; }} && printf '%s\\n' \
+         \"$s\" | sh -s -- --api {}{pin_arg} --controller {} --token {} --sha256 {}",
         sh_quote(&format!("{api}/install.sh")),
         sh_quote(api),
         sh_quote(controller_url),
@@ -42,9 +137,12 @@ pub fn install_line(api_url: &str, controller_url: &str, token: &str, sha256: &s
     )
 }
 
-/// Quotes a word for sh only when it needs it (URLs, tokens and hashes usually do not).
+/// Quotes a word for sh only when it needs it (URLs, tokens, hashes and pins usually do not).
 fn sh_quote(s: &str) -> String {
-    let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/=@%+,".contains(&b));
+    // A leading `=` is special to zsh (`=cmd` is the command's path).
+    let plain = !s.is_empty()
+        && !s.starts_with('=')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/=@%+,".contains(&b));
     if plain { s.to_string() } else { format!("'{}'", s.replace('\'', "'\\''")) }
 }
 
@@ -76,7 +174,7 @@ pub async fn serve_script() -> Response {
 }
 
 /// `GET /downloads/{file}`: the agent binary or its `.sha256` (sha256sum's format).
-pub async fn serve_download(Path(file): Path<String>) -> Response {
+pub async fn serve_download(UrlPath(file): UrlPath<String>) -> Response {
     let name = agent_file_name();
     let sum = format!("{name}.sha256");
     if file != name && file != sum {
@@ -118,26 +216,185 @@ fn not_found(detail: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::{Command, Stdio};
+
+    const SCRIPT_HASH: &str = "5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c";
+
+    fn settings_with_cert(cert_file: Option<PathBuf>) -> Settings {
+        let mut s = Settings::default();
+        s.http.tls_cert_file = cert_file.clone();
+        s.http.tls_key_file = cert_file;
+        s.grpc.public_url = "https://cofre.example:7443".into();
+        s
+    }
+
+    /// openssl's pin of a PEM certificate, when openssl is installed.
+    fn openssl_pin(pem: &str) -> Option<String> {
+        Command::new("openssl").arg("version").output().ok()?;
+        let mut sh = Command::new("sh")
+            .args([
+                "-c",
+                "openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary \
+                 | base64",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        std::io::Write::write_all(&mut sh.stdin.take()?, pem.as_bytes()).ok()?;
+        let out = sh.wait_with_output().ok()?;
+        assert!(out.status.success(), "openssl failed on {pem}");
+        Some(format!("sha256//{}", String::from_utf8(out.stdout).ok()?.trim()))
+    }
 
     #[test]
-    fn the_line_runs_the_served_script_with_every_pin() {
-        let line =
-            install_line("https://cofre.example:8443/", "https://cofre.example:7443", "cofre1.a.b.c", "ab12");
+    fn the_pin_is_the_sha256_of_the_certificates_key_as_openssl_computes_it() {
+        let mut checked_with_openssl = 0;
+        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["cofre.example".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let pin = spki_pin(cert.der()).unwrap();
+            // The DER SubjectPublicKeyInfo rcgen encodes, hashed on its own.
+            let b64 = base64::engine::general_purpose::STANDARD
+                .encode(Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)));
+            assert_eq!(pin, format!("sha256//{b64}"));
+            assert_eq!(pin.len(), "sha256//".len() + 44);
+            if let Some(theirs) = openssl_pin(&cert.pem()) {
+                assert_eq!(pin, theirs, "{alg:?}");
+                checked_with_openssl += 1;
+            }
+        }
+        println!("pins compared with openssl: {checked_with_openssl} of 3 (0 = openssl not installed)");
+        assert!(spki_pin(b"not a certificate").unwrap_err().to_string().contains("not an X.509 certificate"));
+    }
+
+    #[test]
+    fn the_pin_is_the_served_certificates_even_after_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api.pem");
+        let first = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&file, first.cert.pem()).unwrap();
+        let settings = settings_with_cert(Some(file.clone()));
+        let from_file = api_pin(&settings).unwrap().unwrap();
+        assert_eq!(from_file, spki_pin(first.cert.der()).unwrap());
+        // serve records what it loaded; a renewal written to the file afterwards is not served yet.
+        let (_, served) = crate::tls_listener::server_config_and_pin(&file, &{
+            let k = dir.path().join("k.pem");
+            std::fs::write(&k, first.signing_key.serialize_pem()).unwrap();
+            k
+        })
+        .unwrap();
+        assert_eq!(served, from_file);
+        record_served_pin(&file, served.clone());
+        let renewed = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&file, renewed.cert.pem()).unwrap();
+        assert_eq!(api_pin(&settings).unwrap(), Some(served));
+        assert_eq!(api_pin(&settings_with_cert(None)).unwrap(), None, "plain HTTP has no pin");
+        let missing = settings_with_cert(Some(dir.path().join("missing.pem")));
+        assert!(api_pin(&missing).unwrap_err().to_string().contains("http.tls_cert_file"));
+    }
+
+    #[test]
+    fn the_line_pins_the_key_the_script_and_the_binary() {
+        let pin = "sha256//tpmGU49syyfWeC6yuTO17/l1ivwg7seHVAxJ0+h1I8o=";
+        let line = format_line(
+            "https://cofre.example:8443",
+            Some(pin),
+            SCRIPT_HASH,
+            "https://cofre.example:7443",
+            "cofre1.a.b.c",
+            "ab12",
+        );
         assert_eq!(
             line,
-            "curl -fsS --proto '=https' https://cofre.example:8443/install.sh | sh -s -- --api \
-             https://cofre.example:8443 --controller https://cofre.example:7443 --token cofre1.a.b.c --sha256 ab12"
+            format!(
+                "s=$(curl -fsSk --proto '=https' --pinnedpubkey {pin} https://cofre.example:8443/install.sh) && \
+                 {{ [ \"$(printf '%s\\n' \"$s\" | sha256sum | cut -c1-64)\" = {SCRIPT_HASH} ] || {{ echo 'cofre: \
+                 install.sh is not the script this line pins: not run' >&2; false; }}; }} && printf '%s\\n' \"$s\" | \
+                 sh -s -- --api https://cofre.example:8443 --pin {pin} --controller https://cofre.example:7443 \
+                 --token cofre1.a.b.c --sha256 ab12"
+            )
         );
+        let plain = format_line("http://127.0.0.1:8080", None, SCRIPT_HASH, "u", "t", "h");
         assert!(
-            install_line("http://127.0.0.1:1", "u", "t; rm -rf /", "h").contains("--token 't; rm -rf /'")
+            plain.starts_with("s=$(curl -fsS --proto '=http' http://127.0.0.1:8080/install.sh) && "),
+            "{plain}"
+        );
+        assert!(!plain.contains("-fsSk") && !plain.contains("--pin"), "{plain}");
+        let proxied = format_line("https://cofre.example", None, SCRIPT_HASH, "u", "t", "h");
+        assert!(proxied.starts_with("s=$(curl -fsS --proto '=https' https://"), "{proxied}");
+        assert!(!proxied.contains("-fsSk") && !proxied.contains("--pin"), "{proxied}");
+        // The whole line is one valid command for sh.
+        let parsed = Command::new("sh").args(["-n", "-c", &line]).output().unwrap();
+        assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    }
+
+    #[test]
+    fn install_line_pins_only_a_controller_that_serves_https_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api.pem");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&file, ck.cert.pem()).unwrap();
+        let pin = spki_pin(ck.cert.der()).unwrap();
+        let tls = settings_with_cert(Some(file));
+        // The portal sees http:// unless a proxy says otherwise: this controller's API is https.
+        for api in ["http://cofre.example:8443", "https://cofre.example:8443/"] {
+            let line = install_line(api, &tls, "cofre1.t", "ab").unwrap();
+            assert!(
+                line.contains(&format!("--pinnedpubkey {pin} https://cofre.example:8443/install.sh)")),
+                "{line}"
+            );
+            assert!(
+                line.contains(&format!("--api https://cofre.example:8443 --pin {pin} --controller")),
+                "{line}"
+            );
+            assert!(line.contains(&format!("= {} ]", script_sha256())), "{line}");
+        }
+        let plain =
+            install_line("http://127.0.0.1:8080/", &settings_with_cert(None), "cofre1.t", "ab").unwrap();
+        assert!(
+            plain.contains("--api http://127.0.0.1:8080 --controller https://cofre.example:7443 --token"),
+            "{plain}"
         );
     }
 
     #[test]
-    fn the_served_script_carries_the_agent_unit() {
+    fn every_word_reaches_sh_as_it_was() {
+        let words = [
+            "cofre1.a.b.c",
+            "t; rm -rf /",
+            "$(id)",
+            "`id`",
+            "it's",
+            "a b\tc\nd",
+            "=https",
+            "",
+            "\"quoted\" \\ back",
+            "sha256//tpmGU49syyfWeC6yuTO17/l1ivwg7seHVAxJ0+h1I8o=",
+        ];
+        let script = format!(
+            "for w in {}; do printf '%s\\0' \"$w\"; done",
+            words.iter().map(|w| sh_quote(w)).collect::<Vec<_>>().join(" ")
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let back: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().split_terminator('\0').collect();
+        assert_eq!(back, words);
+        assert_eq!(sh_quote("t; rm -rf /"), "'t; rm -rf /'");
+        assert_eq!(sh_quote("=https"), "'=https'");
+    }
+
+    #[test]
+    fn the_served_script_carries_the_agent_unit_and_ends_with_one_newline() {
         let s = script();
         assert!(s.starts_with("#!/bin/sh"));
         assert!(!s.contains("@COFRE_AGENT_UNIT@"));
         assert!(s.contains("AmbientCapabilities=CAP_DAC_READ_SEARCH"));
+        // `$(curl …)` drops trailing newlines and a NUL; printf '%s\n' gives back exactly one.
+        assert!(s.ends_with("\n") && !s.ends_with("\n\n") && !s.contains('\0'));
+        assert_eq!(script_sha256(), hex::encode(Sha256::digest(s.as_bytes())));
     }
 }

@@ -75,7 +75,7 @@ impl cofre_web::Backend for Tickets {
     ) -> Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>> {
         Box::pin(async move {
             let sha256 = crate::install::agent_sha256().await.ok().flatten()?;
-            Some(crate::install::install_line(api_url, &self.state.settings.grpc.public_url, token, &sha256))
+            crate::install::install_line(api_url, &self.state.settings, token, &sha256).ok()
         })
     }
 }

@@ -119,7 +119,13 @@ pub async fn start(
     // The gRPC server certificate renews itself in this process (at 2/3 of its lifetime).
     let tls = grpc::GrpcTls::start(&state)?;
     let http_tls = match (&settings.http.tls_cert_file, &settings.http.tls_key_file) {
-        (Some(cert), Some(key)) => Some(crate::tls_listener::server_config(cert, key)?),
+        (Some(cert), Some(key)) => {
+            let (config, pin) = crate::tls_listener::server_config_and_pin(cert, key)?;
+            // The install line pins this key (the chain loaded now, not the file read later).
+            tracing::info!(%pin, "serving the REST API over HTTPS; install lines pin its key");
+            crate::install::record_served_pin(cert, pin);
+            Some(config)
+        }
         _ => None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -17,6 +17,16 @@ use tokio_rustls::server::TlsStream;
 
 /// Loads a certificate chain and its key (PEM files) into a rustls server configuration.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    Ok(server_config_and_pin(cert_file, key_file)?.0)
+}
+
+/// [`server_config`], plus the pin of the key it serves (`sha256//…` of the first certificate's
+/// SubjectPublicKeyInfo, [`crate::install::spki_pin`]): computed from the very chain loaded, so
+/// the install line pins what this process serves even if the file is replaced later.
+pub fn server_config_and_pin(
+    cert_file: &Path,
+    key_file: &Path,
+) -> anyhow::Result<(rustls::ServerConfig, String)> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .with_context(|| format!("cannot read {}", cert_file.display()))?
         .collect::<Result<_, _>>()
@@ -24,6 +34,8 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> anyhow::Result<rustls
     if certs.is_empty() {
         anyhow::bail!("{} holds no certificate", cert_file.display());
     }
+    let pin = crate::install::spki_pin(&certs[0])
+        .with_context(|| format!("the first certificate in {}", cert_file.display()))?;
     let key = PrivateKeyDer::from_pem_file(key_file)
         .with_context(|| format!("{} holds no PEM private key", key_file.display()))?;
     let mut config =
@@ -33,7 +45,7 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> anyhow::Result<rustls
             .with_single_cert(certs, key)
             .context("the certificate and key do not form a usable pair")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, pin))
 }
 
 /// How long a client may take to complete its TLS handshake.

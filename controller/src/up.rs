@@ -347,13 +347,16 @@ pub async fn run(
             // The same token as a service install on any machine that reaches this controller.
             if let Ok(Some(sha256)) = crate::install::agent_sha256().await {
                 let api = format!("http://{}", started.http);
-                println!(
-                    "or install the agent as a service (downloaded from here, its SHA-256 checked; one use):"
-                );
-                println!(
-                    "  {}",
-                    crate::install::install_line(&api, &settings.grpc.public_url, &token.token, &sha256)
-                );
+                match crate::install::install_line(&api, &settings, &token.token, &sha256) {
+                    Ok(line) => {
+                        println!(
+                            "or install the agent as a service (script and binary downloaded from here, their \
+                             SHA-256 checked; one use):"
+                        );
+                        println!("  {line}");
+                    }
+                    Err(e) => println!("(no install line: {e:#})"),
+                }
             }
             println!();
         } else {

@@ -1,9 +1,10 @@
 #!/bin/sh
-# Cofre agent installer, served by the controller as GET /install.sh (docs/install.md).
+# Cofre agent installer, served by the controller as GET /install.sh (docs/install.md). The
+# controller prints the line that runs it (the portal's enrollment page, `cofre-controller up`):
+# it checks this script's SHA-256 before running it, and pins the controller's TLS key.
 #
-#   curl -fsS --proto '=https' https://CONTROLLER-API/install.sh | sh -s -- \
-#     --api https://CONTROLLER-API --controller https://CONTROLLER:7443 \
-#     --token cofre1.… --sha256 HEX
+#   … | sh -s -- --api https://CONTROLLER-API [--pin sha256//BASE64] \
+#     --controller https://CONTROLLER:7443 --token cofre1.… --sha256 HEX
 #
 # Options: --prefix DIR (default /usr/local), --state-dir DIR (default /var/lib/cofre-agent),
 # --no-systemd (install and enroll only), --uninstall [--purge] (remove the unit and the binary;
@@ -11,8 +12,10 @@
 #
 # Nothing the network could have altered is installed or run: the binary is downloaded to a
 # temporary file beside its destination and its SHA-256 must equal --sha256 before it is moved
-# into place (atomically); enrollment pins the controller's CA through the token. Running the
-# script again upgrades the binary in place and keeps the identity (no new enrollment).
+# into place (atomically); with --pin every download is made with curl --pinnedpubkey, so curl
+# aborts before sending anything to a server without the controller's key; enrollment pins the
+# controller's CA through the token. Running the script again upgrades the binary in place and
+# keeps the identity (no new enrollment).
 #
 # Everything is inside functions and runs only from the last line, so a download cut short
 # runs nothing.
@@ -30,7 +33,7 @@ say() {
 
 usage() {
     cat >&2 <<'COFRE_USAGE_END'
-usage: sh install.sh --api URL --controller URL --token cofre1.… --sha256 HEX
+usage: sh install.sh --api URL [--pin sha256//BASE64] --controller URL --token cofre1.… --sha256 HEX
                      [--prefix DIR] [--state-dir DIR] [--no-systemd]
        sh install.sh --uninstall [--purge] [--prefix DIR] [--state-dir DIR] [--no-systemd]
 COFRE_USAGE_END
@@ -45,6 +48,28 @@ check_api_url() {
             | http://localhost | 'http://[::1]:'* | 'http://[::1]/'* | 'http://[::1]') ;;
         *) die "--api must be an https:// URL (plain http:// is accepted only for 127.0.0.1, localhost or [::1]): $1" ;;
     esac
+}
+
+# curl's pin of the REST API's key: sha256// and the base64 SHA-256 of its SubjectPublicKeyInfo,
+# one only. Checked strictly: curl reads any other --pinnedpubkey value as a file name.
+check_pin() {
+    b64=${1#sha256//}
+    [ "$b64" != "$1" ] || die "--pin must be sha256// followed by the key's base64 SHA-256 (the install line gives it): $1"
+    case "$b64" in
+        *[!A-Za-z0-9+/=]*) die "--pin must be sha256// followed by 44 base64 characters: $1" ;;
+    esac
+    [ "${#b64}" -eq 44 ] || die "--pin must be sha256// followed by 44 base64 characters: $1"
+}
+
+# Every download from the controller. With a pin, curl checks the server's key instead of its
+# certificate chain (-k: the pin is stronger, and a private CA need not be trusted here) and
+# aborts before sending anything when the key is another.
+fetch() {
+    if [ -n "$PIN" ]; then
+        curl -fsS -k --proto '=https' --pinnedpubkey "$PIN" "$@"
+    else
+        curl -fsS --proto "$PROTO" "$@"
+    fi
 }
 
 sha256_of() {
@@ -116,6 +141,16 @@ install_agent() {
     [ -n "$API" ] || die "--api URL is required (the controller's REST API, where the binary is served)"
     check_api_url "$API"
     API=${API%/}
+    case "$API" in
+        https://*) PROTO='=https' ;;
+        *) PROTO='=http' ;;
+    esac
+    if [ -n "$PIN" ]; then
+        check_pin "$PIN"
+        [ "$PROTO" = '=https' ] || die "--pin needs an https:// --api URL: $API"
+    elif [ "$PROTO" = '=https' ]; then
+        say "no --pin: the controller's certificate is checked against this machine's CAs only"
+    fi
     [ -n "$SHA256" ] || die "--sha256 HEX is required: the agent's SHA-256, as the install line gives it"
     SHA256=$(printf '%s' "$SHA256" | tr 'A-F' 'a-f')
     case "$SHA256" in
@@ -131,18 +166,18 @@ install_agent() {
     command -v curl >/dev/null 2>&1 || die "curl is required"
 
     file="cofre-agent-$(platform)"
-    case "$API" in
-        https://*) proto='=https' ;;
-        *) proto='=http' ;;
-    esac
     mkdir -p "$PREFIX/bin"
     # Beside the destination, so the final move is a rename on one file system.
     tmp="$PREFIX/bin/.cofre-agent.download.$$"
     trap 'rm -f "$tmp"' EXIT
     trap 'rm -f "$tmp"; exit 1' INT TERM HUP
     say "downloading $API/downloads/$file"
-    if ! curl -fsS --proto "$proto" -o "$tmp" "$API/downloads/$file"; then
-        die "cannot download $API/downloads/$file (the controller says which platforms it serves)"
+    if ! fetch -o "$tmp" "$API/downloads/$file"; then
+        rm -f "$tmp"
+        if [ -n "$PIN" ]; then
+            die "cannot download $API/downloads/$file from a server with the pinned key (curl says why above; the controller says which platforms it serves)"
+        fi
+        die "cannot download $API/downloads/$file (curl says why above; the controller says which platforms it serves)"
     fi
     got=$(sha256_of "$tmp")
     if [ "$got" != "$SHA256" ]; then
@@ -182,6 +217,8 @@ install_agent() {
 
 main() {
     API=
+    PIN=
+    PROTO='=https'
     CONTROLLER=
     TOKEN=
     SHA256=
@@ -193,6 +230,7 @@ main() {
     while [ $# -gt 0 ]; do
         case "$1" in
             --api) [ $# -ge 2 ] || die "$1 needs a value"; API=$2; shift 2 ;;
+            --pin) [ $# -ge 2 ] || die "$1 needs a value"; PIN=$2; shift 2 ;;
             --controller) [ $# -ge 2 ] || die "$1 needs a value"; CONTROLLER=$2; shift 2 ;;
             --token) [ $# -ge 2 ] || die "$1 needs a value"; TOKEN=$2; shift 2 ;;
             --sha256) [ $# -ge 2 ] || die "$1 needs a value"; SHA256=$2; shift 2 ;;

@@ -3,6 +3,7 @@
 mod harness;
 
 mod agent_install;
+mod agent_install_pinned;
 mod agent_limits;
 mod agent_process;
 mod agent_spool_full;
