@@ -327,9 +327,11 @@ mod tests {
         let proxied = format_line("https://cofre.example", None, SCRIPT_HASH, "u", "t", "h");
         assert!(proxied.starts_with("s=$(curl -fsS --proto '=https' https://"), "{proxied}");
         assert!(!proxied.contains("-fsSk") && !proxied.contains("--pin"), "{proxied}");
-        // The whole line is one valid command for sh.
-        let parsed = Command::new("sh").args(["-n", "-c", &line]).output().unwrap();
-        assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+        // The whole line is one valid command for sh (dash here), and for bash and zsh where installed.
+        for shell in ["sh", "bash", "zsh"] {
+            let Ok(parsed) = Command::new(shell).args(["-n", "-c", &line]).output() else { continue };
+            assert!(parsed.status.success(), "{shell}: {}", String::from_utf8_lossy(&parsed.stderr));
+        }
     }
 
     #[test]
@@ -385,6 +387,51 @@ mod tests {
         assert_eq!(back, words);
         assert_eq!(sh_quote("t; rm -rf /"), "'t; rm -rf /'");
         assert_eq!(sh_quote("=https"), "'=https'");
+    }
+
+    /// The served script run with `args` (before any download: nothing here reaches a network).
+    fn run_script(args: &[&str]) -> (bool, String) {
+        let mut sh = Command::new("sh")
+            .args(["-s", "--"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut sh.stdin.take().unwrap(), script().as_bytes()).unwrap();
+        let out = sh.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    #[test]
+    fn the_script_takes_only_a_well_formed_pin_and_only_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("p").display().to_string();
+        let good = "sha256//tpmGU49syyfWeC6yuTO17/l1ivwg7seHVAxJ0+h1I8o=";
+        let sha = "0".repeat(64);
+        let base = |api: &str, pin: &str| {
+            ["--api", api, "--pin", pin, "--controller", "https://c:7443", "--token", "cofre1.t"]
+                .into_iter()
+                .map(String::from)
+                .chain(["--sha256", &sha, "--prefix", &prefix, "--no-systemd"].into_iter().map(String::from))
+                .collect::<Vec<_>>()
+        };
+        // curl reads a --pinnedpubkey that is not sha256//… as a key file: never pass one on.
+        for bad in [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "sha256//short",
+            "sha256//tpmGU49syyfWeC6yuTO17/l1ivwg7s$HVAxJ0+h1I8o=",
+            "",
+        ] {
+            let args = base("https://cofre.example", bad);
+            let (ok, err) = run_script(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(!ok && err.contains("--pin must be sha256//"), "{bad:?}: {err}");
+        }
+        let args = base("http://127.0.0.1:1", good);
+        let (ok, err) = run_script(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!ok && err.contains("--pin needs an https:// --api URL"), "{err}");
+        assert!(!dir.path().join("p").exists(), "the script went on after refusing its options");
     }
 
     #[test]

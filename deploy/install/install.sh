@@ -145,7 +145,8 @@ install_agent() {
         https://*) PROTO='=https' ;;
         *) PROTO='=http' ;;
     esac
-    if [ -n "$PIN" ]; then
+    if [ "$PIN_GIVEN" = yes ]; then
+        # An empty --pin is refused too, never taken for "no pin".
         check_pin "$PIN"
         [ "$PROTO" = '=https' ] || die "--pin needs an https:// --api URL: $API"
     elif [ "$PROTO" = '=https' ]; then
@@ -218,6 +219,7 @@ install_agent() {
 main() {
     API=
     PIN=
+    PIN_GIVEN=no
     PROTO='=https'
     CONTROLLER=
     TOKEN=
@@ -230,7 +232,7 @@ main() {
     while [ $# -gt 0 ]; do
         case "$1" in
             --api) [ $# -ge 2 ] || die "$1 needs a value"; API=$2; shift 2 ;;
-            --pin) [ $# -ge 2 ] || die "$1 needs a value"; PIN=$2; shift 2 ;;
+            --pin) [ $# -ge 2 ] || die "$1 needs a value"; PIN=$2; PIN_GIVEN=yes; shift 2 ;;
             --controller) [ $# -ge 2 ] || die "$1 needs a value"; CONTROLLER=$2; shift 2 ;;
             --token) [ $# -ge 2 ] || die "$1 needs a value"; TOKEN=$2; shift 2 ;;
             --sha256) [ $# -ge 2 ] || die "$1 needs a value"; SHA256=$2; shift 2 ;;

@@ -13,7 +13,8 @@
 //!   script; the line does not run it (its SHA-256 is on the line). Then the genuine controller's
 //!   line installs and enrolls.
 //!
-//! `--no-systemd` into a temporary prefix, as `agent_install.rs`.
+//! `--no-systemd` into a temporary prefix, as `agent_install.rs`; each line runs in `sh` (dash)
+//! once and in `bash` once.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -99,11 +100,12 @@ async fn portal_line(base: &str, ca_pem: Option<&str>) -> Result<String> {
     Ok(line)
 }
 
-/// Runs the pasted line with more options appended, as a technician would, in `sh`; curl trusts
+/// Runs the pasted line with more options appended, as a technician would, in `shell` (`sh`, or
+/// `bash`: root's shell on Debian); curl trusts
 /// `ca_file` as a machine trusts its organisation's CA (`CURL_CA_BUNDLE`), if given.
-async fn paste(line: &str, extra: &[&str], ca_file: Option<&Path>) -> Result<Output> {
+async fn paste(shell: &str, line: &str, extra: &[&str], ca_file: Option<&Path>) -> Result<Output> {
     let cmd = format!("{line} {}", extra.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" "));
-    let mut sh = Command::new("sh");
+    let mut sh = Command::new(shell);
     sh.arg("-c").arg(cmd);
     if let Some(ca) = ca_file {
         sh.env("CURL_CA_BUNDLE", ca);
@@ -242,7 +244,7 @@ async fn the_https_line_pins_the_served_key_and_refuses_another() -> Result<()> 
     let (prefix, state) = (tmp.path().join("prefix"), tmp.path().join("state"));
     let (prefix_s, state_s) = (prefix.display().to_string(), state.display().to_string());
     let opts = ["--prefix", &prefix_s, "--state-dir", &state_s, "--no-systemd"];
-    let refused = paste(&line, &opts, trusted).await?;
+    let refused = paste("sh", &line, &opts, trusted).await?;
     assert!(!refused.status.success(), "the line ran against another key: {}", stderr(&refused));
     assert!(stderr(&refused).contains("public key does not match pinned public key"), "{}", stderr(&refused));
     assert!(!stderr(&refused).contains("cofre-install:"), "the script ran: {}", stderr(&refused));
@@ -273,7 +275,7 @@ async fn the_https_line_pins_the_served_key_and_refuses_another() -> Result<()> 
     let _genuine =
         https_controller(&ctrl, &tmp.path().join("genuine"), &pki.server, (port, grpc), &ca).await?;
     let started = std::time::Instant::now();
-    let ok = paste(&line, &opts, trusted).await?;
+    let ok = paste("bash", &line, &opts, trusted).await?;
     assert!(ok.status.success(), "the line failed against the genuine controller: {}", stderr(&ok));
     println!("pinned install and enrollment took {} ms", started.elapsed().as_millis());
     assert_eq!(sha256_hex(&std::fs::read(prefix.join("bin/cofre-agent"))?), agent_sha);
@@ -315,7 +317,7 @@ async fn the_line_runs_no_script_but_the_one_it_pins() -> Result<()> {
     let (prefix, state) = (tmp.path().join("prefix"), tmp.path().join("state"));
     let (prefix_s, state_s) = (prefix.display().to_string(), state.display().to_string());
     let opts = ["--prefix", &prefix_s, "--state-dir", &state_s, "--no-systemd"];
-    let refused = paste(&line, &opts, None).await?;
+    let refused = paste("bash", &line, &opts, None).await?;
     assert!(!refused.status.success(), "the altered script was accepted: {}", stderr(&refused));
     assert!(
         stderr(&refused).contains("install.sh is not the script this line pins: not run"),
@@ -329,7 +331,7 @@ async fn the_line_runs_no_script_but_the_one_it_pins() -> Result<()> {
 
     // The genuine controller back on its port: the same line installs and enrolls.
     ctrl.restart()?;
-    let ok = paste(&line, &opts, None).await?;
+    let ok = paste("sh", &line, &opts, None).await?;
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(prefix.join("bin/cofre-agent").exists() && state.join("identity.json").exists());
     assert_eq!(admin.list_machines().await?.len(), 1);
