@@ -52,8 +52,12 @@ pub(crate) fn restore(
                 }
                 other => other.into_engine(&prepared.redactor, "restoring"),
             })?;
-    for warning in &outcome.warnings {
+    // At most 1,000 of each are kept (and logged); the rest are counted.
+    for warning in outcome.warnings.iter() {
         log::warn!("restore: {warning}");
+    }
+    if outcome.warnings.more() > 0 {
+        log::warn!("restore: … and {} more warnings, not listed", outcome.warnings.more());
     }
     if !outcome.errors.is_empty() {
         let shown: Vec<&str> = outcome.errors.iter().take(5).map(String::as_str).collect();
@@ -61,7 +65,7 @@ pub(crate) fn restore(
             "the restore is incomplete: {} entries failed ({}{})",
             outcome.errors.len(),
             shown.join("; "),
-            if outcome.errors.len() > shown.len() { "; …" } else { "" }
+            if outcome.errors.len() > shown.len() as u64 { "; …" } else { "" }
         )));
     }
     log::info!("restored {} files, {} bytes of content", outcome.files, outcome.bytes);

@@ -35,6 +35,7 @@ use rustic_core::{Id, OpenStatus, Repository, WriteBackend};
 use crate::archiver::Failure;
 use crate::archiver::format::Key;
 use crate::archiver::index::{Index, Location, TreeReader};
+use crate::warnings::Capped;
 
 /// Files planned before their content is written: bounds the plan's memory on large trees (a
 /// pack holding files of two rounds is read in both). Debug builds (the tests) use rounds of
@@ -50,10 +51,11 @@ const READ_MAX: u32 = 8 << 20;
 pub(crate) struct Outcome {
     pub(crate) files: u64,
     pub(crate) bytes: u64,
-    /// Entries whose content could not be written: the restore is incomplete.
-    pub(crate) errors: Vec<String>,
+    /// Entries whose content could not be written: the restore is incomplete. Bounded: the
+    /// first 1,000 and a count (`warnings::Capped`).
+    pub(crate) errors: Capped,
     /// Metadata that could not be set (the content is complete).
-    pub(crate) warnings: Vec<String>,
+    pub(crate) warnings: Capped,
 }
 
 /// Restores the snapshot whose root tree is `root`: all of it when `path` is `None` (the
@@ -598,12 +600,12 @@ fn unix_permissions(go_mode: u32) -> u32 {
 }
 
 /// [`set_metadata`] for a regular file through its open handle: no path look-ups.
-fn set_file_metadata(file: &File, path: &Path, meta: &FileMeta, is_root: bool, warnings: &mut Vec<String>) {
+fn set_file_metadata(file: &File, path: &Path, meta: &FileMeta, is_root: bool, warnings: &mut Capped) {
     apply_metadata(Via::Handle(file), path, meta, is_root, warnings);
 }
 
 /// Sets the metadata of the entry at `path` (a symlink's own, not its target's).
-fn set_metadata(path: &Path, meta: &FileMeta, kind: Kind, is_root: bool, warnings: &mut Vec<String>) {
+fn set_metadata(path: &Path, meta: &FileMeta, kind: Kind, is_root: bool, warnings: &mut Capped) {
     let via = if kind == Kind::Symlink { Via::Symlink } else { Via::Path };
     apply_metadata(via, path, meta, is_root, warnings);
 }
@@ -621,7 +623,7 @@ enum Via<'a> {
 
 /// Owner (as root), permissions and extended attributes (not for symlinks), then times: the
 /// order restic uses (`chown` clears setuid bits; setting anything else changes times).
-fn apply_metadata(via: Via<'_>, path: &Path, meta: &FileMeta, is_root: bool, warnings: &mut Vec<String>) {
+fn apply_metadata(via: Via<'_>, path: &Path, meta: &FileMeta, is_root: bool, warnings: &mut Capped) {
     let mut warn =
         |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", path.display()));
     if is_root {
@@ -687,6 +689,31 @@ fn system_time(t: rustic_core::jiff::Timestamp) -> std::time::SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restore whose metadata cannot be set anywhere (here: 3,000 paths that do not exist)
+    /// keeps the first 1,000 warnings and counts the rest, as a backup does (#13).
+    #[test]
+    fn a_restore_keeps_the_first_warnings_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = FileMeta {
+            mode: Some(0o640),
+            uid: Some(1),
+            gid: Some(1),
+            atime: None,
+            mtime: Some(Timestamp::UNIX_EPOCH),
+            xattrs: Box::new([]),
+        };
+        let mut warnings = Capped::default();
+        for i in 0..3_000 {
+            set_metadata(&dir.path().join(format!("gone-{i}")), &meta, Kind::File, true, &mut warnings);
+        }
+        assert!(warnings.len() >= 3_000, "every failure counted: {}", warnings.len());
+        assert_eq!(warnings.iter().count(), crate::MAX_WARNINGS, "the first 1,000 listed");
+        assert!(warnings.iter().next().is_some_and(|w| w.contains("gone-0")), "in order");
+        let mut outcome = Outcome::default();
+        outcome.warnings.extend(warnings);
+        assert_eq!(outcome.warnings.iter().count(), crate::MAX_WARNINGS, "merging stays bounded");
+    }
 
     #[test]
     fn go_modes_map_to_unix_permissions() {

@@ -55,6 +55,57 @@ impl Warnings {
     }
 }
 
+/// A list of messages bounded like a backup's warnings: the first [`MAX_WARNINGS`], each
+/// clipped to [`MAX_WARNING_BYTES`], and a count of the rest (a restore's warnings and errors:
+/// a restore of millions of files as a user who may not set their owners collected one warning
+/// per file, all in memory, all logged).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Capped {
+    list: Vec<String>,
+    more: u64,
+}
+
+impl Capped {
+    pub(crate) fn push(&mut self, message: String) {
+        if self.list.len() < MAX_WARNINGS {
+            self.list.push(clip(message, MAX_WARNING_BYTES));
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// Takes everything `other` holds (listed and counted), leaving it empty.
+    pub(crate) fn append(&mut self, other: &mut Capped) {
+        for m in other.list.drain(..) {
+            self.push(m);
+        }
+        self.more += std::mem::take(&mut other.more);
+    }
+
+    pub(crate) fn extend(&mut self, mut other: Capped) {
+        self.append(&mut other);
+    }
+
+    /// How many there were, listed or not.
+    pub(crate) fn len(&self) -> u64 {
+        self.list.len() as u64 + self.more
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The listed ones, in the order they came.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &String> {
+        self.list.iter()
+    }
+
+    /// How many were not listed.
+    pub(crate) fn more(&self) -> u64 {
+        self.more
+    }
+}
+
 /// Cuts `s` to at most `max` bytes on character boundaries, keeping its beginning and its end
 /// (where a warning's reason and a log's last lines are) and marking the cut with `…`.
 pub fn clip(s: String, max: usize) -> String {
@@ -105,6 +156,29 @@ mod tests {
         let reason = w.clipped_example();
         assert!(reason.ends_with(": skipped, name too long"), "the reason at the end survives: {reason}");
         assert_eq!(dropped, 0, "take starts a new list");
+    }
+
+    #[test]
+    fn capped_lists_keep_the_first_and_count_the_rest_also_when_merged() {
+        let mut a = Capped::default();
+        for i in 0..1_500 {
+            a.push(format!("/r/{i}: cannot set the owner"));
+        }
+        let mut b = Capped::default();
+        for i in 0..700 {
+            b.push(format!("{i} {}", "x".repeat(5_000)));
+        }
+        a.append(&mut b);
+        assert!(b.is_empty(), "appending empties the other");
+        assert_eq!(a.len(), 2_200, "every message counted");
+        assert_eq!(a.iter().count(), MAX_WARNINGS, "the first 1,000 listed");
+        assert_eq!(a.more(), 1_200);
+        assert_eq!(a.iter().last().map(String::as_str), Some("/r/999: cannot set the owner"));
+        let mut c = Capped::default();
+        c.push("é".repeat(10_000));
+        c.extend(a);
+        assert!(c.iter().all(|m| m.len() <= MAX_WARNING_BYTES), "each clipped");
+        assert_eq!(c.len(), 2_201);
     }
 
     #[test]
