@@ -1,6 +1,6 @@
 //! What one agent (or one address) may ask of this replica: enrollment attempts per address,
-//! job events per machine, the largest message, and how often a machine may renew its
-//! certificate. Counters live in this replica's memory (a machine talks to one replica at a
+//! sessions opened and job events per machine, the largest message, and how often a machine
+//! may renew its certificate. Counters live in this replica's memory (a machine talks to one replica at a
 //! time); the renewal limit is checked in the database, so it holds across replicas.
 
 use std::collections::HashMap;
@@ -26,6 +26,13 @@ pub struct Limits {
     /// [`Limits::near_expiry_interval`].
     pub renewal_interval: Duration,
     pub near_expiry_interval: Duration,
+    /// Sessions a machine may open at once (an agent reconnecting after short sessions backs
+    /// off 1, 2, 4 … s) ...
+    pub sessions_burst: u32,
+    /// ... and per minute in the long run. Each open costs database queries (the certificate's
+    /// standing, its predecessors) and a plan computation, so a machine reconnecting in a tight
+    /// loop must not cost more than this.
+    pub sessions_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -36,11 +43,13 @@ impl Default for Limits {
             events_per_minute: 120,
             renewal_interval: Duration::from_secs(3600),
             near_expiry_interval: Duration::from_secs(60),
+            sessions_burst: 10,
+            sessions_per_minute: 6,
         }
     }
 }
 
-/// A token bucket per machine for job events.
+/// A token bucket per machine (job events, session opens).
 pub(crate) struct EventLimiter {
     burst: f64,
     per_second: f64,
@@ -55,9 +64,14 @@ struct Bucket {
 
 impl EventLimiter {
     pub(crate) fn new(limits: &Limits) -> Self {
+        Self::with_rate(limits.events_burst, limits.events_per_minute)
+    }
+
+    /// `burst` at once, `per_minute` in the long run.
+    pub(crate) fn with_rate(burst: u32, per_minute: u32) -> Self {
         Self {
-            burst: f64::from(limits.events_burst.max(1)),
-            per_second: f64::from(limits.events_per_minute.max(1)) / 60.0,
+            burst: f64::from(burst.max(1)),
+            per_second: f64::from(per_minute.max(1)) / 60.0,
             buckets: Mutex::new(HashMap::new()),
         }
     }

@@ -29,10 +29,12 @@ pub struct AgentApi {
     sessions: Arc<SessionLimits>,
 }
 
-/// What every session of this replica shares: the limits and the per-machine event buckets.
+/// What every session of this replica shares: the limits and the per-machine buckets of job
+/// events and of session opens.
 pub(crate) struct SessionLimits {
     pub(crate) limits: Limits,
     pub(crate) events: EventLimiter,
+    pub(crate) opens: EventLimiter,
 }
 
 impl std::fmt::Debug for AgentApi {
@@ -48,7 +50,11 @@ pub fn service(state: AppState) -> AgentServiceServer<AgentApi> {
 /// The agent service with other limits (tests).
 pub fn service_with(state: AppState, limits: Limits) -> AgentServiceServer<AgentApi> {
     let per_minute = state.settings.grpc.enroll_per_minute;
-    let sessions = Arc::new(SessionLimits { limits, events: EventLimiter::new(&limits) });
+    let sessions = Arc::new(SessionLimits {
+        limits,
+        events: EventLimiter::new(&limits),
+        opens: EventLimiter::with_rate(limits.sessions_burst, limits.sessions_per_minute),
+    });
     AgentServiceServer::new(AgentApi { state, limiter: RateLimiter::new(per_minute), sessions })
         // tonic's default (4 MiB) ended the session of an agent whose result was larger, and
         // the agent sent that result first again after every reconnect.

@@ -4,9 +4,10 @@
 //! certificate renewal.
 //!
 //! A machine awaiting approval writes nothing: its results are refused with a retry delay and
-//! stay in its spool. Job events are limited per machine (a token bucket) and renewals to one
-//! per hour; over a limit the session ends with `RESOURCE_EXHAUSTED` and a `retry-after`. The
-//! first session with a renewed certificate revokes the machine's older ones.
+//! stay in its spool. Session opens and job events are limited per machine (token buckets) and
+//! renewals to one per hour; over a limit the session is refused or ends with
+//! `RESOURCE_EXHAUSTED` and a `retry-after`. The first session with a renewed certificate
+//! revokes the machine's older ones.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -61,6 +62,14 @@ pub async fn open(
     req: Request<Streaming<pb::AgentMessage>>,
 ) -> Result<Response<OutStream>, Status> {
     let (machine, serial) = identity(&req)?;
+    // Before any database work: a machine reconnecting in a loop costs a bucket lookup.
+    if let Err(wait) = limits.opens.take(machine, std::time::Instant::now()) {
+        tracing::warn!(machine.id = %machine, retry_after_s = wait.as_secs(), "session refused: too many opened by this machine");
+        return Err(retry_later(
+            Status::resource_exhausted("too many sessions opened by this machine; try again later"),
+            wait,
+        ));
+    }
     let standing = machines::session_standing(&state.pool, machine, &serial).await?;
     let retired = machines::retire_predecessors(&state.pool, machine, &serial).await?;
     if !retired.is_empty() {

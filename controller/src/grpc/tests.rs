@@ -420,3 +420,27 @@ async fn the_grpc_server_certificate_is_renewed_in_the_running_process(pool: PgP
     session.send(Send::JobEvent(started_event(Uuid::now_v7()))).await;
     assert!(matches!(session.next().await, Ok(Recv::Ack(_))));
 }
+
+/// Session opens are limited per machine (#13): each costs database queries and a plan, so a
+/// machine reconnecting in a tight loop is refused, before any query, with a `retry-after` the
+/// agent honours; other machines are not affected.
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn session_opens_beyond_a_machines_limit_are_refused_with_a_retry_delay(pool: PgPool) {
+    let st = state(pool).await;
+    let limits = super::Limits { sessions_burst: 3, sessions_per_minute: 1, ..super::Limits::default() };
+    let addr = serve_with(&st, limits).await;
+    let m = enroll(&st, false).await;
+    for i in 0..3 {
+        let mut s =
+            open(&st, addr, &m.cert_pem, &m.key_pem).await.unwrap_or_else(|e| panic!("open {i}: {e:?}"));
+        assert!(matches!(s.next().await, Ok(Recv::Plan(_))), "a session");
+    }
+    let refused = open(&st, addr, &m.cert_pem, &m.key_pem).await.map(|_| ()).unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(retry_after(&refused).is_some_and(|s| s >= 60), "{refused:?}");
+    let other = enroll(&st, false).await;
+    assert!(
+        open(&st, addr, &other.cert_pem, &other.key_pem).await.is_ok(),
+        "other machines have their own budget"
+    );
+}
