@@ -305,6 +305,73 @@ async fn a_result_delivered_twice_is_stored_once(pool: PgPool) {
     ));
 }
 
+/// The last good backup per machine and policy (what compliance reads) follows every result the
+/// application role stores: good outcomes move it forward, failures and late results of older
+/// jobs do not move it back, and it always equals the maximum over all results.
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn the_last_good_backup_follows_every_stored_result(pool: PgPool) {
+    let st = state(pool).await;
+    let (_, machine) = machine_in_new_group(&st, "g").await;
+    let repo = test_repository(&st).await;
+    let policy =
+        assigned_policy(&st, cofre_policy::spec::PolicySpec::new("p", repo, vec!["/srv".into()]), machine)
+            .await;
+    let app = app_pool(&st.pool).await;
+    let last = || async {
+        let kept: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "select received_at from last_good_backups where machine_id = $1 and policy_id = $2",
+        )
+        .bind(machine)
+        .bind(policy)
+        .fetch_optional(&st.pool)
+        .await
+        .unwrap();
+        let defined: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "select max(r.received_at) from jobs j join job_results r on r.job_id = j.id
+             where j.machine_id = $1 and j.policy_id = $2 and j.kind = 'backup' and r.outcome in ('succeeded', 'warning')",
+        )
+        .bind(machine)
+        .bind(policy)
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+        assert_eq!(kept, defined, "the kept value is the definition's");
+        kept.map(|t| t.to_rfc3339())
+    };
+    for (outcome, received, expected) in [
+        ("failed", "2026-01-01T00:00:00Z", None),
+        ("succeeded", "2026-01-02T00:00:00Z", Some("2026-01-02T00:00:00+00:00")),
+        ("failed", "2026-02-01T00:00:00Z", Some("2026-01-02T00:00:00+00:00")),
+        ("warning", "2026-03-01T00:00:00Z", Some("2026-03-01T00:00:00+00:00")),
+        // A late result of an older job does not move it back.
+        ("succeeded", "2026-02-15T00:00:00Z", Some("2026-03-01T00:00:00+00:00")),
+    ] {
+        let job = Uuid::now_v7();
+        sqlx::query(
+            "insert into jobs (id, machine_id, policy_id, kind, trigger, state) values ($1, $2, $3, 'backup', 'schedule', $4)",
+        )
+        .bind(job)
+        .bind(machine)
+        .bind(policy)
+        .bind(outcome)
+        .execute(&app)
+        .await
+        .unwrap();
+        sqlx::query(
+            "insert into job_results (job_id, event_id, outcome, finished_at, received_at)
+             values ($1, $2, $3, $4::timestamptz, $4::timestamptz)",
+        )
+        .bind(job)
+        .bind(Uuid::now_v7())
+        .bind(outcome)
+        .bind(received)
+        .execute(&app)
+        .await
+        .unwrap();
+        assert_eq!(last().await.as_deref(), expected, "after a {outcome} result received {received}");
+    }
+}
+
 /// Connects to this test's database as a fresh login role in `cofre_app`, as `serve` does.
 pub(crate) async fn app_pool(pool: &PgPool) -> PgPool {
     let db: String = sqlx::query_scalar("select current_database()").fetch_one(pool).await.unwrap();

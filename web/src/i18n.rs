@@ -126,6 +126,7 @@ impl Lang {
             "checkpoints",
             "until",
             "limit",
+            "revision",
         ]
         .into_iter()
         .map(|k| (Cow::Borrowed(k), FluentValue::from(1)))

@@ -61,7 +61,7 @@ pub struct PageRoute {
 /// Every route of the portal, with who may reach it.
 pub fn table() -> Vec<PageRoute> {
     use Access::{Public, SignedIn};
-    use pages::{admin, audit, compliance, enrollment, jobs, login, machines, overview};
+    use pages::{admin, audit, compliance, enrollment, jobs, login, machines, overview, policy};
     let r = |method: Method, path: &'static str, access: Access, handler| PageRoute {
         method,
         path,
@@ -91,6 +91,8 @@ pub fn table() -> Vec<PageRoute> {
         r(GET, "/groups", SignedIn, get(admin::groups)),
         r(POST, "/groups", SignedIn, post(admin::create_group)),
         r(GET, "/policies", SignedIn, get(admin::policies)),
+        r(GET, "/policies/{id}", SignedIn, get(policy::page)),
+        r(POST, "/policies/{id}", SignedIn, post(policy::save)),
         r(GET, "/repositories", SignedIn, get(admin::repositories)),
         r(GET, "/stores", SignedIn, get(admin::stores)),
     ]
@@ -261,4 +263,5 @@ const SOURCES: &[&str] = &[
     include_str!("pages/login.rs"),
     include_str!("pages/machines.rs"),
     include_str!("pages/overview.rs"),
+    include_str!("pages/policy.rs"),
 ];

@@ -97,9 +97,8 @@ pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) ->
                 (select min(a.created_at) from policy_assignments a
                  where a.policy_id = p.id and (a.machine_id = m.id or a.group_id = m.group_id)) as assigned_at,
                 rr.initialised_at,
-                (select max(r.received_at) from jobs j join job_results r on r.job_id = j.id
-                 where j.machine_id = m.id and j.policy_id = p.id and j.kind = 'backup'
-                   and r.outcome in ('succeeded', 'warning')) as last_good_backup,
+                (select g.received_at from last_good_backups g
+                 where g.machine_id = m.id and g.policy_id = p.id) as last_good_backup,
                 (select max(r.received_at) from jobs j join job_results r on r.job_id = j.id
                  where j.restic_repository_id = mpr.restic_repository_id and j.kind = 'check'
                    and r.outcome = 'succeeded') as last_good_check,

@@ -43,7 +43,11 @@ async fn a_department_head_sees_in_portuguese_which_machines_are_unprotected_and
         let why = finding.why.as_ref().context("the API gives the reason as data")?;
         let row = format!("#attention a[href='/machines/{}']", m.machine_id);
         assert!(b.has(&row).await?, "{row}");
-        assert!(b.has(&format!("#attention [data-why='{}']", why.code)).await?, "the reason {} is shown", why.code);
+        assert!(
+            b.has(&format!("#attention [data-why='{}']", why.code)).await?,
+            "the reason {} is shown",
+            why.code
+        );
     }
     assert!(attention.contains("nunca se comunicou"), "reasons are in Portuguese: {attention}");
     assert!(!attention.contains("has never reported"), "no English reason: {attention}");
@@ -88,6 +92,36 @@ async fn a_department_head_sees_in_portuguese_which_machines_are_unprotected_and
     b.click("form[action='/groups'] button[type=submit]").await?;
     assert_eq!(b.path().await?, "/groups?done=group", "Post/Redirect/Get");
     assert!(fleet.admin.list_groups().await?.iter().any(|g| g.name == "saude-bucal"));
+
+    // A policy: an invalid value is refused with the API's message beside its field; a good
+    // one is saved and the machines' policy changes.
+    b.goto(&fleet.url("/policies")).await?;
+    b.click("#policies a").await?;
+    assert_eq!(b.path().await?, format!("/policies/{}", fleet.policy));
+    b.fill("#cron", "0 22 * * 1-5").await?;
+    b.fill("#timezone", "Marte/Olimpo").await?;
+    b.fill("#rpo_hours", "0").await?;
+    b.click("form.policy button[type=submit]").await?;
+    let tz = b.text("#timezone-error").await?;
+    let rpo = b.text("#rpo_hours-error").await?;
+    assert!(!tz.is_empty() && !rpo.is_empty(), "errors beside the time zone ({tz}) and the RPO ({rpo})");
+    assert_eq!(b.eval("return document.querySelector('#timezone').value", vec![]).await?, "Marte/Olimpo");
+    assert_eq!(fleet.admin.get_policy(fleet.policy).await?.revision, 1, "nothing was saved");
+    b.fill("#timezone", "America/Sao_Paulo").await?;
+    b.fill("#rpo_hours", "30").await?;
+    b.fill("#keep_daily", "7").await?;
+    b.click("form.policy button[type=submit]").await?;
+    assert_eq!(b.path().await?, format!("/policies/{}?done=saved", fleet.policy));
+    let saved = fleet.admin.get_policy(fleet.policy).await?;
+    assert_eq!(saved.revision, 2);
+    let schedule = saved.spec.schedule.clone().context("a schedule")?;
+    assert_eq!(
+        (schedule.cron.as_deref(), schedule.timezone.as_deref()),
+        (Some("0 22 * * 1-5"), Some("America/Sao_Paulo"))
+    );
+    assert_eq!(saved.spec.rpo_seconds, 30 * 3600);
+    assert_eq!(saved.spec.retention.as_ref().map(|r| r.keep_daily), Some(7));
+    assert_eq!(saved.spec.paths, vec!["/srv/documentos".to_string()], "what the form did not change is kept");
 
     // The CSV export is the API's CSV, byte for byte.
     let cookie = b.cookie("cofre_session").await?.context("session cookie")?;

@@ -23,6 +23,7 @@ fn pages(f: &Fleet) -> Vec<String> {
         "/enrollment".into(),
         "/groups".into(),
         "/policies".into(),
+        format!("/policies/{}", f.policy),
         "/repositories".into(),
         "/stores".into(),
         "/audit".into(),

@@ -210,7 +210,6 @@ policies-schedule = Agenda
 policies-revision = Revisão
 policies-updated = Alterada
 policies-on-demand = só sob demanda
-policies-edit-hint = As políticas são editadas com a CLI cofre (cofre apply) ou pela API REST; o portal as mostra.
 repositories-title = Repositórios
 repositories-name = Nome
 repositories-url = Endereço
@@ -236,3 +235,24 @@ why-unrecorded = { $count ->
     [one] 1 snapshot no repositório não foi informado pelo Cofre: gravado fora do Cofre, ou plantado
    *[other] { $count } snapshots no repositório não foram informados pelo Cofre: gravados fora do Cofre, ou plantados
 }
+form-hours = Informe um número de horas.
+policy-revision = Revisão { $revision }
+policy-what = O que é copiado
+policy-paths = Caminhos (um por linha, absolutos)
+policy-excludes = Excluídos (um padrão por linha, como o restic escreve)
+policy-when = Quando
+policy-cron = Agenda (cron: minuto hora dia mês dia-da-semana)
+policy-cron-hint = Por exemplo 0 22 * * 1-5: às 22h nos dias úteis. Vazio: mantém o intervalo atual, se houver.
+policy-timezone = Fuso horário da agenda
+policy-rpo = Maior tempo sem backup bem-sucedido (horas)
+policy-rpo-hint = Passado esse tempo, a máquina fica desprotegida; a 80% dele, em risco.
+policy-keep = Por quanto tempo o histórico é guardado
+policy-keep-last = Últimos snapshots
+policy-keep-daily = Diários
+policy-keep-weekly = Semanais
+policy-keep-monthly = Mensais
+policy-keep-yearly = Anuais
+policy-save = Salvar
+policy-more = Outras configurações (hooks, manutenção, exclusão por tamanho) mudam pela CLI cofre ou pela API; este formulário as mantém como estão.
+policy-changed-meanwhile = Alguém alterou esta política enquanto você editava. Abra-a de novo para ver a alteração e então faça a sua.
+notice-policy-saved = A política foi salva; as máquinas a recebem no próximo contato.

@@ -112,7 +112,7 @@ pub async fn policies(Extension(ctx): Extension<Ctx>) -> Response {
                 .unwrap_or_else(|| lang.t("policies-on-demand"));
             view! {
                 <tr>
-                    <th scope="row">{p.spec.name.clone()}</th>
+                    <th scope="row"><a href=format!("/policies/{}", p.id)>{p.spec.name.clone()}</a></th>
                     <td>{p.spec.paths.join(", ")}</td>
                     <td><code>{schedule}</code></td>
                     <td class="num">{p.revision.to_string()}</td>
@@ -122,7 +122,6 @@ pub async fn policies(Extension(ctx): Extension<Ctx>) -> Response {
         })
         .collect_view();
     let content = view! {
-        <p class="muted">{lang.t("policies-edit-hint")}</p>
         <table id="policies">
             <thead><tr>
                 <th scope="col">{lang.t("col-policy")}</th>

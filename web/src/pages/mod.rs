@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod login;
 pub mod machines;
 pub mod overview;
+pub mod policy;
 
 use axum::response::{IntoResponse, Redirect, Response};
 

@@ -79,3 +79,6 @@ impl cofre_web::Backend for Tickets {
         })
     }
 }
+
+#[cfg(test)]
+mod bench;
