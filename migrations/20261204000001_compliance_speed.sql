@@ -39,3 +39,20 @@ grant select, insert, update on last_good_backups to cofre_app;
 
 -- The newest backup of a (machine, policy), scheduled or not: one step down an index.
 create index jobs_machine_policy_created on jobs (machine_id, policy_id, kind, created_at);
+
+-- Which restic repository is a machine's own: the per-machine index leads with the repository,
+-- so looking a machine up scanned all of it, once per machine (0.8 s for 10,000 machines).
+create index restic_repositories_machine on restic_repositories (machine_id);
+
+-- The same view as before, its "own or shared" choice written as two equality joins (the unique
+-- indexes allow one of each at most) instead of one join on an OR, which no index or hash
+-- could serve.
+create or replace view machine_policy_repositories as
+select mp.machine_id, mp.policy_id, p.repository_id, coalesce(own.id, shared.id) as restic_repository_id
+from machine_policies mp
+join policies p on p.id = mp.policy_id
+join repositories r on r.id = p.repository_id
+left join restic_repositories own
+    on r.per_machine and own.repository_id = r.id and own.machine_id = mp.machine_id
+left join restic_repositories shared
+    on not r.per_machine and shared.repository_id = r.id and shared.machine_id is null;

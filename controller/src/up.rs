@@ -298,6 +298,7 @@ pub async fn run(
         let (started, fut) = crate::serve::start(settings.clone(), shutdown).await?;
         println!();
         println!("Cofre is running.");
+        println!("  Portal:          http://{}/   (log in as admin)", started.http);
         println!(
             "  REST API:        http://{}/api/v1   (health: http://{}/healthz)",
             started.http, started.http

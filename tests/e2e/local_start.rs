@@ -88,6 +88,13 @@ fn up_runs_cofre_on_its_own_postgres_and_a_second_up_reuses_it() -> Result<()> {
         "{install}"
     );
     login(http, &password)?;
+    // The portal answers where the banner says.
+    let portal = banner.lines().find(|l| l.contains("Portal:")).context("a portal line")?;
+    assert!(portal.contains(&format!("http://127.0.0.1:{http}/")), "{portal}");
+    let page = block_on_isolated(async {
+        anyhow::Ok(reqwest::get(format!("http://127.0.0.1:{http}/login")).await?.text().await?)
+    })?;
+    assert!(page.contains("action=\"/login\""), "the portal's login page is served: {page}");
 
     // The printed line enrolls an agent as it is.
     let state = tmp.path().join("agent");
