@@ -20,8 +20,9 @@ const MAX_ANSWER: usize = 64 * 1024 * 1024;
 pub struct Api {
     router: Router,
     token: Option<String>,
-    /// The browser connection's address (`ConnectInfo`) and forwarding headers.
-    connect: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
+    /// The browser request's extensions (the server's connection details, such as the peer
+    /// address the API's rate limits and audit use) and forwarding header.
+    extensions: http::Extensions,
     forwarded: Option<http::HeaderValue>,
 }
 
@@ -62,13 +63,8 @@ impl ApiError {
 }
 
 impl Api {
-    pub fn new(router: Router, parts: &http::request::Parts) -> Self {
-        Self {
-            router,
-            token: None,
-            connect: parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().cloned(),
-            forwarded: parts.headers.get("x-forwarded-for").cloned(),
-        }
+    pub fn new(router: Router, parts: &http::request::Parts, extensions: http::Extensions) -> Self {
+        Self { router, token: None, extensions, forwarded: parts.headers.get("x-forwarded-for").cloned() }
     }
 
     pub fn with_token(mut self, token: String) -> Self {
@@ -99,9 +95,7 @@ impl Api {
         let mut req = req
             .body(body.map_or_else(Body::empty, Body::from))
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request: {e}")))?;
-        if let Some(c) = self.connect {
-            req.extensions_mut().insert(c);
-        }
+        req.extensions_mut().extend(self.extensions.clone());
         let resp = self
             .router
             .clone()

@@ -166,7 +166,7 @@ async fn guard(portal: Arc<Portal>, access: Access, req: Request, next: Next) ->
     };
     let host =
         parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost").to_string();
-    let mut api = Api::new(portal.api.clone(), &parts);
+    let mut api = Api::new(portal.api.clone(), &parts, portal.backend.connection(&parts.extensions));
     let mut viewer = None;
     let mut ended = false;
     if let Some(ticket) = session::cookie(&parts.headers, session::COOKIE) {

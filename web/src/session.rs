@@ -28,6 +28,9 @@ pub trait Backend: Send + Sync + 'static {
     fn open(&self, access_token: &str) -> Result<Ticket, String>;
     /// Checks a portal ticket: a short-lived API token of the same session, and the CSRF token.
     fn resume(&self, ticket: &str) -> Option<Resumed>;
+    /// What of the browser request's extensions the in-process API call carries (the server's
+    /// record of the connection: the peer address the API's rate limits and audit use).
+    fn connection(&self, from: &http::Extensions) -> http::Extensions;
     /// The one-line agent install for an enrollment token (as `up` prints it), reached at
     /// `api_url`; None when the controller has no agent binary to serve.
     fn install_line<'a>(

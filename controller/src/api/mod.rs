@@ -3,7 +3,7 @@
 
 mod api_tokens;
 mod audit;
-mod client_addr;
+pub(crate) mod client_addr;
 mod compliance;
 mod error;
 mod extract;

@@ -68,6 +68,14 @@ impl cofre_web::Backend for Tickets {
         Some(cofre_web::Resumed { api_token, csrf: t.csrf })
     }
 
+    fn connection(&self, from: &http::Extensions) -> http::Extensions {
+        let mut carried = http::Extensions::new();
+        if let Some(peer) = from.get::<axum::extract::ConnectInfo<crate::api::client_addr::Peer>>() {
+            carried.insert(*peer);
+        }
+        carried
+    }
+
     fn install_line<'a>(
         &'a self,
         api_url: &'a str,

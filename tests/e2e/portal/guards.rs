@@ -58,6 +58,14 @@ async fn roles_forgeries_cookies_escaping_accessibility_and_translation() -> Res
         })
         .await?;
     let auditor = fleet.browser("en", "ana", "auditora-da-camara").await?;
+    // The portal's login is the API's, with the browser's address in the audit log (the API's
+    // per-address login limits see it too).
+    let logins = fleet
+        .admin
+        .audit_events(&cofre_client::AuditFilter { action: Some("auth.login".into()), ..Default::default() })
+        .await?;
+    let ana = logins.items.iter().find(|e| e.actor.ends_with(":ana")).context("ana's login is audited")?;
+    assert_eq!(ana.details["address"].as_str(), Some("127.0.0.1"), "{:?}", ana.details);
     for id in [fleet.saude, fleet.pending] {
         auditor.goto(&fleet.url(&format!("/machines/{id}"))).await?;
         assert!(auditor.has("#actions").await?, "the machine page rendered");

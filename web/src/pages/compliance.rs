@@ -19,7 +19,11 @@ use crate::layout::{self, badge, when};
 #[derive(Deserialize, Default)]
 pub struct Filters {
     group: Option<String>,
+    page: Option<usize>,
 }
+
+/// Machines per page of the report (the CSV has them all).
+const PER_PAGE: usize = 100;
 
 fn group_of(f: &Filters) -> Option<String> {
     f.group.clone().filter(|g| Uuid::parse_str(g).is_ok())
@@ -60,6 +64,23 @@ pub async fn page(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
             }
         })
         .collect_view();
+    let total = report.len();
+    let (report, pages) = super::paginate(report, f.page.unwrap_or(1), PER_PAGE);
+    let page_no = f.page.unwrap_or(1).clamp(1, pages);
+    let link = |p: usize| {
+        format!("/compliance{}", query(&[("group", group.clone()), ("page", Some(p.to_string()))]))
+    };
+    let pager = (pages > 1).then(|| {
+        let prev = (page_no > 1).then(|| view! { <a rel="prev" href=link(page_no - 1)>{lang.t("page-previous")}</a> });
+        let next = (page_no < pages).then(|| view! { <a rel="next" href=link(page_no + 1)>{lang.t("page-next")}</a> });
+        view! {
+            <nav class="pager no-print" aria-label=lang.t("page-label")>
+                {prev}
+                <span>{lang.ta("page-of", &[("page", crate::i18n::Arg::Int(page_no as i64)), ("pages", crate::i18n::Arg::Int(pages as i64))])}</span>
+                {next}
+            </nav>
+        }
+    });
     let machines = report
         .into_iter()
         .map(|m| {
@@ -125,6 +146,8 @@ pub async fn page(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
                 </tr></thead>
                 <tbody>{machines}</tbody>
             </table>
+            <p class="muted">{lang.ta("machines-count", &[("count", crate::i18n::Arg::Int(total as i64))])}</p>
+            {pager}
         </section>
     };
     layout::page(&ctx, &lang.t("compliance-title"), content)
