@@ -18,7 +18,7 @@ use std::path::Path;
 pub async fn run(state_dir: &Path, hook_dir: &Path) -> anyhow::Result<()> {
     let state = state::StateDir::open(state_dir)?;
     let id = state.identity()?;
-    tracing::info!(machine.id = %id.machine_id, controller = %id.controller_url, "agent starting");
+    tracing::info!(machine.id = %id.machine_id, controllers = %id.controllers().join(", "), "agent starting");
     let clock = std::sync::Arc::new(scheduler::SystemClock::default());
     let (agent, jobs) = runner::Agent::new(state, clock, hook_dir.to_path_buf());
     let interrupted = agent.recover_interrupted().await;
@@ -42,7 +42,13 @@ pub fn status(state: &state::StateDir) -> anyhow::Result<String> {
     let id = state.identity()?;
     let mut out = String::new();
     writeln!(out, "machine:      {}", id.machine_id)?;
-    writeln!(out, "controller:   {}", id.controller_url)?;
+    let controllers = id.controllers();
+    let last = state.last_controller(&controllers);
+    for (i, c) in controllers.iter().enumerate() {
+        let label = if i == 0 { "controller:  " } else { "             " };
+        let answered = if last == Some(i) { "  (answered last)" } else { "" };
+        writeln!(out, "{label} {c}{answered}")?;
+    }
     writeln!(out, "CA sha256:    {}", id.ca_fingerprint)?;
     let (cert, _key) = state.certificate()?;
     match cofre_dial::certificate_validity(&cert) {

@@ -21,9 +21,11 @@ struct Cli {
 enum Command {
     /// Enroll this machine with a controller, using a token from an administrator.
     Enroll {
-        /// The controller's agent URL, e.g. https://cofre.example:7443
-        #[arg(long)]
-        controller: String,
+        /// The controller's agent URL, e.g. https://cofre.example:7443. Repeat it for each
+        /// replica reachable on its own address: the agent tries them in turn and moves to
+        /// another when the one it uses cannot be reached.
+        #[arg(long = "controller", required = true)]
+        controllers: Vec<String>,
         /// The enrollment token (cofre1.…).
         #[arg(long, env = "COFRE_ENROLL_TOKEN")]
         token: String,
@@ -41,6 +43,13 @@ enum Command {
     /// Print shell `export` lines that point the restic CLI at this machine's repositories
     /// (from the stored plan; prints secrets: for restores by this machine's administrator).
     ResticEnv,
+    /// Replace the controller's addresses of an enrolled agent (same machine, same pinned CA);
+    /// a running agent uses them from its next connection.
+    SetControllers {
+        /// The controller's agent URL; repeat it for each replica, in the order to try them.
+        #[arg(long = "controller", required = true)]
+        controllers: Vec<String>,
+    },
     /// Show what this agent holds: identity, certificate validity, plan, unsent results.
     Status,
 }
@@ -64,9 +73,16 @@ fn main() -> std::process::ExitCode {
     };
     let res = rt.block_on(async {
         match cli.command {
-            Command::Enroll { controller, token, force } => {
+            Command::Enroll { controllers, token, force } => {
                 let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
-                cofre_agent::enroll::enroll(&state, &controller, &token, force).await.map(|_| ())
+                cofre_agent::enroll::enroll(&state, &controllers, &token, force).await.map(|_| ())
+            }
+            Command::SetControllers { controllers } => {
+                let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
+                cofre_dial::controller_urls(&controllers)?;
+                let id = state.save_controllers(&controllers)?;
+                println!("The agent of machine {} now tries: {}", id.machine_id, id.controllers().join(", "));
+                Ok(())
             }
             Command::Run { hook_dir } => cofre_agent::run(&cli.state_dir, &hook_dir).await,
             Command::Status => {

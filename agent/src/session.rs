@@ -1,4 +1,5 @@
-//! The session with the controller: dial out with mutual TLS, say Hello, deliver the spool,
+//! The session with the controller: dial out with mutual TLS (to the first reachable of the
+//! controller's addresses, starting with the one that answered last), say Hello, deliver the spool,
 //! take plans, run-now requests, acknowledgements and renewed certificates; reconnect with
 //! capped, jittered backoff, or later when the controller says so (a `retry-after` on the
 //! status it ended the session with: a machine awaiting approval, too many results at once, a
@@ -63,7 +64,17 @@ async fn connect_once(agent: &Arc<Agent>, interrupted: Vec<String>) -> anyhow::R
     let id = agent.state.identity()?;
     let (cert_pem, key_pem) = agent.state.certificate()?;
     let ca_pem = agent.state.ca_pem()?;
-    let channel = cofre_dial::session_channel(&id.controller_url, &ca_pem, &cert_pem, &key_pem).await?;
+    let controllers = id.controllers();
+    let last = agent.state.last_controller(&controllers);
+    let (channel, answered) =
+        cofre_dial::session_channel_any(&controllers, last.unwrap_or(0), &ca_pem, &cert_pem, &key_pem)
+            .await?;
+    let controller = &controllers[answered];
+    if last != Some(answered)
+        && let Err(e) = agent.state.save_last_controller(controller)
+    {
+        tracing::warn!(error = %format!("{e:#}"), "cannot remember which controller address answered");
+    }
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     tx.send(pb::AgentMessage {
@@ -92,7 +103,7 @@ async fn connect_once(agent: &Arc<Agent>, interrupted: Vec<String>) -> anyhow::R
         None => tracing::debug!("the controller's answer carries no date: keeping this machine's clock"),
     }
     let mut inbound = answer.into_inner();
-    tracing::info!(controller = %id.controller_url, machine.id = %id.machine_id, "connected to the controller");
+    tracing::info!(controller = %controller, machine.id = %id.machine_id, "connected to the controller");
     let sender = tokio::spawn(deliver(agent.clone(), tx.clone()));
     let result = receive(agent, &tx, &mut inbound, &cert_pem).await;
     sender.abort();

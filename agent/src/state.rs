@@ -20,8 +20,26 @@ pub struct StateDir {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Identity {
     pub machine_id: String,
+    /// The first controller address (the only one before agents knew several; kept so an older
+    /// agent reads this file).
     pub controller_url: String,
+    /// Every address of the controller, in the order given (`--controller` repeated): its
+    /// replicas, each reachable on its own. Empty in files written before: then
+    /// `controller_url` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controller_urls: Vec<String>,
     pub ca_fingerprint: String,
+}
+
+impl Identity {
+    /// The controller's addresses, in the order to try them.
+    pub fn controllers(&self) -> Vec<String> {
+        if self.controller_urls.is_empty() {
+            vec![self.controller_url.clone()]
+        } else {
+            self.controller_urls.clone()
+        }
+    }
 }
 
 pub use cofre_dial::files::write_atomic;
@@ -86,6 +104,28 @@ impl StateDir {
             format!("this agent is not enrolled ({} missing): run `cofre-agent enroll` first", p.display())
         })?;
         serde_json::from_slice(&raw).with_context(|| format!("{} is corrupt", p.display()))
+    }
+
+    /// Replaces the controller's addresses of an enrolled agent (same machine, same CA pinned).
+    pub fn save_controllers(&self, urls: &[String]) -> anyhow::Result<Identity> {
+        let mut id = self.identity()?;
+        id.controller_url = urls.first().cloned().context("no controller address given")?;
+        id.controller_urls = urls.to_vec();
+        write_atomic(&self.root.join("identity.json"), &serde_json::to_vec_pretty(&id)?)?;
+        Ok(id)
+    }
+
+    /// The controller address that answered last (tried first next time), if it is still one
+    /// of `urls`.
+    pub fn last_controller(&self, urls: &[String]) -> Option<usize> {
+        let raw = std::fs::read_to_string(self.root.join("last-controller")).ok()?;
+        urls.iter().position(|u| u == raw.trim())
+    }
+
+    /// Remembers the controller address that answered.
+    pub fn save_last_controller(&self, url: &str) -> anyhow::Result<()> {
+        write_atomic(&self.root.join("last-controller"), url.as_bytes())?;
+        Ok(())
     }
 
     /// (certificate PEM, key PEM) from the identity file.

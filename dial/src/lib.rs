@@ -1,7 +1,9 @@
 //! The client side of a connection to the Cofre controller, shared by the agent and cofre-store:
-//! enrollment tokens, pinning the controller's CA on first contact, key pairs and CSRs,
+//! enrollment tokens, pinning the controller's CA on first contact, several addresses of one
+//! controller tried in turn (`failover`), key pairs and CSRs,
 //! certificate renewal timing and the reconnect backoff.
 
+pub mod failover;
 pub mod files;
 mod pinning;
 mod role;
@@ -13,6 +15,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
+pub use failover::session_channel_any;
 pub use pinning::fetch_pinned_ca;
 pub use role::CONTROLLER_CN;
 
@@ -49,6 +52,23 @@ pub fn controller_url(controller: &str) -> anyhow::Result<url::Url> {
         bail!("--controller must be an https:// URL: Cofre only talks to the controller over TLS");
     }
     Ok(url)
+}
+
+/// Checks the controller addresses given with `--controller` (repeated, each an https URL, in the
+/// order to try them): at least one, none twice.
+pub fn controller_urls(controllers: &[String]) -> anyhow::Result<Vec<url::Url>> {
+    if controllers.is_empty() {
+        bail!("give at least one --controller URL");
+    }
+    let mut urls: Vec<url::Url> = Vec::with_capacity(controllers.len());
+    for c in controllers {
+        let url = controller_url(c)?;
+        if urls.contains(&url) {
+            bail!("--controller {c} is given twice");
+        }
+        urls.push(url);
+    }
+    Ok(urls)
 }
 
 /// A gRPC channel to the controller for enrollment: server-authenticated TLS against the CA

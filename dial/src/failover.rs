@@ -1,0 +1,136 @@
+//! Several addresses of one controller (its replicas, each reachable on its own, or a fallback
+//! name): a client tries them in turn, starting with the one that answered last, and moves on
+//! to the next only when one cannot be reached. A controller that answers and refuses is an
+//! answer, not a reason to ask another replica of the same controller. Every address is dialled
+//! the same way: the same pinned CA, the controller's role required of the server.
+
+use std::future::Future;
+
+use anyhow::bail;
+use tonic::transport::Channel;
+
+/// Why one address did not serve: `try_next` when it could not be reached (another replica
+/// may), not when the controller answered with a refusal.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub try_next: bool,
+}
+
+impl Failure {
+    /// The address could not be reached: try the next one.
+    pub fn unreachable(error: anyhow::Error) -> Self {
+        Failure { error, try_next: true }
+    }
+
+    /// The controller answered and refused: stop.
+    pub fn refused(error: anyhow::Error) -> Self {
+        Failure { error, try_next: false }
+    }
+}
+
+/// The indexes of `len` addresses in the order to try them: `first` (the one that answered
+/// last), then the others in their configured order, wrapping around.
+pub fn rotation(len: usize, first: usize) -> impl Iterator<Item = usize> {
+    let start = if first < len { first } else { 0 };
+    (0..len).map(move |i| (start + i) % len)
+}
+
+/// Runs `attempt` on each address in [`rotation`] order until one succeeds (its result and its
+/// index) or refuses (that error). When none can be reached, the error names every address and
+/// why.
+pub async fn try_in_turn<T, F, Fut>(
+    urls: &[String],
+    first: usize,
+    mut attempt: F,
+) -> anyhow::Result<(T, usize)>
+where
+    F: FnMut(usize, String) -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    if urls.is_empty() {
+        bail!("no controller address is configured");
+    }
+    let mut why: Vec<(String, anyhow::Error)> = Vec::new();
+    for i in rotation(urls.len(), first) {
+        match attempt(i, urls[i].clone()).await {
+            Ok(t) => return Ok((t, i)),
+            Err(Failure { error, try_next: false }) => return Err(error),
+            Err(Failure { error, try_next: true }) => why.push((urls[i].clone(), error)),
+        }
+    }
+    if why.len() == 1
+        && let Some((_, only)) = why.pop()
+    {
+        // One address: its own error, as before there were several.
+        return Err(only);
+    }
+    let each: Vec<String> = why.iter().map(|(url, e)| format!("{url}: {e:#}")).collect();
+    bail!("none of the controller's {} addresses could be reached: {}", urls.len(), each.join("; "))
+}
+
+/// A mutual-TLS channel to the first reachable address of the controller (see
+/// [`crate::session_channel`]), trying `urls` from index `first`; returns the channel and the
+/// index of the address that answered.
+pub async fn session_channel_any(
+    urls: &[String],
+    first: usize,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<(Channel, usize)> {
+    try_in_turn(urls, first, |_, url| async move {
+        crate::session_channel(&url, ca_pem, cert_pem, key_pem).await.map_err(Failure::unreachable)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rotation_starts_with_the_last_that_answered_and_wraps() {
+        assert_eq!(rotation(3, 0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(rotation(3, 2).collect::<Vec<_>>(), [2, 0, 1]);
+        assert_eq!(rotation(2, 7).collect::<Vec<_>>(), [0, 1], "an index out of range starts at the first");
+        assert_eq!(rotation(0, 0).count(), 0);
+    }
+
+    #[tokio::test]
+    async fn unreachable_addresses_are_skipped_and_a_refusal_stops() {
+        let urls: Vec<String> = ["https://a", "https://b", "https://c"].map(String::from).into();
+        let (got, i) = try_in_turn(&urls, 0, |_, u| async move {
+            if u == "https://b" { Ok(u) } else { Err(Failure::unreachable(anyhow::anyhow!("refused"))) }
+        })
+        .await
+        .unwrap();
+        assert_eq!((got.as_str(), i), ("https://b", 1));
+
+        let mut tried = Vec::new();
+        let err = try_in_turn(&urls, 1, |_, u| {
+            tried.push(u);
+            async move { Err::<(), _>(Failure::refused(anyhow::anyhow!("token used up"))) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tried, ["https://b"], "a refusal is the controller's answer");
+        assert_eq!(err.to_string(), "token used up");
+
+        let err = try_in_turn(&urls, 2, |_, _| async move {
+            Err::<(), _>(Failure::unreachable(anyhow::anyhow!("connection refused")))
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("none of the controller's 3 addresses could be reached: https://c: connection refused; https://a"), "{err}");
+
+        let one = ["https://a".to_string()];
+        let err = try_in_turn(&one, 0, |_, _| async move {
+            Err::<(), _>(Failure::unreachable(anyhow::anyhow!("connection refused")))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.to_string(), "connection refused");
+    }
+}
