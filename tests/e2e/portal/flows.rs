@@ -123,6 +123,31 @@ async fn a_department_head_sees_in_portuguese_which_machines_are_unprotected_and
     assert_eq!(saved.spec.retention.as_ref().map(|r| r.keep_daily), Some(7));
     assert_eq!(saved.spec.paths, vec!["/srv/documentos".to_string()], "what the form did not change is kept");
 
+    // Enrollment: a token for the health department, shown once with its install line.
+    b.goto(&fleet.url("/enrollment")).await?;
+    assert!(
+        b.text("#pending-machines").await?.contains("escola-norte-07"),
+        "the machine waiting for approval"
+    );
+    b.fill("#description", "UBS Centro, sala 2").await?;
+    b.fill("#uses", "abc").await?;
+    b.click("form[action='/enrollment'] button[type=submit]").await?;
+    assert!(
+        !b.text("#uses-error").await?.is_empty(),
+        "a count that is not a number is refused beside its field"
+    );
+    b.fill("#uses", "3").await?;
+    b.click("form[action='/enrollment'] button[type=submit]").await?;
+    let line = b.eval("return document.querySelector('#install-line').value", vec![]).await?;
+    let line = line.as_str().context("the install line")?.to_string();
+    let token = b.eval("return document.querySelector('#token').value", vec![]).await?;
+    let token = token.as_str().context("the token")?.to_string();
+    assert!(token.starts_with("cofre1.") && line.contains("/install.sh") && line.contains(&token), "{line}");
+    let tokens = fleet.admin.list_enrollment_tokens().await?;
+    let made =
+        tokens.iter().find(|t| t.description == "UBS Centro, sala 2").context("the token is listed")?;
+    assert_eq!(made.uses_left, 3);
+
     // The CSV export is the API's CSV, byte for byte.
     let cookie = b.cookie("cofre_session").await?.context("session cookie")?;
     b.goto(&fleet.url("/compliance")).await?;
