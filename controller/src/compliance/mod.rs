@@ -121,7 +121,9 @@ pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) ->
     let active: Vec<Uuid> = machines.iter().filter(|m| m.status == "active").map(|m| m.id).collect();
     let plans = crate::plans::compute_many(&st.pool, &st.master, &st.ca.cert_pem, &active).await?;
     let mut by_machine: HashMap<Uuid, Vec<PolicyRow>> = HashMap::new();
+    let mut parsed: HashMap<Uuid, Option<ParsedPolicy>> = HashMap::new();
     for p in policies {
+        parsed.entry(p.policy_id).or_insert_with(|| parse_policy(&p.spec, now));
         by_machine.entry(p.machine_id).or_default().push(p);
     }
     let limits = Limits {
@@ -145,7 +147,12 @@ pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) ->
             revoked_at: m.revoked_at,
             last_seen_at: m.last_seen_at,
             plan_stale_since,
-            policies: rows.iter().filter_map(|r| policy_facts(r, m.id, m.registered_at, now)).collect(),
+            policies: rows
+                .iter()
+                .filter_map(|r| {
+                    policy_facts(r, parsed.get(&r.policy_id).and_then(Option::as_ref), m.id, m.registered_at)
+                })
+                .collect(),
         };
         let last_good_backup = facts.policies.iter().filter_map(|p| p.last_good_backup).max();
         let mut verdict = rules::evaluate(&facts, &limits, now);
@@ -183,22 +190,44 @@ fn seconds(s: u64) -> Duration {
     Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
 }
 
-fn policy_facts(
-    r: &PolicyRow,
-    machine: Uuid,
-    registered_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Option<PolicyFacts> {
-    let spec: PolicySpec = serde_json::from_value(r.spec.clone()).ok()?;
+/// What a policy's spec says that does not depend on the machine: parsed once per evaluation,
+/// not once per machine (10,000 machines share a handful of policies).
+struct ParsedPolicy {
+    name: String,
+    rpo: Duration,
+    heartbeat_allowance: Duration,
+    check_cadence: Option<Duration>,
+    schedule: Option<cofre_policy::schedule::Schedule>,
+}
+
+fn parse_policy(spec: &serde_json::Value, now: DateTime<Utc>) -> Option<ParsedPolicy> {
+    let spec: PolicySpec = serde_json::from_value(spec.clone()).ok()?;
     let ts = |t: DateTime<Utc>| jiff::Timestamp::from_microsecond(t.timestamp_micros()).ok();
     let check_cadence = spec.maintenance.check.parse("maintenance.check").ok().and_then(|s| {
         let gap = s.longest_gap(ts(now)?, 8)?;
         Some(Duration::seconds(gap.as_secs()))
     });
+    Some(ParsedPolicy {
+        rpo: seconds(spec.rpo_seconds),
+        heartbeat_allowance: seconds(spec.heartbeat_allowance_seconds),
+        check_cadence,
+        schedule: spec.schedule.as_ref().and_then(|s| s.parse("schedule").ok()),
+        name: spec.name,
+    })
+}
+
+fn policy_facts(
+    r: &PolicyRow,
+    parsed: Option<&ParsedPolicy>,
+    machine: Uuid,
+    registered_at: DateTime<Utc>,
+) -> Option<PolicyFacts> {
+    let parsed = parsed?;
+    let ts = |t: DateTime<Utc>| jiff::Timestamp::from_microsecond(t.timestamp_micros()).ok();
     let applies_since = r.assigned_at.map_or(registered_at, |a| a.max(registered_at));
     // When the agent should start its next scheduled backup, by the rules it schedules with:
     // an interval counts from any run (a run-now included), cron from the last scheduled one.
-    let next_run_due = spec.schedule.as_ref().and_then(|s| s.parse("schedule").ok()).and_then(|s| {
+    let next_run_due = parsed.schedule.as_ref().and_then(|s| {
         let key = backup_jitter_key(machine.as_bytes(), &r.policy_id.to_string());
         let offset = jitter_offset(s.jitter_seconds, &key);
         let last = match s.trigger {
@@ -210,11 +239,11 @@ fn policy_facts(
     });
     Some(PolicyFacts {
         policy_id: r.policy_id,
-        name: spec.name,
+        name: parsed.name.clone(),
         applies_since,
-        rpo: seconds(spec.rpo_seconds),
-        heartbeat_allowance: seconds(spec.heartbeat_allowance_seconds),
-        check_cadence,
+        rpo: parsed.rpo,
+        heartbeat_allowance: parsed.heartbeat_allowance,
+        check_cadence: parsed.check_cadence,
         last_good_backup: r.last_good_backup,
         repository_ready_at: r.initialised_at,
         last_good_check: r.last_good_check,
