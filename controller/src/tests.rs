@@ -305,6 +305,85 @@ async fn a_result_delivered_twice_is_stored_once(pool: PgPool) {
     ));
 }
 
+/// An agent killed after spooling a result and before removing its job's running marker says
+/// Hello with the job as interrupted, then delivers the real result, then the interrupted one
+/// its recovery spooled (#13, tests/e2e/kill_points.rs): the real result decides the job's
+/// state, and the late "interrupted" result is a no-op.
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn a_result_after_a_hello_that_called_its_job_interrupted_decides_the_state(pool: PgPool) {
+    let st = state(pool).await;
+    let (_, machine) = machine_in_new_group(&st, "g").await;
+    let repo = crate::repositories::create(
+        &st.pool,
+        &st.master,
+        &Actor::System,
+        serde_json::from_value::<cofre_api::repositories::NewRepository>(
+            serde_json::json!({"name": "r", "url": "https://rest.example", "per_machine": false}),
+        )
+        .unwrap()
+        .into(),
+    )
+    .await
+    .unwrap();
+    assigned_policy(&st, cofre_policy::spec::PolicySpec::new("p", repo.id, vec!["/srv".into()]), machine)
+        .await;
+    let rr: Uuid = sqlx::query_scalar("select id from restic_repositories where repository_id = $1")
+        .bind(repo.id)
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+    let job = Uuid::now_v7();
+    let started = pb::JobEvent {
+        event_id: Uuid::now_v7().to_string(),
+        job_id: job.to_string(),
+        kind: Some(pb::job_event::Kind::Started(pb::JobStarted {
+            policy_id: String::new(),
+            trigger: pb::TriggerKind::RunNow as i32,
+            started_at: Some(prost_types::Timestamp { seconds: 1_799_999_000, nanos: 0 }),
+        })),
+    };
+    crate::jobs::ingest(&st.pool, machine, &started).await.unwrap();
+    crate::jobs::mark_interrupted(&st.pool, machine, &[job]).await.unwrap();
+    assert_eq!(crate::jobs::get(&st.pool, job).await.unwrap().state, "interrupted");
+
+    crate::jobs::ingest(&st.pool, machine, &finished_event(job, Uuid::now_v7(), &rr.to_string()))
+        .await
+        .unwrap();
+    let mut interrupted = finished_event(job, Uuid::now_v7(), &rr.to_string());
+    if let Some(pb::job_event::Kind::Finished(f)) = interrupted.kind.as_mut() {
+        f.outcome = pb::JobOutcome::Interrupted as i32;
+        f.stats = None;
+    }
+    crate::jobs::ingest(&st.pool, machine, &interrupted).await.unwrap();
+
+    let j = crate::jobs::get(&st.pool, job).await.unwrap();
+    assert_eq!(j.state, "succeeded", "the delivered result decides: {j:?}");
+    let results: i64 = sqlx::query_scalar("select count(*) from job_results where job_id = $1")
+        .bind(job)
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+    let snaps: i64 = sqlx::query_scalar("select count(*) from snapshots where job_id = $1")
+        .bind(job)
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!((results, snaps), (1, 1));
+
+    // A job interrupted by its own result stays interrupted when a late result arrives.
+    let cut = Uuid::now_v7();
+    let mut first = finished_event(cut, Uuid::now_v7(), &rr.to_string());
+    if let Some(pb::job_event::Kind::Finished(f)) = first.kind.as_mut() {
+        f.outcome = pb::JobOutcome::Interrupted as i32;
+        f.stats = None;
+    }
+    crate::jobs::ingest(&st.pool, machine, &first).await.unwrap();
+    crate::jobs::ingest(&st.pool, machine, &finished_event(cut, Uuid::now_v7(), &rr.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(crate::jobs::get(&st.pool, cut).await.unwrap().state, "interrupted");
+}
+
 /// The last good backup per machine and policy (what compliance reads) follows every result the
 /// application role stores: good outcomes move it forward, failures and late results of older
 /// jobs do not move it back, and it always equals the maximum over all results.

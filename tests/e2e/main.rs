@@ -16,6 +16,7 @@ mod environment;
 mod foundation;
 mod fuzz;
 mod harness_selftest;
+mod kill_points;
 mod local_start;
 mod maintenance;
 mod maintenance_faults;

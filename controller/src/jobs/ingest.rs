@@ -244,9 +244,13 @@ async fn finished(
         .execute(&mut **tx)
         .await?;
     } else {
+        // A job the agent's Hello called interrupted but that has no result yet takes its
+        // result's outcome: an agent killed after spooling a result and before removing the
+        // job's running marker reports both, the result first (#13, kill points).
         sqlx::query(
             "update jobs set state = $2, started_at = coalesce(started_at, $3), finished_at = $4, overran_window = $5
-             where id = $1 and state in ('queued', 'running')",
+             where id = $1 and (state in ('queued', 'running')
+                                or (state = 'interrupted' and not exists (select 1 from job_results where job_id = $1)))",
         )
         .bind(job_id)
         .bind(f.outcome)
