@@ -325,7 +325,8 @@ impl Rig {
 
     /// Waits until `job` has its (one) result in the database and returns the job.
     async fn settled(&self, job: Uuid, timeout: Duration) -> Result<cofre_client::Job> {
-        let done = self.admin.wait_for_job(job, timeout).await?;
+        // Final first (Hello may mark it interrupted before its result arrives), then the result.
+        self.admin.wait_for_job(job, timeout).await?;
         let query = format!("select count(*) from job_results where job_id = '{job}'");
         wait_until_async("the job's result is stored", timeout, Duration::from_millis(100), || {
             let n = self.count(&query);
@@ -339,7 +340,6 @@ impl Rig {
         })
         .await?;
         // The job as the API shows it once the result is in.
-        let _ = done;
         Ok(self.admin.get_job(job).await?)
     }
 }
