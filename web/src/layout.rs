@@ -67,6 +67,7 @@ fn header(ctx: &Ctx) -> impl IntoView + use<> {
             ("/machines", "nav-machines", true),
             ("/jobs", "nav-jobs", true),
             ("/compliance", "nav-compliance", true),
+            ("/maintenance", "nav-maintenance", true),
             ("/policies", "nav-policies", true),
             ("/repositories", "nav-repositories", true),
             ("/stores", "nav-stores", true),

@@ -61,7 +61,7 @@ pub struct PageRoute {
 /// Every route of the portal, with who may reach it.
 pub fn table() -> Vec<PageRoute> {
     use Access::{Public, SignedIn};
-    use pages::{admin, audit, compliance, enrollment, jobs, login, machines, overview, policy};
+    use pages::{admin, audit, compliance, enrollment, jobs, login, machines, maintenance, overview, policy};
     let r = |method: Method, path: &'static str, access: Access, handler| PageRoute {
         method,
         path,
@@ -83,6 +83,8 @@ pub fn table() -> Vec<PageRoute> {
         r(POST, "/machines/{id}/approve", SignedIn, post(machines::approve)),
         r(POST, "/machines/{id}/revoke", SignedIn, post(machines::revoke)),
         r(GET, "/jobs", SignedIn, get(jobs::list)),
+        r(GET, "/maintenance", SignedIn, get(maintenance::page)),
+        r(POST, "/maintenance/{id}", SignedIn, post(maintenance::run)),
         r(GET, "/compliance", SignedIn, get(compliance::page)),
         r(GET, "/compliance.csv", SignedIn, get(compliance::csv)),
         r(GET, "/audit", SignedIn, get(audit::page)),
@@ -262,6 +264,7 @@ const SOURCES: &[&str] = &[
     include_str!("pages/jobs.rs"),
     include_str!("pages/login.rs"),
     include_str!("pages/machines.rs"),
+    include_str!("pages/maintenance.rs"),
     include_str!("pages/overview.rs"),
     include_str!("pages/policy.rs"),
 ];

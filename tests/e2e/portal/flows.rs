@@ -122,6 +122,14 @@ async fn a_department_head_sees_in_portuguese_which_machines_are_unprotected_and
     assert_eq!(saved.spec.rpo_seconds, 30 * 3600);
     assert_eq!(saved.spec.retention.as_ref().map(|r| r.keep_daily), Some(7));
     assert_eq!(saved.spec.paths, vec!["/srv/documentos".to_string()], "what the form did not change is kept");
+    // Its history names both revisions and what the second changed.
+    let history = b.text("#history").await?;
+    assert!(
+        history.contains("schedule") && history.contains("rpo_seconds") && !history.contains("Marte"),
+        "{history}"
+    );
+    let revisions = b.eval("return document.querySelectorAll('#history tbody tr').length", vec![]).await?;
+    assert_eq!(revisions.as_i64(), Some(2));
 
     // Enrollment: a token for the health department, shown once with its install line.
     b.goto(&fleet.url("/enrollment")).await?;

@@ -19,6 +19,7 @@ fn pages(f: &Fleet) -> Vec<String> {
         format!("/machines/{}", f.hostile),
         format!("/machines/{}", f.pending),
         "/jobs".into(),
+        "/maintenance".into(),
         "/compliance".into(),
         "/enrollment".into(),
         "/groups".into(),

@@ -9,6 +9,7 @@ pub mod enrollment;
 pub mod jobs;
 pub mod login;
 pub mod machines;
+pub mod maintenance;
 pub mod overview;
 pub mod policy;
 

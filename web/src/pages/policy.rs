@@ -6,7 +6,7 @@ use axum::extract::{Path, Query};
 use axum::response::Response;
 use axum::{Extension, Form};
 use cofre_api::common::FieldError;
-use cofre_api::policies::{Policy, PolicySpec};
+use cofre_api::policies::{Policy, PolicyDiff, PolicySpec, PolicyVersion};
 use http::{Method, StatusCode, header};
 use leptos::prelude::*;
 use serde::Deserialize;
@@ -134,10 +134,73 @@ pub async fn page(Extension(ctx): Extension<Ctx>, Path(id): Path<Uuid>, Query(n)
     match load(&ctx, id).await {
         Ok((p, etag)) => {
             let form = PolicyForm::of(&p.spec, &etag);
-            render(&ctx, StatusCode::OK, &p, &form, &[], n.done.as_deref() == Some("saved"))
+            let history = match history(&ctx, &p).await {
+                Ok(h) => h,
+                Err(e) => return layout::api_error(&ctx, &e),
+            };
+            render(&ctx, StatusCode::OK, &p, &form, &[], n.done.as_deref() == Some("saved"), Some(history))
         }
         Err(e) => layout::api_error(&ctx, &e),
     }
+}
+
+/// Every revision, newest first, each with what changed from the one before.
+async fn history(ctx: &Ctx, p: &Policy) -> Result<String, ApiError> {
+    let lang = ctx.lang;
+    let versions: cofre_api::Items<PolicyVersion> =
+        ctx.api.get(format!("/api/v1/policies/{}/versions", p.id)).await?;
+    let mut versions = versions.items;
+    versions.sort_by_key(|v| std::cmp::Reverse(v.revision));
+    let diffs = futures::future::join_all(versions.iter().filter(|v| v.revision > 1).map(|v| {
+        ctx.api.get::<PolicyDiff>(format!(
+            "/api/v1/policies/{}/diff?from={}&to={}",
+            p.id,
+            v.revision - 1,
+            v.revision
+        ))
+    }))
+    .await;
+    let mut changes: std::collections::HashMap<i64, Vec<cofre_api::policies::Change>> =
+        std::collections::HashMap::new();
+    for d in diffs {
+        let d = d?;
+        changes.insert(d.to, d.changes);
+    }
+    let show =
+        |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "—".into());
+    let rows = versions
+        .into_iter()
+        .map(|v| {
+            let list = changes
+                .remove(&v.revision)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| view! { <li><code>{c.field}</code>": " {show(&c.old)} " → " {show(&c.new)}</li> })
+                .collect_view();
+            view! {
+                <tr>
+                    <td class="num">{v.revision.to_string()}</td>
+                    <td>{lang.datetime(v.changed_at)}</td>
+                    <td>{v.changed_by}</td>
+                    <td><ul class="findings">{list}</ul></td>
+                </tr>
+            }
+        })
+        .collect_view();
+    Ok(layout::render(view! {
+        <section aria-labelledby="history-h" id="history">
+            <h2 id="history-h">{lang.t("policy-history")}</h2>
+            <table>
+                <thead><tr>
+                    <th scope="col">{lang.t("policies-revision")}</th>
+                    <th scope="col">{lang.t("col-time")}</th>
+                    <th scope="col">{lang.t("audit-actor")}</th>
+                    <th scope="col">{lang.t("policy-changes")}</th>
+                </tr></thead>
+                <tbody>{rows}</tbody>
+            </table>
+        </section>
+    }))
 }
 
 /// `POST /policies/{id}`: the change, refused field by field or saved (then back to the page).
@@ -153,7 +216,9 @@ pub async fn save(
     };
     let spec = match f.apply(lang, policy.spec.clone()) {
         Ok(s) => s,
-        Err(errors) => return render(&ctx, StatusCode::UNPROCESSABLE_ENTITY, &policy, &f, &errors, false),
+        Err(errors) => {
+            return render(&ctx, StatusCode::UNPROCESSABLE_ENTITY, &policy, &f, &errors, false, None);
+        }
     };
     let if_match = vec![("if-match", f.etag.clone())];
     match ctx
@@ -163,11 +228,11 @@ pub async fn save(
     {
         Ok(_) => see_other(&format!("/policies/{id}"), "saved"),
         Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY && !e.problem.errors.is_empty() => {
-            render(&ctx, e.status, &policy, &f, &e.problem.errors, false)
+            render(&ctx, e.status, &policy, &f, &e.problem.errors, false, None)
         }
         Err(e) if e.status == StatusCode::PRECONDITION_FAILED => {
             let errors = [FieldError::new("", lang.t("policy-changed-meanwhile"))];
-            render(&ctx, e.status, &policy, &f, &errors, false)
+            render(&ctx, e.status, &policy, &f, &errors, false, None)
         }
         Err(e) => layout::api_error(&ctx, &e),
     }
@@ -180,6 +245,7 @@ fn render(
     f: &PolicyForm,
     errors: &[FieldError],
     saved: bool,
+    history: Option<String>,
 ) -> Response {
     let lang = ctx.lang;
     let editable = ctx.viewer.as_ref().is_some_and(|v| v.is_admin() && v.fleet_wide());
@@ -285,6 +351,7 @@ fn render(
             {editable.then(|| view! { <button type="submit">{lang.t("policy-save")}</button> })}
         </form>
         <p class="muted">{lang.t("policy-more")}</p>
+        {history.map(|h| view! { <div inner_html=h></div> })}
     };
     layout::page_with_status(ctx, status, &title, content)
 }
