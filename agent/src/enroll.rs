@@ -4,7 +4,7 @@
 //! The controller may be given several addresses (its replicas): the first reachable one
 //! enrolls the machine, and the agent keeps them all.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use cofre_proto::agent::v1 as pb;
 
 use cofre_dial::failover::{Failure, try_in_turn};
@@ -54,7 +54,12 @@ pub async fn enroll(
             let (channel, ca_pem) =
                 cofre_dial::enrollment_channel(url, token).await.map_err(Failure::unreachable)?;
             let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
-            let req = pb::EnrollRequest { token: token.whole.clone(), csr_der, inventory: Some(inventory()) };
+            let req = pb::EnrollRequest {
+                token: token.whole.clone(),
+                csr_der,
+                inventory: Some(inventory()),
+                ..Default::default()
+            };
             match client.enroll(req).await {
                 Ok(resp) => Ok((resp.into_inner(), ca_pem)),
                 // The replica went away between the handshake and the call: another may answer.
@@ -87,5 +92,76 @@ pub async fn enroll(
         println!("Enrolled as machine {}.", id.machine_id);
     }
     println!("Start the agent with: cofre-agent run --state-dir {}", state.root().display());
+    Ok(id)
+}
+
+/// Re-enrolls this machine after its certificate expired while it was away: a new token from
+/// an administrator, the previous certificate, and a CSR made with the key this agent already
+/// holds (the proof that it is the same machine). The controller issues a new certificate for
+/// the same machine id, so the plan, the repository, the schedule and unsent results all stay.
+/// `controllers` replaces the stored addresses when given.
+pub async fn reenroll(state: &StateDir, controllers: &[String], token: &str) -> anyhow::Result<Identity> {
+    let mut id = state.identity().context("re-enrollment keeps this machine's identity, but it has none")?;
+    let (previous_cert, key_pem) = state.certificate()?;
+    let token = cofre_dial::parse_token(token)?;
+    if token.ca_fingerprint != id.ca_fingerprint {
+        bail!(
+            "this token is for another controller (its CA is {}, this agent's is {}); to join it as a new \
+             machine, use `enroll --force`",
+            token.ca_fingerprint,
+            id.ca_fingerprint
+        );
+    }
+    let controllers = if controllers.is_empty() { id.controllers() } else { controllers.to_vec() };
+    let urls = cofre_dial::controller_urls(&controllers)?;
+    let csr_der = cofre_dial::csr_for_key(&key_pem)?;
+    let ((resp, ca_pem), answered) =
+        try_in_turn(&controllers, state.last_controller(&controllers).unwrap_or(0), |i, _| {
+            let (url, token, csr_der, previous) = (&urls[i], &token, csr_der.clone(), previous_cert.clone());
+            async move {
+                let (channel, ca_pem) =
+                    cofre_dial::enrollment_channel(url, token).await.map_err(Failure::unreachable)?;
+                let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+                let req = pb::EnrollRequest {
+                    token: token.whole.clone(),
+                    csr_der,
+                    inventory: Some(inventory()),
+                    previous_certificate_pem: previous,
+                };
+                match client.enroll(req).await {
+                    Ok(resp) => Ok((resp.into_inner(), ca_pem)),
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        Err(Failure::unreachable(anyhow::anyhow!("{}", s.message())))
+                    }
+                    Err(s) => Err(Failure::refused(anyhow::anyhow!(
+                        "the controller refused re-enrollment: {}",
+                        s.message()
+                    ))),
+                }
+            }
+        })
+        .await?;
+    cofre_dial::check_returned_ca(&resp.ca_certificate_pem, &ca_pem, &token)?;
+    if resp.machine_id != id.machine_id {
+        bail!(
+            "the controller answered for machine {} instead of {}: nothing was changed here",
+            resp.machine_id,
+            id.machine_id
+        );
+    }
+    state.save_certificate(&resp.certificate_pem, &key_pem)?;
+    if controllers != id.controllers() {
+        id = state.save_controllers(&controllers)?;
+    }
+    state.save_last_controller(&controllers[answered])?;
+    let unsent = std::fs::read_dir(state.spool_dir()).map(|rd| rd.count()).unwrap_or(0);
+    println!(
+        "Re-enrolled: machine {} keeps its identity, plan and {unsent} unsent result(s); a running agent \
+         reconnects within seconds.",
+        id.machine_id
+    );
+    if resp.pending_approval {
+        println!("An administrator must approve it again before it receives a plan.");
+    }
     Ok(id)
 }

@@ -52,6 +52,15 @@ pub fn status(state: &state::StateDir) -> anyhow::Result<String> {
     writeln!(out, "CA sha256:    {}", id.ca_fingerprint)?;
     let (cert, _key) = state.certificate()?;
     match cofre_dial::certificate_validity(&cert) {
+        Some((_, na)) if state.expired_certificate(chrono::Utc::now().timestamp()).is_some() => {
+            writeln!(out, "certificate:  EXPIRED at {na}: this agent needs re-enrollment")?;
+            writeln!(
+                out,
+                "              ask an administrator for a new enrollment token, then run\n              \
+                 cofre-agent enroll --reenroll --token <token>\n              \
+                 (this machine keeps its identity, repository and unsent results)"
+            )?;
+        }
         Some((nb, na)) => writeln!(out, "certificate:  valid {nb} .. {na}")?,
         None => writeln!(out, "certificate:  unreadable")?,
     }

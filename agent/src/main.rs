@@ -24,14 +24,19 @@ enum Command {
         /// The controller's agent URL, e.g. https://cofre.example:7443. Repeat it for each
         /// replica reachable on its own address: the agent tries them in turn and moves to
         /// another when the one it uses cannot be reached.
-        #[arg(long = "controller", required = true)]
+        /// With --reenroll the stored addresses are used unless given.
+        #[arg(long = "controller", required_unless_present = "reenroll")]
         controllers: Vec<String>,
         /// The enrollment token (cofre1.…).
         #[arg(long, env = "COFRE_ENROLL_TOKEN")]
         token: String,
-        /// Enroll again even if this state dir is already enrolled.
-        #[arg(long)]
+        /// Enroll again as a new machine even if this state dir is already enrolled.
+        #[arg(long, conflicts_with = "reenroll")]
         force: bool,
+        /// This machine's certificate expired while it was away: get a new one with a new token,
+        /// keeping its identity, plan, repository and unsent results.
+        #[arg(long)]
+        reenroll: bool,
     },
     /// Run the agent: connect, keep the plan, run backups on schedule and on demand.
     Run {
@@ -73,9 +78,13 @@ fn main() -> std::process::ExitCode {
     };
     let res = rt.block_on(async {
         match cli.command {
-            Command::Enroll { controllers, token, force } => {
+            Command::Enroll { controllers, token, force, reenroll: false } => {
                 let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
                 cofre_agent::enroll::enroll(&state, &controllers, &token, force).await.map(|_| ())
+            }
+            Command::Enroll { controllers, token, reenroll: true, .. } => {
+                let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;
+                cofre_agent::enroll::reenroll(&state, &controllers, &token).await.map(|_| ())
             }
             Command::SetControllers { controllers } => {
                 let state = cofre_agent::state::StateDir::open(&cli.state_dir)?;

@@ -5,7 +5,10 @@
 //! status it ended the session with: a machine awaiting approval, too many results at once, a
 //! renewal too soon). Everything else keeps working while disconnected, and nothing in the
 //! spool is dropped because of a refusal. The session's answer carries the controller's time
-//! (its `date` header): a machine clock more than a minute off follows the controller's.
+//! (its `date` header): a machine clock more than a minute off follows the controller's. A
+//! certificate that expired while the controller was out of reach can never be renewed over a
+//! session: the agent then says it needs re-enrollment and waits for a new certificate
+//! (`cofre-agent enroll --reenroll`), backing up and spooling meanwhile.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,18 +27,49 @@ use crate::runner::{Agent, JobRequest};
 pub async fn run_forever(agent: Arc<Agent>, interrupted: Vec<String>) {
     let mut backoff = cofre_dial::Backoff::default();
     let mut interrupted = interrupted;
+    let mut expired_said: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(expired_at) = agent.state.expired_certificate(chrono::Utc::now().timestamp()) {
+            // No controller can accept it, and no session can renew it: say so clearly (at once,
+            // then hourly) and wait for `cofre-agent enroll --reenroll` to put a new one in place.
+            if expired_said.is_none_or(|t| t.elapsed() >= NEEDS_REENROLLMENT_REPEAT) {
+                tracing::error!(
+                    expired_at = %expired_at,
+                    "this machine's certificate expired while the controller was out of reach: it needs \
+                     re-enrollment. Backups go on from the stored plan and results stay in the spool. Ask an \
+                     administrator for a new enrollment token and run `cofre-agent enroll --reenroll --token \
+                     <token>`: the machine keeps its identity, repository and unsent results"
+                );
+                expired_said = Some(tokio::time::Instant::now());
+            }
+            tokio::time::sleep(REENROLLMENT_CHECK).await;
+            continue;
+        }
+        if expired_said.take().is_some() {
+            tracing::info!("a new certificate is in place (re-enrolled): connecting to the controller");
+            backoff = cofre_dial::Backoff::default();
+        }
         let started = tokio::time::Instant::now();
         let ended = connect_once(&agent, std::mem::take(&mut interrupted)).await;
         match &ended {
             Ok(()) => tracing::warn!("controller closed the session"),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "session with the controller ended"),
         }
-        let wait = reconnect_delay(&mut backoff, started.elapsed(), ended.as_ref().err());
+        let mut wait = reconnect_delay(&mut backoff, started.elapsed(), ended.as_ref().err());
+        // Not past the certificate's end: an expiry is said when it happens, not a backoff later.
+        if let Some(left) = agent.state.certificate_not_after().map(|t| t - chrono::Utc::now().timestamp()) {
+            wait = wait.min(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1));
+        }
         tracing::info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the controller later");
         tokio::time::sleep(wait).await;
     }
 }
+
+/// How often an agent whose certificate expired looks for a re-enrolled one.
+const REENROLLMENT_CHECK: Duration = Duration::from_secs(2);
+
+/// How often it repeats that it needs re-enrollment.
+const NEEDS_REENROLLMENT_REPEAT: Duration = Duration::from_secs(3600);
 
 /// The controller's refusal of a session or end of it, as a status (code, message, metadata).
 #[derive(Debug, thiserror::Error)]

@@ -133,6 +133,22 @@ impl StateDir {
         cofre_dial::files::read_identity(&self.identity_pem_path())
     }
 
+    /// When this agent's certificate stops being valid (Unix seconds), if it can be read.
+    pub fn certificate_not_after(&self) -> Option<i64> {
+        let (cert, _) = self.certificate().ok()?;
+        cofre_dial::not_after(&cert)
+    }
+
+    /// When this agent's certificate expired (RFC 3339), if it has by `now` (Unix seconds): it
+    /// then needs re-enrollment. None while it is valid or cannot be read (reading it later
+    /// reports that).
+    pub fn expired_certificate(&self, now: i64) -> Option<String> {
+        let not_after = self.certificate_not_after()?;
+        (not_after <= now).then(|| {
+            chrono::DateTime::from_timestamp(not_after, 0).map(|t| t.to_rfc3339()).unwrap_or_default()
+        })
+    }
+
     pub fn ca_pem(&self) -> anyhow::Result<String> {
         std::fs::read_to_string(self.ca_path())
             .with_context(|| format!("cannot read {}", self.ca_path().display()))

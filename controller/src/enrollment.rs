@@ -1,6 +1,8 @@
 //! Enrollment tokens and enrolling a machine: a token is `cofre1.<id>.<secret>.<ca sha256>`;
 //! only a hash of the secret is stored, and its use count is decremented in the same
-//! transaction that creates the machine and records its first certificate.
+//! transaction that creates the machine and records its first certificate. A machine whose
+//! certificate expired while it was away re-enrolls with a new token and proof of its key, and
+//! keeps its id (`reenroll`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -180,33 +182,7 @@ pub async fn enroll(
     let issued =
         ca.issue_agent_cert(machine_id, csr_der, lifetime).map_err(|e| Error::invalid(e.to_string()))?;
     let mut tx = pool.begin().await?;
-    let row: Option<(Vec<u8>, i32, DateTime<Utc>, Option<DateTime<Utc>>, Option<Uuid>, bool)> =
-        sqlx::query_as(
-            "select secret_hash, uses_left, expires_at, revoked_at, group_id, requires_approval
-         from enrollment_tokens where id = $1 for update",
-        )
-        .bind(token_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((hash, uses_left, expires_at, revoked_at, group_id, requires_approval)) = row else {
-        return Err(Error::Unauthenticated("enrollment token not recognised".into()));
-    };
-    if !constant_time_eq(&hash, &hash_secret(&secret)) {
-        return Err(Error::Unauthenticated("enrollment token not recognised".into()));
-    }
-    if revoked_at.is_some() {
-        return Err(Error::Unauthenticated("enrollment token was revoked".into()));
-    }
-    if expires_at <= Utc::now() {
-        return Err(Error::Unauthenticated(format!("enrollment token expired at {expires_at}")));
-    }
-    if uses_left <= 0 {
-        return Err(Error::Unauthenticated("enrollment token has been used up".into()));
-    }
-    sqlx::query("update enrollment_tokens set uses_left = uses_left - 1 where id = $1")
-        .bind(token_id)
-        .execute(&mut *tx)
-        .await?;
+    let (group_id, requires_approval) = use_token(&mut tx, token_id, &secret).await?;
     let status = if requires_approval { "pending" } else { "active" };
     sqlx::query(
         "insert into machines (id, hostname, os, arch, agent_version, group_id, status, enrolled_with, approved_at)
@@ -236,6 +212,147 @@ pub async fn enroll(
     events::notify(&mut tx, &Event::Provision).await?;
     tx.commit().await?;
     Ok(Enrolled { machine_id, certificate_pem: issued.pem, pending_approval: requires_approval })
+}
+
+/// Checks a token under a row lock and consumes one use of it (in the caller's transaction):
+/// (its group, whether machines enrolled with it need approval).
+async fn use_token(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    token_id: Uuid,
+    secret: &[u8],
+) -> Result<(Option<Uuid>, bool)> {
+    let row: Option<(Vec<u8>, i32, DateTime<Utc>, Option<DateTime<Utc>>, Option<Uuid>, bool)> =
+        sqlx::query_as(
+            "select secret_hash, uses_left, expires_at, revoked_at, group_id, requires_approval
+         from enrollment_tokens where id = $1 for update",
+        )
+        .bind(token_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some((hash, uses_left, expires_at, revoked_at, group_id, requires_approval)) = row else {
+        return Err(Error::Unauthenticated("enrollment token not recognised".into()));
+    };
+    if !constant_time_eq(&hash, &hash_secret(secret)) {
+        return Err(Error::Unauthenticated("enrollment token not recognised".into()));
+    }
+    if revoked_at.is_some() {
+        return Err(Error::Unauthenticated("enrollment token was revoked".into()));
+    }
+    if expires_at <= Utc::now() {
+        return Err(Error::Unauthenticated(format!("enrollment token expired at {expires_at}")));
+    }
+    if uses_left <= 0 {
+        return Err(Error::Unauthenticated("enrollment token has been used up".into()));
+    }
+    sqlx::query("update enrollment_tokens set uses_left = uses_left - 1 where id = $1")
+        .bind(token_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok((group_id, requires_approval))
+}
+
+/// The machine a previous certificate was issued to, and its serial, when this CA signed it
+/// (expired or not) and the CSR carries its key: the CSR's signature (checked when the new
+/// certificate is signed) then proves that the caller holds the machine's key.
+fn previous_machine(ca: &Ca, previous_pem: &str, csr_der: &[u8]) -> Result<(Uuid, String)> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::prelude::FromDer;
+    let refuse = |why: &str| Error::Unauthenticated(format!("re-enrollment refused: {why}"));
+    let der =
+        crate::pki::pem_to_der(previous_pem).map_err(|_| refuse("the previous certificate is not PEM"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|_| refuse("the previous certificate is not a certificate"))?;
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca.cert_der)
+        .map_err(|_| Error::Internal(anyhow::anyhow!("the CA certificate does not parse")))?;
+    cert.verify_signature(Some(ca_cert.public_key()))
+        .map_err(|_| refuse("the previous certificate was not issued by this controller"))?;
+    let machine = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .and_then(|cn| Uuid::try_parse(cn).ok())
+        .ok_or_else(|| refuse("the previous certificate is not a machine's"))?;
+    let (_, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|_| Error::invalid("csr_der must be a DER PKCS#10 request"))?;
+    if csr.certification_request_info.subject_pki.raw != cert.public_key().raw {
+        return Err(refuse("the request is not made with the previous certificate's key"));
+    }
+    Ok((machine, crate::pki::serial_hex(cert.raw_serial())))
+}
+
+/// Re-enrolls a machine whose certificate expired while it was away: a new token (one use of
+/// it) plus its previous certificate and a CSR made with that certificate's key. The machine
+/// keeps its id — its plan, repositories, history and unsent results stay its own — and gets a
+/// new certificate; a token that requires approval puts it back to pending until an
+/// administrator approves it. A revoked or decommissioned machine, or a certificate that was
+/// revoked, cannot come back this way.
+pub async fn reenroll(
+    pool: &PgPool,
+    ca: &Ca,
+    lifetime: std::time::Duration,
+    token: &str,
+    csr_der: &[u8],
+    previous_pem: &str,
+) -> Result<Enrolled> {
+    let (token_id, secret) = parse_token(token, ca)?;
+    let (machine_id, previous_serial) = previous_machine(ca, previous_pem, csr_der)?;
+    let issued =
+        ca.issue_agent_cert(machine_id, csr_der, lifetime).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut tx = pool.begin().await?;
+    let (_group, requires_approval) = use_token(&mut tx, token_id, &secret).await?;
+    let status: Option<String> = sqlx::query_scalar("select status from machines where id = $1 for update")
+        .bind(machine_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    match status.as_deref() {
+        Some("active" | "pending") => {}
+        Some(other) => {
+            return Err(Error::Unauthenticated(format!(
+                "re-enrollment refused: machine {machine_id} is {other}; enroll this agent as a new machine"
+            )));
+        }
+        None => return Err(Error::Unauthenticated("re-enrollment refused: unknown machine".into())),
+    }
+    let recorded: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("select revoked_at from certificates where serial = $1 and machine_id = $2")
+            .bind(&previous_serial)
+            .bind(machine_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match recorded {
+        Some(None) => {}
+        Some(Some(_)) => {
+            return Err(Error::Unauthenticated(
+                "re-enrollment refused: the previous certificate was revoked".into(),
+            ));
+        }
+        None => {
+            return Err(Error::Unauthenticated(
+                "re-enrollment refused: the previous certificate is not one this machine was issued".into(),
+            ));
+        }
+    }
+    let status = if requires_approval { "pending" } else { status.as_deref().unwrap_or("active") };
+    sqlx::query("update machines set status = $2 where id = $1")
+        .bind(machine_id)
+        .bind(status)
+        .execute(&mut *tx)
+        .await?;
+    crate::machines::insert_certificate(&mut tx, machine_id, &issued).await?;
+    audit::record(
+        &mut tx,
+        &Actor::Machine(machine_id),
+        "machine.reenroll",
+        "machine",
+        &machine_id.to_string(),
+        serde_json::json!({"token_id": token_id, "status": status, "previous_serial": previous_serial,
+                           "certificate_serial": issued.serial}),
+    )
+    .await?;
+    events::notify(&mut tx, &Event::Machine { id: machine_id }).await?;
+    tx.commit().await?;
+    Ok(Enrolled { machine_id, certificate_pem: issued.pem, pending_approval: status == "pending" })
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

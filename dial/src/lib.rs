@@ -111,6 +111,14 @@ pub fn new_key_and_csr() -> anyhow::Result<(String, Vec<u8>)> {
     Ok((key.serialize_pem(), csr.der().to_vec()))
 }
 
+/// A CSR for an existing key (PEM): re-enrollment proves with it that the client still holds
+/// the key of its previous certificate. Returns the CSR's DER.
+pub fn csr_for_key(key_pem: &str) -> anyhow::Result<Vec<u8>> {
+    let key = rcgen::KeyPair::from_pem(key_pem).context("this client's key is not a usable PEM key")?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    Ok(csr.der().to_vec())
+}
+
 pub fn der_to_pem(der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
@@ -136,6 +144,11 @@ pub fn certificate_validity(pem: &str) -> Option<(String, String)> {
     let (nb, na) = validity(pem)?;
     let fmt = |t: i64| chrono::DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
     Some((fmt(nb), fmt(na)))
+}
+
+/// When a PEM certificate stops being valid (Unix seconds), if it is readable.
+pub fn not_after(pem: &str) -> Option<i64> {
+    validity(pem).map(|(_, na)| na)
 }
 
 /// (not_before, not_after) of a PEM certificate, as Unix seconds.

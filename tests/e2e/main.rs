@@ -4,6 +4,7 @@ mod harness;
 
 mod agent_install;
 mod agent_install_pinned;
+mod agent_expired;
 mod agent_failover;
 mod agent_limits;
 mod agent_process;

@@ -109,9 +109,27 @@ impl AgentService for AgentApi {
         }
         let st = &self.state;
         let lifetime = Duration::from_secs(st.settings.certificates.agent_lifetime_seconds);
-        let enrolled =
-            enrollment::enroll(&st.pool, &st.ca, lifetime, &req.token, &req.csr_der, inv.clone()).await;
+        let again = !req.previous_certificate_pem.is_empty();
+        if req.previous_certificate_pem.len() > 16 * 1024 {
+            return Err(Status::invalid_argument("previous_certificate_pem is too long"));
+        }
+        let enrolled = if again {
+            enrollment::reenroll(
+                &st.pool,
+                &st.ca,
+                lifetime,
+                &req.token,
+                &req.csr_der,
+                &req.previous_certificate_pem,
+            )
+            .await
+        } else {
+            enrollment::enroll(&st.pool, &st.ca, lifetime, &req.token, &req.csr_der, inv.clone()).await
+        };
         match &enrolled {
+            Ok(e) if again => {
+                tracing::info!(machine.id = %e.machine_id, hostname = %inv.hostname, ?ip, "machine re-enrolled: same identity, new certificate");
+            }
             Ok(e) => {
                 tracing::info!(machine.id = %e.machine_id, hostname = %inv.hostname, ?ip, "machine enrolled");
             }

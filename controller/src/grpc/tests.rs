@@ -406,6 +406,7 @@ async fn the_grpc_server_certificate_is_renewed_in_the_running_process(pool: PgP
             token: "cofre1.x.y.z".into(),
             csr_der: key_and_csr().1,
             inventory: Some(pb::Inventory { hostname: "h".into(), ..Default::default() }),
+            ..Default::default()
         })
         .await
         .expect_err("a made-up token is refused");
