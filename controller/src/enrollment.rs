@@ -358,3 +358,88 @@ pub async fn reenroll(
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod reenroll_tests {
+    //! Re-enrollment against a real PostgreSQL (`DATABASE_URL`): who may come back as a machine.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::tests::{inv, state};
+
+    fn csr_for(key: &rcgen::KeyPair) -> Vec<u8> {
+        rcgen::CertificateParams::default().serialize_request(key).unwrap().der().to_vec()
+    }
+
+    async fn token(st: &crate::state::AppState, requires_approval: bool) -> String {
+        let req = NewToken { uses: Some(1), requires_approval, ..Default::default() };
+        create_token(&st.pool, &Actor::System, &st.ca, &st.settings.enrollment, req).await.unwrap().token
+    }
+
+    async fn uses_left(pool: &PgPool, token: &str) -> i32 {
+        let id = Uuid::try_parse(token.split('.').nth(1).unwrap()).unwrap();
+        sqlx::query_scalar("select uses_left from enrollment_tokens where id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn a_machine_comes_back_as_itself_only_with_its_key_its_ca_and_while_not_revoked(pool: PgPool) {
+        let st = state(pool).await;
+        let life = Duration::from_secs(60);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let first =
+            enroll(&st.pool, &st.ca, life, &token(&st, false).await, &csr_for(&key), inv()).await.unwrap();
+
+        // The certificate without its key: refused, and the token is not used up.
+        let t = token(&st, false).await;
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let err =
+            reenroll(&st.pool, &st.ca, life, &t, &csr_for(&other), &first.certificate_pem).await.unwrap_err();
+        assert!(err.to_string().contains("previous certificate's key"), "{err}");
+        assert_eq!(uses_left(&st.pool, &t).await, 1);
+
+        // With its key: the same machine, a new certificate, one use of the token.
+        let again =
+            reenroll(&st.pool, &st.ca, life, &t, &csr_for(&key), &first.certificate_pem).await.unwrap();
+        assert_eq!(again.machine_id, first.machine_id);
+        assert_ne!(again.certificate_pem, first.certificate_pem);
+        assert!(!again.pending_approval);
+        assert_eq!(uses_left(&st.pool, &t).await, 0);
+        let machines: i64 =
+            sqlx::query_scalar("select count(*) from machines").fetch_one(&st.pool).await.unwrap();
+        assert_eq!(machines, 1);
+
+        // A certificate of another CA naming the machine: refused.
+        let foreign_ca = Ca::load(&crate::pki::generate_ca().unwrap()).unwrap();
+        let foreign = foreign_ca.issue_agent_cert(first.machine_id, &csr_for(&key), life).unwrap();
+        let err = reenroll(&st.pool, &st.ca, life, &token(&st, false).await, &csr_for(&key), &foreign.pem)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not issued by this controller"), "{err}");
+
+        // A token that requires approval puts it back to pending.
+        let pending =
+            reenroll(&st.pool, &st.ca, life, &token(&st, true).await, &csr_for(&key), &again.certificate_pem)
+                .await
+                .unwrap();
+        assert!(pending.pending_approval);
+
+        // A revoked machine cannot come back this way.
+        crate::machines::revoke(&st.pool, &Actor::System, first.machine_id).await.unwrap();
+        let err = reenroll(
+            &st.pool,
+            &st.ca,
+            life,
+            &token(&st, false).await,
+            &csr_for(&key),
+            &pending.certificate_pem,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("revoked"), "{err}");
+    }
+}
