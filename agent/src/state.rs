@@ -193,3 +193,28 @@ impl StateDir {
         Ok(p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_addresses_are_kept_in_order_and_the_one_that_answered_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        // A file written before agents knew several addresses.
+        let old = br#"{"machine_id":"m","controller_url":"https://a:7443","ca_fingerprint":"f"}"#;
+        std::fs::write(dir.path().join("identity.json"), old).unwrap();
+        assert_eq!(state.identity().unwrap().controllers(), ["https://a:7443"]);
+        assert_eq!(state.last_controller(&["https://a:7443".into()]), None);
+
+        let both = ["https://a:7443".to_string(), "https://b:7443".to_string()];
+        let id = state.save_controllers(&both).unwrap();
+        assert_eq!((id.controller_url.as_str(), id.controllers()), ("https://a:7443", both.to_vec()));
+        assert_eq!(state.identity().unwrap().machine_id, "m", "the identity is kept");
+        state.save_last_controller("https://b:7443").unwrap();
+        assert_eq!(state.last_controller(&both), Some(1));
+        // An address no longer listed is not tried first.
+        assert_eq!(state.last_controller(&both[..1]), None);
+    }
+}
