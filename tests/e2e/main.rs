@@ -2,10 +2,10 @@
 
 mod harness;
 
-mod agent_install;
-mod agent_install_pinned;
 mod agent_expired;
 mod agent_failover;
+mod agent_install;
+mod agent_install_pinned;
 mod agent_limits;
 mod agent_process;
 mod agent_spool_full;
