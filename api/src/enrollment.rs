@@ -42,4 +42,9 @@ pub struct CreatedEnrollmentToken {
     #[serde(flatten)]
     pub info: EnrollmentToken,
     pub token: String,
+    /// The whole agent install as one line to paste on a machine (`curl … | sh -s -- …`),
+    /// pinning what it downloads (docs/install.md); absent when this controller has no agent
+    /// binary to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_line: Option<String>,
 }

@@ -103,6 +103,9 @@ async fn every_resource_through_the_cli_and_no_secret_in_clear_anywhere() -> Res
     // Enrollment tokens: created (printed once), listed without secret, revoked.
     let created = json(run(&["enrollment-token", "create", "--group", &group_id, "--uses", "3"], &[])?)?;
     let secret = created["token"].as_str().context("the token, once")?.to_string();
+    // The CLI shows the same one-line install as the portal and `up` (one function makes it).
+    let line = created["install_line"].as_str().context("the install line")?;
+    assert!(line.contains("/install.sh") && line.contains(&format!("--token {secret}")), "{line}");
     let listed = json(run(&["enrollment-token", "list"], &[])?)?;
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     assert!(!listed.to_string().contains(&secret));

@@ -23,7 +23,9 @@ pub struct Api {
     /// The browser request's extensions (the server's connection details, such as the peer
     /// address the API's rate limits and audit use) and forwarding header.
     extensions: http::Extensions,
-    forwarded: Option<http::HeaderValue>,
+    /// The browser request's `Host`, `X-Forwarded-For` and `X-Forwarded-Proto`: where the
+    /// browser reached this controller (install lines name it) and from where.
+    passed: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// The API's refusal, as problem+json said it.
@@ -64,7 +66,15 @@ impl ApiError {
 
 impl Api {
     pub fn new(router: Router, parts: &http::request::Parts, extensions: http::Extensions) -> Self {
-        Self { router, token: None, extensions, forwarded: parts.headers.get("x-forwarded-for").cloned() }
+        let passed = [
+            header::HOST,
+            http::HeaderName::from_static("x-forwarded-for"),
+            http::HeaderName::from_static("x-forwarded-proto"),
+        ]
+        .into_iter()
+        .filter_map(|h| parts.headers.get(&h).cloned().map(|v| (h, v)))
+        .collect();
+        Self { router, token: None, extensions, passed }
     }
 
     pub fn with_token(mut self, token: String) -> Self {
@@ -83,8 +93,8 @@ impl Api {
         if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        if let Some(f) = &self.forwarded {
-            req = req.header("x-forwarded-for", f.clone());
+        for (name, value) in &self.passed {
+            req = req.header(name, value.clone());
         }
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");

@@ -10,9 +10,6 @@
 //! Every POST needs a matching `Origin` and the ticket's CSRF token in the form (`csrf`); the
 //! login form, before any session, uses a random token in its own short-lived cookie.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderValue, header};
 
@@ -31,13 +28,6 @@ pub trait Backend: Send + Sync + 'static {
     /// What of the browser request's extensions the in-process API call carries (the server's
     /// record of the connection: the peer address the API's rate limits and audit use).
     fn connection(&self, from: &http::Extensions) -> http::Extensions;
-    /// The one-line agent install for an enrollment token (as `up` prints it), reached at
-    /// `api_url`; None when the controller has no agent binary to serve.
-    fn install_line<'a>(
-        &'a self,
-        api_url: &'a str,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
 }
 
 /// A signed portal ticket: the session cookie's value.

@@ -115,10 +115,37 @@ pub async fn list_tokens(
 pub async fn create_token(
     State(st): State<AppState>,
     Extension(c): Extension<Claims>,
+    headers: axum::http::HeaderMap,
     Json(req): Json<api::enrollment::NewEnrollmentToken>,
 ) -> Result<Response> {
     let t = enrollment::create_token(&st.pool, &c.actor(), &st.ca, &st.settings.enrollment, req).await?;
-    Ok(created(api::enrollment::CreatedEnrollmentToken::from(t)))
+    let mut answer = api::enrollment::CreatedEnrollmentToken::from(t);
+    answer.install_line = install_line(&st, &headers, &answer.token).await;
+    Ok(created(answer))
+}
+
+/// The one-line install for a new token, for the address the caller reached this API at (the
+/// same line `up` prints; `install::install_line` makes it https with the key pinned when this
+/// controller serves TLS itself).
+async fn install_line(st: &AppState, headers: &axum::http::HeaderMap, token: &str) -> Option<String> {
+    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok())?;
+    let proxied_https = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
+    let scheme = if proxied_https { "https" } else { "http" };
+    let sha256 = match crate::install::agent_sha256().await {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!("no install line: {e}");
+            return None;
+        }
+    };
+    match crate::install::install_line(&format!("{scheme}://{host}"), &st.settings, token, &sha256) {
+        Ok(line) => Some(line),
+        Err(e) => {
+            tracing::warn!("no install line: {e:#}");
+            None
+        }
+    }
 }
 
 pub async fn revoke_token(

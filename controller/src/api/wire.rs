@@ -98,7 +98,7 @@ impl From<enrollment::TokenInfo> for api::enrollment::EnrollmentToken {
 
 impl From<enrollment::CreatedToken> for api::enrollment::CreatedEnrollmentToken {
     fn from(t: enrollment::CreatedToken) -> Self {
-        Self { info: t.info.into(), token: t.token }
+        Self { info: t.info.into(), token: t.token, install_line: None }
     }
 }
 

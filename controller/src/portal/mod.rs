@@ -6,8 +6,6 @@
 //! the same session, so logout, a disabled account or a password reset end the portal session at
 //! the next request, exactly as for the API.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
@@ -74,17 +72,6 @@ impl cofre_web::Backend for Tickets {
             carried.insert(*peer);
         }
         carried
-    }
-
-    fn install_line<'a>(
-        &'a self,
-        api_url: &'a str,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>> {
-        Box::pin(async move {
-            let sha256 = crate::install::agent_sha256().await.ok().flatten()?;
-            crate::install::install_line(api_url, &self.state.settings, token, &sha256).ok()
-        })
     }
 }
 

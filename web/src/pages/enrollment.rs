@@ -1,7 +1,6 @@
 //! Enrollment: tokens (admins create them and get the ready-to-paste install line, shown once),
 //! and the machines waiting for approval (operators approve them).
 
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
 use cofre_api::Items;
@@ -12,12 +11,11 @@ use cofre_api::machines::Machine;
 use http::{Method, StatusCode};
 use leptos::prelude::*;
 use serde::Deserialize;
-use std::sync::Arc;
 use uuid::Uuid;
 
+use crate::Ctx;
 use crate::api::ApiError;
 use crate::layout::{self, badge, csrf_field, field_error, when};
-use crate::{Ctx, Portal};
 
 #[derive(Deserialize, Default, Clone)]
 pub struct TokenForm {
@@ -45,7 +43,7 @@ async fn render(
     status: StatusCode,
     form: TokenForm,
     error: Option<ApiError>,
-    created: Option<(CreatedEnrollmentToken, Option<String>)>,
+    created: Option<CreatedEnrollmentToken>,
 ) -> Response {
     let lang = ctx.lang;
     let is_admin = ctx.viewer.as_ref().is_some_and(|v| v.is_admin());
@@ -68,7 +66,8 @@ async fn render(
     };
     let group_names: std::collections::HashMap<Uuid, String> =
         groups.iter().map(|g| (g.id, g.name.clone())).collect();
-    let created_view = created.map(|(c, line)| {
+    let created_view = created.map(|c| {
+        let line = c.install_line.clone();
         view! {
             <section class="created" aria-labelledby="created-h" role="status">
                 <h2 id="created-h">{lang.t("enroll-created")}</h2>
@@ -200,11 +199,7 @@ async fn render(
 
 /// `POST /enrollment`: a new token; the answer shows it once with its install line (not a
 /// redirect: the secret must not travel in a URL or be stored to show it again).
-pub async fn create(
-    State(portal): State<Arc<Portal>>,
-    Extension(ctx): Extension<Ctx>,
-    Form(f): Form<TokenForm>,
-) -> Response {
+pub async fn create(Extension(ctx): Extension<Ctx>, Form(f): Form<TokenForm>) -> Response {
     let lang = ctx.lang;
     let mut fields = Vec::new();
     let uses = match f.uses.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
@@ -246,13 +241,12 @@ pub async fn create(
         .await
     {
         Ok(created) => {
-            let line = portal.backend.install_line(&ctx.origin, &created.token).await;
             let mut resp = render(
                 &ctx,
                 StatusCode::CREATED,
                 TokenForm { uses: Some("1".into()), ttl_hours: Some("24".into()), ..Default::default() },
                 None,
-                Some((created, line)),
+                Some(created),
             )
             .await;
             resp.headers_mut()
