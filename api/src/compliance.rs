@@ -127,6 +127,21 @@ pub struct Why {
     pub count: Option<i64>,
 }
 
+/// A limit as people write it (`36 h`, `24 h`, `7 d`, `15 min`, `45 s`): the controller's
+/// reasons and the portal's translations of them both write limits so.
+pub fn human_limit(seconds: i64) -> String {
+    let s = seconds;
+    if s % 86_400 == 0 && s >= 2 * 86_400 {
+        format!("{} d", s / 86_400)
+    } else if s % 3600 == 0 && s >= 3600 {
+        format!("{} h", s / 3600)
+    } else if s % 60 == 0 && s >= 60 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
 impl Why {
     pub fn new(code: &str) -> Self {
         Self { code: code.into(), ..Default::default() }

@@ -222,16 +222,7 @@ impl Lang {
 
     /// A limit as people write it (`36 h`, `7 d`, `15 min`), the way the controller's reasons do.
     pub fn limit(self, seconds: i64) -> String {
-        let s = seconds;
-        if s % 86_400 == 0 && s >= 2 * 86_400 {
-            format!("{} d", s / 86_400)
-        } else if s % 3600 == 0 && s >= 3600 {
-            format!("{} h", s / 3600)
-        } else if s % 60 == 0 && s >= 60 {
-            format!("{} min", s / 60)
-        } else {
-            format!("{s} s")
-        }
+        cofre_api::compliance::human_limit(seconds)
     }
 
     /// A duration in words (`2 min 5 s`).

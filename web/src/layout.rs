@@ -133,15 +133,19 @@ pub fn message_page(lang: Lang, status: StatusCode, title: &str, message: &str) 
     respond(status, html(lang, title, &body))
 }
 
-/// The API refused or failed: say what it said.
-pub fn error_page(lang: Lang, e: &ApiError) -> Response {
-    let title = match e.status {
+/// The title of a page that says the API refused or failed.
+fn error_title(lang: Lang, status: StatusCode) -> String {
+    match status {
         StatusCode::FORBIDDEN => lang.t("error-title-forbidden"),
         StatusCode::NOT_FOUND => lang.t("error-title-not-found"),
         s if s.is_server_error() => lang.t("error-title-server"),
         _ => lang.t("error-title-refused"),
-    };
-    message_page(lang, e.status, &title, &e.problem.detail)
+    }
+}
+
+/// The API refused or failed: say what it said.
+pub fn error_page(lang: Lang, e: &ApiError) -> Response {
+    message_page(lang, e.status, &error_title(lang, e.status), &e.problem.detail)
 }
 
 /// The same, inside the frame.
@@ -149,15 +153,24 @@ pub fn api_error(ctx: &Ctx, e: &ApiError) -> Response {
     if e.status == StatusCode::UNAUTHORIZED {
         return axum::response::Redirect::to("/login").into_response();
     }
-    let lang = ctx.lang;
-    let title = match e.status {
-        StatusCode::FORBIDDEN => lang.t("error-title-forbidden"),
-        StatusCode::NOT_FOUND => lang.t("error-title-not-found"),
-        s if s.is_server_error() => lang.t("error-title-server"),
-        _ => lang.t("error-title-refused"),
-    };
     let detail = e.problem.detail.clone();
-    page_with_status(ctx, e.status, &title, view! { <p role="alert" class="error">{detail}</p> })
+    page_with_status(
+        ctx,
+        e.status,
+        &error_title(ctx.lang, e.status),
+        view! { <p role="alert" class="error">{detail}</p> },
+    )
+}
+
+/// Previous / "page N of M" / next, when there is more than one page (`link` makes a page's URL).
+pub fn pager(lang: Lang, page: usize, pages: usize, link: impl Fn(usize) -> String) -> Option<AnyView> {
+    use crate::i18n::Arg;
+    (pages > 1).then(|| {
+        let prev = (page > 1).then(|| view! { <a rel="prev" href=link(page - 1)>{lang.t("page-previous")}</a> });
+        let next = (page < pages).then(|| view! { <a rel="next" href=link(page + 1)>{lang.t("page-next")}</a> });
+        let of = lang.ta("page-of", &[("page", Arg::Int(page as i64)), ("pages", Arg::Int(pages as i64))]);
+        view! { <nav class="pager no-print" aria-label=lang.t("page-label")>{prev}<span>{of}</span>{next}</nav> }.into_any()
+    })
 }
 
 /// The hidden CSRF field every form carries.

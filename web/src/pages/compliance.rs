@@ -65,22 +65,11 @@ pub async fn page(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
         })
         .collect_view();
     let total = report.len();
-    let (report, pages) = super::paginate(report, f.page.unwrap_or(1), PER_PAGE);
-    let page_no = f.page.unwrap_or(1).clamp(1, pages);
+    let (report, page_no, pages) = super::paginate(report, f.page.unwrap_or(1), PER_PAGE);
     let link = |p: usize| {
         format!("/compliance{}", query(&[("group", group.clone()), ("page", Some(p.to_string()))]))
     };
-    let pager = (pages > 1).then(|| {
-        let prev = (page_no > 1).then(|| view! { <a rel="prev" href=link(page_no - 1)>{lang.t("page-previous")}</a> });
-        let next = (page_no < pages).then(|| view! { <a rel="next" href=link(page_no + 1)>{lang.t("page-next")}</a> });
-        view! {
-            <nav class="pager no-print" aria-label=lang.t("page-label")>
-                {prev}
-                <span>{lang.ta("page-of", &[("page", crate::i18n::Arg::Int(page_no as i64)), ("pages", crate::i18n::Arg::Int(pages as i64))])}</span>
-                {next}
-            </nav>
-        }
-    });
+    let pager = layout::pager(lang, page_no, pages, link);
     let machines = report
         .into_iter()
         .map(|m| {

@@ -104,8 +104,7 @@ pub async fn list(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
     };
     let selected = select(report, &f);
     let total = selected.len();
-    let (rows, pages) = paginate(selected, f.page.unwrap_or(1), PER_PAGE);
-    let page_no = f.page.unwrap_or(1).clamp(1, pages);
+    let (rows, page_no, pages) = paginate(selected, f.page.unwrap_or(1), PER_PAGE);
     let sort_link = |key: &'static str, label: String| {
         let current = f.sort.as_deref().unwrap_or("host") == key;
         let href = f.link(1, Some(key));
@@ -159,17 +158,7 @@ pub async fn list(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
             view! { <option value=v selected=selected>{lang.t(k)}</option> }
         })
         .collect_view();
-    let pager = (pages > 1).then(|| {
-        let prev = (page_no > 1).then(|| view! { <a rel="prev" href=f.link(page_no - 1, None)>{lang.t("page-previous")}</a> });
-        let next = (page_no < pages).then(|| view! { <a rel="next" href=f.link(page_no + 1, None)>{lang.t("page-next")}</a> });
-        view! {
-            <nav class="pager" aria-label=lang.t("page-label")>
-                {prev}
-                <span>{lang.ta("page-of", &[("page", crate::i18n::Arg::Int(page_no as i64)), ("pages", crate::i18n::Arg::Int(pages as i64))])}</span>
-                {next}
-            </nav>
-        }
-    });
+    let pager = layout::pager(lang, page_no, pages, |p| f.link(p, None));
     let content = view! {
         <form method="get" action="/machines" class="filters" role="search">
             <div>

@@ -37,11 +37,12 @@ pub fn see_other(path: &str, notice: &str) -> Response {
     Redirect::to(&format!("{path}{sep}done={notice}")).into_response()
 }
 
-/// One page of a list: `page` (1-based) of `per_page` items.
-pub fn paginate<T>(items: Vec<T>, page: usize, per_page: usize) -> (Vec<T>, usize) {
+/// One page of a list: `page` (1-based, clamped to the pages there are) of `per_page` items;
+/// also the page shown and how many there are.
+pub fn paginate<T>(items: Vec<T>, page: usize, per_page: usize) -> (Vec<T>, usize, usize) {
     let pages = items.len().div_ceil(per_page).max(1);
     let page = page.clamp(1, pages);
-    (items.into_iter().skip((page - 1) * per_page).take(per_page).collect(), pages)
+    (items.into_iter().skip((page - 1) * per_page).take(per_page).collect(), page, pages)
 }
 
 #[cfg(test)]
@@ -59,9 +60,9 @@ mod tests {
 
     #[test]
     fn pages() {
-        let (p, n) = paginate((1..=120).collect::<Vec<_>>(), 3, 50);
-        assert_eq!((p.len(), n, p[0]), (20, 3, 101));
-        let (p, n) = paginate(Vec::<i32>::new(), 9, 50);
-        assert_eq!((p.len(), n), (0, 1));
+        let (p, page, n) = paginate((1..=120).collect::<Vec<_>>(), 3, 50);
+        assert_eq!((p.len(), page, n, p[0]), (20, 3, 3, 101));
+        let (p, page, n) = paginate(Vec::<i32>::new(), 9, 50);
+        assert_eq!((p.len(), page, n), (0, 1, 1));
     }
 }

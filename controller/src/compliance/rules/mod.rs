@@ -87,16 +87,7 @@ fn limit_rule(
 
 /// "36 h", "24 h", "7 d", "15 min", "45 s": limits as people write them.
 pub fn human(d: Duration) -> String {
-    let s = d.num_seconds();
-    if s % 86_400 == 0 && s >= 2 * 86_400 {
-        format!("{} d", s / 86_400)
-    } else if s % 3600 == 0 && s >= 3600 {
-        format!("{} h", s / 3600)
-    } else if s % 60 == 0 && s >= 60 {
-        format!("{} min", s / 60)
-    } else {
-        format!("{s} s")
-    }
+    cofre_api::compliance::human_limit(d.num_seconds())
 }
 
 fn at(t: DateTime<Utc>) -> String {
