@@ -75,6 +75,7 @@ pub async fn start(
         events: events.clone(),
         audit: audit.clone(),
         seen_tokens: Arc::default(),
+        compliance: Arc::default(),
     };
     let http = TcpListener::bind(settings.http.listen)
         .await

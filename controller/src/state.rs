@@ -22,6 +22,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::AuditKeys>,
     /// Access tokens already seen in use by this replica (their first use is audited).
     pub seen_tokens: Arc<crate::auth::SeenTokens>,
+    /// Machines to judge again soon (the compliance recorder's marks).
+    pub compliance: Arc<crate::compliance::Dirty>,
 }
 
 impl AppState {

@@ -35,6 +35,7 @@ pub(crate) async fn state(pool: PgPool) -> AppState {
         events,
         audit,
         seen_tokens: Arc::default(),
+        compliance: Arc::default(),
     }
 }
 

@@ -26,20 +26,36 @@ const MAX_DAYS_PER_RUN: usize = 400;
 /// Evaluates the fleet at `now` and records what changed. Returns false when another replica
 /// holds the recorder's lock (it records instead).
 pub async fn record(st: &AppState, now: DateTime<Utc>) -> Result<bool> {
+    record_scope(st, None, now).await
+}
+
+/// Evaluates only these machines at `now` and records what changed for them: what the recorder
+/// does within seconds of a result, a connection or an approval. It waits for the lock (a
+/// whole-fleet recording may be under way on another replica) rather than skipping.
+pub async fn record_machines(st: &AppState, machines: &[Uuid], now: DateTime<Utc>) -> Result<()> {
+    record_scope(st, Some(machines), now).await.map(|_| ())
+}
+
+async fn record_scope(st: &AppState, only: Option<&[Uuid]>, now: DateTime<Utc>) -> Result<bool> {
     let mut tx = st.pool.begin().await?;
-    let mine: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
-        .bind(crate::db::locks::COMPLIANCE)
-        .fetch_one(&mut *tx)
-        .await?;
+    let lock = if only.is_some() {
+        "select pg_advisory_xact_lock($1) is not null"
+    } else {
+        "select pg_try_advisory_xact_lock($1)"
+    };
+    let mine: bool = sqlx::query_scalar(lock).bind(crate::db::locks::COMPLIANCE).fetch_one(&mut *tx).await?;
     if !mine {
         return Ok(false);
     }
-    let evaluated = super::evaluate(st, None, now).await?;
+    let evaluated = super::evaluate(st, None, only, now).await?;
     type Prev = (Uuid, String, serde_json::Value, Option<DateTime<Utc>>);
-    let previous: Vec<Prev> =
-        sqlx::query_as("select machine_id, status, findings, alerted_at from compliance_current")
-            .fetch_all(&mut *tx)
-            .await?;
+    let previous: Vec<Prev> = sqlx::query_as(
+        "select machine_id, status, findings, alerted_at from compliance_current
+         where $1::uuid[] is null or machine_id = any($1)",
+    )
+    .bind(only)
+    .fetch_all(&mut *tx)
+    .await?;
     let previous: HashMap<Uuid, alerts::Previous> = previous
         .into_iter()
         .map(|(id, status, findings, alerted_at)| {
@@ -65,23 +81,30 @@ pub async fn record(st: &AppState, now: DateTime<Utc>) -> Result<bool> {
         rows.ids.push(m.machine_id);
         rows.groups.push(m.group_id);
         rows.statuses.push(m.status.as_str().to_owned());
+        rows.since.push(m.status_since.unwrap_or(now));
+        rows.last_good.push(m.last_good_backup_at);
         rows.findings.push(serde_json::to_value(&m.findings).map_err(Error::internal)?);
         rows.observed.push(serde_json::to_value(&e.observed).map_err(Error::internal)?);
         rows.changed.push(prev.status != Some(m.status) || prev.keys != keys);
         rows.alerted.push(alert.is_some());
     }
     sqlx::query(
-        // Unchanged rows keep when they last changed and were last alerted about.
-        "insert into compliance_current (machine_id, status, findings, observed, evaluated_at, changed_at, alerted_at)
+        // Unchanged rows keep when they last changed and were last alerted about; a machine's
+        // first row starts when the evaluation says its status began.
+        "insert into compliance_current (machine_id, status, findings, observed, evaluated_at, changed_at,
+                                         alerted_at, last_good_backup_at)
          select r.id, r.status, r.findings, r.observed, $1,
-                case when r.changed then $1 else coalesce(c.changed_at, $1) end,
-                case when r.alerted then $1 else c.alerted_at end
-         from unnest($2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::bool[], $7::bool[])
-              as r(id, status, findings, observed, changed, alerted)
+                case when c.machine_id is null then r.since when r.changed then $1 else c.changed_at end,
+                case when r.alerted then $1 else c.alerted_at end,
+                r.last_good
+         from unnest($2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::bool[], $7::bool[],
+                     $8::timestamptz[], $9::timestamptz[])
+              as r(id, status, findings, observed, changed, alerted, since, last_good)
          left join compliance_current c on c.machine_id = r.id
          on conflict (machine_id) do update set status = excluded.status, findings = excluded.findings,
              observed = excluded.observed, evaluated_at = excluded.evaluated_at,
-             changed_at = excluded.changed_at, alerted_at = excluded.alerted_at",
+             changed_at = excluded.changed_at, alerted_at = excluded.alerted_at,
+             last_good_backup_at = excluded.last_good_backup_at",
     )
     .bind(now)
     .bind(&rows.ids)
@@ -90,6 +113,8 @@ pub async fn record(st: &AppState, now: DateTime<Utc>) -> Result<bool> {
     .bind(&rows.observed)
     .bind(&rows.changed)
     .bind(&rows.alerted)
+    .bind(&rows.since)
+    .bind(&rows.last_good)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -107,10 +132,12 @@ pub async fn record(st: &AppState, now: DateTime<Utc>) -> Result<bool> {
     .bind(&rows.changed)
     .execute(&mut *tx)
     .await?;
-    let zone = jiff::tz::TimeZone::get(&st.settings.compliance.time_zone).map_err(Error::internal)?;
-    record_days(&mut tx, &zone, now).await?;
-    let a = &st.settings.alerts;
-    alerts::record_sizes(&mut tx, date_in(&zone, now)?, a.growth_percent, a.growth_min_bytes).await?;
+    if only.is_none() {
+        let zone = jiff::tz::TimeZone::get(&st.settings.compliance.time_zone).map_err(Error::internal)?;
+        record_days(&mut tx, &zone, now).await?;
+        let a = &st.settings.alerts;
+        alerts::record_sizes(&mut tx, date_in(&zone, now)?, a.growth_percent, a.growth_min_bytes).await?;
+    }
     tx.commit().await?;
     Ok(true)
 }
@@ -121,6 +148,8 @@ struct CurrentRows {
     ids: Vec<Uuid>,
     groups: Vec<Option<Uuid>>,
     statuses: Vec<String>,
+    since: Vec<DateTime<Utc>>,
+    last_good: Vec<Option<DateTime<Utc>>>,
     findings: Vec<serde_json::Value>,
     observed: Vec<serde_json::Value>,
     changed: Vec<bool>,
@@ -331,21 +360,6 @@ pub async fn days(pool: &PgPool, group: Option<Uuid>, from: NaiveDate, to: Naive
             seconds: StatusSeconds { compliant: cs, at_risk: rs, unknown: us, non_compliant: ns },
         })
         .collect())
-}
-
-/// Records every `compliance.evaluate_seconds` on whichever replica holds the lock.
-pub fn spawn(st: AppState) {
-    tokio::spawn(async move {
-        let every = std::time::Duration::from_secs(st.settings.compliance.evaluate_seconds);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = record(&st, Utc::now()).await {
-                tracing::warn!("compliance history: {e}");
-            }
-        }
-    });
 }
 
 #[cfg(test)]

@@ -2,12 +2,15 @@
 //!
 //! `rules/` judges one machine from facts (pure); this module gathers the facts for any number
 //! of machines in two queries (plus the plans, for the plan-currency rule), rolls results up per
-//! group and fleet-wide, and writes the CSV report. `history.rs` records the insert-only history
-//! (on every change, and one row per machine and day) from exactly one replica.
+//! group and fleet-wide, and writes the CSV report. `history.rs` records each machine's latest
+//! verdict (`compliance_current`) and the insert-only history (on every change, and one row per
+//! machine and day) from one replica at a time; `recorder.rs` decides when. Reports read the
+//! recorded verdicts and judge only the machines the recorder has not judged recently.
 //! Decommissioned machines are left out everywhere.
 
 pub mod evidence;
 mod history;
+mod recorder;
 pub mod rules;
 #[cfg(test)]
 mod tests;
@@ -25,7 +28,8 @@ use crate::error::Result;
 use crate::state::AppState;
 use rules::{Limits, MachineFacts, MachineState, PolicyFacts};
 
-pub use history::{days, machine_history, record, spawn};
+pub use history::{days, machine_history, record, record_machines};
+pub use recorder::{Dirty, spawn};
 
 /// What the evaluator remembers between runs about conditions that carry no date of their own.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,8 +79,14 @@ struct PolicyRow {
     unrecorded: i64,
 }
 
-/// Every (not decommissioned) machine of `group` (None: the fleet), judged at `now`.
-pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<Vec<Evaluated>> {
+/// Every (not decommissioned) machine of `group` (None: the fleet), or only the machines
+/// `only` names, judged at `now`.
+pub async fn evaluate(
+    st: &AppState,
+    group: Option<Uuid>,
+    only: Option<&[Uuid]>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Evaluated>> {
     let machines: Vec<MachineRow> = sqlx::query_as(
         "select m.id, m.hostname, m.group_id, g.name as group_name, m.status,
                 coalesce(m.approved_at, m.enrolled_at) as registered_at, m.revoked_at, m.last_seen_at,
@@ -85,9 +95,11 @@ pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) ->
          left join groups g on g.id = m.group_id
          left join compliance_current c on c.machine_id = m.id
          where m.status <> 'decommissioned' and ($1::uuid is null or m.group_id = $1)
+           and ($2::uuid[] is null or m.id = any($2))
          order by m.hostname, m.id",
     )
     .bind(group)
+    .bind(only)
     .fetch_all(&st.pool)
     .await?;
     let ids: Vec<Uuid> = machines.iter().map(|m| m.id).collect();
@@ -164,9 +176,12 @@ pub async fn evaluate(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) ->
             f.since = Some(seen);
             first_seen.insert(k, seen);
         }
+        // A machine never judged before has been in its status since it was registered as far
+        // as anyone recorded (and two readers then agree on it to the second).
         let status_since = match m.previous_status.as_deref().and_then(Status::parse) {
             Some(s) if s == verdict.status => m.changed_at,
-            _ => Some(now),
+            Some(_) => Some(now),
+            None => Some(m.registered_at.min(now)),
         };
         out.push(Evaluated {
             machine: MachineCompliance {
@@ -252,6 +267,80 @@ fn policy_facts(
     })
 }
 
+/// How old a recorded evaluation may be before a reader judges the machine again itself (the
+/// recorder is late or stopped): two recording periods and half a minute.
+fn fresh_for(st: &AppState) -> Duration {
+    seconds(st.settings.compliance.evaluate_seconds.saturating_mul(2).saturating_add(30))
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    id: Uuid,
+    hostname: String,
+    group_id: Option<Uuid>,
+    group_name: Option<String>,
+    last_seen_at: Option<DateTime<Utc>>,
+    status: Option<String>,
+    findings: Option<serde_json::Value>,
+    changed_at: Option<DateTime<Utc>>,
+    evaluated_at: Option<DateTime<Utc>>,
+    last_good_backup_at: Option<DateTime<Utc>>,
+}
+
+/// Machines of `group` (None: the fleet) as the recorder last judged them, and when the oldest
+/// of those judgements was made. Machines it has not judged recently (new ones, or all of them
+/// when no replica records) are judged here and now instead, so a report is never older than
+/// [`fresh_for`] and is usually a few seconds old: reading 10,000 recorded rows is a query,
+/// judging 10,000 machines is most of a second.
+async fn read(
+    st: &AppState,
+    group: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<MachineCompliance>, DateTime<Utc>)> {
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "select m.id, m.hostname, m.group_id, g.name as group_name, m.last_seen_at,
+                c.status, c.findings, c.changed_at, c.evaluated_at, c.last_good_backup_at
+         from machines m
+         left join groups g on g.id = m.group_id
+         left join compliance_current c on c.machine_id = m.id
+         where m.status <> 'decommissioned' and ($1::uuid is null or m.group_id = $1)",
+    )
+    .bind(group)
+    .fetch_all(&st.pool)
+    .await?;
+    let fresh_from = now - fresh_for(st);
+    let mut oldest = now;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut again = Vec::new();
+    for r in rows {
+        let recorded = r.evaluated_at.filter(|at| (fresh_from..=now).contains(at)).and_then(|at| {
+            let status = Status::parse(r.status.as_deref()?)?;
+            let findings: Vec<Finding> = serde_json::from_value(r.findings?).ok()?;
+            Some((at, status, findings))
+        });
+        let Some((at, status, findings)) = recorded else {
+            again.push(r.id);
+            continue;
+        };
+        oldest = oldest.min(at);
+        out.push(MachineCompliance {
+            machine_id: r.id,
+            hostname: r.hostname,
+            group_id: r.group_id,
+            group_name: r.group_name,
+            status,
+            status_since: r.changed_at,
+            last_seen_at: r.last_seen_at,
+            last_good_backup_at: r.last_good_backup_at,
+            findings,
+        });
+    }
+    if !again.is_empty() {
+        out.extend(evaluate(st, group, Some(&again), now).await?.into_iter().map(|e| e.machine));
+    }
+    Ok((out, oldest))
+}
+
 /// The current report: machines of `group` with `status` (None: all), worst first.
 pub async fn current(
     st: &AppState,
@@ -259,19 +348,17 @@ pub async fn current(
     status: Option<Status>,
     now: DateTime<Utc>,
 ) -> Result<Vec<MachineCompliance>> {
-    let mut v: Vec<MachineCompliance> = evaluate(st, group, now)
-        .await?
-        .into_iter()
-        .map(|e| e.machine)
-        .filter(|m| status.is_none_or(|s| m.status == s))
-        .collect();
+    let (machines, _) = read(st, group, now).await?;
+    let mut v: Vec<MachineCompliance> =
+        machines.into_iter().filter(|m| status.is_none_or(|s| m.status == s)).collect();
     v.sort_by(|a, b| b.status.cmp(&a.status).then(a.hostname.cmp(&b.hostname)));
     Ok(v)
 }
 
-/// Roll-ups per group and for the whole fleet (or for one group only).
+/// Roll-ups per group and for the whole fleet (or for one group only), as of the oldest
+/// judgement they count.
 pub async fn summary(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<Summary> {
-    let machines = current(st, group, None, now).await?;
+    let (machines, evaluated_at) = read(st, group, now).await?;
     let mut groups: BTreeMap<Option<Uuid>, Rollup> = BTreeMap::new();
     let mut fleet = Rollup::default();
     for m in &machines {
@@ -285,7 +372,7 @@ pub async fn summary(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> 
     }
     let mut groups: Vec<Rollup> = groups.into_values().map(finish).collect();
     groups.sort_by(|a, b| a.group_name.cmp(&b.group_name));
-    Ok(Summary { evaluated_at: now, fleet: finish(fleet), groups })
+    Ok(Summary { evaluated_at, fleet: finish(fleet), groups })
 }
 
 fn count(r: &mut Rollup, s: Status) {

@@ -295,3 +295,63 @@ async fn an_evidence_pack_verifies_with_openssl_and_one_changed_byte_breaks_it(p
     let (ok, out) = verify_pack(&root, &ca);
     assert!(!ok, "{out}");
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn reports_read_the_recorded_verdicts_and_judge_only_what_is_not_recorded_recently(pool: PgPool) {
+    let st = state(pool.clone()).await;
+    let (_, m) = machine_in_new_group(&st, "obras").await;
+    let repo = test_repository(&st).await;
+    let policy = assigned_policy(&st, PolicySpec::new("servidores", repo, vec!["/srv".into()]), m).await;
+    initialise_repositories(&st).await;
+    let (_, newcomer) = machine_in_new_group(&st, "saude").await;
+    let t0 = (Utc::now() + Duration::seconds(1)).duration_trunc(Duration::seconds(1)).unwrap();
+    seen(&pool, m, t0).await;
+    let registered: DateTime<Utc> =
+        sqlx::query_scalar("select coalesce(approved_at, enrolled_at) from machines where id = $1")
+            .bind(newcomer)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+    // Never recorded: judged on reading, and two readers agree on when its status began.
+    let a = crate::compliance::current(&st, None, None, t0).await.unwrap();
+    let b = crate::compliance::current(&st, None, None, t0 + Duration::seconds(1)).await.unwrap();
+    let since = |r: &[cofre_api::compliance::MachineCompliance], id| {
+        r.iter().find(|x| x.machine_id == id).and_then(|x| x.status_since)
+    };
+    assert_eq!(since(&a, newcomer), Some(registered));
+    assert_eq!(since(&a, newcomer), since(&b, newcomer), "the same instant for every reader");
+
+    crate::compliance::record(&st, t0).await.unwrap();
+    let recorded = crate::compliance::current(&st, None, None, t0).await.unwrap();
+    assert_eq!(since(&recorded, newcomer), since(&a, newcomer), "recording keeps when it began");
+    let status = |r: &[cofre_api::compliance::MachineCompliance]| {
+        r.iter().find(|x| x.machine_id == m).map(|x| (x.status, x.last_good_backup_at))
+    };
+    // Assigned moments ago: within its first RPO, so compliant before any backup.
+    assert_eq!(status(&recorded), Some((Status::Compliant, None)), "{recorded:#?}");
+
+    // A backup lands: reports show the recorded verdict until the machine is judged again
+    // (the recorder does that within a second of the result; here by hand)...
+    good_backup(&pool, m, policy, t0).await;
+    let t1 = t0 + Duration::seconds(30);
+    let r = crate::compliance::current(&st, None, None, t1).await.unwrap();
+    assert_eq!(status(&r), Some((Status::Compliant, None)), "read from compliance_current");
+    crate::compliance::record_machines(&st, &[m], t1).await.unwrap();
+    let r = crate::compliance::current(&st, None, None, t1).await.unwrap();
+    assert_eq!(status(&r), Some((Status::Compliant, Some(t0))));
+    let s = crate::compliance::summary(&st, None, t1).await.unwrap();
+    assert_eq!(s.evaluated_at, t0, "as of the oldest verdict counted (the newcomer's, at t0)");
+    assert_eq!(changes(&pool, m).await, ["compliant"]);
+
+    // ...and when nobody has recorded for longer than two rounds, readers judge it themselves.
+    sqlx::query("update machines set status = 'pending' where id = $1").bind(m).execute(&pool).await.unwrap();
+    let r = crate::compliance::current(&st, None, None, t1).await.unwrap();
+    assert_eq!(status(&r).map(|s| s.0), Some(Status::Compliant), "still the recorded verdict");
+    let late =
+        t1 + Duration::seconds(i64::try_from(2 * st.settings.compliance.evaluate_seconds + 31).unwrap());
+    let r = crate::compliance::current(&st, None, None, late).await.unwrap();
+    assert_eq!(status(&r).map(|s| s.0), Some(Status::Unknown), "judged live, not the stale row");
+    let s = crate::compliance::summary(&st, None, late).await.unwrap();
+    assert_eq!(s.evaluated_at, late);
+}

@@ -172,6 +172,7 @@ impl Session {
             jobs::mark_interrupted(&self.state.pool, self.machine, &interrupted).await?;
         }
         tracing::info!(machine.id = %self.machine, agent_version = %inv.agent_version, plan_version = hello.plan_version, "agent connected");
+        self.state.compliance.machine(self.machine);
         self.sent_plan = Some(hello.plan_version);
         self.held_plan = hello.plan_version;
         self.sync().await
@@ -222,6 +223,7 @@ impl Session {
                 if h.plan_version != 0 && h.plan_version != self.held_plan {
                     machines::record_plan_version(&self.state.pool, self.machine, h.plan_version).await?;
                     self.held_plan = h.plan_version;
+                    self.state.compliance.machine(self.machine);
                 }
                 Ok(())
             }
@@ -248,7 +250,7 @@ impl Session {
             return Err(End::Refuse(retry_later(status, wait)));
         }
         match jobs::ingest(&self.state.pool, self.machine, &ev).await {
-            Ok(()) => {}
+            Ok(()) => self.state.compliance.machine(self.machine),
             // Retrying will not make a malformed or foreign event acceptable: log it and ack, so
             // it does not block the agent's spool forever.
             Err(e @ (Error::Invalid { .. } | Error::Forbidden(_))) => {
