@@ -167,17 +167,60 @@ fn replica_host() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
 }
 
-/// Prints the first admin's credentials, once.
+/// Says, once, how to log in as the first admin. A generated password goes to the terminal when
+/// there is one; under systemd (`$STATE_DIRECTORY` set, stdout is the journal, which the `adm`
+/// group reads) it goes into `initial-admin-password` in the state directory, readable by the
+/// service user only, and the journal gets the file's name.
 pub fn announce_first_admin(first_admin: &Option<(String, Option<String>)>) {
-    if let Some((user, generated)) = first_admin {
-        match generated {
-            Some(pw) => println!(
-                "Created the first admin user {user:?} with the generated password:\n\n    {pw}\n\n\
-                 It is shown only this once: store it now."
-            ),
-            None => println!("Created the first admin user {user:?} with the configured password."),
+    let state_dir = std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| std::env::split_paths(&v).next())
+        .filter(|_| !std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if let Some(message) = first_admin_message(first_admin, state_dir.as_deref()) {
+        println!("{message}");
+    }
+}
+
+fn first_admin_message(
+    first_admin: &Option<(String, Option<String>)>,
+    state_dir: Option<&std::path::Path>,
+) -> Option<String> {
+    let (user, generated) = first_admin.as_ref()?;
+    let Some(pw) = generated else {
+        return Some(format!("Created the first admin user {user:?} with the configured password."));
+    };
+    if let Some(dir) = state_dir {
+        let file = dir.join("initial-admin-password");
+        match write_private(&file, &format!("{pw}\n")) {
+            Ok(()) => {
+                return Some(format!(
+                    "Created the first admin user {user:?}; its generated password is in {} (readable by \
+                     this service's user only). Log in, change it, then delete the file.",
+                    file.display()
+                ));
+            }
+            Err(e) => {
+                tracing::warn!("cannot write {}: {e}; the password follows here instead", file.display())
+            }
         }
     }
+    Some(format!(
+        "Created the first admin user {user:?} with the generated password:\n\n    {pw}\n\n\
+         It is shown only this once: store it now."
+    ))
+}
+
+/// Writes a file only its owner can read, replacing a leftover of an earlier database (removed
+/// first, so the new file is created by us with its mode, never written through a link).
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
 }
 
 /// `migrate`: apply migrations as the owner role, then create missing keys.
@@ -245,4 +288,35 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     }
     pool.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::first_admin_message;
+
+    #[test]
+    fn a_generated_first_admin_password_goes_to_a_private_file_under_systemd_not_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Some(("admin".to_string(), Some("s3cret-generated".to_string())));
+        let said = first_admin_message(&first, Some(dir.path())).unwrap();
+        let file = dir.path().join("initial-admin-password");
+        assert!(!said.contains("s3cret-generated") && said.contains(&file.display().to_string()), "{said}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "s3cret-generated\n");
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        // A leftover of an earlier database is replaced, not followed.
+        let second = Some(("admin".to_string(), Some("another-one".to_string())));
+        let again = first_admin_message(&second, Some(dir.path())).unwrap();
+        assert!(!again.contains("another-one"), "{again}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "another-one\n");
+        // A state directory that cannot be written: said here rather than lost.
+        let missing = dir.path().join("missing");
+        assert!(first_admin_message(&first, Some(&missing)).unwrap().contains("s3cret-generated"));
+        // A terminal (no state directory) sees it once; a configured password is never repeated.
+        assert!(first_admin_message(&first, None).unwrap().contains("s3cret-generated"));
+        let configured = first_admin_message(&Some(("admin".into(), None)), Some(dir.path())).unwrap();
+        assert!(configured.contains("configured password"));
+        assert_eq!(first_admin_message(&None, None), None);
+    }
 }

@@ -1,7 +1,9 @@
 //! The portal's speed with a city's fleet: 10,000 machines in 20 departments and a year of
 //! daily backups (3.6 million jobs with their results), every page rendered through the real
 //! router, server time only (no socket, no browser). Prints p50/p95 per page; never asserts a
-//! time. Run (release, against the DATABASE_URL cluster; seeding takes a few minutes):
+//! time. Fleet-wide pages read the compliance recorder's verdicts, so it records once first and
+//! prints what a round costs. Run (release, against the DATABASE_URL cluster; seeding takes a
+//! few minutes):
 //!
 //! ```text
 //! cargo test --release -p cofre-controller portal_pages -- --ignored --nocapture
@@ -108,6 +110,18 @@ async fn portal_pages_with_a_city_fleet(pool: PgPool) {
     let machines = env_or("COFRE_BENCH_MACHINES", 10_000);
     let days = env_or("COFRE_BENCH_DAYS", 365);
     seed(&st, machines, days).await;
+    // What the recorder costs: one round over the whole fleet (every evaluate_seconds), and one
+    // over the 100 machines that reported within the same second. Pages read what it records.
+    let t = Instant::now();
+    crate::compliance::record(&st, chrono::Utc::now()).await.expect("record");
+    println!("recorder: the whole fleet judged and written in {:.0?}", t.elapsed());
+    let some: Vec<Uuid> = sqlx::query_scalar("select id from machines order by id limit 100")
+        .fetch_all(&st.pool)
+        .await
+        .expect("machines");
+    let t = Instant::now();
+    crate::compliance::record_machines(&st, &some, chrono::Utc::now()).await.expect("record");
+    println!("recorder: 100 marked machines judged and written in {:.0?}", t.elapsed());
     // A real login and a real portal ticket.
     let hash = crate::auth::hash_password("bench-password").expect("hash");
     sqlx::query("insert into users (id, username, password_hash, role) values ($1, 'chefe', $2, 'admin')")
