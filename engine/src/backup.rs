@@ -1,4 +1,5 @@
-//! The backup job: validate the request, open the repository once, archive, report.
+//! The backup job: validate the request, open the repository once, archive, report; and
+//! finding a snapshot by its tags again (a backup whose report was lost with its process).
 //!
 //! Warnings (unreadable entries, files changed while being read) are collected by the source
 //! wrapper in `source.rs`; no global logger is installed, so the engine composes with whatever
@@ -75,6 +76,45 @@ pub(crate) fn backup(
     };
 
     Ok(report(&snap, &paths, started.elapsed(), warnings.take()))
+}
+
+/// See [`crate::find_snapshot`].
+pub(crate) fn find_snapshot(
+    target: &RepoTarget,
+    expected_restic_id: &str,
+    tags: &[String],
+) -> Result<Option<BackupReport>, EngineError> {
+    let started = Instant::now();
+    let expected = normalise_id(expected_restic_id, "expected repository id")?;
+    if tags.is_empty() || tags.iter().any(String::is_empty) {
+        return Err(EngineError::InvalidInput(
+            "a snapshot is looked for by at least one non-empty tag".to_owned(),
+        ));
+    }
+    let open = repo::open(target, true)?;
+    let found = open.restic_id();
+    if found != expected {
+        return Err(EngineError::RepositoryIdMismatch { expected, found });
+    }
+    // Snapshot files are small and immutable (and cached): no lock needed to read them.
+    let snaps = open
+        .repo
+        .get_matching_snapshots(|s| tags.iter().all(|t| s.tags.contains(t)))
+        .map_err(|err| from_rustic(&err, &open.prepared.redactor, "listing snapshots"))?;
+    let newest = snaps.into_iter().max_by_key(|s| s.time.timestamp());
+    Ok(newest.map(|snap| found_report(&snap, started.elapsed())))
+}
+
+/// The report of a snapshot found again: what the snapshot records (its summary's counts and
+/// the backup's own duration when it has them); the backup's warnings are not recorded in it.
+fn found_report(snap: &SnapshotFile, looking: Duration) -> BackupReport {
+    let paths: Vec<PathBuf> = snap.paths.iter().map(PathBuf::from).collect();
+    let duration = snap
+        .summary
+        .as_ref()
+        .and_then(|s| Duration::try_from_secs_f64(s.total_duration).ok())
+        .unwrap_or(looking);
+    report(snap, &paths, duration, (Vec::new(), 0))
 }
 
 /// Checks and canonicalises the backup paths. Missing paths are skipped with a warning, like

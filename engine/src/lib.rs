@@ -171,6 +171,25 @@ pub fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupReport, 
     backup::backup(target, req, archiver)
 }
 
+/// The newest snapshot carrying every one of `tags`, as a [`BackupReport`] (its counts from the
+/// snapshot's summary, no warnings: a snapshot does not record them), or `None`. For a backup
+/// whose process was killed after it saved its snapshot and before its report reached anyone:
+/// the agent tags each backup with its job's id and looks for it after a crash.
+///
+/// Reads snapshot files only (through rustic's cache when one is set), without a lock.
+///
+/// # Errors
+/// [`EngineError::RepositoryIdMismatch`] when the repository is not `expected_restic_id`,
+/// [`EngineError::InvalidInput`] without tags, [`EngineError::NotInitialised`],
+/// [`EngineError::WrongPassword`], network and credential errors.
+pub fn find_snapshot(
+    target: &RepoTarget,
+    expected_restic_id: &str,
+    tags: &[String],
+) -> Result<Option<BackupReport>, EngineError> {
+    backup::find_snapshot(target, expected_restic_id, tags)
+}
+
 /// The environment a process that runs [`backup`] should be started with: glibc's malloc
 /// tunables that hand large buffers back to the system as soon as they are freed
 /// (`mmap_threshold` of 1 MiB, instead of glibc's threshold that grows to 32 MiB and keeps

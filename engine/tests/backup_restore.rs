@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use cofre_engine::{EngineError, RetryClass, backup, init_repository, restore};
+use cofre_engine::{EngineError, RetryClass, backup, find_snapshot, init_repository, restore};
 use common::tree::{assert_same_tree, assert_same_tree_restic_014, build_awkward_tree, odd_time};
 use common::{REST_PASSWORD, RestServer, request, restic_snapshot_ids, target};
 
@@ -116,6 +116,56 @@ fn second_backup_uses_the_parent_and_counts_changes() {
         listing.contains("/f3") && !listing.contains("skip.tmp") && !listing.contains("cache"),
         "{listing}"
     );
+}
+
+/// A backup whose report was lost (its agent was killed after the snapshot was saved) is
+/// found again by its job's tag, with the counts its snapshot recorded; restic reads the tag.
+#[test]
+fn a_snapshot_is_found_again_by_its_tags() {
+    let server = RestServer::start(&["repo-f"]);
+    let t = server.target("repo-f");
+    let id = init_repository(&t).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().canonicalize().unwrap();
+    for i in 0..5 {
+        std::fs::write(src.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let tagged = |job: &str| {
+        let mut req = request(&id, &[&src]);
+        req.tags.push(format!("cofre-job:{job}"));
+        req
+    };
+    let first = backup(&t, &tagged("one")).unwrap();
+    std::fs::write(src.join("f0"), b"changed\n").unwrap();
+    let second = backup(&t, &tagged("two")).unwrap();
+
+    let tags = |job: &str| vec![format!("cofre-job:{job}"), "cofre-test".to_owned()];
+    let found = find_snapshot(&t, &id, &tags("one")).unwrap().expect("the first job's snapshot");
+    assert_eq!(found.snapshot_id, first.snapshot_id);
+    assert_eq!(found.snapshot_time, first.snapshot_time);
+    assert_eq!(found.paths, first.paths);
+    assert_eq!(found.hostname, first.hostname);
+    assert_eq!(found.tags, first.tags);
+    assert_eq!(
+        (found.files_new, found.files_processed, found.bytes_processed, found.bytes_added),
+        (first.files_new, first.files_processed, first.bytes_processed, first.bytes_added)
+    );
+    assert!(found.warnings.is_empty());
+    let found = find_snapshot(&t, &id, &tags("two")).unwrap().expect("the second job's snapshot");
+    assert_eq!((found.snapshot_id.as_str(), found.files_changed), (second.snapshot_id.as_str(), 1));
+    assert!(find_snapshot(&t, &id, &tags("three")).unwrap().is_none());
+    // Every tag must be there.
+    let both = vec!["cofre-job:one".to_owned(), "cofre-job:two".to_owned()];
+    assert!(find_snapshot(&t, &id, &both).unwrap().is_none());
+    assert!(matches!(find_snapshot(&t, &id, &[]), Err(EngineError::InvalidInput(_))));
+    let err = find_snapshot(&t, &"ab".repeat(32), &tags("one")).unwrap_err();
+    assert!(matches!(err, EngineError::RepositoryIdMismatch { .. }), "{err:?}");
+
+    // restic lists the snapshot by the same tag.
+    let listed = server.restic_json("repo-f", &["snapshots", "--tag", "cofre-job:one"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"].as_str(), Some(first.snapshot_id.as_str()));
 }
 
 #[test]

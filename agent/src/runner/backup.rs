@@ -1,6 +1,7 @@
 //! One backup job's work: the engine's inputs from the current plan (`prepare`), the policy's
 //! before and after hooks with their environment and log, the backup in its child process
-//! (stopped by a cancel), and the result as reported (outcome, warnings, statistics).
+//! (stopped by a cancel), and the result as reported (outcome, warnings, statistics). Each
+//! snapshot is tagged with its policy, its machine and its job (`cofre-job:<id>`).
 
 use cofre_proto::agent::v1 as pb;
 use secrecy::SecretString;
@@ -163,11 +164,13 @@ impl Agent {
             allow_insecure_http: repo.allow_insecure_http,
         };
         // Cofre's own tags say which policy and machine made a snapshot (the controller's
-        // retention keeps each policy's history by its own rules).
+        // retention keeps each policy's history by its own rules) and which job: the agent
+        // finds a job's snapshot by it when it stopped before recording the result (`recover`).
         let mut tags = vec![
             "cofre".to_string(),
             format!("cofre-policy:{}", policy.id),
-            format!("cofre-machine:{}", self.machine_id),
+            machine_tag(self.machine_id),
+            job_tag(job),
         ];
         tags.extend(policy.tags.iter().cloned());
         let req = cofre_engine::BackupRequest {
@@ -192,6 +195,16 @@ impl Agent {
     }
 }
 
+/// The tag naming the job that wrote a snapshot.
+pub(super) fn job_tag(job: Uuid) -> String {
+    format!("cofre-job:{job}")
+}
+
+/// The tag naming the machine that wrote a snapshot.
+pub(super) fn machine_tag(machine: Uuid) -> String {
+    format!("cofre-machine:{machine}")
+}
+
 fn append_log(log: &mut String, r: &crate::hooks::HookResult) {
     log.push_str(&format!("== {}\n", r.summary));
     if !r.output.is_empty() {
@@ -202,7 +215,7 @@ fn append_log(log: &mut String, r: &crate::hooks::HookResult) {
     }
 }
 
-fn stats(r: &cofre_engine::BackupReport) -> pb::BackupStats {
+pub(super) fn stats(r: &cofre_engine::BackupReport) -> pb::BackupStats {
     pb::BackupStats {
         snapshot_id: r.snapshot_id.clone(),
         files_new: r.files_new,

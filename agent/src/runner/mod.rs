@@ -5,8 +5,8 @@
 //! a child process (`job_process`), which a cancel request kills.
 //!
 //! What belongs here: the queue, cancel, the schedule and worker loops and a job's life (marker,
-//! events, recovery after a crash); one backup job's own work (engine inputs, hooks, the child
-//! process, its result) is in `backup`.
+//! events); one backup job's own work (engine inputs, hooks, the child process, its result) is
+//! in `backup`; what a job left behind when the agent stopped during it is in `recover`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ use crate::spool::Spool;
 use crate::state::StateDir;
 
 mod backup;
+mod recover;
 
 #[derive(Debug, Clone)]
 pub struct JobRequest {
@@ -198,61 +199,6 @@ impl Agent {
         }
         if lock(&self.accepted).contains(&job) {
             lock(&self.cancelled).insert(job);
-        }
-    }
-
-    /// Converts markers of jobs that were running when the agent stopped into spooled
-    /// "interrupted" results, and removes the repository locks their backups left behind.
-    /// Returns their ids for Hello.
-    pub async fn recover_interrupted(&self) -> Vec<String> {
-        let mut ids = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.state.running_dir()) else { return ids };
-        let paths: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-        for p in paths.iter().filter(|p| p.extension().is_some_and(|x| x == "json")) {
-            let marker: Option<RunningMarker> =
-                std::fs::read(p).ok().and_then(|raw| serde_json::from_slice(&raw).ok());
-            if let Some(m) = marker {
-                self.remove_left_lock(&m.policy_id, &m.job_id).await;
-                let ev = finished_event(
-                    m.job_id,
-                    pb::JobFinished {
-                        policy_id: m.policy_id,
-                        trigger: m.trigger,
-                        started_at: Some(ts(m.started_at)),
-                        finished_at: Some(ts(self.now_utc())),
-                        outcome: pb::JobOutcome::Interrupted as i32,
-                        error: Some(pb::JobError {
-                            message: "the agent stopped while this job was running".into(),
-                            retry_class: pb::RetryClass::Temporary as i32,
-                        }),
-                        ..Default::default()
-                    },
-                );
-                if self.spool.push_durable(&ev).is_err() {
-                    continue; // keep the marker; try again next start
-                }
-                ids.push(m.job_id.to_string());
-            }
-            let _ = std::fs::remove_file(p);
-        }
-        if !ids.is_empty() {
-            tracing::warn!(jobs = ?ids, "jobs were interrupted when the agent last stopped");
-        }
-        ids
-    }
-
-    /// The lock a killed backup of `policy` recorded, removed through the current plan's
-    /// repository (if the policy is still there).
-    async fn remove_left_lock(&self, policy: &str, job: &Uuid) {
-        let record = self.lock_record(job);
-        if !record.exists() {
-            return;
-        }
-        match self.prepare(policy, *job) {
-            Ok((target, _, _)) => crate::job_process::remove_left_lock(&target, &record).await,
-            Err(_) => {
-                let _ = std::fs::remove_file(&record);
-            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The job queue and its bookkeeping: a job accepted once, a busy policy not scheduled again,
-//! the schedule kept across restarts, a cancel before a job's turn, and the tags a snapshot gets.
+//! the schedule kept across restarts, a cancel before a job's turn, the tags a snapshot gets, and
+//! what a job stopped by the agent's crash is reported as.
 
 use super::*;
 
@@ -79,7 +80,140 @@ fn snapshots_carry_the_policy_and_the_machine_as_tags() {
     assert!(req.tags.contains(&"cofre-policy:p1".to_string()));
     assert!(req.tags.iter().any(|t| t.starts_with("cofre-machine:")));
     assert!(req.tags.contains(&"finance".to_string()));
+    let (_, req, _) = agent.prepare("p1", Uuid::from_u128(7)).unwrap();
+    assert!(
+        req.tags.contains(&"cofre-job:00000000-0000-0000-0000-000000000007".to_string()),
+        "{:?}",
+        req.tags
+    );
     assert!(req.lock.record.is_some());
+}
+
+/// A plan whose policy writes to a repository nobody answers at (connection refused).
+fn with_dead_repository(agent: &Agent) {
+    let mut plan = agent.plan.write().unwrap();
+    let plan = plan.as_mut().unwrap();
+    plan.repositories.push(pb::PlanRepository {
+        id: Uuid::from_u128(1).to_string(),
+        url: "https://127.0.0.1:1/r".into(),
+        restic_id: "ab".repeat(32),
+        repository_password: "pw".into(),
+        ..Default::default()
+    });
+    plan.policies[0].repository_id = Uuid::from_u128(1).to_string();
+}
+
+/// The running marker a job leaves while it runs, as a killed agent leaves it behind.
+fn leave_marker(agent: &Agent, id: Uuid) -> PathBuf {
+    let path = agent.state.running_dir().join(format!("{id}.json"));
+    let marker = RunningMarker {
+        job_id: id,
+        policy_id: "p1".into(),
+        trigger: pb::TriggerKind::RunNow as i32,
+        started_at: Utc::now(),
+    };
+    std::fs::write(&path, serde_json::to_vec(&marker).unwrap()).unwrap();
+    path
+}
+
+fn finished_of(ev: &pb::JobEvent) -> &pb::JobFinished {
+    match &ev.kind {
+        Some(pb::job_event::Kind::Finished(f)) => f,
+        other => panic!("not a result: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_job_whose_repository_cannot_be_searched_is_reported_interrupted() {
+    let (_d, agent) = agent();
+    with_dead_repository(&agent);
+    let id = Uuid::now_v7();
+    let marker = leave_marker(&agent, id);
+    let started = std::time::Instant::now();
+    assert_eq!(agent.recover_interrupted().await, vec![id.to_string()], "listed in Hello");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(!marker.exists());
+    let pending = agent.spool.pending();
+    assert_eq!(pending.len(), 1);
+    let f = finished_of(&pending[0]);
+    assert_eq!(f.outcome, pb::JobOutcome::Interrupted as i32);
+    let message = &f.error.as_ref().unwrap().message;
+    assert!(message.contains("stopped") && message.contains("could not be searched"), "{message}");
+    // Nothing left to recover at the next start.
+    assert!(agent.recover_interrupted().await.is_empty());
+    assert_eq!(agent.spool.pending().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stopped_job_whose_result_was_spooled_gets_no_second_result() {
+    let (_d, agent) = agent();
+    with_dead_repository(&agent);
+    let id = Uuid::now_v7();
+    let result = pb::JobFinished {
+        policy_id: "p1".into(),
+        outcome: pb::JobOutcome::Succeeded as i32,
+        ..Default::default()
+    };
+    agent.spool.push_durable(&finished_event(id, result)).unwrap();
+    let marker = leave_marker(&agent, id);
+    assert!(agent.recover_interrupted().await.is_empty(), "not interrupted");
+    assert!(!marker.exists());
+    let pending = agent.spool.pending();
+    assert_eq!(pending.len(), 1, "the spooled result only");
+    assert_eq!(finished_of(&pending[0]).outcome, pb::JobOutcome::Succeeded as i32);
+}
+
+#[test]
+fn a_snapshot_found_after_a_crash_is_reported_as_a_success_that_says_so() {
+    let started_at = Utc::now() - chrono::Duration::minutes(10);
+    let marker = RunningMarker {
+        job_id: Uuid::now_v7(),
+        policy_id: "p1".into(),
+        trigger: pb::TriggerKind::Schedule as i32,
+        started_at,
+    };
+    let report = cofre_engine::BackupReport {
+        snapshot_id: "cd".repeat(32),
+        snapshot_time: started_at + chrono::Duration::seconds(2),
+        paths: vec!["/srv".into()],
+        hostname: "pc-01".into(),
+        utc_offset_seconds: 3600,
+        tags: vec!["cofre".into(), format!("cofre-job:{}", marker.job_id)],
+        files_new: 3,
+        files_changed: 0,
+        files_unmodified: 0,
+        dirs_new: 1,
+        dirs_changed: 0,
+        dirs_unmodified: 0,
+        files_processed: 3,
+        bytes_processed: 300,
+        bytes_added: 300,
+        bytes_added_packed: 200,
+        duration: std::time::Duration::from_secs(5),
+        warnings: vec![],
+        warnings_dropped: 0,
+    };
+    let now = Utc::now();
+    let f = recover::recovered_result(&marker, "repo".into(), &report, now);
+    assert_eq!(f.outcome, pb::JobOutcome::SucceededWithWarnings as i32);
+    assert_eq!(f.repository_id, "repo");
+    assert_eq!(f.trigger, pb::TriggerKind::Schedule as i32);
+    assert_eq!(f.started_at, Some(ts(started_at)));
+    assert_eq!(f.finished_at, Some(ts(started_at + chrono::Duration::seconds(7))), "the snapshot's end");
+    let stats = f.stats.as_ref().unwrap();
+    assert_eq!((stats.snapshot_id.as_str(), stats.files_new), (report.snapshot_id.as_str(), 3));
+    assert_eq!(stats.tags, report.tags);
+    assert_eq!(f.warnings.len(), 1);
+    assert!(
+        f.warnings[0].starts_with(recover::RECOVERED) && f.warnings[0].contains("cdcdcdcd"),
+        "{:?}",
+        f.warnings
+    );
+    assert!(f.error.is_none());
+    // A snapshot clock ahead of the agent's: the finish is never after now.
+    let ahead = cofre_engine::BackupReport { snapshot_time: now + chrono::Duration::hours(1), ..report };
+    let f = recover::recovered_result(&marker, "repo".into(), &ahead, now);
+    assert_eq!(f.finished_at, Some(ts(now)));
 }
 
 /// A real full filesystem: a small tmpfs mounted over a temporary directory and filled to the
