@@ -178,6 +178,72 @@ pub fn csrf_field(ctx: &Ctx) -> impl IntoView + use<> {
     view! { <input type="hidden" name="csrf" value=ctx.csrf()/> }
 }
 
+/// A labelled text field with its hint and the API's message beside it (both tied to the field
+/// with `aria-describedby`).
+pub fn text_field(
+    id: &'static str,
+    label: String,
+    value: String,
+    err: Option<String>,
+    hint: Option<String>,
+) -> impl IntoView + use<> {
+    input(id, "text", label, Some(value), err, hint)
+}
+
+/// The same for a secret: a password input that is never filled in, so what was typed is never
+/// sent back to the browser (a refused form asks for it again).
+pub fn secret_field(
+    id: &'static str,
+    label: String,
+    err: Option<String>,
+    hint: Option<String>,
+) -> impl IntoView + use<> {
+    input(id, "password", label, None, err, hint)
+}
+
+fn input(
+    id: &'static str,
+    kind: &'static str,
+    label: String,
+    value: Option<String>,
+    err: Option<String>,
+    hint: Option<String>,
+) -> impl IntoView + use<> {
+    let err_id = format!("{id}-error");
+    let hint_id = format!("{id}-hint");
+    let described = match (&err, &hint) {
+        (Some(_), Some(_)) => Some(format!("{err_id} {hint_id}")),
+        (Some(_), None) => Some(err_id.clone()),
+        (None, Some(_)) => Some(hint_id.clone()),
+        (None, None) => None,
+    };
+    let invalid = err.is_some().then_some("true");
+    let autocomplete = (kind == "password").then_some("new-password");
+    view! {
+        <label for=id>{label}</label>
+        <input id=id name=id type=kind value=value autocomplete=autocomplete aria-invalid=invalid aria-describedby=described/>
+        {hint.map(|h| view! { <p class="muted hint" id=hint_id>{h}</p> })}
+        {err.map(|m| view! { <p class="field-error" id=err_id role="alert">{m}</p> })}
+    }
+}
+
+/// A labelled text area with the API's message beside it.
+pub fn text_area(
+    id: &'static str,
+    label: String,
+    value: String,
+    err: Option<String>,
+) -> impl IntoView + use<> {
+    let err_id = format!("{id}-error");
+    let invalid = err.is_some().then_some("true");
+    let described = err.is_some().then(|| err_id.clone());
+    view! {
+        <label for=id>{label}</label>
+        <textarea id=id name=id rows="4" aria-invalid=invalid aria-describedby=described>{value}</textarea>
+        {err.map(|m| view! { <p class="field-error" id=err_id role="alert">{m}</p> })}
+    }
+}
+
 /// A compliance or machine status, as a coloured word.
 pub fn badge(lang: Lang, status: &str) -> impl IntoView + use<> {
     let class = format!("badge s-{status}");

@@ -61,7 +61,10 @@ pub struct PageRoute {
 /// Every route of the portal, with who may reach it.
 pub fn table() -> Vec<PageRoute> {
     use Access::{Public, SignedIn};
-    use pages::{admin, audit, compliance, enrollment, jobs, login, machines, maintenance, overview, policy};
+    use pages::{
+        admin, assignments, audit, compliance, enrollment, jobs, login, machines, maintenance, overview,
+        policies, policy, repositories, stores,
+    };
     let r = |method: Method, path: &'static str, access: Access, handler| PageRoute {
         method,
         path,
@@ -92,11 +95,16 @@ pub fn table() -> Vec<PageRoute> {
         r(POST, "/enrollment", SignedIn, post(enrollment::create)),
         r(GET, "/groups", SignedIn, get(admin::groups)),
         r(POST, "/groups", SignedIn, post(admin::create_group)),
-        r(GET, "/policies", SignedIn, get(admin::policies)),
+        r(GET, "/policies", SignedIn, get(policies::list)),
+        r(POST, "/policies", SignedIn, post(policies::create)),
         r(GET, "/policies/{id}", SignedIn, get(policy::page)),
         r(POST, "/policies/{id}", SignedIn, post(policy::save)),
-        r(GET, "/repositories", SignedIn, get(admin::repositories)),
-        r(GET, "/stores", SignedIn, get(admin::stores)),
+        r(POST, "/policies/{id}/assignments", SignedIn, post(assignments::assign)),
+        r(POST, "/policies/{id}/assignments/{assignment}/remove", SignedIn, post(assignments::unassign)),
+        r(GET, "/repositories", SignedIn, get(repositories::list)),
+        r(POST, "/repositories", SignedIn, post(repositories::create)),
+        r(GET, "/stores", SignedIn, get(stores::list)),
+        r(POST, "/stores", SignedIn, post(stores::create)),
     ]
 }
 
@@ -267,4 +275,9 @@ const SOURCES: &[&str] = &[
     include_str!("pages/maintenance.rs"),
     include_str!("pages/overview.rs"),
     include_str!("pages/policy.rs"),
+    include_str!("pages/policy_form.rs"),
+    include_str!("pages/policies.rs"),
+    include_str!("pages/assignments.rs"),
+    include_str!("pages/repositories.rs"),
+    include_str!("pages/stores.rs"),
 ];

@@ -1,14 +1,11 @@
-//! The fleet's definitions: groups (with the form to add one), policies, repositories and
-//! stores. Changes are the API's to allow: a role that may not gets the API's refusal.
+//! Groups (departments), with the form to add one. Changes are the API's to allow: a role that
+//! may not gets the API's refusal. Policies, repositories and stores have their own files.
 
 use axum::extract::Query;
 use axum::response::Response;
 use axum::{Extension, Form};
 use cofre_api::Items;
 use cofre_api::groups::{Group, NewGroup};
-use cofre_api::policies::Policy;
-use cofre_api::repositories::Repository;
-use cofre_api::stores::Store;
 use http::{Method, StatusCode};
 use leptos::prelude::*;
 use serde::Deserialize;
@@ -16,7 +13,7 @@ use serde::Deserialize;
 use super::see_other;
 use crate::Ctx;
 use crate::api::ApiError;
-use crate::layout::{self, badge, csrf_field, field_error, when};
+use crate::layout::{self, csrf_field, field_error};
 
 #[derive(Deserialize, Default)]
 pub struct Notice {
@@ -92,123 +89,4 @@ pub async fn create_group(Extension(ctx): Extension<Ctx>, Form(f): Form<GroupFor
         }
         Err(e) => layout::api_error(&ctx, &e),
     }
-}
-
-/// `GET /policies`.
-pub async fn policies(Extension(ctx): Extension<Ctx>) -> Response {
-    let lang = ctx.lang;
-    let policies = match ctx.api.get::<Items<Policy>>("/api/v1/policies").await {
-        Ok(p) => p.items,
-        Err(e) => return layout::api_error(&ctx, &e),
-    };
-    let rows = policies
-        .into_iter()
-        .map(|p| {
-            let schedule = p
-                .spec
-                .schedule
-                .as_ref()
-                .map(|s| serde_json::to_string(s).unwrap_or_default())
-                .unwrap_or_else(|| lang.t("policies-on-demand"));
-            view! {
-                <tr>
-                    <th scope="row"><a href=format!("/policies/{}", p.id)>{p.spec.name.clone()}</a></th>
-                    <td>{p.spec.paths.join(", ")}</td>
-                    <td><code>{schedule}</code></td>
-                    <td class="num">{p.revision.to_string()}</td>
-                    <td>{when(lang, Some(p.updated_at))}</td>
-                </tr>
-            }
-        })
-        .collect_view();
-    let content = view! {
-        <table id="policies">
-            <thead><tr>
-                <th scope="col">{lang.t("col-policy")}</th>
-                <th scope="col">{lang.t("col-paths")}</th>
-                <th scope="col">{lang.t("policies-schedule")}</th>
-                <th scope="col">{lang.t("policies-revision")}</th>
-                <th scope="col">{lang.t("policies-updated")}</th>
-            </tr></thead>
-            <tbody>{rows}</tbody>
-        </table>
-    };
-    layout::page(&ctx, &lang.t("policies-title"), content)
-}
-
-/// `GET /repositories`.
-pub async fn repositories(Extension(ctx): Extension<Ctx>) -> Response {
-    let lang = ctx.lang;
-    let repos = match ctx.api.get::<Items<Repository>>("/api/v1/repositories").await {
-        Ok(r) => r.items,
-        Err(e) => return layout::api_error(&ctx, &e),
-    };
-    let rows = repos
-        .into_iter()
-        .map(|r| {
-            let kind = if r.per_machine {
-                lang.t("repositories-per-machine")
-            } else {
-                lang.t("repositories-shared")
-            };
-            view! {
-                <tr>
-                    <th scope="row">{r.name}</th>
-                    <td><code>{r.url}</code></td>
-                    <td>{kind}</td>
-                    <td>{if r.maintenance_url.is_some() { lang.t("yes") } else { lang.t("no") }}</td>
-                    <td>{lang.datetime(r.created_at)}</td>
-                </tr>
-            }
-        })
-        .collect_view();
-    let content = view! {
-        <table id="repositories">
-            <thead><tr>
-                <th scope="col">{lang.t("repositories-name")}</th>
-                <th scope="col">{lang.t("repositories-url")}</th>
-                <th scope="col">{lang.t("repositories-layout")}</th>
-                <th scope="col">{lang.t("repositories-maintenance")}</th>
-                <th scope="col">{lang.t("col-created")}</th>
-            </tr></thead>
-            <tbody>{rows}</tbody>
-        </table>
-    };
-    layout::page(&ctx, &lang.t("repositories-title"), content)
-}
-
-/// `GET /stores`.
-pub async fn stores(Extension(ctx): Extension<Ctx>) -> Response {
-    let lang = ctx.lang;
-    let stores = match ctx.api.get::<Items<Store>>("/api/v1/stores").await {
-        Ok(s) => s.items,
-        Err(e) => return layout::api_error(&ctx, &e),
-    };
-    let rows = stores
-        .into_iter()
-        .map(|s| {
-            view! {
-                <tr>
-                    <th scope="row">{s.name}</th>
-                    <td><code>{s.url}</code></td>
-                    <td>{badge(lang, &s.status)}</td>
-                    <td>{s.store_version}</td>
-                    <td>{when(lang, s.last_seen_at)}</td>
-                </tr>
-            }
-        })
-        .collect_view();
-    let content = view! {
-        <table id="stores">
-            <thead><tr>
-                <th scope="col">{lang.t("stores-name")}</th>
-                <th scope="col">{lang.t("repositories-url")}</th>
-                <th scope="col">{lang.t("col-status")}</th>
-                <th scope="col">{lang.t("stores-version")}</th>
-                <th scope="col">{lang.t("col-last-seen")}</th>
-            </tr></thead>
-            <tbody>{rows}</tbody>
-        </table>
-    };
-    layout::page(&ctx, &lang.t("stores-title"), content)
 }

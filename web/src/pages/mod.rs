@@ -3,6 +3,7 @@
 //! form is rendered again with the API's message next to the field it names.
 
 pub mod admin;
+pub mod assignments;
 pub mod audit;
 pub mod compliance;
 pub mod enrollment;
@@ -11,7 +12,11 @@ pub mod login;
 pub mod machines;
 pub mod maintenance;
 pub mod overview;
+pub mod policies;
 pub mod policy;
+pub mod policy_form;
+pub mod repositories;
+pub mod stores;
 
 use axum::response::{IntoResponse, Redirect, Response};
 
