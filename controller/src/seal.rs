@@ -10,6 +10,7 @@ use std::path::Path;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
+use secrecy::zeroize::{Zeroize as _, Zeroizing};
 use sha2::{Digest, Sha256};
 
 const VERSION: u8 = 1;
@@ -36,6 +37,13 @@ pub struct MasterKey {
     id: [u8; KEY_ID_LEN],
 }
 
+/// Every copy of the key (each replica's state holds clones) is wiped when it is dropped.
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "MasterKey(id={})", self.key_id())
@@ -58,16 +66,21 @@ impl MasterKey {
 
     /// Parses 64 hex characters (surrounding whitespace ignored).
     pub fn from_hex(text: &str) -> Result<Self, SealError> {
-        let raw = hex::decode(text.trim())
-            .map_err(|_| SealError::Key("expected 64 hexadecimal characters".into()))?;
-        let key: [u8; 32] = raw
-            .try_into()
-            .map_err(|_| SealError::Key("expected 64 hexadecimal characters (32 bytes)".into()))?;
-        Ok(Self::from_bytes(key))
+        let raw = Zeroizing::new(
+            hex::decode(text.trim())
+                .map_err(|_| SealError::Key("expected 64 hexadecimal characters".into()))?,
+        );
+        if raw.len() != 32 {
+            return Err(SealError::Key("expected 64 hexadecimal characters (32 bytes)".into()));
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&raw);
+        Ok(Self::from_bytes(*key))
     }
 
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.key)
+    /// The key as its file holds it (wiped when dropped).
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.key))
     }
 
     /// Reads the key file, refusing files that other users can read.
@@ -99,8 +112,10 @@ impl MasterKey {
                 path.display()
             )));
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SealError::Key(format!("cannot read {}: {e}", path.display())))?;
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| SealError::Key(format!("cannot read {}: {e}", path.display())))?,
+        );
         Self::from_hex(&text).map_err(|e| SealError::Key(format!("{}: {e}", path.display())))
     }
 
@@ -114,7 +129,8 @@ impl MasterKey {
             .mode(0o600)
             .open(path)
             .map_err(|e| SealError::Key(format!("cannot create {}: {e}", path.display())))?;
-        f.write_all(format!("{}\n", self.to_hex()).as_bytes())
+        let line = Zeroizing::new(format!("{}\n", self.to_hex().as_str()));
+        f.write_all(line.as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(|e| SealError::Key(format!("cannot write {}: {e}", path.display())))
     }

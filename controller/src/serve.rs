@@ -18,6 +18,7 @@ use crate::{db, grpc, keys, repositories};
 /// Reads the master key from `COFRE_MASTER_KEY` (hex) or `keys.master_key_file`.
 pub fn load_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     if let Ok(hex) = std::env::var("COFRE_MASTER_KEY") {
+        let hex = secrecy::zeroize::Zeroizing::new(hex);
         return MasterKey::from_hex(&hex).context("COFRE_MASTER_KEY");
     }
     let Some(path) = &settings.keys.master_key_file else {
