@@ -89,6 +89,13 @@ impl Browser {
         Ok(())
     }
 
+    /// Chooses the option whose value is `value` in the select `css` selects.
+    pub async fn select(&self, css: &str, value: &str) -> Result<()> {
+        let e = self.client.find(Locator::Css(css)).await.with_context(|| format!("finding {css}"))?;
+        e.select_by_value(value).await.with_context(|| format!("choosing {value} in {css}"))?;
+        Ok(())
+    }
+
     /// Clicks, and when that navigates, waits until the next page has loaded.
     pub async fn click(&self, css: &str) -> Result<()> {
         let before = self.client.current_url().await?;

@@ -1,10 +1,12 @@
 //! The portal as people use it: headless Chromium against a real controller with a seeded
 //! fleet (groups, a policy, enrolled agents, one waiting for approval, one whose name is a
-//! script). `flows.rs`: a department head in Portuguese; `guards.rs`: roles, forged posts, the
-//! API refusing the cookie, escaping, accessibility and untranslated strings; `screenshots.rs`:
-//! the README's pictures.
+//! script). `flows.rs`: a department head in Portuguese; `forms.rs`: an admin defines policies,
+//! assignments, repositories and stores; `guards.rs`: roles, forged posts, the API refusing the
+//! cookie, escaping, accessibility and untranslated strings; `screenshots.rs`: the README's
+//! pictures.
 
 mod flows;
+mod forms;
 mod guards;
 mod screenshots;
 
