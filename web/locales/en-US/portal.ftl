@@ -296,3 +296,5 @@ stores-url-hint = The address agents and the controller reach the store at, for 
 stores-create = Register store
 stores-created = Store registered
 stores-shown-once = Copy its enrollment token now: it is shown only once and works once, for 24 hours. On the store, run cofre-store enroll with the controller's address and this token.
+repositories-more = Changing a repository's credentials or deleting an unused one is done with the cofre CLI or the API.
+stores-more = Revoking a store is done with the cofre CLI or the API.

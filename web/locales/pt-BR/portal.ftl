@@ -299,3 +299,5 @@ stores-url-hint = O endereço em que os agentes e o controlador alcançam o arma
 stores-create = Registrar armazenamento
 stores-created = Armazenamento registrado
 stores-shown-once = Copie agora o código de inscrição: ele é mostrado só uma vez e funciona uma vez, por 24 horas. No armazenamento, rode cofre-store enroll com o endereço do controlador e este código.
+repositories-more = Trocar as credenciais de um repositório ou apagar um que não é usado se faz pela CLI cofre ou pela API.
+stores-more = Revogar um armazenamento se faz pela CLI cofre ou pela API.

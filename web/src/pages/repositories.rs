@@ -170,6 +170,7 @@ async fn render(
             </tr></thead>
             <tbody>{rows}</tbody>
         </table>
+        <p class="muted">{lang.t("repositories-more")}</p>
         {form}
     };
     layout::page_with_status(ctx, status, &lang.t("repositories-title"), content)

@@ -108,6 +108,7 @@ async fn render(
             </tr></thead>
             <tbody>{rows}</tbody>
         </table>
+        <p class="muted">{lang.t("stores-more")}</p>
         {form}
     };
     layout::page_with_status(ctx, status, &lang.t("stores-title"), content)
