@@ -59,7 +59,7 @@ pub async fn show(
     let form = PolicyForm::of(&p.spec, &etag);
     let (history, assignments) = futures::join!(history(ctx, &p), assignments::section(ctx, p.id, refused));
     match (history, assignments) {
-        (Ok(h), Ok(a)) => render(ctx, status, &p, &form, &[], notice, Some(h + &a)),
+        (Ok(h), Ok(a)) => render(ctx, status, &p, &form, &[], notice, Some(a + &h)),
         (Err(e), _) | (_, Err(e)) => layout::api_error(ctx, &e),
     }
 }
