@@ -19,7 +19,7 @@ use crate::error::{EngineError, from_rustic};
 use crate::repo::{self, OpenRepo, normalise_id};
 use crate::source::WatchedSource;
 use crate::warnings::Warnings;
-use crate::{Archiver, BackupReport, BackupRequest, RepoTarget};
+use crate::{Archiver, BackupProgress, BackupReport, BackupRequest, RepoTarget};
 
 /// The `command` recorded in the snapshot summary.
 const SNAPSHOT_COMMAND: &str = "cofre backup";
@@ -29,6 +29,7 @@ pub(crate) fn backup(
     target: &RepoTarget,
     req: &BackupRequest,
     archiver: Archiver,
+    progress: &BackupProgress,
 ) -> Result<BackupReport, EngineError> {
     let started = Instant::now();
     let expected = normalise_id(&req.expected_restic_id, "expected repository id")?;
@@ -71,6 +72,7 @@ pub(crate) fn backup(
             snapshot,
             &paths,
             &warnings,
+            progress,
         )
         .map_err(|failure| failure.into_engine(&prepared.redactor, "backing up"))?
     };

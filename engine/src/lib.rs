@@ -27,7 +27,8 @@
 //! unless [`set_cache_dir`] says otherwise.
 //!
 //! Modules: `target` (URL rules, backend options), `probe`, `repo` (open/init), `backup` with
-//! `source`, `warnings` (bounded) and `archiver` (pipeline, restic format, pack uploads),
+//! `source`, `warnings` (bounded), `progress` (counters a running backup adds to) and
+//! `archiver` (pipeline, restic format, pack uploads),
 //! `restore` with `restorer`, `lock` (restic's repository locks), `maintenance` (forget, prune,
 //! check for the controller), `error` (error mapping, redaction).
 //!
@@ -42,6 +43,7 @@ mod keyfile;
 mod lock;
 pub mod maintenance;
 mod probe;
+mod progress;
 mod repo;
 mod rest;
 mod restore;
@@ -55,6 +57,7 @@ use std::time::Duration;
 
 pub use error::{EngineError, RetryClass};
 pub use lock::LockOptions;
+pub use progress::{BackupProgress, ProgressSample};
 pub use repo::set_cache_dir;
 pub use target::{RepoTarget, WireTarget, check_repository_url};
 pub use warnings::{MAX_WARNING_BYTES, MAX_WARNINGS, clip};
@@ -164,11 +167,24 @@ pub fn repository_id(target: &RepoTarget) -> Result<String, EngineError> {
 /// The engine's own archiver does the work, unless the environment variable
 /// `COFRE_ENGINE_ARCHIVER=rustic` asks for rustic_core's (see [`Archiver`]).
 pub fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupReport, EngineError> {
+    backup_with_progress(target, req, &BackupProgress::default())
+}
+
+/// [`backup`], counting what it processed in `progress` as it goes (sample it from another
+/// thread; see [`BackupProgress`]).
+///
+/// # Errors
+/// As [`backup`].
+pub fn backup_with_progress(
+    target: &RepoTarget,
+    req: &BackupRequest,
+    progress: &BackupProgress,
+) -> Result<BackupReport, EngineError> {
     let archiver = match std::env::var_os("COFRE_ENGINE_ARCHIVER") {
         Some(v) if v == "rustic" => Archiver::Rustic,
         _ => Archiver::Engine,
     };
-    backup::backup(target, req, archiver)
+    backup::backup(target, req, archiver, progress)
 }
 
 /// The newest snapshot carrying every one of `tags`, as a [`BackupReport`] (its counts from the
@@ -233,7 +249,7 @@ pub fn backup_with(
     req: &BackupRequest,
     archiver: Archiver,
 ) -> Result<BackupReport, EngineError> {
-    backup::backup(target, req, archiver)
+    backup::backup(target, req, archiver, &BackupProgress::default())
 }
 
 /// Restores snapshot `snapshot_id` (full id or unique prefix) into `dest`.

@@ -77,6 +77,11 @@ impl WatchedSource {
             .collect::<RusticResult<_>>()?;
         Ok(Self { sources, save_opts, warnings })
     }
+
+    /// rustic's source of each path, unwatched (for the progress scan, which reports nothing).
+    pub(crate) fn walkers(&self) -> impl Iterator<Item = &LocalSource> {
+        self.sources.iter().map(|(_, source)| source)
+    }
 }
 
 impl ReadSource for WatchedSource {

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use cofre_engine::{BackupReport, backup, init_repository, restore};
+use cofre_engine::{BackupProgress, BackupReport, backup, backup_with_progress, init_repository, restore};
 use common::tree::{assert_same_tree, assert_same_tree_restic_014};
 use common::{RestServer, pseudo_random, request};
 
@@ -72,8 +72,10 @@ fn restic_reads_every_byte_the_archiver_wrote_and_changes_are_detected() {
     let files = build(&src);
     let req = request(&id, &[&src]);
 
-    let first = backup(&t, &req).unwrap();
+    let progress = BackupProgress::default();
+    let first = backup_with_progress(&t, &req, &progress).unwrap();
     assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+    assert_progress_done(&progress, &first);
     assert_eq!(
         (first.files_new, first.files_changed, first.files_unmodified),
         (files as u64, 0, 0),
@@ -91,7 +93,9 @@ fn restic_reads_every_byte_the_archiver_wrote_and_changes_are_detected() {
 
     // Nothing changed: no file is read. Only the trees of the ancestors may be new: /tmp
     // changed its mtime when the restore above made a temporary directory in it.
-    let same = backup(&t, &req).unwrap();
+    let progress = BackupProgress::default();
+    let same = backup_with_progress(&t, &req, &progress).unwrap();
+    assert_progress_done(&progress, &same);
     assert_eq!((same.files_new, same.files_changed, same.files_unmodified), (0, 0, files as u64), "{same:?}");
     assert_eq!(same.dirs_new, 0, "{same:?}");
     assert!(same.dirs_changed <= 2 && same.bytes_added < 2048, "{same:?}");
@@ -113,6 +117,19 @@ fn restic_reads_every_byte_the_archiver_wrote_and_changes_are_detected() {
     // Only the chunks around the change in the large file are new.
     assert!(second.bytes_added < 6 << 20, "{second:?}");
     check_and_restore(&server, "repo-a", &second, &src);
+}
+
+/// After a backup its progress counted every file and byte it processed (unchanged files
+/// too), and the scan's totals, when it finished first, are the same.
+fn assert_progress_done(progress: &BackupProgress, report: &BackupReport) {
+    let got = progress.sample();
+    assert_eq!((got.files_done, got.bytes_done), (report.files_processed, report.bytes_processed), "{got:?}");
+    if let Some(files) = got.files_total {
+        assert_eq!(
+            (Some(files), got.bytes_total),
+            (Some(report.files_processed), Some(report.bytes_processed))
+        );
+    }
 }
 
 #[test]

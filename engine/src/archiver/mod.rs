@@ -44,6 +44,7 @@ use rustic_core::{
 };
 use rustic_core::{RusticError, WriteBackend};
 
+use crate::progress::BackupProgress;
 use crate::source::{WatchedOpen, WatchedSource};
 use crate::warnings::Warnings;
 use chunker::{Chunker, SplitError};
@@ -95,7 +96,8 @@ const SCRATCH_KEPT: usize = 4 << 20;
 const BLOBS_PER_INDEX: usize = 50_000;
 
 /// Backs up `source` into the open repository and saves the snapshot `snap` (its host, tags
-/// and command already set) for `paths`.
+/// and command already set) for `paths`, counting what it processed in `progress`.
+#[allow(clippy::too_many_arguments)] // the backup's inputs; a struct would only rename them
 pub(crate) fn run(
     repo: &Repository<OpenStatus>,
     be: &Arc<dyn WriteBackend>,
@@ -104,6 +106,7 @@ pub(crate) fn run(
     mut snap: SnapshotFile,
     paths: &[PathBuf],
     warnings: &Warnings,
+    progress: &BackupProgress,
 ) -> Result<SnapshotFile, Failure> {
     let started = Instant::now();
     let backup_start = Zoned::now();
@@ -141,9 +144,11 @@ pub(crate) fn run(
         written: Mutex::new(PendingIndex::default()),
         index_files: IndexFiles { be: &**be, key: &key, compression },
         stats: Stats::default(),
+        progress,
     };
     let pack_settings = PackSettings { key: key.clone(), compression, verify: config.extra_verify() };
     let workers = std::thread::available_parallelism().map_or(2, usize::from).clamp(2, 8);
+    let scan_stop = AtomicBool::new(false);
 
     let tree_summary = std::thread::scope(|s| {
         let (upload_tx, upload_rx) = bounded::<Pack>(0);
@@ -183,6 +188,7 @@ pub(crate) fn run(
             })
         };
         drop(upload_tx);
+        s.spawn(|| progress.scan(source, &scan_stop));
 
         let mut walker = Walker {
             stack: vec![Frame::new(PathBuf::from("/"), parent_root.map(|(_, tree)| tree))],
@@ -198,7 +204,11 @@ pub(crate) fn run(
         walker.walk(source);
         walker.flush();
         drop(walker);
-        assembler.join().unwrap_or_else(|_| Err(Failure::Other("the tree assembler panicked".to_owned())))
+        let assembled = assembler
+            .join()
+            .unwrap_or_else(|_| Err(Failure::Other("the tree assembler panicked".to_owned())));
+        scan_stop.store(true, Ordering::Relaxed);
+        assembled
     });
 
     if let Some(failure) = shared.failure.lock().unwrap_or_else(PoisonError::into_inner).take() {
@@ -281,6 +291,7 @@ struct Shared<'a> {
     written: Mutex<PendingIndex>,
     index_files: IndexFiles<'a>,
     stats: Stats,
+    progress: &'a BackupProgress,
 }
 
 impl Shared<'_> {
@@ -531,6 +542,7 @@ fn worker(
                 continue;
             }
             out.push(archive_file(open, size, &mut buf, packer, chunker, uploads, shared));
+            shared.progress.file_done(0);
         }
         if results.send((batch.no, out)).is_err() {
             return;
@@ -559,6 +571,7 @@ fn archive_file(
     let mut reader = open.open().ok()?;
     let mut content = Vec::new();
     let mut add = |chunk: &[u8]| -> Result<(), String> {
+        shared.progress.add_bytes(chunk.len() as u64);
         let hash = sha256(chunk);
         let id = Id::new(hash);
         content.push(DataId::from(id));
@@ -732,6 +745,7 @@ impl Walker<'_> {
     fn file(&mut self, mut node: Node, open: Option<WatchedOpen>) {
         let name = node.name().into_owned();
         let size = node.meta.size;
+        let progress = self.shared.progress;
         let change = match self.top().parent_node(&name) {
             None => Change::New,
             Some(p) if unchanged(p, &node) && self.content_known(p) => {
@@ -743,10 +757,15 @@ impl Walker<'_> {
         let open = match (node.is_file(), change, open) {
             (true, Change::New | Change::Changed, Some(open)) if size > 0 => open,
             (true, Change::New | Change::Changed, _) => {
+                progress.file_done(size);
                 node.content = Some(Vec::new());
                 return self.send(Event::Ready { node, change });
             }
-            _ => return self.send(Event::Ready { node, change }),
+            // Unchanged files, links and special files: counted as the snapshot's summary does.
+            _ => {
+                progress.file_done(size);
+                return self.send(Event::Ready { node, change });
+            }
         };
         let idx = self.batch.len();
         self.batch.push((open, size));
