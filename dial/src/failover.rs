@@ -2,9 +2,11 @@
 //! name): a client tries them in turn, starting with the one that answered last, and moves on
 //! to the next only when one cannot be reached. A controller that answers and refuses is an
 //! answer, not a reason to ask another replica of the same controller. Every address is dialled
-//! the same way: the same pinned CA, the controller's role required of the server.
+//! the same way: the same pinned CA, the controller's role required of the server. The address
+//! that answered last is kept in a file of the client's state, so a restart starts there.
 
 use std::future::Future;
+use std::path::Path;
 
 use anyhow::bail;
 use tonic::transport::Channel;
@@ -85,6 +87,43 @@ pub async fn session_channel_any(
     .await
 }
 
+/// The addresses an enrollment holds, in the order to try them: `all` when it lists them, else
+/// the single `first` (enrollments written before clients kept several).
+pub fn addresses(first: &str, all: &[String]) -> Vec<String> {
+    if all.is_empty() { vec![first.to_string()] } else { all.to_vec() }
+}
+
+/// The address that answered last, as kept in `file` (one URL), if it is still one of `urls`.
+pub fn last_answered(file: &Path, urls: &[String]) -> Option<usize> {
+    let raw = std::fs::read_to_string(file).ok()?;
+    urls.iter().position(|u| u == raw.trim())
+}
+
+/// Remembers in `file` the address that answered (0600, replaced whole).
+pub fn save_answered(file: &Path, url: &str) -> std::io::Result<()> {
+    crate::files::write_atomic(file, url.as_bytes())
+}
+
+/// [`session_channel_any`] starting with the address that answered last (kept in `file`),
+/// remembering the one that answers now. Not being able to remember it is logged, not fatal:
+/// the channel is up.
+pub async fn session_channel_remembered(
+    urls: &[String],
+    file: &Path,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<(Channel, usize)> {
+    let last = last_answered(file, urls);
+    let (channel, answered) = session_channel_any(urls, last.unwrap_or(0), ca_pem, cert_pem, key_pem).await?;
+    if last != Some(answered)
+        && let Err(e) = save_answered(file, &urls[answered])
+    {
+        tracing::warn!(file = %file.display(), error = %e, "cannot remember which controller address answered");
+    }
+    Ok((channel, answered))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +134,19 @@ mod tests {
         assert_eq!(rotation(3, 2).collect::<Vec<_>>(), [2, 0, 1]);
         assert_eq!(rotation(2, 7).collect::<Vec<_>>(), [0, 1], "an index out of range starts at the first");
         assert_eq!(rotation(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn the_address_that_answered_is_remembered_while_it_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("last-controller");
+        let urls: Vec<String> = ["https://a", "https://b"].map(String::from).into();
+        assert_eq!(last_answered(&file, &urls), None);
+        save_answered(&file, "https://b").unwrap();
+        assert_eq!(last_answered(&file, &urls), Some(1));
+        assert_eq!(last_answered(&file, &urls[..1]), None, "an address no longer listed");
+        assert_eq!(addresses("https://a", &[]), ["https://a"]);
+        assert_eq!(addresses("https://a", &urls), urls);
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
-pub use failover::session_channel_any;
+pub use failover::{session_channel_any, session_channel_remembered};
 pub use pinning::fetch_pinned_ca;
 pub use role::CONTROLLER_CN;
 

@@ -50,6 +50,9 @@ pub struct Settings {
     /// `http2_keep_alive_timeout_seconds` is disconnected.
     pub http2_keep_alive_interval_seconds: u64,
     pub http2_keep_alive_timeout_seconds: u64,
+    /// The controller's addresses (its replicas), tried in turn from the one that answered
+    /// last. Empty: the addresses given at enrollment (`state_dir/store.json`).
+    pub controllers: Vec<String>,
     pub log: LogSettings,
     /// What htpasswd users may reach. A user without a rule gets rest-server's
     /// `--private-repos` behaviour, append-only: repositories equal to or below its name.
@@ -97,6 +100,7 @@ impl Default for Settings {
             idle_connection_timeout_seconds: 120,
             http2_keep_alive_interval_seconds: 60,
             http2_keep_alive_timeout_seconds: 20,
+            controllers: Vec::new(),
             log: LogSettings::default(),
             users: Vec::new(),
         }
@@ -154,6 +158,10 @@ header_read_timeout_seconds = 30
 idle_connection_timeout_seconds = 120
 http2_keep_alive_interval_seconds = 60
 http2_keep_alive_timeout_seconds = 20
+# The controller's addresses, one per replica, tried in turn from the one that answered last
+# (each https://, as given to `enroll --controller`). Unset or empty: the addresses given at
+# enrollment (`cofre-store enroll --controller A --controller B`, `cofre-store set-controllers`).
+controllers = []
 
 [log]
 # pretty or json
@@ -240,6 +248,11 @@ impl Settings {
                 ));
             }
         }
+        if !self.controllers.is_empty()
+            && let Err(e) = cofre_dial::controller_urls(&self.controllers)
+        {
+            return err(format!("controllers: {}", e.to_string().replace("--controller", "address")));
+        }
         if self.log.format != "pretty" && self.log.format != "json" {
             return err(format!("log.format must be \"pretty\" or \"json\", not {:?}", self.log.format));
         }
@@ -306,6 +319,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mode") || e.contains("all"), "{e}");
+    }
+
+    #[test]
+    fn controller_addresses_are_checked() {
+        let s = load("allow_plain_http = true\ncontrollers = [\"https://a:7443\", \"https://b:7443\"]\n")
+            .unwrap();
+        assert_eq!(s.controllers, ["https://a:7443", "https://b:7443"]);
+        let e = load("allow_plain_http = true\ncontrollers = [\"http://a:7443\"]\n").unwrap_err().to_string();
+        assert!(e.contains("controllers: address must be an https:// URL"), "{e}");
+        let e = load("allow_plain_http = true\ncontrollers = [\"https://a:7443\", \"https://a:7443\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("controllers") && e.contains("twice"), "{e}");
     }
 
     #[test]

@@ -28,14 +28,23 @@ enum Command {
     Serve,
     /// Enroll this store with the controller, with a token from `cofre store add`.
     Enroll {
-        /// The controller's gRPC URL, e.g. https://cofre.example:7443
-        #[arg(long)]
-        controller: String,
+        /// The controller's gRPC URL, e.g. https://cofre.example:7443; repeat it for each
+        /// replica, in the order to try them.
+        #[arg(long = "controller", required = true)]
+        controllers: Vec<String>,
         #[arg(long, env = "COFRE_STORE_TOKEN", hide_env_values = true)]
         token: String,
         /// Enroll again as a new store, replacing the identity in the state dir.
         #[arg(long)]
         force: bool,
+    },
+    /// Replace the controller's addresses of an enrolled store (same store, same pinned CA); a
+    /// running store uses them from its next connection. The configuration's `controllers`,
+    /// when set, wins over them.
+    SetControllers {
+        /// The controller's gRPC URL; repeat it for each replica, in the order to try them.
+        #[arg(long = "controller", required = true)]
+        controllers: Vec<String>,
     },
     /// Print the documented default configuration.
     PrintDefaultConfig,
@@ -66,15 +75,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(serve(settings))
         }
-        Command::Enroll { controller, token, force } => {
+        Command::Enroll { controllers, token, force } => {
             let settings = Settings::load(cli.config.as_deref())?;
             let state = StateDir::open(&settings.state_dir)?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let e = rt.block_on(cofre_store::session::enroll(&state, &controller, &token, force))?;
+            let e = rt.block_on(cofre_store::session::enroll(&state, &controllers, &token, force))?;
             println!("Enrolled as store {} serving {}.", e.store_id, e.url);
             let config =
                 cli.config.as_ref().map(|c| format!(" --config {}", c.display())).unwrap_or_default();
             println!("Start (or restart) it with: cofre-store{config} serve");
+            Ok(())
+        }
+        Command::SetControllers { controllers } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let state = StateDir::open(&settings.state_dir)?;
+            cofre_dial::controller_urls(&controllers)?;
+            let e = state.save_controllers(&controllers)?;
+            println!("Store {} now tries: {}", e.store_id, e.controllers().join(", "));
+            if !settings.controllers.is_empty() {
+                println!(
+                    "Note: the configuration's `controllers` ({}) wins over these addresses.",
+                    settings.controllers.join(", ")
+                );
+            }
             Ok(())
         }
     }

@@ -1,6 +1,7 @@
 //! The store's side of its session with the controller: enroll once with a token (the key
 //! never leaves this machine, the controller's CA is pinned by the token), then dial out with
-//! mutual TLS, take the access list whenever it changes (stored on disk before it is applied),
+//! mutual TLS to one of the controller's addresses (its replicas, tried in turn from the one
+//! that answered last, `cofre_dial::failover`), take the access list whenever it changes (stored on disk before it is applied),
 //! report the inventory (everything after connecting, then what changed) and renew the
 //! certificate at 2/3 of its lifetime. While the controller is away the store keeps serving
 //! from the last access list it stored.
@@ -9,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::bail;
+use cofre_dial::failover::{Failure, try_in_turn};
 use cofre_proto::store::v1 as pb;
 use pb::controller_message::Msg as In;
 use pb::store_message::Msg as Out;
@@ -25,9 +27,11 @@ use crate::state::{Enrollment, StateDir};
 const REPORT_DEBOUNCE: Duration = Duration::from_secs(2);
 
 /// `cofre-store enroll`: exchanges a token from `cofre store add` for this store's certificate.
+/// `controllers` are the controller's addresses (its replicas), tried in turn: the first
+/// reachable one enrolls the store, a refusal is final. Every address is kept, in order.
 pub async fn enroll(
     state: &StateDir,
-    controller: &str,
+    controllers: &[String],
     token: &str,
     force: bool,
 ) -> anyhow::Result<Enrollment> {
@@ -38,27 +42,43 @@ pub async fn enroll(
         );
     }
     let token = cofre_dial::parse_token(token)?;
-    let url = cofre_dial::controller_url(controller)?;
-    let (channel, ca_pem) = cofre_dial::enrollment_channel(&url, &token).await?;
-    let mut client = pb::store_service_client::StoreServiceClient::new(channel);
+    let urls = cofre_dial::controller_urls(controllers)?;
     let (key_pem, csr_der) = cofre_dial::new_key_and_csr()?;
-    let resp = client
-        .enroll(pb::EnrollRequest {
-            token: token.whole.clone(),
-            csr_der,
-            store_version: env!("CARGO_PKG_VERSION").into(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("the controller refused enrollment: {}", s.message()))?
-        .into_inner();
+    let ((resp, ca_pem), answered) = try_in_turn(controllers, 0, |i, _| {
+        let (url, token, csr_der) = (&urls[i], &token, csr_der.clone());
+        async move {
+            let (channel, ca_pem) =
+                cofre_dial::enrollment_channel(url, token).await.map_err(Failure::unreachable)?;
+            let mut client = pb::store_service_client::StoreServiceClient::new(channel);
+            let req = pb::EnrollRequest {
+                token: token.whole.clone(),
+                csr_der,
+                store_version: env!("CARGO_PKG_VERSION").into(),
+            };
+            match client.enroll(req).await {
+                Ok(resp) => Ok((resp.into_inner(), ca_pem)),
+                // The replica went away between the handshake and the call: another may answer.
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    Err(Failure::unreachable(anyhow::anyhow!("{}", s.message())))
+                }
+                Err(s) => Err(Failure::refused(anyhow::anyhow!(
+                    "the controller refused enrollment: {}",
+                    s.message()
+                ))),
+            }
+        }
+    })
+    .await?;
     cofre_dial::check_returned_ca(&resp.ca_certificate_pem, &ca_pem, &token)?;
     let e = Enrollment {
         store_id: resp.store_id,
-        controller_url: controller.to_string(),
+        controller_url: controllers[0].clone(),
+        controller_urls: if controllers.len() > 1 { controllers.to_vec() } else { Vec::new() },
         url: resp.url,
         ca_fingerprint: token.ca_fingerprint.clone(),
     };
     state.save_enrollment(&e, &ca_pem, &resp.certificate_pem, &resp.server_certificate_pem, &key_pem)?;
+    cofre_dial::failover::save_answered(&state.last_controller_path(), &controllers[answered])?;
     Ok(e)
 }
 
@@ -91,7 +111,8 @@ pub fn access_list_from_pb(list: pb::AccessList) -> AccessList {
     AccessList { version: list.version, machines, groups }
 }
 
-/// Connects forever, with capped, jittered backoff between attempts.
+/// Connects forever, with capped, jittered backoff between attempts; each attempt tries the
+/// controller's addresses in turn, from the one that answered last.
 pub async fn run_forever(store: StoreState, state: StateDir) {
     let mut backoff = cofre_dial::Backoff::default();
     loop {
@@ -110,7 +131,16 @@ async fn connect_once(store: &StoreState, state: &StateDir) -> anyhow::Result<()
     let e = state.enrollment()?;
     let (cert_pem, key_pem) = state.certificate()?;
     let ca_pem = state.ca_pem()?;
-    let channel = cofre_dial::session_channel(&e.controller_url, &ca_pem, &cert_pem, &key_pem).await?;
+    let controllers = controllers(store, &e);
+    let (channel, answered) = cofre_dial::session_channel_remembered(
+        &controllers,
+        &state.last_controller_path(),
+        &ca_pem,
+        &cert_pem,
+        &key_pem,
+    )
+    .await?;
+    let controller = &controllers[answered];
     let mut client = pb::store_service_client::StoreServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::StoreMessage>(16);
     tx.send(pb::StoreMessage {
@@ -125,11 +155,18 @@ async fn connect_once(store: &StoreState, state: &StateDir) -> anyhow::Result<()
         .await
         .map_err(|s| anyhow::anyhow!("the controller refused the session: {}", s.message()))?
         .into_inner();
-    tracing::info!(controller = %e.controller_url, store.id = %e.store_id, "connected to the controller");
+    tracing::info!(controller = %controller, store.id = %e.store_id, "connected to the controller");
     let reporter = tokio::spawn(report(store.clone(), tx.clone()));
     let result = receive(store, state, &tx, &mut inbound, &cert_pem).await;
     reporter.abort();
     result
+}
+
+/// The controller's addresses: the configuration's `controllers` when it lists any, else the
+/// enrollment's.
+fn controllers(store: &StoreState, e: &Enrollment) -> Vec<String> {
+    let configured = &store.settings().controllers;
+    if configured.is_empty() { e.controllers() } else { configured.clone() }
 }
 
 /// Sends the whole inventory, then what changed (debounced), and heartbeats.

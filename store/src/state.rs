@@ -16,10 +16,23 @@ use crate::{ACCESS_LIST_FILE, CA_FILE, SERVER_CERT_FILE};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Enrollment {
     pub store_id: String,
+    /// The first controller address (the only one before stores knew several; kept so an
+    /// older store reads this file).
     pub controller_url: String,
+    /// Every address of the controller (its replicas), in the order given (`--controller`
+    /// repeated). Empty in files written before: then `controller_url` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controller_urls: Vec<String>,
     /// The URL the controller registered for this store.
     pub url: String,
     pub ca_fingerprint: String,
+}
+
+impl Enrollment {
+    /// The controller's addresses, in the order to try them.
+    pub fn controllers(&self) -> Vec<String> {
+        cofre_dial::failover::addresses(&self.controller_url, &self.controller_urls)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +42,8 @@ pub struct StateDir {
 
 const IDENTITY_FILE: &str = "identity.pem";
 const ENROLLMENT_FILE: &str = "store.json";
+/// The controller address that answered last (tried first next time).
+const LAST_CONTROLLER_FILE: &str = "last-controller";
 
 pub use cofre_dial::files::write_atomic;
 
@@ -51,6 +66,21 @@ impl StateDir {
 
     pub fn identity_path(&self) -> PathBuf {
         self.root.join(IDENTITY_FILE)
+    }
+
+    /// Where the controller address that answered last is kept.
+    pub fn last_controller_path(&self) -> PathBuf {
+        self.root.join(LAST_CONTROLLER_FILE)
+    }
+
+    /// Replaces the controller's addresses of an enrolled store (same store, same CA pinned);
+    /// a running store uses them from its next connection.
+    pub fn save_controllers(&self, urls: &[String]) -> anyhow::Result<Enrollment> {
+        let mut e = self.enrollment()?;
+        e.controller_url = urls.first().cloned().context("no controller address given")?;
+        e.controller_urls = if urls.len() > 1 { urls.to_vec() } else { Vec::new() };
+        write_atomic(&self.root.join(ENROLLMENT_FILE), &serde_json::to_vec_pretty(&e)?)?;
+        Ok(e)
     }
 
     pub fn save_enrollment(
@@ -119,6 +149,7 @@ mod tests {
         let e = Enrollment {
             store_id: "s".into(),
             controller_url: "https://c:7443".into(),
+            controller_urls: Vec::new(),
             url: "https://s:8443/".into(),
             ca_fingerprint: "ab".into(),
         };
@@ -133,5 +164,25 @@ mod tests {
         assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
         let names: Vec<_> = std::fs::read_dir(st.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn one_address_files_stay_valid_and_a_list_replaces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir::open(dir.path()).unwrap();
+        // A store.json written before stores kept several addresses.
+        let old =
+            br#"{"store_id":"s","controller_url":"https://a:7443","url":"https://s/","ca_fingerprint":"f"}"#;
+        std::fs::write(st.root().join(ENROLLMENT_FILE), old).unwrap();
+        assert_eq!(st.enrollment().unwrap().controllers(), ["https://a:7443"]);
+        let both = ["https://a:7443".to_string(), "https://b:7443".to_string()];
+        let e = st.save_controllers(&both).unwrap();
+        assert_eq!((e.controller_url.as_str(), e.controllers()), ("https://a:7443", both.to_vec()));
+        assert_eq!(st.enrollment().unwrap().controllers(), both);
+        let written = std::fs::read_to_string(st.root().join(ENROLLMENT_FILE)).unwrap();
+        assert!(
+            written.contains("\"controller_url\": \"https://a:7443\""),
+            "older stores still read it: {written}"
+        );
     }
 }

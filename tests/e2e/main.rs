@@ -27,3 +27,4 @@ mod people;
 mod policies;
 mod portal;
 mod store;
+mod store_failover;

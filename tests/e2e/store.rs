@@ -47,18 +47,38 @@ pub(crate) async fn fixture_configured(name: &str, extra_toml: &str) -> Result<F
 /// Like [`fixture`]; without `own_certificate` the store serves with the certificate Cofre's
 /// CA issues it at enrollment.
 async fn fixture_with(name: &str, own_certificate: bool, extra_toml: &str) -> Result<Fixture> {
+    Ok(fixture_replicated(name, own_certificate, extra_toml, false).await?.0)
+}
+
+/// Like [`fixture`] plus a second controller replica on the same database; the store is
+/// enrolled with both addresses, the first replica's first.
+pub(crate) async fn fixture_with_replica(name: &str) -> Result<(Fixture, Controller)> {
+    let (f, replica) = fixture_replicated(name, true, "", true).await?;
+    Ok((f, replica.context("the replica")?))
+}
+
+async fn fixture_replicated(
+    name: &str,
+    own_certificate: bool,
+    extra_toml: &str,
+    replica: bool,
+) -> Result<(Fixture, Option<Controller>)> {
     let tmp = tempfile::Builder::new().prefix(&format!("cofre-e2e-{name}-")).tempdir()?;
     let pg = PgCluster::start()?;
     let pki = TestPki::new()?;
     let ctrl = Controller::start_with(&pg, &tmp.path().join("controller"), name, extra_toml)?;
+    let replica = if replica { Some(ctrl.replica(&tmp.path().join("replica"))?) } else { None };
     let admin = ctrl.admin().await?;
     let mut store = CofreStore::with_tls(
         own_certificate.then_some(&pki.ca),
         &[StoreUser { name: AUDITOR, password: AUDITOR_PASSWORD, mode: "read-only", repositories: &["*"] }],
     )?;
-    let store_id = store.register(&admin, &ctrl.grpc_url()).await?;
+    let mut urls = vec![ctrl.grpc_url()];
+    urls.extend(replica.as_ref().map(Controller::grpc_url));
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store_id = store.register_with(&admin, &urls).await?;
     store.start()?;
-    Ok(Fixture { tmp, _pg: pg, pki, ctrl, admin, store, store_id })
+    Ok((Fixture { tmp, _pg: pg, pki, ctrl, admin, store, store_id }, replica))
 }
 
 impl Fixture {

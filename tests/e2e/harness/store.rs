@@ -85,11 +85,17 @@ impl CofreStore {
 
     /// `cofre-store enroll` with a token from `cofre store add`.
     pub fn enroll(&self, controller_grpc_url: &str, token: &str) -> Result<Output> {
-        Ok(Command::new(workspace_bin("cofre-store"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(["enroll", "--controller", controller_grpc_url, "--token", token])
-            .output()?)
+        self.enroll_with(&[controller_grpc_url], token)
+    }
+
+    /// `cofre-store enroll` with several controller addresses (`--controller` repeated, in order).
+    pub fn enroll_with(&self, controller_grpc_urls: &[&str], token: &str) -> Result<Output> {
+        let mut cmd = Command::new(workspace_bin("cofre-store"));
+        cmd.arg("--config").arg(&self.config).arg("enroll");
+        for url in controller_grpc_urls {
+            cmd.args(["--controller", url]);
+        }
+        Ok(cmd.args(["--token", token]).output()?)
     }
 
     /// Starts (again) `serve` and waits until it accepts connections.
@@ -172,8 +178,17 @@ impl CofreStore {
         admin: &cofre_client::Client,
         controller_grpc_url: &str,
     ) -> Result<uuid::Uuid> {
+        self.register_with(admin, &[controller_grpc_url]).await
+    }
+
+    /// Like [`CofreStore::register`], enrolled with each of the controller's addresses.
+    pub async fn register_with(
+        &self,
+        admin: &cofre_client::Client,
+        controller_grpc_urls: &[&str],
+    ) -> Result<uuid::Uuid> {
         let created = admin.create_store("e2e-store", &self.url()).await?;
-        let out = self.enroll(controller_grpc_url, &created.token)?;
+        let out = self.enroll_with(controller_grpc_urls, &created.token)?;
         if !out.status.success() {
             bail!(
                 "cofre-store enroll failed: {}{}",
