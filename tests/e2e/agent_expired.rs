@@ -8,15 +8,15 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cofre_client::{NewEnrollmentToken, NewRepository, PolicySpec};
+use cofre_client::NewEnrollmentToken;
 
 use crate::agent_failover::{agent_cmd, plain_log};
 use crate::harness::cofre::{Agent, Controller};
 use crate::harness::pg::PgCluster;
 use crate::harness::pki::TestPki;
 use crate::harness::procs::wait_until_async;
+use crate::harness::protect::{Protect, plan_restic};
 use crate::harness::rest_server::RestServer;
-use crate::harness::restic::Restic;
 
 fn count(pg: &PgCluster, db: &str, sql: &str) -> Result<i64> {
     Ok(pg.psql(db, sql)?.trim().parse()?)
@@ -44,36 +44,15 @@ async fn an_agent_whose_certificate_expired_away_backs_up_says_so_and_comes_back
         "[certificates]\nagent_lifetime_seconds = 60\n",
     )?;
     let admin = ctrl.admin().await?;
-    let token =
-        admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
-    let mut agent = Agent::new(&tmp.path().join("agent"));
-    let out = agent.enroll(&ctrl.grpc_url(), &token.token)?;
-    assert!(out.status.success(), "enroll: {}", String::from_utf8_lossy(&out.stderr));
-    let machine = agent.machine_id()?;
-    rest.allow_repo(&machine.to_string())?;
-    let repo = admin
-        .create_repository(&NewRepository {
-            name: "rest-tls".into(),
-            url: rest.url(),
-            per_machine: true,
-            username: Some(rest.username().into()),
-            password: Some(rest.password().into()),
-            ca_certificate_pem: Some(rest.ca_pem().into()),
-            ..Default::default()
-        })
-        .await?;
     let source = tmp.path().join("docs");
     std::fs::create_dir_all(&source)?;
     std::fs::write(source.join("contrato.txt"), "contrato de prestação de serviços")?;
-    let policy = admin
-        .create_policy(
-            &PolicySpec::new("every-minute", repo.id, vec![source.to_str().context("utf-8 path")?.into()])
-                .every(60),
-        )
+    let p = Protect::new(&admin, &mut rest, &ctrl.grpc_url(), &tmp.path().join("agent"), &source)
+        .named("every-minute")
+        .every(60)
+        .run()
         .await?;
-    admin.assign_policy_to_machine(policy.id, machine).await?;
-    agent.start()?;
-    agent.wait_for_policy(policy.id, "the agent stores its plan").await?;
+    let (mut agent, machine) = (p.agent, p.machine);
     let plan_before = agent.stored_plan()?;
     let a = &agent;
     wait_until_async(
@@ -93,9 +72,7 @@ async fn an_agent_whose_certificate_expired_away_backs_up_says_so_and_comes_back
     // The controller goes away for longer than the agent's certificate lives.
     ctrl.kill9()?;
     let expires = not_after(&agent)?;
-    let repository = plan_before.repositories.first().context("plan has a repository")?;
-    let path = url::Url::parse(&repository.url)?.path().trim_start_matches('/').to_string();
-    let restic = Restic::for_rest(&rest, &path, &repository.repository_password, &tmp.path().join("cache"));
+    let restic = plan_restic(&rest, &plan_before, &tmp.path().join("cache"))?;
     let wait_expiry = u64::try_from(expires - chrono::Utc::now().timestamp()).unwrap_or(0) + 1;
     println!("expired: certificate expires in {wait_expiry} s");
     tokio::time::sleep(Duration::from_secs(wait_expiry)).await;

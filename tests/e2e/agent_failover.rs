@@ -9,13 +9,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cofre_client::{Client, NewEnrollmentToken, NewRepository, PolicySpec};
 use uuid::Uuid;
 
 use crate::harness::cofre::{Agent, Controller};
 use crate::harness::pg::PgCluster;
 use crate::harness::pki::TestPki;
 use crate::harness::procs::{wait_until_async, workspace_bin};
+use crate::harness::protect::Protect;
 use crate::harness::rest_server::RestServer;
 
 /// `n` files of `mib` MiB of incompressible data: a backup that lasts a few seconds.
@@ -76,20 +76,6 @@ fn count(pg: &PgCluster, db: &str, sql: &str) -> Result<i64> {
     Ok(pg.psql(db, sql)?.trim().parse()?)
 }
 
-async fn rest_repository(admin: &Client, rest: &RestServer) -> Result<cofre_client::Repository> {
-    Ok(admin
-        .create_repository(&NewRepository {
-            name: "rest-tls".into(),
-            url: rest.url(),
-            per_machine: true,
-            username: Some(rest.username().into()),
-            password: Some(rest.password().into()),
-            ca_certificate_pem: Some(rest.ca_pem().into()),
-            ..Default::default()
-        })
-        .await?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_moves_to_the_other_replica_within_its_backoff_and_loses_nothing() -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("cofre-e2e-failover-").tempdir()?;
@@ -99,32 +85,18 @@ async fn an_agent_moves_to_the_other_replica_within_its_backoff_and_loses_nothin
     let mut a = Controller::start(&pg, &tmp.path().join("a"), "failover")?;
     let mut b = a.replica(&tmp.path().join("b"))?;
     let admin = a.admin().await?;
-    let token =
-        admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
-
-    let mut agent = Agent::new(&tmp.path().join("agent"));
-    std::fs::create_dir_all(tmp.path().join("agent"))?;
-    let out = agent_cmd(
-        &agent,
-        &["enroll", "--controller", &a.grpc_url(), "--controller", &b.grpc_url(), "--token", &token.token],
-    )?;
-    assert!(out.status.success(), "enroll with two addresses: {}", String::from_utf8_lossy(&out.stderr));
-    let machine = agent.machine_id()?;
-    rest.allow_repo(&machine.to_string())?;
-    let repo = rest_repository(&admin, &rest).await?;
     let source = tmp.path().join("bulk");
     write_random_files(&source, 3, 64)?;
-    // Every minute (the shortest interval): a new policy is due at once, so the first backup
-    // starts as soon as the plan arrives and the next one a minute later.
-    let policy = admin
-        .create_policy(
-            &PolicySpec::new("every-minute", repo.id, vec![source.to_str().context("utf-8 path")?.into()])
-                .every(60),
-        )
+    // Enrolled with both addresses. Every minute (the shortest interval): a new policy is due
+    // at once, so the first backup starts as soon as the plan arrives and the next one a minute
+    // later.
+    let p = Protect::new(&admin, &mut rest, &a.grpc_url(), &tmp.path().join("agent"), &source)
+        .controller(&b.grpc_url())
+        .named("every-minute")
+        .every(60)
+        .run()
         .await?;
-    admin.assign_policy_to_machine(policy.id, machine).await?;
-    agent.start()?;
-    agent.wait_for_policy(policy.id, "the agent stores its plan").await?;
+    let (mut agent, machine) = (p.agent, p.machine);
 
     // The first scheduled backup is running.
     let first: Uuid = wait_until_async(

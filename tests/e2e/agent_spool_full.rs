@@ -9,13 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use cofre_client::{NewEnrollmentToken, NewRepository, PolicySpec};
+use anyhow::Result;
 
-use crate::harness::cofre::{Agent, Controller};
+use crate::harness::cofre::Controller;
 use crate::harness::pg::PgCluster;
 use crate::harness::pki::TestPki;
 use crate::harness::procs::wait_until_async;
+use crate::harness::protect::{Protect, Protected};
 use crate::harness::rest_server::RestServer;
 
 /// A tmpfs mounted at a directory, unmounted when dropped.
@@ -72,30 +72,9 @@ async fn a_full_spool_disk_loses_no_result_and_says_so_once() -> Result<()> {
     let source = tmp.path().join("source");
     std::fs::create_dir_all(&source)?;
     std::fs::write(source.join("a.txt"), "some data to back up\n")?;
-    let token =
-        admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
-    let mut agent = Agent::new(&agent_dir);
-    let out = agent.enroll(&ctrl.grpc_url(), &token.token)?;
-    anyhow::ensure!(out.status.success(), "enroll: {}", String::from_utf8_lossy(&out.stderr));
-    let machine = agent.machine_id()?;
-    rest.allow_repo(&machine.to_string())?;
-    let repo = admin
-        .create_repository(&NewRepository {
-            name: "rest-tls".into(),
-            url: rest.url(),
-            per_machine: true,
-            username: Some(rest.username().into()),
-            password: Some(rest.password().into()),
-            ca_certificate_pem: Some(rest.ca_pem().into()),
-            ..Default::default()
-        })
-        .await?;
-    let policy = admin
-        .create_policy(&PolicySpec::new("documents", repo.id, vec![source.to_str().context("utf-8")?.into()]))
-        .await?;
-    admin.assign_policy_to_machine(policy.id, machine).await?;
-    agent.start()?;
-    agent.wait_for_policy(policy.id, "the agent stores a plan with the policy").await?;
+    // The agent's state, and so its spool, is on the small disk.
+    let Protected { mut agent, machine, policy } =
+        Protect::new(&admin, &mut rest, &ctrl.grpc_url(), &agent_dir, &source).run().await?;
 
     // The session's answer carries the controller's clock (the agent follows it when its own
     // is more than a minute off; here both are the same clock).
@@ -104,7 +83,7 @@ async fn a_full_spool_disk_loses_no_result_and_says_so_once() -> Result<()> {
 
     // The disk fills while the agent runs; a backup is asked for.
     disk.fill()?;
-    let job = admin.run_now(machine, policy.id, None).await?;
+    let job = admin.run_now(machine, policy, None).await?;
     let done = admin.wait_for_job(job.id, Duration::from_secs(180)).await?;
     assert!(done.is_final(), "{done:?}");
     let stored = sql(&format!("select count(*) from job_results where job_id = '{}'", job.id))?;
@@ -124,7 +103,7 @@ async fn a_full_spool_disk_loses_no_result_and_says_so_once() -> Result<()> {
 
     // Space returns: the next backup is written and delivered as usual, and the agent says so.
     disk.free()?;
-    let again = admin.run_now(machine, policy.id, None).await?;
+    let again = admin.run_now(machine, policy, None).await?;
     let done = admin.wait_for_job(again.id, Duration::from_secs(180)).await?;
     assert_eq!(done.state, "succeeded", "{done:?}\n{}", agent.log());
     wait_until_async("the spool drains", Duration::from_secs(30), Duration::from_millis(100), || {

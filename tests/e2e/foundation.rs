@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cofre_client::{Client, NewEnrollmentToken, NewRepository, PolicySpec};
+use cofre_client::{Client, NewEnrollmentToken, PolicySpec};
 use cofre_proto::agent::v1 as pb;
 use uuid::Uuid;
 
@@ -16,8 +16,9 @@ use crate::harness::dataset::{self, CHANGING_FILE, ChangeWhileReading, DatasetOp
 use crate::harness::pg::PgCluster;
 use crate::harness::pki::TestPki;
 use crate::harness::procs::wait_until_async;
+use crate::harness::protect::{Protect, plan_restic, rest_repository};
 use crate::harness::rest_server::RestServer;
-use crate::harness::restic::{Restic, restored_path};
+use crate::harness::restic::restored_path;
 use crate::harness::tree::{self, CompareOptions};
 
 /// Everything one scenario runs against.
@@ -44,59 +45,13 @@ async fn fixture_with(name: &str, controller_toml: &str) -> Result<Fixture> {
     Ok(Fixture { tmp, _pg: pg, _pki: pki, rest, ctrl, admin })
 }
 
-/// An enrolled, running agent whose plan holds one policy backing up `source` to its own
-/// restic repository on the REST server.
-struct Protected {
-    agent: Agent,
-    machine: Uuid,
-    policy: Uuid,
-}
-
-/// The per-machine repository definition on the fixture's REST server (TLS, private CA).
-async fn rest_repository(f: &Fixture) -> Result<cofre_client::Repository> {
-    Ok(f.admin
-        .create_repository(&NewRepository {
-            name: "rest-tls".into(),
-            url: f.rest.url(),
-            per_machine: true,
-            username: Some(f.rest.username().into()),
-            password: Some(f.rest.password().into()),
-            ca_certificate_pem: Some(f.rest.ca_pem().into()),
-            ..Default::default()
-        })
-        .await?)
-}
-
-async fn backup_policy(
-    f: &Fixture,
-    name: &str,
-    repository: Uuid,
-    source: &Path,
-    interval: u64,
-) -> Result<cofre_client::Policy> {
-    Ok(f.admin
-        .create_policy(
-            &PolicySpec::new(name, repository, vec![source.to_str().context("utf-8 source path")?.into()])
-                .every(interval),
-        )
-        .await?)
-}
-
-async fn protect(f: &mut Fixture, source: &Path) -> Result<Protected> {
-    let token =
-        f.admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
-    let mut agent = Agent::new(&f.tmp.path().join("agent"));
-    let out = agent.enroll(&f.ctrl.grpc_url(), &token.token)?;
-    assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
-    let machine = agent.machine_id()?;
-    // rustic-server serves only repositories named in its ACL: grant this machine's.
-    f.rest.allow_repo(&machine.to_string())?;
-    let repo = rest_repository(f).await?;
-    let policy = backup_policy(f, "documents", repo.id, source, 0).await?;
-    f.admin.assign_policy_to_machine(policy.id, machine).await?;
-    agent.start()?;
-    agent.wait_for_policy(policy.id, "the agent stores a plan with the policy").await?;
-    Ok(Protected { agent, machine, policy: policy.id })
+impl Fixture {
+    /// A machine to protect: an agent in `agent/` backing `source` up to its own repository on
+    /// the REST server (the harness's [`Protect`], to which the caller may add options).
+    fn protect(&mut self, source: &Path) -> Protect<'_> {
+        let agent_dir = self.tmp.path().join("agent");
+        Protect::new(&self.admin, &mut self.rest, &self.ctrl.grpc_url(), &agent_dir, source)
+    }
 }
 
 /// Waits until `job` is running; fails if it finished before we could see it running.
@@ -140,12 +95,6 @@ async fn wait_spool_drained(agent: &Agent, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-fn restic_for(f: &Fixture, plan: &pb::Plan, cache: &Path) -> Result<Restic> {
-    let repo = plan.repositories.first().context("plan has a repository")?;
-    let path = url::Url::parse(&repo.url)?.path().trim_start_matches('/').to_string();
-    Ok(Restic::for_rest(&f.rest, &path, &repo.repository_password, cache))
-}
-
 /// Differences a restore may not have. restic 0.14 ignores rustic's raw (non-UTF-8) symlink
 /// targets: that is its one known loss.
 fn unexpected_differences(diffs: &tree::Differences) -> Vec<String> {
@@ -158,7 +107,7 @@ async fn backup_through_the_controller_is_restorable_with_restic() -> Result<()>
     let source = f.tmp.path().join("source");
     let ds = dataset::generate(&source, &DatasetOptions::default())?;
     assert!(ds.files >= 2000);
-    let p = protect(&mut f, &source).await?;
+    let p = f.protect(&source).run().await?;
 
     // First backup, with one large file changing while it is read.
     let changer = ChangeWhileReading::start(&source.join(CHANGING_FILE))?;
@@ -182,7 +131,7 @@ async fn backup_through_the_controller_is_restorable_with_restic() -> Result<()>
 
     // restic sees exactly the snapshot the controller recorded.
     let plan = p.agent.stored_plan()?;
-    let restic = restic_for(&f, &plan, &f.tmp.path().join("restic-cache"))?;
+    let restic = plan_restic(&f.rest, &plan, &f.tmp.path().join("restic-cache"))?;
     let snaps = restic.snapshots_json()?;
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     assert_eq!(snaps[0]["id"].as_str(), Some(snapshot_id.as_str()));
@@ -304,7 +253,7 @@ async fn unauthorised_agents_and_clients_are_refused() -> Result<()> {
     let source = f.tmp.path().join("small");
     std::fs::create_dir_all(&source)?;
     std::fs::write(source.join("a.txt"), b"hello")?;
-    let p = protect(&mut f, &source).await?;
+    let p = f.protect(&source).run().await?;
     let grpc = f.ctrl.grpc_url();
     let ca = p.agent.ca_pem()?;
     let identity = split_identity(&p.agent.identity_pem()?);
@@ -397,7 +346,7 @@ async fn results_survive_a_controller_outage_and_are_stored_once() -> Result<()>
     let mut f = fixture("outage").await?;
     let source = f.tmp.path().join("bulk");
     write_random_files(&source, 6, 64)?;
-    let p = protect(&mut f, &source).await?;
+    let p = f.protect(&source).run().await?;
 
     let job = f.admin.run_now(p.machine, p.policy, None).await?;
     wait_until_running(&f.admin, job.id).await?;
@@ -424,7 +373,7 @@ async fn results_survive_a_controller_outage_and_are_stored_once() -> Result<()>
     assert_eq!(results(&f._pg, "job_results")?, 1);
     assert_eq!(results(&f._pg, "snapshots")?, 1);
     let plan = p.agent.stored_plan()?;
-    let restic = restic_for(&f, &plan, &f.tmp.path().join("restic-cache"))?;
+    let restic = plan_restic(&f.rest, &plan, &f.tmp.path().join("restic-cache"))?;
     let snaps = restic.snapshots_json()?;
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0]["id"].as_str(), done.snapshot_id.as_deref());
@@ -439,7 +388,7 @@ async fn postgres_down_for_two_minutes_loses_nothing_and_the_controller_recovers
     let mut f = fixture("dbdown").await?;
     let source = f.tmp.path().join("docs");
     write_random_files(&source, 4, 1)?;
-    let p = protect(&mut f, &source).await?;
+    let p = f.protect(&source).run().await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let status = |path: &'static str| {
         let (http, url) = (http.clone(), format!("{}{path}", f.ctrl.api_url()));
@@ -523,10 +472,17 @@ async fn approval_gates_the_plan_and_certificates_renew_themselves() -> Result<(
 
     // A policy for the whole group: the pending machine gets no plan and no secret.
     f.rest.allow_repo(&machine.to_string())?;
-    let repo = rest_repository(&f).await?;
+    let repo = f.admin.create_repository(&rest_repository(&f.rest)).await?;
     let source = f.tmp.path().join("src");
     std::fs::create_dir_all(&source)?;
-    let policy = backup_policy(&f, "finance-docs", repo.id, &source, 0).await?;
+    let policy = f
+        .admin
+        .create_policy(&PolicySpec::new(
+            "finance-docs",
+            repo.id,
+            vec![source.to_str().context("utf-8")?.into()],
+        ))
+        .await?;
     f.admin.assign_policy_to_group(policy.id, group.id).await?;
     agent.start()?;
     let a = &agent;
@@ -586,7 +542,7 @@ async fn a_job_cut_short_by_an_agent_crash_is_reported_interrupted() -> Result<(
     let mut f = fixture("crash").await?;
     let source = f.tmp.path().join("bulk");
     write_random_files(&source, 4, 64)?;
-    let mut p = protect(&mut f, &source).await?;
+    let mut p = f.protect(&source).run().await?;
     let job = f.admin.run_now(p.machine, p.policy, None).await?;
     wait_until_running(&f.admin, job.id).await?;
     p.agent.kill9()?;
@@ -604,7 +560,7 @@ async fn a_job_cut_short_by_an_agent_crash_is_reported_interrupted() -> Result<(
     let next = f.admin.wait_for_job(next.id, Duration::from_secs(600)).await?;
     assert_eq!(next.state, "succeeded", "{next:?}\n{}", p.agent.log());
     let plan = p.agent.stored_plan()?;
-    let restic = restic_for(&f, &plan, &f.tmp.path().join("restic-cache"))?;
+    let restic = plan_restic(&f.rest, &plan, &f.tmp.path().join("restic-cache"))?;
     // rustic leaves the crashed run's lock behind; restic check must not be blocked by it.
     restic.run(["unlock"])?;
     restic.check(true)?;
@@ -618,15 +574,8 @@ async fn the_agent_backs_up_on_schedule_while_the_controller_is_down() -> Result
     let source = f.tmp.path().join("docs");
     std::fs::create_dir_all(&source)?;
     std::fs::write(source.join("ata.txt"), "ata da reunião")?;
-    let token = f.admin.create_enrollment_token(&NewEnrollmentToken::default()).await?;
-    let mut agent = Agent::new(&f.tmp.path().join("agent"));
-    assert!(agent.enroll(&f.ctrl.grpc_url(), &token.token)?.status.success());
-    let machine = agent.machine_id()?;
-    f.rest.allow_repo(&machine.to_string())?;
-    let repo = rest_repository(&f).await?;
-    let policy = backup_policy(&f, "hourly", repo.id, &source, 3600).await?;
-    f.admin.assign_policy_to_machine(policy.id, machine).await?;
-    agent.start()?;
+    let p = f.protect(&source).named("hourly").every(3600).run().await?;
+    let (mut agent, machine) = (p.agent, p.machine);
     // A new policy is due at once: the first scheduled backup lands and is reported.
     let admin = f.admin.clone();
     wait_until_async(
@@ -653,7 +602,7 @@ async fn the_agent_backs_up_on_schedule_while_the_controller_is_down() -> Result
     std::fs::remove_file(agent.state_dir.join("schedule.json"))?;
     agent.start()?;
     let plan = agent.stored_plan()?;
-    let restic = restic_for(&f, &plan, &f.tmp.path().join("restic-cache"))?;
+    let restic = plan_restic(&f.rest, &plan, &f.tmp.path().join("restic-cache"))?;
     let a = &agent;
     wait_until_async(
         "a second snapshot while the controller is down",
@@ -695,7 +644,7 @@ async fn a_dead_rest_server_fails_the_job_clearly_and_loses_nothing() -> Result<
     let source = f.tmp.path().join("docs");
     std::fs::create_dir_all(&source)?;
     std::fs::write(source.join("oficio.txt"), "ofício nº 1")?;
-    let p = protect(&mut f, &source).await?;
+    let p = f.protect(&source).run().await?;
     let first = f.admin.run_now(p.machine, p.policy, None).await?;
     assert_eq!(f.admin.wait_for_job(first.id, Duration::from_secs(120)).await?.state, "succeeded");
 
@@ -721,7 +670,7 @@ async fn a_dead_rest_server_fails_the_job_clearly_and_loses_nothing() -> Result<
     let again = f.admin.wait_for_job(again.id, Duration::from_secs(120)).await?;
     assert_eq!(again.state, "succeeded", "{again:?}");
     let plan = p.agent.stored_plan()?;
-    let restic = restic_for(&f, &plan, &f.tmp.path().join("restic-cache"))?;
+    let restic = plan_restic(&f.rest, &plan, &f.tmp.path().join("restic-cache"))?;
     assert_eq!(restic.snapshots_json()?.len(), 2);
     restic.check(true)?;
     Ok(())

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cofre_client::{Client, HookSpec, Hooks, NewEnrollmentToken, NewRepository, OnFailure, PolicySpec};
+use cofre_client::{Client, HookSpec, Hooks, OnFailure};
 use cofre_proto::agent::v1 as pb;
 use prost::Message;
 use rand::seq::SliceRandom;
@@ -30,6 +30,7 @@ use crate::harness::cofre::{Agent, Controller};
 use crate::harness::pg::PgCluster;
 use crate::harness::pki::TestPki;
 use crate::harness::procs::wait_until_async;
+use crate::harness::protect::{Protect, plan_repository_path, plan_restic};
 use crate::harness::rest_server::RestServer;
 use crate::harness::restic::Restic;
 
@@ -238,44 +239,21 @@ impl Rig {
         write_gate_hook(&hook_dir, &gates, "gate-before")?;
         write_gate_hook(&hook_dir, &gates, "gate-after")?;
 
-        let token = admin
-            .create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() })
-            .await?;
-        let mut agent = Agent::new(&tmp.path().join("agent"));
-        let out = agent.enroll(&ctrl.grpc_url(), &token.token)?;
-        ensure!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
-        let machine = agent.machine_id()?;
-        rest.allow_repo(&machine.to_string())?;
-        let repo = admin
-            .create_repository(&NewRepository {
-                name: "rest-tls".into(),
-                url: rest.url(),
-                per_machine: true,
-                username: Some(rest.username().into()),
-                password: Some(rest.password().into()),
-                ca_certificate_pem: Some(rest.ca_pem().into()),
-                ..Default::default()
-            })
-            .await?;
         let source = tmp.path().join("source");
         std::fs::create_dir_all(&source)?;
         let gate =
             |name: &str| HookSpec { name: name.into(), timeout_seconds: 120, on_failure: OnFailure::Fail };
-        let mut spec =
-            PolicySpec::new("kill-points", repo.id, vec![source.to_str().context("utf-8")?.into()]);
-        spec.hooks = Hooks { before: Some(gate("gate-before")), after: Some(gate("gate-after")) };
-        let policy = admin.create_policy(&spec).await?;
-        admin.assign_policy_to_machine(policy.id, machine).await?;
-        agent.start_with(&["--hook-dir", hook_dir.to_str().context("utf-8")?])?;
-        agent.wait_for_policy(policy.id, "the agent stores a plan with the policy").await?;
+        let hooks = Hooks { before: Some(gate("gate-before")), after: Some(gate("gate-after")) };
+        let p = Protect::new(&admin, &mut rest, &ctrl.grpc_url(), &tmp.path().join("agent"), &source)
+            .named("kill-points")
+            .hooks(hooks, &hook_dir)
+            .run()
+            .await?;
 
-        let plan = agent.stored_plan()?;
-        let planned = plan.repositories.first().context("plan has a repository")?;
-        let path = url::Url::parse(&planned.url)?.path().trim_start_matches('/').to_string();
-        let repo_dir = rest.data_dir().join(&path);
+        let plan = p.agent.stored_plan()?;
+        let repo_dir = rest.data_dir().join(plan_repository_path(&plan)?);
         ensure!(repo_dir.join("config").is_file(), "no repository at {}", repo_dir.display());
-        let restic =
-            Restic::for_rest(&rest, &path, &planned.repository_password, &tmp.path().join("restic-cache"));
+        let restic = plan_restic(&rest, &plan, &tmp.path().join("restic-cache"))?;
         Ok(Rig {
             tmp,
             pg,
@@ -283,9 +261,9 @@ impl Rig {
             _rest: rest,
             ctrl,
             admin,
-            agent,
-            machine,
-            policy: policy.id,
+            agent: p.agent,
+            machine: p.machine,
+            policy: p.policy,
             hook_dir,
             gates,
             repo_dir,

@@ -210,12 +210,19 @@ impl Agent {
 
     /// Runs `cofre-agent enroll` and returns its output (success or not).
     pub fn enroll(&self, controller_url: &str, token: &str) -> Result<Output> {
+        self.enroll_with(&[controller_url], token)
+    }
+
+    /// Like [`Agent::enroll`], with several controller addresses (`--controller` once each, in
+    /// the order given).
+    pub fn enroll_with(&self, controller_urls: &[impl AsRef<str>], token: &str) -> Result<Output> {
         std::fs::create_dir_all(&self.log_dir)?;
-        Ok(Command::new(workspace_bin("cofre-agent"))
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .args(["enroll", "--controller", controller_url, "--token", token])
-            .output()?)
+        let mut cmd = Command::new(workspace_bin("cofre-agent"));
+        cmd.arg("--state-dir").arg(&self.state_dir).arg("enroll");
+        for url in controller_urls {
+            cmd.args(["--controller", url.as_ref()]);
+        }
+        Ok(cmd.args(["--token", token]).output()?)
     }
 
     pub fn machine_id(&self) -> Result<uuid::Uuid> {

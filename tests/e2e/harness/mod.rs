@@ -1,5 +1,6 @@
 //! Reusable pieces for end-to-end tests: real PostgreSQL, a private CA, rustic-server, restic,
-//! a demanding data set, tree comparison and process guards.
+//! a demanding data set, tree comparison, process guards and a protected machine (an agent
+//! enrolled, its repository and policy defined and assigned, running with its plan).
 
 // Scenario modules each use a part of the harness; the self-test proves every piece, but not
 // every convenience method is called from every build of this binary.
@@ -12,6 +13,7 @@ pub mod dataset;
 pub mod pg;
 pub mod pki;
 pub mod procs;
+pub mod protect;
 pub mod rest_server;
 pub mod restic;
 pub mod store;
