@@ -180,6 +180,14 @@ pub struct MachineCompliance {
     pub findings: Vec<Finding>,
 }
 
+/// The report's machines (a page of them when a limit was asked), and how many machines the
+/// request selects in all.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Report {
+    pub items: Vec<MachineCompliance>,
+    pub total: u64,
+}
+
 /// Machines per status in a group (or the whole fleet).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rollup {

@@ -345,8 +345,7 @@ impl Client {
         status: Option<&str>,
     ) -> Result<Vec<cofre_api::compliance::MachineCompliance>> {
         let q = [("group", group.map(|g| g.to_string())), ("status", status.map(str::to_string))];
-        let l: Items<cofre_api::compliance::MachineCompliance> =
-            self.get_query("/api/v1/compliance", &q).await?;
+        let l: cofre_api::compliance::Report = self.get_query("/api/v1/compliance", &q).await?;
         Ok(l.items)
     }
 

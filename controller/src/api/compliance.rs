@@ -33,8 +33,61 @@ fn scoped_group(c: &Claims, asked: Option<Uuid>) -> Result<Option<Uuid>> {
 pub struct ReportQuery {
     group: Option<Uuid>,
     status: Option<String>,
+    /// Part of a host or group name (any case), or the start of a machine id.
+    q: Option<String>,
+    /// Last good backup older than `<days>d`, or `never`.
+    backup_age: Option<String>,
+    /// `status` (worst first, the default), `host`, `group`, `backup` (oldest first), `seen`.
+    sort: Option<String>,
+    /// At most this many machines (1-1000; all when absent).
+    limit: Option<usize>,
+    /// Skip this many selected machines first.
+    offset: Option<usize>,
     /// `json` (default) or `csv`.
     format: Option<String>,
+}
+
+impl ReportQuery {
+    fn selection(&self, group: Option<Uuid>) -> Result<compliance::Selection> {
+        let status = self
+            .status
+            .as_deref()
+            .map(|s| {
+                Status::parse(s).ok_or_else(|| {
+                    Error::field("status", "one of compliant, at_risk, unknown, non_compliant")
+                })
+            })
+            .transpose()?;
+        let backup_age = self
+            .backup_age
+            .as_deref()
+            .map(|s| {
+                compliance::BackupAge::parse(s)
+                    .ok_or_else(|| Error::field("backup_age", "never, or a number of days such as 7d"))
+            })
+            .transpose()?;
+        let sort = self
+            .sort
+            .as_deref()
+            .map(|s| {
+                compliance::Sort::parse(s)
+                    .ok_or_else(|| Error::field("sort", "one of status, host, group, backup, seen"))
+            })
+            .transpose()?
+            .unwrap_or_default();
+        if self.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+            return Err(Error::field("limit", "between 1 and 1000"));
+        }
+        Ok(compliance::Selection {
+            group,
+            status,
+            search: self.q.clone(),
+            backup_age,
+            sort,
+            limit: self.limit,
+            offset: self.offset.unwrap_or(0),
+        })
+    }
 }
 
 pub async fn report(
@@ -42,18 +95,13 @@ pub async fn report(
     Extension(c): Extension<Claims>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Response> {
-    let group = scoped_group(&c, q.group)?;
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            Status::parse(s)
-                .ok_or_else(|| Error::field("status", "one of compliant, at_risk, unknown, non_compliant"))
-        })
-        .transpose()?;
-    let machines = compliance::current(&st, group, status, Utc::now()).await?;
+    let sel = q.selection(scoped_group(&c, q.group)?)?;
+    let (machines, total) = compliance::report(&st, &sel, Utc::now()).await?;
     match q.format.as_deref() {
-        None | Some("json") => Ok(axum::Json(cofre_api::Items { items: machines }).into_response()),
+        None | Some("json") => {
+            let total = u64::try_from(total).unwrap_or(u64::MAX);
+            Ok(axum::Json(cofre_api::compliance::Report { items: machines, total }).into_response())
+        }
         Some("csv") => Ok((
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8"),

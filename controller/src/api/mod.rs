@@ -348,7 +348,7 @@ fn table() -> Vec<Route> {
         g(GET, "/api/v1/compliance", Read, get(c::report))
             .says("Each machine's compliance now, with the reasons (JSON or CSV)")
             .query(params::<c::ReportQuery>)
-            .answers_with(Answer::Csv(list::<co::MachineCompliance>)),
+            .answers_with(Answer::Csv(one::<co::Report>)),
         g(GET, "/api/v1/compliance/summary", Read, get(c::summary))
             .says("The fleet's (or a group's) compliance in numbers")
             .query(params::<c::GroupQuery>)

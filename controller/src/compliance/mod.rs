@@ -5,12 +5,13 @@
 //! group and fleet-wide, and writes the CSV report. `history.rs` records each machine's latest
 //! verdict (`compliance_current`) and the insert-only history (on every change, and one row per
 //! machine and day) from one replica at a time; `recorder.rs` decides when. Reports read the
-//! recorded verdicts and judge only the machines the recorder has not judged recently.
+//! recorded verdicts (`report.rs`) and judge only the machines the recorder has not judged recently.
 //! Decommissioned machines are left out everywhere.
 
 pub mod evidence;
 mod history;
 mod recorder;
+mod report;
 pub mod rules;
 #[cfg(test)]
 mod tests;
@@ -18,7 +19,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
-use cofre_api::compliance::{Finding, MachineCompliance, Rollup, Status, Summary};
+use cofre_api::compliance::{Finding, MachineCompliance, Status};
 use cofre_policy::schedule::{Trigger, backup_jitter_key, jitter_offset};
 use cofre_policy::spec::PolicySpec;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,7 @@ use rules::{Limits, MachineFacts, MachineState, PolicyFacts};
 
 pub use history::{days, machine_history, record, record_machines};
 pub use recorder::{Dirty, spawn};
+pub use report::{BackupAge, Selection, Sort, current, report, summary};
 
 /// What the evaluator remembers between runs about conditions that carry no date of their own.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,7 +203,7 @@ pub async fn evaluate(
     Ok(out)
 }
 
-fn seconds(s: u64) -> Duration {
+pub(crate) fn seconds(s: u64) -> Duration {
     Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
 }
 
@@ -265,136 +267,6 @@ fn policy_facts(
         unrecorded_snapshots: r.unrecorded,
         next_run_due,
     })
-}
-
-/// How old a recorded evaluation may be before a reader judges the machine again itself (the
-/// recorder is late or stopped): two recording periods and half a minute.
-fn fresh_for(st: &AppState) -> Duration {
-    seconds(st.settings.compliance.evaluate_seconds.saturating_mul(2).saturating_add(30))
-}
-
-#[derive(sqlx::FromRow)]
-struct StoredRow {
-    id: Uuid,
-    hostname: String,
-    group_id: Option<Uuid>,
-    group_name: Option<String>,
-    last_seen_at: Option<DateTime<Utc>>,
-    status: Option<String>,
-    findings: Option<serde_json::Value>,
-    changed_at: Option<DateTime<Utc>>,
-    evaluated_at: Option<DateTime<Utc>>,
-    last_good_backup_at: Option<DateTime<Utc>>,
-}
-
-/// Machines of `group` (None: the fleet) as the recorder last judged them, and when the oldest
-/// of those judgements was made. Machines it has not judged recently (new ones, or all of them
-/// when no replica records) are judged here and now instead, so a report is never older than
-/// [`fresh_for`] and is usually a few seconds old: reading 10,000 recorded rows is a query,
-/// judging 10,000 machines is most of a second.
-async fn read(
-    st: &AppState,
-    group: Option<Uuid>,
-    now: DateTime<Utc>,
-) -> Result<(Vec<MachineCompliance>, DateTime<Utc>)> {
-    let rows: Vec<StoredRow> = sqlx::query_as(
-        "select m.id, m.hostname, m.group_id, g.name as group_name, m.last_seen_at,
-                c.status, c.findings, c.changed_at, c.evaluated_at, c.last_good_backup_at
-         from machines m
-         left join groups g on g.id = m.group_id
-         left join compliance_current c on c.machine_id = m.id
-         where m.status <> 'decommissioned' and ($1::uuid is null or m.group_id = $1)",
-    )
-    .bind(group)
-    .fetch_all(&st.pool)
-    .await?;
-    let fresh_from = now - fresh_for(st);
-    let mut oldest = now;
-    let mut out = Vec::with_capacity(rows.len());
-    let mut again = Vec::new();
-    for r in rows {
-        let recorded = r.evaluated_at.filter(|at| (fresh_from..=now).contains(at)).and_then(|at| {
-            let status = Status::parse(r.status.as_deref()?)?;
-            let findings: Vec<Finding> = serde_json::from_value(r.findings?).ok()?;
-            Some((at, status, findings))
-        });
-        let Some((at, status, findings)) = recorded else {
-            again.push(r.id);
-            continue;
-        };
-        oldest = oldest.min(at);
-        out.push(MachineCompliance {
-            machine_id: r.id,
-            hostname: r.hostname,
-            group_id: r.group_id,
-            group_name: r.group_name,
-            status,
-            status_since: r.changed_at,
-            last_seen_at: r.last_seen_at,
-            last_good_backup_at: r.last_good_backup_at,
-            findings,
-        });
-    }
-    if !again.is_empty() {
-        out.extend(evaluate(st, group, Some(&again), now).await?.into_iter().map(|e| e.machine));
-    }
-    Ok((out, oldest))
-}
-
-/// The current report: machines of `group` with `status` (None: all), worst first.
-pub async fn current(
-    st: &AppState,
-    group: Option<Uuid>,
-    status: Option<Status>,
-    now: DateTime<Utc>,
-) -> Result<Vec<MachineCompliance>> {
-    let (machines, _) = read(st, group, now).await?;
-    let mut v: Vec<MachineCompliance> =
-        machines.into_iter().filter(|m| status.is_none_or(|s| m.status == s)).collect();
-    v.sort_by(|a, b| b.status.cmp(&a.status).then(a.hostname.cmp(&b.hostname)));
-    Ok(v)
-}
-
-/// Roll-ups per group and for the whole fleet (or for one group only), as of the oldest
-/// judgement they count.
-pub async fn summary(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<Summary> {
-    let (machines, evaluated_at) = read(st, group, now).await?;
-    let mut groups: BTreeMap<Option<Uuid>, Rollup> = BTreeMap::new();
-    let mut fleet = Rollup::default();
-    for m in &machines {
-        let g = groups.entry(m.group_id).or_insert_with(|| Rollup {
-            group_id: m.group_id,
-            group_name: m.group_name.clone(),
-            ..Default::default()
-        });
-        count(g, m.status);
-        count(&mut fleet, m.status);
-    }
-    let mut groups: Vec<Rollup> = groups.into_values().map(finish).collect();
-    groups.sort_by(|a, b| a.group_name.cmp(&b.group_name));
-    Ok(Summary { evaluated_at, fleet: finish(fleet), groups })
-}
-
-fn count(r: &mut Rollup, s: Status) {
-    r.machines += 1;
-    match s {
-        Status::Compliant => r.compliant += 1,
-        Status::AtRisk => r.at_risk += 1,
-        Status::Unknown => r.unknown += 1,
-        Status::NonCompliant => r.non_compliant += 1,
-    }
-}
-
-fn finish(mut r: Rollup) -> Rollup {
-    r.protected_percent = if r.machines == 0 {
-        100.0
-    } else {
-        // Counts fit f64 exactly far beyond any fleet.
-        #[allow(clippy::cast_precision_loss)]
-        let p = (r.compliant + r.at_risk) as f64 * 100.0 / r.machines as f64;
-        (p * 10.0).round() / 10.0
-    };
-    r
 }
 
 /// The report as CSV (RFC 4180): one row per machine and finding (a compliant machine has one

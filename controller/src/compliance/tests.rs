@@ -355,3 +355,68 @@ async fn reports_read_the_recorded_verdicts_and_judge_only_what_is_not_recorded_
     let s = crate::compliance::summary(&st, None, late).await.unwrap();
     assert_eq!(s.evaluated_at, late);
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn the_report_api_selects_orders_and_cuts_pages_and_refuses_what_it_cannot_read(pool: PgPool) {
+    use axum::http::StatusCode;
+    let st = state(pool.clone()).await;
+    let mut ids = Vec::new();
+    for (host, group) in [("ubs-centro", "saude"), ("escola-norte", "educacao"), ("ubs-sul", "saude2")] {
+        let (_, m) = machine_in_new_group(&st, group).await;
+        sqlx::query("update machines set hostname = $2 where id = $1")
+            .bind(m)
+            .bind(host)
+            .execute(&pool)
+            .await
+            .unwrap();
+        ids.push(m);
+    }
+    let now = Utc::now();
+    seen(&pool, ids[1], now).await; // seen, no policy: non-compliant; the others never reported.
+    crate::compliance::record(&st, now).await.unwrap();
+    let admin = crate::tests::user_token(&st, "a", crate::auth::Role::Admin, None).await;
+    let get = |q: &str| {
+        let (st, admin) = (st.clone(), admin.clone());
+        let path = format!("/api/v1/compliance{q}");
+        async move { crate::tests::call_json(&st, "GET", &path, &admin, "").await }
+    };
+    let hosts = |body: &serde_json::Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["hostname"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let (s, all) = get("").await;
+    assert_eq!((s, all["total"].as_u64()), (StatusCode::OK, Some(3)));
+    assert_eq!(hosts(&all), ["escola-norte", "ubs-centro", "ubs-sul"], "worst first, then by name");
+    assert!(!all["items"][0]["findings"].as_array().unwrap().is_empty(), "recorded findings are read");
+
+    let (_, page) = get("?q=UBS&sort=host&limit=1&offset=1").await;
+    assert_eq!((hosts(&page), page["total"].as_u64()), (vec!["ubs-sul".to_string()], Some(2)));
+    assert!(!page["items"][0]["findings"].as_array().unwrap().is_empty(), "the page's findings");
+    let (_, by_group) = get("?q=saude&sort=group").await;
+    assert_eq!(hosts(&by_group), ["ubs-centro", "ubs-sul"], "the group's name matches too");
+    let (_, one) = get(&format!("?q={}", ids[2])).await;
+    assert_eq!(hosts(&one), ["ubs-sul"], "a whole machine id selects that machine");
+    let (_, never) = get("?backup_age=never&status=unknown&sort=seen").await;
+    assert_eq!(hosts(&never), ["ubs-centro", "ubs-sul"]);
+    let (_, past) = get("?offset=10&limit=5").await;
+    assert_eq!((hosts(&past).len(), past["total"].as_u64()), (0, Some(3)), "past the end: empty, total kept");
+
+    for (q, field) in [
+        ("?sort=size", "sort"),
+        ("?backup_age=7h", "backup_age"),
+        ("?limit=0", "limit"),
+        ("?limit=1001", "limit"),
+        ("?status=fine", "status"),
+    ] {
+        let (s, body) = get(q).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {body}");
+        assert_eq!(body["errors"][0]["field"], field, "{q}: {body}");
+    }
+    let (s, _) = get("?limit=abc").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}

@@ -5,7 +5,7 @@ use axum::Extension;
 use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
 use cofre_api::Items;
-use cofre_api::compliance::{MachineCompliance, Status, Summary};
+use cofre_api::compliance::{Status, Summary};
 use cofre_api::groups::Group;
 use http::{HeaderValue, header};
 use leptos::prelude::*;
@@ -34,13 +34,14 @@ pub async fn page(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
     let lang = ctx.lang;
     let group = group_of(&f);
     let q = query(&[("group", group.clone())]);
+    let selection = [("group", group.clone())];
     let (summary, report, groups) = futures::join!(
         ctx.api.get::<Summary>(format!("/api/v1/compliance/summary{q}")),
-        ctx.api.get::<Items<MachineCompliance>>(format!("/api/v1/compliance{q}")),
+        super::report_page(&ctx, &selection, f.page.unwrap_or(1), PER_PAGE),
         ctx.api.get::<Items<Group>>("/api/v1/groups"),
     );
-    let (summary, report, groups) = match (summary, report, groups) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b.items, c.items),
+    let (summary, (report, page_no, pages, total), groups) = match (summary, report, groups) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c.items),
         (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return layout::api_error(&ctx, &e),
     };
     let rollups = std::iter::once((lang.t("compliance-fleet"), summary.fleet.clone()))
@@ -64,8 +65,6 @@ pub async fn page(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
             }
         })
         .collect_view();
-    let total = report.len();
-    let (report, page_no, pages) = super::paginate(report, f.page.unwrap_or(1), PER_PAGE);
     let link = |p: usize| {
         format!("/compliance{}", query(&[("group", group.clone()), ("page", Some(p.to_string()))]))
     };

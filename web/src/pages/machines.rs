@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, Query};
 use axum::response::Response;
 use axum::{Extension, Form};
-use chrono::{Duration, Utc};
 use cofre_api::Items;
 use cofre_api::common::Page;
-use cofre_api::compliance::{MachineCompliance, Status};
+use cofre_api::compliance::Status;
 use cofre_api::groups::Group;
 use cofre_api::jobs::{Job, RunNow, Snapshot};
 use cofre_api::machines::Machine;
@@ -20,7 +19,7 @@ use leptos::prelude::*;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{paginate, see_other};
+use super::{report_page, see_other};
 use crate::api::query;
 use crate::layout::{self, badge, csrf_field, when};
 use crate::{Ctx, Lang};
@@ -55,56 +54,35 @@ impl Filters {
     }
 }
 
-/// Keeps the machines the search and the backup-age filter let through, sorted.
-fn select(mut machines: Vec<MachineCompliance>, f: &Filters) -> Vec<MachineCompliance> {
-    let now = Utc::now();
-    if let Some(q) = f.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        let q = q.to_lowercase();
-        machines.retain(|m| {
-            m.hostname.to_lowercase().contains(&q)
-                || m.group_name.as_deref().is_some_and(|g| g.to_lowercase().contains(&q))
-                || m.machine_id.to_string().starts_with(&q)
-        });
-    }
-    match f.age.as_deref() {
-        Some("never") => machines.retain(|m| m.last_good_backup_at.is_none()),
-        Some(a) if a.ends_with('d') => {
-            if let Ok(days) = a.trim_end_matches('d').parse::<i64>() {
-                let limit = now - Duration::days(days.clamp(0, 3660));
-                machines.retain(|m| m.last_good_backup_at.is_none_or(|t| t < limit));
-            }
-        }
-        _ => {}
-    }
-    match f.sort.as_deref() {
-        Some("status") => machines.sort_by(|a, b| b.status.cmp(&a.status).then(a.hostname.cmp(&b.hostname))),
-        Some("backup") => machines.sort_by_key(|m| m.last_good_backup_at),
-        Some("seen") => machines.sort_by_key(|m| m.last_seen_at),
-        Some("group") => {
-            machines.sort_by(|a, b| a.group_name.cmp(&b.group_name).then(a.hostname.cmp(&b.hostname)));
-        }
-        _ => machines.sort_by_key(|m| m.hostname.to_lowercase()),
-    }
-    machines
+/// The API's selection for these filters (values the API would refuse are left out, as if
+/// the filter were not set).
+fn selection(f: &Filters) -> Vec<(&'static str, Option<String>)> {
+    let known = |v: &Option<String>, ok: &[&str]| v.clone().filter(|v| ok.contains(&v.as_str()));
+    vec![
+        ("group", f.group.clone().filter(|g| Uuid::parse_str(g).is_ok())),
+        ("status", f.status.clone().filter(|s| Status::parse(s).is_some())),
+        ("q", f.q.clone().filter(|q| !q.trim().is_empty())),
+        ("backup_age", known(&f.age, &AGES.map(|(v, _)| v))),
+        ("sort", known(&f.sort, &["host", "group", "status", "backup", "seen"]).or(Some("host".into()))),
+    ]
 }
+
+/// The backup-age filter's choices and their labels.
+const AGES: [(&str, &str); 4] =
+    [("1d", "age-1d"), ("7d", "age-7d"), ("30d", "age-30d"), ("never", "age-never")];
 
 /// `GET /machines`.
 pub async fn list(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> Response {
     let lang = ctx.lang;
-    let status = f.status.clone().filter(|s| Status::parse(s).is_some());
-    let group = f.group.clone().filter(|g| Uuid::parse_str(g).is_ok());
-    let report_path = format!("/api/v1/compliance{}", query(&[("group", group.clone()), ("status", status)]));
+    let params = selection(&f);
     let (report, groups) = futures::join!(
-        ctx.api.get::<Items<MachineCompliance>>(&report_path),
+        report_page(&ctx, &params, f.page.unwrap_or(1), PER_PAGE),
         ctx.api.get::<Items<Group>>("/api/v1/groups")
     );
-    let (report, groups) = match (report, groups) {
-        (Ok(r), Ok(g)) => (r.items, g.items),
+    let ((rows, page_no, pages, total), groups) = match (report, groups) {
+        (Ok(r), Ok(g)) => (r, g.items),
         (Err(e), _) | (_, Err(e)) => return layout::api_error(&ctx, &e),
     };
-    let selected = select(report, &f);
-    let total = selected.len();
-    let (rows, page_no, pages) = paginate(selected, f.page.unwrap_or(1), PER_PAGE);
     let sort_link = |key: &'static str, label: String| {
         let current = f.sort.as_deref().unwrap_or("host") == key;
         let href = f.link(1, Some(key));
@@ -151,7 +129,7 @@ pub async fn list(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
             view! { <option value=s.as_str() selected=selected>{lang.t(&format!("status-{}", s.as_str()))}</option> }
         })
         .collect_view();
-    let age_options = [("1d", "age-1d"), ("7d", "age-7d"), ("30d", "age-30d"), ("never", "age-never")]
+    let age_options = AGES
         .into_iter()
         .map(|(v, k)| {
             let selected = f.age.as_deref() == Some(v);
@@ -206,10 +184,13 @@ pub async fn page(
         Ok(m) => m,
         Err(e) => return layout::api_error(&ctx, &e),
     };
-    let report_path =
-        format!("/api/v1/compliance{}", query(&[("group", machine.group_id.map(|g| g.to_string()))]));
+    // The report's search matches a machine id's start: the whole id selects this machine.
+    let report_path = format!(
+        "/api/v1/compliance{}",
+        query(&[("group", machine.group_id.map(|g| g.to_string())), ("q", Some(id.to_string()))])
+    );
     let (report, jobs, snapshots, policies) = futures::join!(
-        ctx.api.get::<Items<MachineCompliance>>(&report_path),
+        ctx.api.get::<cofre_api::compliance::Report>(&report_path),
         ctx.api.get::<Page<Job>>(format!("/api/v1/machines/{id}/jobs?limit=25")),
         ctx.api.get::<Items<Snapshot>>(format!("/api/v1/machines/{id}/snapshots")),
         ctx.api.get::<Items<Policy>>("/api/v1/policies"),

@@ -5,7 +5,7 @@ use axum::Extension;
 use axum::response::Response;
 use cofre_api::Items;
 use cofre_api::common::Page;
-use cofre_api::compliance::{Day, MachineCompliance, Rollup, Status, Summary};
+use cofre_api::compliance::{Day, MachineCompliance, Report, Rollup, Status, Summary};
 use cofre_api::jobs::Job;
 use cofre_api::machines::Machine;
 use leptos::prelude::*;
@@ -21,7 +21,7 @@ pub async fn page(Extension(ctx): Extension<Ctx>) -> Response {
     let lang = ctx.lang;
     let (summary, report, days, running, pending) = tokio_join(
         ctx.api.get::<Summary>("/api/v1/compliance/summary"),
-        ctx.api.get::<Items<MachineCompliance>>("/api/v1/compliance"),
+        ctx.api.get::<Report>(format!("/api/v1/compliance?sort=status&limit={ATTENTION}")),
         ctx.api.get::<Items<Day>>("/api/v1/compliance/days"),
         ctx.api.get::<Page<Job>>("/api/v1/jobs?state=running&limit=20"),
         ctx.api.get::<Page<Machine>>("/api/v1/machines?status=pending&limit=1000"),
@@ -33,8 +33,17 @@ pub async fn page(Extension(ctx): Extension<Ctx>) -> Response {
             return layout::api_error(&ctx, &e);
         }
     };
-    let hostnames: std::collections::HashMap<uuid::Uuid, String> =
-        report.iter().map(|m| (m.machine_id, m.hostname.clone())).collect();
+    // The running jobs' machines, by name (at most 20 small reads, at once).
+    let running_on: std::collections::BTreeSet<uuid::Uuid> =
+        running.iter().filter_map(|j| j.machine_id).collect();
+    let hostnames: std::collections::HashMap<uuid::Uuid, String> = futures::future::join_all(
+        running_on.into_iter().map(|id| ctx.api.get::<Machine>(format!("/api/v1/machines/{id}"))),
+    )
+    .await
+    .into_iter()
+    .filter_map(Result::ok)
+    .map(|m| (m.id, m.hostname))
+    .collect();
     let attention: Vec<MachineCompliance> =
         report.into_iter().filter(|m| m.status != Status::Compliant).take(ATTENTION).collect();
     let fleet = summary.fleet.clone();
