@@ -414,7 +414,7 @@ async fn the_report_api_selects_orders_and_cuts_pages_and_refuses_what_it_cannot
         ("?status=fine", "status"),
     ] {
         let (s, body) = get(q).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {body}");
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{q}: {body}");
         assert_eq!(body["errors"][0]["field"], field, "{q}: {body}");
     }
     let (s, _) = get("?limit=abc").await;
