@@ -8,13 +8,17 @@
 //! child records the lock's id in a file beside the job's running marker, and the agent removes
 //! that lock after the child ends without doing so itself — also at the next start after a
 //! crash — so nobody ever has to unlock a repository by hand.
+//!
+//! While it runs, the child prints the engine's progress every [`progress_every`] (progress
+//! lines before its result, `cofre_engine::child`), which [`run`] hands to its caller.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cofre_engine::child::{ChildError, run_json};
+use cofre_engine::child::{ChildError, report_progress_every, run_json_reporting};
 use cofre_engine::{
-    BackupReport, BackupRequest, LockOptions, RepoTarget, RetryClass, SourceFilters, WireTarget,
+    BackupProgress, BackupReport, BackupRequest, LockOptions, ProgressSample, RepoTarget, RetryClass,
+    SourceFilters, WireTarget,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +30,20 @@ const MAX_RESULT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long a backup waits for the controller's maintenance (an exclusive lock) to finish.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// How often a running backup's progress is sampled and sent: 10,000 machines backing up at
+/// once make about 670 small updates a second, each one UPDATE of one row.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(15);
+
+/// [`PROGRESS_EVERY`], or what `COFRE_AGENT_PROGRESS_SECONDS` says (1 to 3,600; for tests that
+/// cannot wait for several samples).
+pub fn progress_every() -> Duration {
+    std::env::var("COFRE_AGENT_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| (1..=3600).contains(s))
+        .map_or(PROGRESS_EVERY, Duration::from_secs)
+}
 
 /// Everything a child needs for one backup. Debug shows no secrets.
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +66,9 @@ pub struct ChildJob {
     /// Where the child records the id of the repository lock it holds.
     pub lock_record: Option<PathBuf>,
     pub lock_wait_seconds: u64,
+    /// How often the child prints its progress; none when absent (a parent from before).
+    #[serde(default)]
+    pub progress_seconds: Option<u64>,
 }
 
 impl ChildJob {
@@ -66,7 +87,12 @@ impl ChildJob {
             cache_dir,
             lock_record: req.lock.record.clone(),
             lock_wait_seconds: req.lock.wait.as_secs(),
+            progress_seconds: Some(progress_every().as_secs()),
         }
+    }
+
+    fn progress_every(&self) -> Option<Duration> {
+        self.progress_seconds.filter(|s| *s > 0).map(Duration::from_secs)
     }
 
     fn into_engine(self) -> (RepoTarget, BackupRequest, Option<PathBuf>) {
@@ -114,9 +140,16 @@ pub fn child_main() -> std::process::ExitCode {
         SUBCOMMAND,
         |message| ChildResult::Failed { message, retry_class: RetryClass::Permanent },
         |job: ChildJob| {
+            let every = job.progress_every();
             let (target, req, cache_dir) = job.into_engine();
             cofre_engine::set_cache_dir(cache_dir);
-            match cofre_engine::backup(&target, &req) {
+            let progress = BackupProgress::default();
+            let outcome = report_progress_every(
+                every,
+                || progress.sample(),
+                || cofre_engine::backup_with_progress(&target, &req, &progress),
+            );
+            match outcome {
                 Ok(report) => ChildResult::Succeeded { report: Box::new(report) },
                 Err(e) => ChildResult::Failed { message: e.to_string(), retry_class: e.retry_class() },
             }
@@ -125,10 +158,12 @@ pub fn child_main() -> std::process::ExitCode {
 }
 
 /// Runs one backup in a child process and waits for it, or until `cancel` resolves (the child
-/// is then killed). The child is also killed if this future is dropped (agent shutdown).
+/// is then killed). The child is also killed if this future is dropped (agent shutdown). Its
+/// progress goes to `on_progress` as the child prints it.
 pub async fn run(
     job: &ChildJob,
     cancel: impl std::future::Future<Output = ()>,
+    on_progress: impl FnMut(ProgressSample),
 ) -> Result<BackupReport, JobFailure> {
     let fail = |message: String| JobFailure { message, retry_class: RetryClass::Temporary, cancelled: false };
     let exe =
@@ -138,7 +173,8 @@ pub async fn run(
     if crate::LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
         cmd.env("COFRE_AGENT_LOG_JSON", "1");
     }
-    let result = run_json::<_, ChildResult>(cmd, job, MAX_RESULT_BYTES, cancel).await;
+    let result =
+        run_json_reporting::<_, ChildResult, _>(cmd, job, MAX_RESULT_BYTES, cancel, on_progress).await;
     let outcome = match result {
         Ok(ChildResult::Succeeded { report }) => Ok(*report),
         Ok(ChildResult::Failed { message, retry_class }) => {

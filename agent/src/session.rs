@@ -65,6 +65,9 @@ pub async fn run_forever(agent: Arc<Agent>, interrupted: Vec<String>) {
     }
 }
 
+/// How often the agent says it is there when it has nothing else to send.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// How often an agent whose certificate expired looks for a re-enrolled one.
 const REENROLLMENT_CHECK: Duration = Duration::from_secs(2);
 
@@ -144,9 +147,16 @@ async fn connect_once(agent: &Arc<Agent>, interrupted: Vec<String>) -> anyhow::R
     result
 }
 
-/// Sends spooled events (all of them after connecting, then each new one) and heartbeats.
+/// Sends spooled events (all of them after connecting, then each new one), the running
+/// backup's progress as it is sampled (the latest one at once after connecting; never spooled,
+/// never acknowledged) and heartbeats.
 async fn deliver(agent: Arc<Agent>, tx: mpsc::Sender<pb::AgentMessage>) {
     let mut sent: HashSet<String> = HashSet::new();
+    let mut progress = agent.progress.subscribe();
+    progress.mark_changed();
+    // Its own timer: progress every 15 s must not keep postponing the heartbeat.
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let notified = agent.spool.added.notified();
         tokio::pin!(notified);
@@ -162,7 +172,18 @@ async fn deliver(agent: Arc<Agent>, tx: mpsc::Sender<pb::AgentMessage>) {
         }
         tokio::select! {
             () = &mut notified => {}
-            () = tokio::time::sleep(Duration::from_secs(30)) => {
+            changed = progress.changed() => {
+                let latest = progress.borrow_and_update().clone();
+                if changed.is_err() {
+                    return;
+                }
+                if let Some(ev) = latest
+                    && tx.send(pb::AgentMessage { msg: Some(Out::JobEvent(ev)) }).await.is_err()
+                {
+                    return;
+                }
+            }
+            _ = heartbeat.tick() => {
                 let hb = pb::Heartbeat { plan_version: agent.plan_version() };
                 if tx.send(pb::AgentMessage { msg: Some(Out::Heartbeat(hb)) }).await.is_err() {
                     return;

@@ -12,6 +12,9 @@
 //! left; the first write that succeeds again logs what was held and dropped meanwhile. A
 //! result held in memory when the agent stops is reported as interrupted by its job's marker
 //! at the next start (the marker stays until the result is written or acknowledged).
+//!
+//! **A running job's progress is never spooled** (`Pushed::Live`): it is sent on a live session
+//! only (`Agent::progress`, the session's `deliver`); a later sample replaces a lost one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -30,6 +33,8 @@ pub enum Pushed {
     Held,
     /// A progress event the disk did not take: dropped and counted.
     Dropped,
+    /// A running job's progress: never written (it goes on a live session only).
+    Live,
 }
 
 /// Why an event cannot be spooled at all.
@@ -140,6 +145,9 @@ impl Spool {
     /// # Errors
     /// Only a malformed event id.
     pub fn push_with_marker(&self, ev: &pb::JobEvent, marker: Option<PathBuf>) -> Result<Pushed, SpoolError> {
+        if matches!(ev.kind, Some(pb::job_event::Kind::Progress(_))) {
+            return Ok(Pushed::Live);
+        }
         self.retry_held();
         let pushed = match self.write(ev) {
             Ok(()) => {
@@ -323,6 +331,24 @@ fn remove_marker(p: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_is_never_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().to_path_buf());
+        let ev = pb::JobEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            job_id: uuid::Uuid::now_v7().to_string(),
+            kind: Some(pb::job_event::Kind::Progress(pb::JobProgress {
+                files_done: 3,
+                ..Default::default()
+            })),
+        };
+        assert_eq!(spool.push(&ev).unwrap(), Pushed::Live);
+        assert!(spool.is_empty() && spool.pending().is_empty());
+        assert_eq!(spool.dropped_progress(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).map(Iterator::count).unwrap_or(0), 0);
+    }
 
     #[test]
     fn events_survive_until_acked_in_order() {

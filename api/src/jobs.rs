@@ -32,6 +32,38 @@ pub struct Job {
     /// How the agent should treat the failure: transient, permanent, …
     pub retry_class: Option<String>,
     pub log: Option<String>,
+    /// A running backup's latest progress, as its agent last sent it (about every 15 s); none
+    /// before the first sample and once the job has ended.
+    #[serde(default)]
+    pub progress: Option<JobProgress>,
+}
+
+/// How far a running backup has got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobProgress {
+    /// Files processed so far (every entry but directories, as the snapshot's summary counts).
+    pub files_done: u64,
+    /// Their bytes.
+    pub bytes_done: u64,
+    /// All files the backup will process, once the agent's scan has counted them (none while
+    /// it is still scanning).
+    pub files_total: Option<u64>,
+    /// Their bytes, once counted.
+    pub bytes_total: Option<u64>,
+    /// When the controller received this sample.
+    pub at: DateTime<Utc>,
+}
+
+impl JobProgress {
+    /// Bytes done as a share of the total (0 to 100), once the total is known.
+    pub fn percent(&self) -> Option<u8> {
+        let total = self.bytes_total?;
+        if total == 0 {
+            return Some(100);
+        }
+        let pct = (u128::from(self.bytes_done.min(total)) * 100 / u128::from(total)).min(100);
+        u8::try_from(pct).ok()
+    }
 }
 
 impl Job {

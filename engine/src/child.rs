@@ -6,17 +6,20 @@
 //!
 //! The parent writes the job (secrets included) to the child's stdin as JSON — never to argv,
 //! the environment or disk — and reads one JSON result from its stdout; the child's logs go to
-//! stderr, which it shares with the parent. The child dies with its parent (`PR_SET_PDEATHSIG`),
+//! stderr, which it shares with the parent. Before its result a child may print progress
+//! lines (`{"progress":…}` and a newline, [`report_progress_every`]) that the parent hands to
+//! its caller as they come ([`run_json_reporting`]); a parent that asked for none gets none. The child dies with its parent (`PR_SET_PDEATHSIG`),
 //! so nothing keeps writing to a repository after whoever started it is gone.
 
 use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Largest job a child reads from stdin.
 const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
@@ -39,10 +42,32 @@ pub enum ChildError {
 /// [`ChildError::Cancelled`], or [`ChildError::Failed`] describing how the child ended without a
 /// readable result.
 pub async fn run_json<I: Serialize, R: DeserializeOwned>(
+    cmd: tokio::process::Command,
+    input: &I,
+    max_output: u64,
+    cancel: impl Future<Output = ()>,
+) -> Result<R, ChildError> {
+    run_json_reporting::<I, R, serde::de::IgnoredAny>(cmd, input, max_output, cancel, |_| {}).await
+}
+
+/// A progress line: `{"progress": …}` on a line of its own.
+#[derive(Serialize, Deserialize)]
+struct ProgressLine<P> {
+    progress: P,
+}
+
+/// [`run_json`], handing every progress line the child prints before its result (see
+/// [`report_progress_every`]) to `on_progress` as it arrives. Lines that are not progress are
+/// the result; progress lines that do not parse as `P` are ignored.
+///
+/// # Errors
+/// As [`run_json`].
+pub async fn run_json_reporting<I: Serialize, R: DeserializeOwned, P: DeserializeOwned>(
     mut cmd: tokio::process::Command,
     input: &I,
     max_output: u64,
     cancel: impl Future<Output = ()>,
+    mut on_progress: impl FnMut(P),
 ) -> Result<R, ChildError> {
     let fail = |m: String| ChildError::Failed(m);
     let input = serde_json::to_vec(input).map_err(|e| fail(format!("cannot encode the job: {e}")))?;
@@ -64,9 +89,22 @@ pub async fn run_json<I: Serialize, R: DeserializeOwned>(
         r
     };
     let mut output = Vec::new();
-    let mut limited = stdout.take(max_output);
+    let mut limited = tokio::io::BufReader::new(stdout.take(max_output));
+    let read = async {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if limited.read_until(b'\n', &mut line).await? == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            match line.ends_with(b"\n").then(|| serde_json::from_slice::<ProgressLine<P>>(&line).ok()) {
+                Some(Some(p)) => on_progress(p.progress),
+                _ => output.extend_from_slice(&line),
+            }
+        }
+    };
     let work = async {
-        let (fed, read) = tokio::join!(feed, limited.read_to_end(&mut output));
+        let (fed, read) = tokio::join!(feed, read);
         (fed, read)
     };
     tokio::pin!(cancel);
@@ -123,6 +161,35 @@ pub async fn remove_recorded_lock(
     }
     let _ = std::fs::remove_file(record);
     Ok(true)
+}
+
+/// The child's side of progress: runs `work`, printing `sample()` as a progress line every
+/// `every` meanwhile (from a thread of its own, stopped before `work`'s result is returned, so
+/// every progress line comes before the result). `None`: no progress lines.
+pub fn report_progress_every<P: Serialize, T>(
+    every: Option<Duration>,
+    sample: impl Fn() -> P + Sync,
+    work: impl FnOnce() -> T,
+) -> T {
+    let Some(every) = every else { return work() };
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let sample = &sample;
+        s.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                let mut out = std::io::stdout().lock();
+                let line = ProgressLine { progress: sample() };
+                // Best effort: a parent that stopped reading ends the job through its own means.
+                let _ = serde_json::to_writer(&mut out, &line)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush());
+            }
+        });
+        let result = work();
+        drop(stop);
+        result
+    })
 }
 
 /// How a child ended without a result, for a person.
@@ -196,6 +263,42 @@ mod tests {
         let r: Result<serde_json::Value, _> = run_json(slow, &1, 1024, cancel).await;
         assert!(matches!(r, Err(ChildError::Cancelled)));
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn progress_lines_come_before_the_result_and_are_handed_over() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            "cat >/dev/null; echo '{\"progress\":1}'; echo 'not progress'; echo '{\"progress\":2}'; \
+             printf '{\"ok\":1}'",
+        ]);
+        let mut seen = Vec::new();
+        let r: Result<serde_json::Value, _> =
+            run_json_reporting(cmd, &1, 1024, std::future::pending(), |p: u64| seen.push(p)).await;
+        // A stray line is part of the result, which then does not parse.
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(seen, [1, 2]);
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "cat >/dev/null; echo '{\"progress\":7}'; echo '{\"ok\":1}'"]);
+        let mut seen = Vec::new();
+        let v: serde_json::Value =
+            run_json_reporting(cmd, &1, 1024, std::future::pending(), |p: u64| seen.push(p)).await.unwrap();
+        assert_eq!((v["ok"].as_u64(), seen), (Some(1), vec![7]));
+    }
+
+    #[test]
+    fn a_child_reports_progress_only_when_asked() {
+        let calls = std::sync::atomic::AtomicU64::new(0);
+        let sample = || calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(report_progress_every(None, sample, || 5), 5);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let r = report_progress_every(Some(Duration::from_millis(10)), sample, || {
+            std::thread::sleep(Duration::from_millis(100));
+            6
+        });
+        assert_eq!(r, 6);
+        assert!(calls.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! One backup job's work: the engine's inputs from the current plan (`prepare`), the policy's
 //! before and after hooks with their environment and log, the backup in its child process
-//! (stopped by a cancel), and the result as reported (outcome, warnings, statistics). Each
+//! (stopped by a cancel) with its progress, and the result as reported (outcome, warnings,
+//! statistics). Each
 //! snapshot is tagged with its policy, its machine and its job (`cofre-job:<id>`).
 
 use cofre_proto::agent::v1 as pb;
@@ -55,7 +56,10 @@ impl Agent {
         let cancelled = async move {
             let _ = stop.wait_for(|v| *v).await;
         };
-        match crate::job_process::run(&child, cancelled).await {
+        let on_progress = |sample| {
+            self.progress.send_replace(Some(progress_event(job.job_id, &sample, self.now_utc())));
+        };
+        match crate::job_process::run(&child, cancelled, on_progress).await {
             Ok(report) => {
                 tracing::info!(job.id = %job.job_id, snapshot = %report.snapshot_id,
                     files = report.files_processed, bytes_added = report.bytes_added,
@@ -192,6 +196,25 @@ impl Agent {
             },
         };
         Ok((target, req, repo.id.clone()))
+    }
+}
+
+/// A running backup's progress as sent (on a live session only, never spooled).
+pub(super) fn progress_event(
+    job: Uuid,
+    sample: &cofre_engine::ProgressSample,
+    at: chrono::DateTime<chrono::Utc>,
+) -> pb::JobEvent {
+    pb::JobEvent {
+        event_id: Uuid::now_v7().to_string(),
+        job_id: job.to_string(),
+        kind: Some(pb::job_event::Kind::Progress(pb::JobProgress {
+            files_done: sample.files_done,
+            bytes_done: sample.bytes_done,
+            files_total: sample.files_total,
+            bytes_total: sample.bytes_total,
+            sampled_at: Some(ts(at)),
+        })),
     }
 }
 

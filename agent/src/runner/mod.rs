@@ -2,7 +2,8 @@
 //! local schedule (`scheduler`) or a run-now request. Each job leaves a marker while it runs (so
 //! a crash is reported as an interrupted job on the next start), spools a started and a
 //! finished event, runs the policy's hooks (`hooks`) around the backup and the backup itself in
-//! a child process (`job_process`), which a cancel request kills.
+//! a child process (`job_process`), which a cancel request kills. A backup's progress is not
+//! spooled: the latest sample waits in [`Agent::progress`] for the session to send it.
 //!
 //! What belongs here: the queue, cancel, the schedule and worker loops and a job's life (marker,
 //! events); one backup job's own work (engine inputs, hooks, the child process, its result) is
@@ -64,6 +65,9 @@ pub struct Agent {
     cancelled: Mutex<HashSet<Uuid>>,
     /// The running job and the switch that stops it.
     running: Mutex<Option<(Uuid, watch::Sender<bool>)>>,
+    /// The running backup's latest progress event, for a live session to send (never spooled;
+    /// `None` when no backup runs).
+    pub progress: watch::Sender<Option<pb::JobEvent>>,
     hook_dir: PathBuf,
     machine_id: Uuid,
     pub hostname: String,
@@ -107,6 +111,7 @@ impl Agent {
             clock,
             cancelled: Mutex::new(HashSet::new()),
             running: Mutex::new(None),
+            progress: watch::Sender::new(None),
             hook_dir,
             machine_id,
             hostname,
@@ -312,6 +317,7 @@ impl Agent {
         *lock(&self.running) = Some((job.job_id, stop_tx));
         self.run_backup(job, &mut finished, stop_rx).await;
         *lock(&self.running) = None;
+        self.progress.send_replace(None);
         finished.finished_at = Some(ts(self.now_utc()));
         if let Some(end) = job.window_end
             && self.clock.now() > end

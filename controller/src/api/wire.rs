@@ -40,6 +40,16 @@ pub fn page<D, W: From<D>>(p: machines::Page<D>) -> api::Page<W> {
 
 impl From<jobs::Job> for api::jobs::Job {
     fn from(j: jobs::Job) -> Self {
+        let progress = match (j.state == "running", j.progress, j.progress_at) {
+            (true, Some(p), Some(at)) => Some(api::jobs::JobProgress {
+                files_done: p.files_done,
+                bytes_done: p.bytes_done,
+                files_total: p.files_total,
+                bytes_total: p.bytes_total,
+                at,
+            }),
+            _ => None,
+        };
         Self {
             id: j.id,
             machine_id: j.machine_id,
@@ -59,6 +69,8 @@ impl From<jobs::Job> for api::jobs::Job {
             error_message: j.error_message,
             retry_class: j.retry_class,
             log: j.log,
+            // Only a running job has progress (a finished one's is cleared with its result).
+            progress,
         }
     }
 }

@@ -242,6 +242,9 @@ impl Session {
             );
             return Err(End::Refuse(retry_later(status, PENDING_RETRY)));
         }
+        if let Some(pb::job_event::Kind::Progress(_)) = &ev.kind {
+            return self.on_progress(&ev).await;
+        }
         if let Err(wait) = self.limits.events.take(self.machine, std::time::Instant::now()) {
             tracing::warn!(machine.id = %self.machine, retry_in_s = wait.as_secs(), "too many job events; session ended");
             let status = Status::resource_exhausted(
@@ -265,6 +268,26 @@ impl Session {
             Err(e) => return Err(e.into()),
         }
         self.send(Out::Ack(pb::Ack { event_ids: vec![ev.event_id] })).await
+    }
+
+    /// A running backup's progress: best effort. Stored on the running job or dropped (over the
+    /// machine's event rate, malformed, a job already ended), never acknowledged (the agent
+    /// never spooled it) and it never ends the session.
+    async fn on_progress(&mut self, ev: &pb::JobEvent) -> Result<(), End> {
+        if self.limits.events.take(self.machine, std::time::Instant::now()).is_err() {
+            tracing::debug!(machine.id = %self.machine, "progress over the machine's event rate: dropped");
+            return Ok(());
+        }
+        match jobs::ingest(&self.state.pool, self.machine, ev).await {
+            Ok(()) => {}
+            Err(Error::Db(e)) => {
+                tracing::warn!(machine.id = %self.machine, error = %e, "cannot store a backup's progress; dropped");
+            }
+            Err(e) => {
+                tracing::debug!(machine.id = %self.machine, error = %e, "ignoring a malformed progress event");
+            }
+        }
+        Ok(())
     }
 
     async fn on_renew(&mut self, r: pb::RenewCertificate) -> Result<(), End> {

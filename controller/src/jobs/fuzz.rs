@@ -100,7 +100,17 @@ fn event() -> impl Strategy<Value = pb::JobEvent> {
                 })
             },
         );
-    (id(), id(), proptest::option::of(prop_oneof![started, finished]))
+    let progress = (any::<u64>(), any::<u64>(), any::<Option<u64>>(), any::<Option<u64>>(), timestamp())
+        .prop_map(|(files_done, bytes_done, files_total, bytes_total, sampled_at)| {
+            pb::job_event::Kind::Progress(pb::JobProgress {
+                files_done,
+                bytes_done,
+                files_total,
+                bytes_total,
+                sampled_at,
+            })
+        });
+    (id(), id(), proptest::option::of(prop_oneof![started, finished, progress]))
         .prop_map(|(event_id, job_id, kind)| pb::JobEvent { event_id, job_id, kind })
 }
 
@@ -126,6 +136,12 @@ fn check(report: &JobReport) {
                 assert!(!t.contains('\0'), "a NUL would make PostgreSQL refuse the row");
                 assert!(t.len() <= 64 * 1024, "{} bytes", t.len());
             }
+        }
+        ReportKind::Progress(p) => {
+            let fits = |v: u64| i64::try_from(v).is_ok();
+            assert!(fits(p.files_done) && fits(p.bytes_done), "{p:?}");
+            assert!(p.files_total.is_some() == p.bytes_total.is_some(), "{p:?}");
+            assert!(p.files_total.into_iter().chain(p.bytes_total).all(fits), "{p:?}");
         }
     }
 }

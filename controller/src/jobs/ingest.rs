@@ -1,6 +1,8 @@
 //! Idempotent ingestion of what agents report. Wire messages are converted to domain types at
 //! the edge (`TryFrom<&pb::JobEvent>`), where every field is validated and clipped; a result
-//! is acknowledged only after it is committed, and a redelivered one is a no-op.
+//! is acknowledged only after it is committed, and a redelivered one is a no-op. A running
+//! backup's progress is best effort: one UPDATE of the running job, never acknowledged, never
+//! audited, ignored once the job has ended.
 
 use chrono::{DateTime, Utc};
 use cofre_proto::agent::v1 as pb;
@@ -22,6 +24,29 @@ pub struct JobReport {
 pub enum ReportKind {
     Started { policy: Option<Uuid>, trigger: &'static str, started_at: Option<DateTime<Utc>> },
     Finished(Box<Finished>),
+    Progress(Progress),
+}
+
+/// A running backup's progress as stored in `jobs.progress`: counters PostgreSQL's `bigint`
+/// and JSON readers hold exactly (at most `i64::MAX`), totals absent while the agent scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    pub files_done: u64,
+    pub bytes_done: u64,
+    pub files_total: Option<u64>,
+    pub bytes_total: Option<u64>,
+}
+
+impl From<&pb::JobProgress> for Progress {
+    fn from(p: &pb::JobProgress) -> Self {
+        let clip = |v: u64| v.min(i64::MAX as u64);
+        // Both totals or neither: a half-known total cannot make a share.
+        let (files_total, bytes_total) = match (p.files_total, p.bytes_total) {
+            (Some(f), Some(b)) => (Some(clip(f)), Some(clip(b))),
+            _ => (None, None),
+        };
+        Progress { files_done: clip(p.files_done), bytes_done: clip(p.bytes_done), files_total, bytes_total }
+    }
 }
 
 #[derive(Debug)]
@@ -103,6 +128,7 @@ impl TryFrom<&pb::JobEvent> for JobReport {
                 started_at: ts(s.started_at.as_ref(), "started_at")?,
             },
             Some(pb::job_event::Kind::Finished(f)) => ReportKind::Finished(Box::new(Finished::try_from(f)?)),
+            Some(pb::job_event::Kind::Progress(p)) => ReportKind::Progress(Progress::from(p)),
             None => return Err(Error::invalid("job event without a kind")),
         };
         Ok(JobReport { event_id, job_id, kind })
@@ -187,6 +213,9 @@ impl TryFrom<&pb::JobFinished> for Finished {
 /// refused (Invalid / Forbidden): retrying cannot fix them.
 pub async fn ingest(pool: &PgPool, machine: Uuid, ev: &pb::JobEvent) -> Result<()> {
     let report = JobReport::try_from(ev)?;
+    if let ReportKind::Progress(p) = &report.kind {
+        return progress(pool, machine, report.job_id, p).await.map(|_| ());
+    }
     let mut tx = pool.begin().await?;
     let owner: Option<Option<Uuid>> =
         sqlx::query_scalar("select machine_id from jobs where id = $1 for update")
@@ -215,9 +244,27 @@ pub async fn ingest(pool: &PgPool, machine: Uuid, ev: &pb::JobEvent) -> Result<(
         ReportKind::Finished(f) => {
             finished(&mut tx, machine, report.job_id, report.event_id, owner.is_none(), &f).await?;
         }
+        ReportKind::Progress(_) => {}
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Stores a running backup's progress: one UPDATE, only of this machine's job while it runs
+/// (a sample arriving after the result, or for a job not started here, changes nothing).
+/// Returns whether a job was updated.
+pub async fn progress(pool: &PgPool, machine: Uuid, job: Uuid, p: &Progress) -> Result<bool> {
+    let updated = sqlx::query(
+        "update jobs set progress = $3, progress_at = now()
+         where id = $1 and machine_id = $2 and state = 'running' and kind = 'backup'",
+    )
+    .bind(job)
+    .bind(machine)
+    .bind(sqlx::types::Json(p))
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(updated > 0)
 }
 
 async fn finished(
@@ -248,7 +295,8 @@ async fn finished(
         // result's outcome: an agent killed after spooling a result and before removing the
         // job's running marker reports both, the result first (#13, kill points).
         sqlx::query(
-            "update jobs set state = $2, started_at = coalesce(started_at, $3), finished_at = $4, overran_window = $5
+            "update jobs set state = $2, started_at = coalesce(started_at, $3), finished_at = $4, overran_window = $5,
+                             progress = null, progress_at = null
              where id = $1 and (state in ('queued', 'running')
                                 or (state = 'interrupted' and not exists (select 1 from job_results where job_id = $1)))",
         )
@@ -335,4 +383,40 @@ async fn finished(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress_event(p: pb::JobProgress) -> pb::JobEvent {
+        pb::JobEvent {
+            event_id: Uuid::now_v7().to_string(),
+            job_id: Uuid::now_v7().to_string(),
+            kind: Some(pb::job_event::Kind::Progress(p)),
+        }
+    }
+
+    #[test]
+    fn progress_is_clipped_and_its_totals_come_in_pairs() {
+        let ev = progress_event(pb::JobProgress {
+            files_done: 3,
+            bytes_done: u64::MAX,
+            files_total: Some(u64::MAX),
+            bytes_total: Some(10),
+            sampled_at: None,
+        });
+        let ReportKind::Progress(p) = JobReport::try_from(&ev).unwrap().kind else { panic!("progress") };
+        let max = i64::MAX as u64;
+        assert_eq!(
+            p,
+            Progress { files_done: 3, bytes_done: max, files_total: Some(max), bytes_total: Some(10) }
+        );
+        let half = progress_event(pb::JobProgress { files_total: Some(5), ..Default::default() });
+        let ReportKind::Progress(p) = JobReport::try_from(&half).unwrap().kind else { panic!("progress") };
+        assert_eq!((p.files_total, p.bytes_total), (None, None));
+        let mut bad = progress_event(pb::JobProgress::default());
+        bad.job_id = "not a job".into();
+        assert!(JobReport::try_from(&bad).is_err());
+    }
 }

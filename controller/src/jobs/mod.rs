@@ -5,6 +5,8 @@
 #[cfg(test)]
 mod fuzz;
 mod ingest;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use ingest::cap;
 pub use ingest::{JobReport, ingest};
@@ -41,12 +43,15 @@ pub struct Job {
     pub error_message: Option<String>,
     pub retry_class: Option<String>,
     pub log: Option<String>,
+    /// A running backup's latest progress (`ingest::Progress`) and when it arrived.
+    pub progress: Option<sqlx::types::Json<ingest::Progress>>,
+    pub progress_at: Option<DateTime<Utc>>,
 }
 
 const SELECT: &str =
     "select j.id, j.machine_id, j.policy_id, j.restic_repository_id, j.kind, j.trigger, j.state, j.created_at,
     j.started_at, j.finished_at, j.overran_window, j.cancel_requested_at, r.snapshot_id, r.stats, r.warnings,
-    r.error_message, r.retry_class, r.log
+    r.error_message, r.retry_class, r.log, j.progress, j.progress_at
     from jobs j left join job_results r on r.job_id = j.id";
 
 pub fn is_final(state: &str) -> bool {
