@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cofre_client::{Client, NewEnrollmentToken, NewRepository, PolicySpec};
+use cofre_client::{Client, NewEnrollmentToken, NewRepository};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -16,6 +16,8 @@ use crate::harness::cofre::{Agent, Controller};
 use crate::harness::pg::PgCluster;
 use crate::harness::pki::{TestPki, https_client};
 use crate::harness::procs::wait_until_async;
+use crate::harness::protect::Protect;
+pub(crate) use crate::harness::protect::Protected;
 use crate::harness::restic::{Restic, restored_path};
 use crate::harness::store::{CofreStore, StoreUser};
 use crate::harness::tree::{self, CompareOptions};
@@ -90,46 +92,20 @@ impl Fixture {
     }
 }
 
-pub(crate) struct Protected {
-    pub agent: Agent,
-    pub machine: Uuid,
-    pub policy: Uuid,
-}
-
 /// An enrolled, running agent with one policy backing `source` up to its own repository on
 /// the store (initialised by the controller through the store).
 pub(crate) async fn protect(f: &Fixture, source: &Path) -> Result<Protected> {
-    let token =
-        f.admin.create_enrollment_token(&NewEnrollmentToken { uses: Some(1), ..Default::default() }).await?;
-    let mut agent = Agent::new(&f.tmp.path().join("agent"));
-    let out = agent.enroll(&f.ctrl.grpc_url(), &token.token)?;
-    assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
-    let machine = agent.machine_id()?;
-    let repo = f
-        .admin
-        .create_repository(&NewRepository {
-            name: "store".into(),
-            url: f.store.url(),
-            per_machine: true,
-            ca_certificate_pem: f.repository_ca(),
-            ..Default::default()
-        })
-        .await?;
-    let policy = f
-        .admin
-        .create_policy(&PolicySpec::new(
-            "documents",
-            repo.id,
-            vec![source.to_str().context("utf-8 path")?.into()],
-        ))
-        .await?;
-    f.admin.assign_policy_to_machine(policy.id, machine).await?;
-    agent.start()?;
-    agent
-        .wait_for_policy(policy.id, "the plan holds the policy")
+    let repository = NewRepository {
+        name: "store".into(),
+        url: f.store.url(),
+        per_machine: true,
+        ca_certificate_pem: f.repository_ca(),
+        ..Default::default()
+    };
+    Protect::new(&f.admin, repository, &f.ctrl.grpc_url(), &f.tmp.path().join("agent"), source)
+        .run()
         .await
-        .with_context(|| format!("store log:\n{}\ncontroller log:\n{}", f.store.log(), f.ctrl.log()))?;
-    Ok(Protected { agent, machine, policy: policy.id })
+        .with_context(|| format!("store log:\n{}\ncontroller log:\n{}", f.store.log(), f.ctrl.log()))
 }
 
 pub(crate) fn write_files(dir: &Path, count: usize, size: usize, seed: u8) -> Result<()> {
