@@ -127,6 +127,9 @@ impl Lang {
             "until",
             "limit",
             "revision",
+            "done",
+            "total",
+            "files",
         ]
         .into_iter()
         .map(|k| (Cow::Borrowed(k), FluentValue::from(1)))

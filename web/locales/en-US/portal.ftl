@@ -298,3 +298,7 @@ stores-created = Store registered
 stores-shown-once = Copy its enrollment token now: it is shown only once and works once, for 24 hours. On the store, run cofre-store enroll with the controller's address and this token.
 repositories-more = Changing a repository's credentials or deleting an unused one is done with the cofre CLI or the API.
 stores-more = Revoking a store is done with the cofre CLI or the API.
+col-progress = Progress
+job-progress = { $done } of { $total }, { $percent } %
+job-progress-files = { $done } of { $total } files
+job-progress-scanning = scanning… { $done } in { $files } files so far

@@ -301,3 +301,7 @@ stores-created = Armazenamento registrado
 stores-shown-once = Copie agora o código de inscrição: ele é mostrado só uma vez e funciona uma vez, por 24 horas. No armazenamento, rode cofre-store enroll com o endereço do controlador e este código.
 repositories-more = Trocar as credenciais de um repositório ou apagar um que não é usado se faz pela CLI cofre ou pela API.
 stores-more = Revogar um armazenamento se faz pela CLI cofre ou pela API.
+col-progress = Progresso
+job-progress = { $done } de { $total }, { $percent } %
+job-progress-files = { $done } de { $total } arquivos
+job-progress-scanning = contando… { $done } em { $files } arquivos até agora

@@ -1,5 +1,6 @@
 //! Jobs: the fleet's jobs newest first, filtered by state and kind, and the job table the
-//! machine page shows too (duration, bytes, files, result, warnings).
+//! machine page shows too (duration, bytes, files, result, warnings; a running backup's
+//! progress as its agent last reported it, also on the overview).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::api::query;
+use crate::i18n::Arg;
 use crate::layout::{self, badge, when};
 use crate::{Ctx, Lang};
 
@@ -25,6 +27,50 @@ pub struct Filters {
 
 fn stat(job: &Job, key: &str) -> Option<i64> {
     job.stats.as_ref()?.get(key)?.as_i64()
+}
+
+/// A running backup's progress: a `<progress>` bar and the same in words ("1.2 GiB of 3.4 GiB,
+/// 35 %"), or "scanning…" with what is done so far while the totals are not known. Nothing
+/// before the agent's first report (and for jobs that are not running).
+pub fn progress(lang: Lang, job: &Job) -> Option<AnyView> {
+    let p = job.progress.as_ref().filter(|_| job.state == "running")?;
+    let bytes = |n: u64| lang.bytes(i64::try_from(n).unwrap_or(i64::MAX));
+    let files = |n: u64| Arg::Text(lang.number(i64::try_from(n).unwrap_or(i64::MAX)));
+    let view = match (p.percent(), p.bytes_total, p.files_total) {
+        (Some(pct), Some(total), Some(files_total)) => {
+            let text = lang.ta(
+                "job-progress",
+                &[
+                    ("done", Arg::Text(bytes(p.bytes_done))),
+                    ("total", Arg::Text(bytes(total))),
+                    ("percent", Arg::Int(i64::from(pct))),
+                ],
+            );
+            let title = lang
+                .ta("job-progress-files", &[("done", files(p.files_done)), ("total", files(files_total))]);
+            view! {
+                <span class="job-progress">
+                    <progress max="100" value=pct aria-label=text.clone() title=title.clone()>{text.clone()}</progress>
+                    " "<span class="progress-text" title=title>{text}</span>
+                </span>
+            }
+            .into_any()
+        }
+        _ => {
+            let text = lang.ta(
+                "job-progress-scanning",
+                &[("done", Arg::Text(bytes(p.bytes_done))), ("files", files(p.files_done))],
+            );
+            view! {
+                <span class="job-progress">
+                    <progress aria-label=text.clone()>{text.clone()}</progress>
+                    " "<span class="progress-text">{text}</span>
+                </span>
+            }
+            .into_any()
+        }
+    };
+    Some(view)
 }
 
 /// The job table (the jobs page and each machine's page).
@@ -46,8 +92,12 @@ pub fn table(lang: Lang, jobs: Vec<Job>, policies: &BTreeMap<Uuid, String>) -> A
             let machine = j
                 .machine_id
                 .map(|m| view! { <a href=format!("/machines/{m}")>{lang.t("jobs-machine-link")}</a> });
-            let detail =
-                j.error_message.clone().or_else(|| j.warnings.as_ref().and_then(|w| w.first().cloned()));
+            let detail = progress(lang, &j).unwrap_or_else(|| {
+                j.error_message
+                    .clone()
+                    .or_else(|| j.warnings.as_ref().and_then(|w| w.first().cloned()))
+                    .into_any()
+            });
             view! {
                 <tr>
                     <td>{lang.t(&format!("kind-{}", j.kind))}</td>
@@ -138,4 +188,43 @@ pub async fn list(Extension(ctx): Extension<Ctx>, Query(f): Query<Filters>) -> R
         {next}
     };
     layout::page(&ctx, &lang.t("jobs-title"), content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(progress: &serde_json::Value) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": Uuid::nil(), "machine_id": null, "policy_id": null, "restic_repository_id": null,
+            "kind": "backup", "trigger": "schedule", "state": "running", "created_at": "2026-12-02T10:00:00Z",
+            "started_at": null, "finished_at": null, "overran_window": false, "cancel_requested_at": null,
+            "snapshot_id": null, "stats": null, "warnings": null, "error_message": null, "retry_class": null,
+            "log": null, "progress": progress,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn progress_shows_a_bar_and_its_words_or_scanning() {
+        let known = running(&serde_json::json!({"files_done": 10, "bytes_done": 1_288_490_189u64,
+            "files_total": 30, "bytes_total": 3_650_722_202u64, "at": "2026-12-02T10:01:00Z"}));
+        let html = crate::layout::render(progress(Lang::En, &known));
+        assert!(html.contains("<progress") && html.contains(r#"value="35""#), "{html}");
+        assert!(html.contains("1.2 GiB of 3.4 GiB, 35 %"), "{html}");
+        assert!(html.contains("10 of 30 files"), "{html}");
+        let pt = crate::layout::render(progress(Lang::PtBr, &known));
+        assert!(pt.contains("1,2 GiB de 3,4 GiB, 35 %"), "{pt}");
+
+        let scanning = running(&serde_json::json!({"files_done": 1234, "bytes_done": 2048,
+            "files_total": null, "bytes_total": null, "at": "2026-12-02T10:01:00Z"}));
+        let html = crate::layout::render(progress(Lang::En, &scanning));
+        assert!(html.contains("<progress") && !html.contains("value="), "indeterminate: {html}");
+        assert!(html.contains("scanning… 2.0 KiB in 1,234 files so far"), "{html}");
+
+        let mut ended = known;
+        ended.state = "succeeded".into();
+        assert!(progress(Lang::En, &ended).is_none());
+        assert!(progress(Lang::En, &running(&serde_json::Value::Null)).is_none());
+    }
 }

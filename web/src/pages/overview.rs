@@ -310,6 +310,7 @@ fn running_jobs(
                     <td>{lang.t(&format!("kind-{}", j.kind))}</td>
                     <td>{when(lang, j.started_at)}</td>
                     <td class="num">{elapsed}</td>
+                    <td>{super::jobs::progress(lang, &j)}</td>
                 </tr>
             }
         })
@@ -321,10 +322,10 @@ fn running_jobs(
                 <th scope="col">{lang.t("col-kind")}</th>
                 <th scope="col">{lang.t("col-started")}</th>
                 <th scope="col">{lang.t("col-elapsed")}</th>
+                <th scope="col">{lang.t("col-progress")}</th>
             </tr></thead>
             <tbody>{rows}</tbody>
         </table>
-        <p class="muted">{lang.t("overview-progress-note")}</p>
     }
     .into_any()
 }
