@@ -110,9 +110,7 @@ pub fn measure(set: &Dataset, cores: usize, corpus_bytes: u64, per_stage: Durati
     for (i, kind) in [Kind::Text, Kind::Random].into_iter().enumerate() {
         let (small, large) = set.summary.bytes_of(kind);
         let total = (small + large).max(1);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
         let large_share = large as f64 / total as f64;
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
         let large_corpus = (corpus_bytes as f64 * large_share) as u64;
         let (mut blobs, stream) = set.sample(kind, corpus_bytes - large_corpus, large_corpus);
         let label = kind.label();
@@ -154,7 +152,6 @@ pub fn measure(set: &Dataset, cores: usize, corpus_bytes: u64, per_stage: Durati
         let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context");
         let compressed: Vec<Vec<u8>> = blobs.iter().map(|b| compressor.compress(b).expect("zstd")).collect();
         let packed: u64 = compressed.iter().map(|b| b.len() as u64).sum();
-        #[allow(clippy::cast_precision_loss)]
         let ratio = packed as f64 / input.max(1) as f64;
         ratios[i] = ratio;
         let zstd = rate_of(per_stage, || {
@@ -247,14 +244,12 @@ pub fn measure(set: &Dataset, cores: usize, corpus_bytes: u64, per_stage: Durati
         costs.push((kind, c));
     }
 
-    #[allow(clippy::cast_precision_loss)]
     let n = cores as f64;
     let whole = |f: &dyn Fn(&Costs) -> f64| {
         let mut seconds = 0.0;
         let mut bytes = 0.0;
         for (kind, c) in &costs {
             let (small, large) = set.summary.bytes_of(*kind);
-            #[allow(clippy::cast_precision_loss)]
             let b = (small + large) as f64;
             seconds += b * f(c);
             bytes += b;
@@ -267,7 +262,6 @@ pub fn measure(set: &Dataset, cores: usize, corpus_bytes: u64, per_stage: Durati
             black_box(Rabin64::new_with_polynom(6, &POLYNOMIAL));
             1
         });
-    #[allow(clippy::cast_precision_loss)]
     Ceiling {
         rabin_setup_us: per_setup * 1e6,
         rabin_setup_total_s: per_setup * set.summary.files as f64,
@@ -299,7 +293,6 @@ fn rate_of(budget: Duration, mut work: impl FnMut() -> u64) -> f64 {
             bytes += work();
             let elapsed = start.elapsed();
             if elapsed >= slice {
-                #[allow(clippy::cast_precision_loss)]
                 let rate = bytes as f64 / elapsed.as_secs_f64();
                 best = best.max(rate);
                 break;

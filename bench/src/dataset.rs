@@ -94,7 +94,7 @@ impl Shape {
     }
 }
 
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)] // scale is a small positive factor
+// scale is a small positive factor
 fn scaled(n: u64, scale: f64) -> u64 {
     (n as f64 * scale).round() as u64
 }
@@ -262,7 +262,7 @@ impl Dataset {
         let mut buf = Vec::with_capacity(BLOCK);
         let mut left = f.size;
         while left > 0 {
-            #[allow(clippy::cast_possible_truncation)] // at most BLOCK
+            // at most BLOCK
             let n = left.min(BLOCK as u64) as usize;
             buf.clear();
             content.fill(&mut buf, n);
@@ -301,7 +301,7 @@ impl Dataset {
                 let len = LARGE_MUTATION.min(f.size);
                 out.seek(SeekFrom::Start((f.size - len) / 2))?;
                 let mut buf = Vec::new();
-                #[allow(clippy::cast_possible_truncation)] // at most 1 MiB
+                // at most 1 MiB
                 ContentGen::new(self.shape.seed, f.id, Salt::Mutated, f.kind, &self.vocab)
                     .fill(&mut buf, len as usize);
                 out.write_all(&buf)?;
@@ -351,7 +351,7 @@ impl Dataset {
         let mut total = 0;
         let mut id = u64::MAX / 2;
         while total < small_bytes {
-            #[allow(clippy::cast_possible_truncation)] // small files are at most a few KiB
+            // small files are at most a few KiB
             let size = sample_small_size(&self.shape, &mut rng).max(1) as usize;
             let mut blob = Vec::with_capacity(size);
             ContentGen::new(self.shape.seed, id, Salt::Original, kind, &self.vocab).fill(&mut blob, size);
@@ -362,7 +362,7 @@ impl Dataset {
         let mut large = Vec::new();
         let mut content = ContentGen::new(self.shape.seed, id, Salt::Original, kind, &self.vocab);
         while (large.len() as u64) < large_bytes {
-            #[allow(clippy::cast_possible_truncation)] // at most BLOCK
+            // at most BLOCK
             let n = (large_bytes - large.len() as u64).min(BLOCK as u64) as usize;
             content.fill(&mut large, n);
         }
@@ -418,20 +418,20 @@ fn plan(shape: &Shape) -> (Vec<PathBuf>, Vec<FileSpec>, u32) {
         // Half the time a child of one of the 16 newest directories (deep chains), else of any.
         let parent = loop {
             let p = if rng.below(2) == 0 { i - 1 - rng.below(i.min(16)) } else { rng.below(i) };
-            #[allow(clippy::cast_possible_truncation)] // fewer than 2^32 directories
+            // fewer than 2^32 directories
             let p = p as usize;
             if depth[p] < shape.max_depth {
                 break p;
             }
         };
-        #[allow(clippy::cast_possible_truncation)] // index into a 16-element array
+        // index into a 16-element array
         let name = format!("{}{i}", NAMES[rng.below(16) as usize]);
         dirs.push(dirs[parent].join(name));
         depth.push(depth[parent] + 1);
     }
     let mut files = Vec::new();
     for id in 0..shape.small_files {
-        #[allow(clippy::cast_possible_truncation)] // fewer than 2^32 directories
+        // fewer than 2^32 directories
         let dir = rng.below(n_dirs) as u32;
         let size = sample_small_size(shape, &mut rng);
         let kind = if id % 2 == 0 { Kind::Text } else { Kind::Random };
@@ -440,7 +440,7 @@ fn plan(shape: &Shape) -> (Vec<PathBuf>, Vec<FileSpec>, u32) {
     if shape.large_files > 0 {
         dirs.push(PathBuf::from("large"));
         depth.push(1);
-        #[allow(clippy::cast_possible_truncation)] // fewer than 2^32 directories
+        // fewer than 2^32 directories
         let dir = (dirs.len() - 1) as u32;
         for k in 0..shape.large_files {
             let kind = if k % 2 == 0 { Kind::Text } else { Kind::Random };
@@ -457,7 +457,7 @@ fn plan(shape: &Shape) -> (Vec<PathBuf>, Vec<FileSpec>, u32) {
     (dirs, files, max_depth)
 }
 
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)] // sizes are small
+// sizes are small
 fn sample_small_size(shape: &Shape, rng: &mut Rng) -> u64 {
     if rng.below(100) < shape.tiny_percent {
         return rng.below(shape.tiny_max + 1);

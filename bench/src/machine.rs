@@ -40,7 +40,7 @@ impl Machine {
             .map(|f| (*f).to_owned())
             .collect();
         let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        #[allow(clippy::cast_precision_loss)] // KiB of RAM
+        // KiB of RAM
         let ram_gib = meminfo
             .lines()
             .find(|l| l.starts_with("MemTotal:"))

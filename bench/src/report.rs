@@ -73,7 +73,6 @@ pub struct Medians {
 impl Medians {
     fn of(samples: &[&Sample]) -> Medians {
         let med = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(|s| f(s)).collect());
-        #[allow(clippy::cast_precision_loss)]
         Medians {
             runs: samples.len(),
             wall_s: med(&|s| s.wall_s),
@@ -182,7 +181,6 @@ pub fn summarise(measurements: &[Measurement], data: &Summary) -> Vec<ScenarioRe
         }
         let restic = Medians::of(&r.iter().map(|m| &m.sample).collect::<Vec<_>>());
         let cofre = Medians::of(&c.iter().map(|m| &m.sample).collect::<Vec<_>>());
-        #[allow(clippy::cast_precision_loss)]
         let (files, mib) = (data.files as f64, data.bytes as f64 / MIB);
         out.push(ScenarioResult {
             scenario,
@@ -208,12 +206,11 @@ impl Report {
     }
 
     /// The report as Markdown.
-    #[allow(clippy::too_many_lines)] // one linear document
+    // one linear document
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let m = &self.machine;
         let d = &self.dataset.summary;
-        #[allow(clippy::cast_precision_loss)]
         let gib = d.bytes as f64 / MIB / 1024.0;
         let _ = writeln!(md, "# cofre-bench report\n");
         let _ = writeln!(md, "Command: `{}`  ", self.command);
@@ -497,7 +494,6 @@ impl Report {
             let files =
                 |x: &BackupSummary| format!("{} / {} / {}", x.files_new, x.files_changed, x.files_unmodified);
             row(md, "files new / changed / unmodified (run 1)", files(a), files(b), String::new());
-            #[allow(clippy::cast_precision_loss)]
             let added = |x: &BackupSummary| match x.data_added_packed {
                 Some(p) => format!("{:.1} ({:.1} stored)", x.data_added as f64 / MIB, p as f64 / MIB),
                 None => format!("{:.1}", x.data_added as f64 / MIB),

@@ -395,7 +395,6 @@ fn progress(msg: &str) {
     eprintln!("cofre-bench: {msg}");
 }
 
-#[allow(clippy::cast_precision_loss)]
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / 1024.0 / 1024.0 / 1024.0
 }

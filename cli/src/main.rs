@@ -37,7 +37,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-#[allow(clippy::large_enum_variant, reason = "parsed once per run; the policy flags are many")]
+#[expect(clippy::large_enum_variant, reason = "parsed once per run; the policy flags are many")]
 enum Command {
     /// Log in (the password is read from stdin); the session is kept in the user's config dir
     /// (0600) and refreshed as it is used.

@@ -144,7 +144,7 @@ impl JwtKeys {
 
     /// An access token with a given id and lifetime: the portal's per-request tokens share
     /// their ticket's id, so their first use is audited once per session, not per page.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "a token's claims, each named where it is issued")]
     pub fn issue_with(
         &self,
         user: Uuid,

@@ -200,7 +200,7 @@ fn first_admin_message(
                 ));
             }
             Err(e) => {
-                tracing::warn!("cannot write {}: {e}; the password follows here instead", file.display())
+                tracing::warn!("cannot write {}: {e}; the password follows here instead", file.display());
             }
         }
     }

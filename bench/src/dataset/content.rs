@@ -20,7 +20,7 @@ impl Vocab {
         let words = (0..4096)
             .map(|_| {
                 let len = 2 + rng.below(9);
-                #[allow(clippy::cast_possible_truncation)] // below 26
+                // below 26
                 (0..len).map(|_| b'a' + rng.below(26) as u8).collect()
             })
             .collect();
@@ -88,7 +88,7 @@ impl<'a> ContentGen<'a> {
         let words = 4 + self.rng.below(12);
         for _ in 0..words {
             self.line.push(b' ');
-            #[allow(clippy::cast_possible_truncation)] // below 4096
+            // below 4096
             self.line.extend_from_slice(&self.vocab.0[self.rng.below(4096) as usize]);
         }
         self.line.extend_from_slice(format!(" id={}\n", (r >> 50) * 7 % 100_000).as_bytes());
@@ -122,7 +122,7 @@ impl Rng {
         self.next_u64() % n
     }
 
-    #[allow(clippy::cast_precision_loss)] // 53 bits
+    // 53 bits
     pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }

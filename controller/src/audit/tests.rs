@@ -286,7 +286,6 @@ async fn audit_verify_benchmark(pool: PgPool) {
         let secs = t.elapsed().as_secs_f64();
         assert!(r.ok, "{r:?}");
         assert_eq!(r.events_checked, n);
-        #[allow(clippy::cast_precision_loss)]
         let rate = n as f64 / secs;
         eprintln!(
             "verify run {run}: {n} events and {} checkpoint(s) in {secs:.2} s ({rate:.0} events/s)",

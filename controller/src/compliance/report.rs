@@ -272,7 +272,6 @@ fn finish(mut r: Rollup) -> Rollup {
         100.0
     } else {
         // Counts fit f64 exactly far beyond any fleet.
-        #[allow(clippy::cast_precision_loss)]
         let p = (r.compliant + r.at_risk) as f64 * 100.0 / r.machines as f64;
         (p * 10.0).round() / 10.0
     };

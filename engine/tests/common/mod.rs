@@ -6,7 +6,7 @@
 //! requests), and with `--private-repos` a user reaches only repositories granted in the ACL
 //! file (read once at start).
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test file uses a different part of the helpers")]
 
 pub mod tree;
 

@@ -1,7 +1,7 @@
 //! Shared test helpers: a private CA (rcgen), an in-process store on 127.0.0.1:0 running on its
 //! own runtime thread, the restic CLI, data trees and their comparison, raw object helpers.
 
-#![allow(dead_code)] // each scenario module uses a different part of the helpers
+#![allow(dead_code, reason = "each scenario module uses a different part of the helpers")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
