@@ -26,5 +26,6 @@ mod packaging_deb;
 mod people;
 mod policies;
 mod portal;
+mod progress;
 mod store;
 mod store_failover;

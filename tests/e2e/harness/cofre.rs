@@ -257,12 +257,18 @@ impl Agent {
 
     /// `cofre-agent run` with more arguments (e.g. `--hook-dir DIR`).
     pub fn start_with(&mut self, args: &[&str]) -> Result<()> {
+        self.start_with_env(args, &[])
+    }
+
+    /// [`Agent::start_with`] with more environment variables.
+    pub fn start_with_env(&mut self, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         let mut cmd = Command::new(workspace_bin("cofre-agent"));
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("run")
             .args(args)
-            .env("COFRE_LOG", "info,cofre_agent=debug");
+            .env("COFRE_LOG", "info,cofre_agent=debug")
+            .envs(env.iter().copied());
         self.proc = Some(Proc::spawn("agent", cmd, &self.log_dir)?);
         Ok(())
     }
