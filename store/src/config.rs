@@ -50,6 +50,12 @@ pub struct Settings {
     /// `http2_keep_alive_timeout_seconds` is disconnected.
     pub http2_keep_alive_interval_seconds: u64,
     pub http2_keep_alive_timeout_seconds: u64,
+    /// A response the client takes nothing of for this long (it stopped reading) drops its
+    /// connection.
+    pub write_timeout_seconds: u64,
+    /// Connections one client address (an IPv6 client: its /64) may hold open at once; more are
+    /// answered 503 with Retry-After and closed.
+    pub max_connections_per_address: u32,
     /// The controller's addresses (its replicas), tried in turn from the one that answered
     /// last. Empty: the addresses given at enrollment (`state_dir/store.json`).
     pub controllers: Vec<String>,
@@ -100,6 +106,8 @@ impl Default for Settings {
             idle_connection_timeout_seconds: 120,
             http2_keep_alive_interval_seconds: 60,
             http2_keep_alive_timeout_seconds: 20,
+            write_timeout_seconds: 60,
+            max_connections_per_address: 64,
             controllers: Vec::new(),
             log: LogSettings::default(),
             users: Vec::new(),
@@ -158,6 +166,13 @@ header_read_timeout_seconds = 30
 idle_connection_timeout_seconds = 120
 http2_keep_alive_interval_seconds = 60
 http2_keep_alive_timeout_seconds = 20
+# A client that stops reading a response (takes none of it for write_timeout_seconds) is
+# disconnected.
+write_timeout_seconds = 60
+# Connections one client address (IPv6: one /64) may hold open at once; more are answered
+# HTTP 503 with Retry-After and closed (a flood beyond that is closed at once). restic and
+# rustic use far fewer (HTTP/2: one); mind clients behind one NAT address.
+max_connections_per_address = 64
 # The controller's addresses, one per replica, tried in turn from the one that answered last
 # (each https://, as given to `enroll --controller`). Unset or empty: the addresses given at
 # enrollment (`cofre-store enroll --controller A --controller B`, `cofre-store set-controllers`).
@@ -228,6 +243,7 @@ impl Settings {
         for (key, value) in [
             ("max_uploads_per_identity", self.max_uploads_per_identity),
             ("bcrypt_concurrency", self.bcrypt_concurrency),
+            ("max_connections_per_address", self.max_connections_per_address),
         ] {
             if value == 0 {
                 return err(format!("{key} must be positive"));
@@ -240,6 +256,7 @@ impl Settings {
             ("idle_connection_timeout_seconds", self.idle_connection_timeout_seconds),
             ("http2_keep_alive_interval_seconds", self.http2_keep_alive_interval_seconds),
             ("http2_keep_alive_timeout_seconds", self.http2_keep_alive_timeout_seconds),
+            ("write_timeout_seconds", self.write_timeout_seconds),
         ];
         for (key, value) in timeouts {
             if value == 0 || value > MAX_TIMEOUT_SECONDS {
@@ -309,6 +326,10 @@ mod tests {
         assert!(e.contains("max_uploads_per_identity must be positive"), "{e}");
         let e = load("allow_plain_http = true\nbcrypt_concurrency = 0\n").unwrap_err().to_string();
         assert!(e.contains("bcrypt_concurrency must be positive"), "{e}");
+        let e = load("allow_plain_http = true\nmax_connections_per_address = 0\n").unwrap_err().to_string();
+        assert!(e.contains("max_connections_per_address must be positive"), "{e}");
+        let e = load("allow_plain_http = true\nwrite_timeout_seconds = 0\n").unwrap_err().to_string();
+        assert!(e.contains("write_timeout_seconds must be between 1 and"), "{e}");
         let e =
             load("allow_plain_http = true\nidle_connection_timeout_seconds = 0\n").unwrap_err().to_string();
         assert!(e.contains("idle_connection_timeout_seconds must be between 1 and"), "{e}");

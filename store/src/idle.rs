@@ -1,9 +1,13 @@
 //! When a connection is idle: the requests in progress on it (a request lasts until its response
 //! body has been sent or dropped, so a long download is not idle) and a future that completes
-//! once none has been in progress for a given time.
+//! once none has been in progress for a given time. And when its client stopped reading: a
+//! response body that handed over a frame and has not been asked for the next one for a given
+//! time (HTTP/1: the socket buffers are full; HTTP/2: the client's flow-control window stays
+//! closed), whatever the client does on other streams.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,11 +21,19 @@ use tokio::time::Instant;
 pub struct Activity {
     in_flight: AtomicUsize,
     last_change: Mutex<Instant>,
+    /// Response bodies waiting for the client to take what they handed over, and since when.
+    waiting: Mutex<HashMap<u64, Instant>>,
+    next_body: AtomicU64,
 }
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
-        Arc::new(Activity { in_flight: AtomicUsize::new(0), last_change: Mutex::new(Instant::now()) })
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last_change: Mutex::new(Instant::now()),
+            waiting: Mutex::new(HashMap::new()),
+            next_body: AtomicU64::new(0),
+        })
     }
 
     /// A request starts; it ends when the returned guard is dropped.
@@ -51,6 +63,29 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// Completes once a response body has waited `stall` for the client to take what it handed
+    /// over (the client stopped reading).
+    pub async fn stalled_for(&self, stall: Duration) {
+        loop {
+            let oldest = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).values().min().copied();
+            match oldest {
+                Some(since) if Instant::now() >= since + stall => return,
+                Some(since) => tokio::time::sleep_until(since + stall).await,
+                None => tokio::time::sleep(stall).await,
+            }
+        }
+    }
+
+    fn waiting(&self, body: u64, since: Option<Instant>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        match since {
+            Some(t) => waiting.insert(body, t),
+            None => waiting.remove(&body),
+        };
+    }
+}
+
 /// One request in progress (see [`Activity::begin`]).
 #[derive(Debug)]
 pub struct InFlight(Arc<Activity>);
@@ -62,14 +97,23 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in progress until it is finished or dropped.
+/// A response body that keeps its request in progress until it is finished or dropped, and
+/// tells its connection when it waits for the client.
 pub fn track(body: Body, guard: InFlight) -> Body {
-    Body::new(Tracked { inner: body, _guard: guard })
+    let id = guard.0.next_body.fetch_add(1, Ordering::Relaxed);
+    Body::new(Tracked { inner: body, guard, id })
 }
 
 struct Tracked {
     inner: Body,
-    _guard: InFlight,
+    guard: InFlight,
+    id: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.guard.0.waiting(self.id, None);
+    }
 }
 
 impl HttpBody for Tracked {
@@ -80,7 +124,15 @@ impl HttpBody for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        // Asked for more: the client took what came before. Waiting on our side (a disk read)
+        // is not the client's doing.
+        let this = &mut *self;
+        this.guard.0.waiting(this.id, None);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.guard.0.waiting(this.id, Some(Instant::now()));
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -107,5 +159,31 @@ mod tests {
         let start = Instant::now();
         a.idle_for(idle).await;
         assert!(start.elapsed() >= idle, "idle counts from the end of the last request");
+    }
+
+    async fn next_frame(body: &mut Body) -> Option<Result<Frame<Bytes>, axum::Error>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+    }
+
+    #[tokio::test]
+    async fn a_body_not_asked_for_its_next_frame_is_stalled() {
+        let a = Activity::new();
+        let stall = Duration::from_millis(50);
+        let chunks = futures::stream::iter([
+            Ok::<_, std::io::Error>(Bytes::from_static(b"one")),
+            Ok(Bytes::from_static(b"two")),
+        ]);
+        let mut body = track(Body::from_stream(chunks), a.begin());
+        // Nothing handed over yet: not stalled.
+        assert!(tokio::time::timeout(stall * 3, a.stalled_for(stall)).await.is_err());
+        assert!(next_frame(&mut body).await.is_some());
+        // One frame handed over and the next not asked for: stalled after `stall`.
+        let start = Instant::now();
+        a.stalled_for(stall).await;
+        assert!(start.elapsed() >= stall * 9 / 10);
+        // Asked again: no longer waiting; dropped: forgotten.
+        assert!(next_frame(&mut body).await.is_some());
+        drop(body);
+        assert!(a.waiting.lock().unwrap().is_empty());
     }
 }

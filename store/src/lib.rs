@@ -11,6 +11,7 @@ pub mod htpasswd;
 mod idle;
 pub mod inventory;
 pub mod layout;
+mod limits;
 mod owners;
 mod protocol;
 pub mod quota;

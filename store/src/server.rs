@@ -1,8 +1,10 @@
 //! The connection loop: accepts TCP connections, runs each TLS handshake in its own task with a
 //! deadline, reads the verified client certificate's identity and serves the router over HTTP/1.1
 //! or HTTP/2 with that identity attached to every request of the connection. Slow and idle
-//! clients are bounded: HTTP/1 header read timeout, HTTP/2 keep-alive pings, and an idle timeout
-//! for connections with no request in progress (also those that never send a byte).
+//! clients are bounded: HTTP/1 header read timeout, HTTP/2 keep-alive pings, an idle timeout
+//! for connections with no request in progress (also those that never send a byte), a write
+//! timeout for a client that stops reading a response, and a cap on the connections one client
+//! address holds (`limits`: the connection over it is answered 503 and closed).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,11 +23,17 @@ use tower::Service as _;
 use crate::access::Identity;
 use crate::config::Settings;
 use crate::idle::{self, Activity};
+use crate::limits::{Admission, ConnectionLimits, Slot};
 use crate::{StoreState, tls};
 
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// hyper's HTTP/1 read buffer: a request head larger than this is refused with 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A connection over the per-address cap gets this long for its handshake, its request and
+/// the 503.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+/// What a refused connection's client is told to wait before trying again, in seconds.
+const REFUSAL_RETRY_AFTER: &str = "5";
 
 /// What the connection proved, attached to each of its requests as an extension.
 #[derive(Clone, Debug, Default)]
@@ -81,6 +89,8 @@ impl Store {
             .keep_alive_timeout(secs(settings.http2_keep_alive_timeout_seconds));
         let builder = Arc::new(builder);
         let idle_timeout = secs(settings.idle_connection_timeout_seconds);
+        let write_timeout = secs(settings.write_timeout_seconds);
+        let limits = ConnectionLimits::new(settings.max_connections_per_address as usize);
         // Every connection holds a receiver: `closed()` tells when the last one has ended.
         let (stop, stopping) = watch::channel(false);
         tracing::info!(addr = %self.local_addr(), tls = self.state.shared().tls.is_some(), "cofre-store serving");
@@ -100,13 +110,26 @@ impl Store {
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.state.shared().tls.as_ref().map(tls::Tls::acceptor);
-            let conn = Conn {
-                router: router.clone(),
-                builder: Arc::clone(&builder),
-                idle_timeout,
-                stopping: stopping.clone(),
-            };
-            tokio::spawn(conn.serve(tcp, peer, acceptor));
+            match limits.admit(peer.ip()) {
+                Admission::Serve(slot) => {
+                    let conn = Conn {
+                        router: router.clone(),
+                        builder: Arc::clone(&builder),
+                        idle_timeout,
+                        write_timeout,
+                        stopping: stopping.clone(),
+                        _slot: slot,
+                    };
+                    tokio::spawn(conn.serve(tcp, peer, acceptor));
+                }
+                Admission::Refuse(slot) => {
+                    tokio::spawn(refuse(tcp, peer, acceptor, Arc::clone(&builder), slot));
+                }
+                Admission::Close => {
+                    tracing::debug!(%peer, "connection over max_connections_per_address closed at once");
+                    drop(tcp);
+                }
+            }
         }
         drop(self.listener);
         drop(stopping);
@@ -123,8 +146,11 @@ struct Conn {
     router: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,
+    write_timeout: Duration,
     /// Turns true when the server shuts down.
     stopping: watch::Receiver<bool>,
+    /// This connection, counted for its client address while it is open.
+    _slot: Slot,
 }
 
 impl Conn {
@@ -182,6 +208,13 @@ impl Conn {
                     stop_seen = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                () = activity.stalled_for(self.write_timeout) => {
+                    return tracing::info!(
+                        ?peer,
+                        timeout_s = self.write_timeout.as_secs(),
+                        "client stopped reading a response (write_timeout_seconds): connection dropped"
+                    );
+                }
                 () = activity.idle_for(self.idle_timeout) => {
                     if idle_closing {
                         return tracing::debug!(?peer, "idle connection dropped");
@@ -195,4 +228,59 @@ impl Conn {
             }
         }
     }
+}
+
+/// Answers a connection over `max_connections_per_address`: its TLS handshake, then 503 with
+/// Retry-After to its first request, then closed (HTTP/2: GOAWAY); all within
+/// [`REFUSAL_DEADLINE`]. `_slot` counts it among the refusals in progress for its address.
+async fn refuse(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    _slot: Slot,
+) {
+    let answer = async {
+        match acceptor {
+            Some(acceptor) => match acceptor.accept(tcp).await {
+                Ok(tls) => answer_503(TokioIo::new(tls), &builder).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake of a refused connection failed"),
+            },
+            None => answer_503(TokioIo::new(tcp), &builder).await,
+        }
+    };
+    if tokio::time::timeout(REFUSAL_DEADLINE, answer).await.is_err() {
+        tracing::debug!(%peer, "refused connection closed without an answer (deadline)");
+    }
+}
+
+async fn answer_503<I>(io: TokioIo<I>, builder: &auto::Builder<TokioExecutor>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let answered = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&answered);
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let notify = Arc::clone(&notify);
+        async move {
+            let mut resp = hyper::Response::new(axum::body::Body::from(
+                "too many connections from this address (max_connections_per_address): retry later\n",
+            ));
+            *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            let headers = resp.headers_mut();
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(REFUSAL_RETRY_AFTER));
+            if req.version() < http::Version::HTTP_2 {
+                headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            notify.notify_one();
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = answered.notified() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }

@@ -1,6 +1,8 @@
-//! Slow and idle clients, over raw TCP: a connection that sends nothing, half a request head, an
-//! HTTP/2 connection that idles or ignores pings is closed after its (test-sized) timeout, while
-//! an upload or a download in progress longer than the idle timeout is never cut.
+//! Slow, idle and greedy clients, over raw TCP: a connection that sends nothing, half a request
+//! head, an HTTP/2 connection that idles or ignores pings is closed after its (test-sized)
+//! timeout, while an upload or a download in progress longer than the idle timeout is never cut;
+//! a client that stops reading a response is dropped after the write timeout; a connection over
+//! the per-address cap is answered 503 (and what restic makes of that).
 
 use std::time::Duration;
 
@@ -168,4 +170,160 @@ async fn requests_in_progress_outlive_the_idle_timeout() {
     assert!(all.starts_with(b"HTTP/1.1 200"));
     assert_eq!(all.len() - split, body.len(), "the slow download was cut");
     assert!(all[split..] == body[..]);
+}
+
+/// Sends one HTTP/1.1 request as `ops` on `s` (the connection closes after the answer).
+async fn send(s: &mut TcpStream, method: &str, path: &str) {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n",
+        auth()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_over_the_per_address_cap_gets_503_and_the_others_still_work() {
+    let store = start(|s| s.max_connections_per_address = 4);
+    let connect = || TcpStream::connect(("127.0.0.1", store.port));
+    // Four connections, not even a request yet: they count from the moment they are accepted.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect().await.unwrap());
+    }
+    let mut extra = connect().await.unwrap();
+    send(&mut extra, "GET", "/r/keys/").await;
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut extra).await).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 5"), "{answer}");
+    assert!(answer.contains("max_connections_per_address"), "{answer}");
+
+    // The four are served.
+    send(&mut held[0], "POST", "/r/?create=true").await;
+    let created = String::from_utf8_lossy(&read_until_closed(&mut held[0]).await).into_owned();
+    assert!(created.starts_with("HTTP/1.1 200"), "{created}");
+    for s in &mut held[1..] {
+        send(s, "GET", "/r/keys/").await;
+        let listed = String::from_utf8_lossy(&read_until_closed(s).await).into_owned();
+        assert!(listed.starts_with("HTTP/1.1 200"), "{listed}");
+    }
+    drop(held);
+    // Once they are closed, the address gets connections again.
+    let start = tokio::time::Instant::now();
+    loop {
+        let mut s = connect().await.unwrap();
+        send(&mut s, "GET", "/r/keys/").await;
+        let answer = String::from_utf8_lossy(&read_until_closed(&mut s).await).into_owned();
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(start.elapsed() < BOUND, "still refused after the others closed: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let store = start(|s| s.write_timeout_seconds = 1);
+    create_repo(&store).await;
+    let body: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
+    let name = common::sha256_hex(&body);
+    let url = format!("{}/r/data/{name}", store.base());
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .basic_auth("ops", Some("pw-ops"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A client with a small receive buffer asks for the 24 MiB and reads nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stalled = socket.connect(([127, 0, 0, 1], store.port).into()).await.unwrap();
+    send(&mut stalled, "GET", &format!("/r/data/{name}")).await;
+    let asked = tokio::time::Instant::now();
+
+    // Meanwhile another client is served the whole object.
+    let got = reqwest::Client::new()
+        .get(&url)
+        .basic_auth("ops", Some("pw-ops"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got[..] == body[..], "the other client got {} bytes", got.len());
+
+    // Past the write timeout (1 s, noticed within another), the stalled client's connection is
+    // gone: reading now yields what was in flight, then the end, never the whole object.
+    tokio::time::sleep_until(asked + Duration::from_secs(4)).await;
+    let all = read_until_closed(&mut stalled).await;
+    assert!(all.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&all[..all.len().min(200)]));
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let received = all.len() - split;
+    assert!(
+        received < body.len(),
+        "the stalled client was not dropped: it could still read all {received} bytes"
+    );
+}
+
+/// What restic 0.14 (HTTP/1.1: a connection per parallel request) does at the cap: an upload
+/// answered 503 is retried with backoff and the backup completes; but the first request of a
+/// command (HEAD config, not retried by restic 0.14) answered 503 fails the command, saying 503
+/// (a connection closed without an answer fails it the same way, saying "EOF" or "connection
+/// reset": checked by hand).
+#[test]
+fn restic_retries_an_upload_refused_at_the_cap_and_says_503_when_its_first_request_is() {
+    let store = TestStore::start(Options {
+        tls: false,
+        client_ca: false,
+        htpasswd: vec![("ops", "pw-ops")],
+        users: vec![common::rule("ops", Mode::Full, &["*"])],
+        configure: |s| s.max_connections_per_address = 1,
+        ..Options::default()
+    });
+    let restic = store.restic(Some(("ops", "pw-ops")), "capped", None);
+    restic.ok(&["init", "--repository-version", "2"]);
+
+    // Another connection from 127.0.0.1 holds the only slot: restic cannot open the repository.
+    let held = std::net::TcpStream::connect(("127.0.0.1", store.port)).unwrap();
+    let out = restic.run(&["snapshots"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("503 Service Unavailable"), "{stderr}");
+    drop(held);
+
+    // A backup whose parallel uploads (small packs, 8 connections) meet the cap of one.
+    let src = store.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut x: u64 = 7;
+    for i in 0..8 {
+        let data: Vec<u8> = (0..(6 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(src.join(format!("f{i}")), data).unwrap();
+    }
+    let start = tokio::time::Instant::now();
+    let out = loop {
+        // The held connection may not be closed on the store's side yet.
+        let out =
+            restic.run(&["backup", "--pack-size", "4", "-o", "rest.connections=8", src.to_str().unwrap()]);
+        if out.status.success() || start.elapsed() > BOUND {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "restic backup failed:\n{stderr}");
+    // "Save(<data/…>) returned error, retrying after …: server response unexpected: 503 …"
+    assert!(stderr.contains("retrying") && stderr.contains("503"), "restic never met the cap:\n{stderr}");
+    assert_eq!(restic.snapshot_ids().len(), 1);
+    restic.ok(&["check", "--read-data"]);
 }
