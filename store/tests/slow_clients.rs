@@ -327,3 +327,54 @@ fn restic_retries_an_upload_refused_at_the_cap_and_says_503_when_its_first_reque
     assert_eq!(restic.snapshot_ids().len(), 1);
     restic.ok(&["check", "--read-data"]);
 }
+
+/// One HTTP/2 frame: 9-byte header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    [&len[1..], &[kind, flags], &stream.to_be_bytes(), payload].concat()
+}
+
+/// An HPACK literal header field with an indexed name from the static table (no Huffman).
+fn hpack_literal(name_index: u8, value: &str) -> Vec<u8> {
+    assert!(value.len() < 127);
+    [&[0x40 | name_index, value.len() as u8][..], value.as_bytes()].concat()
+}
+
+#[tokio::test]
+async fn an_http2_client_that_never_opens_its_window_is_dropped_after_the_write_timeout() {
+    let store = start(|s| s.write_timeout_seconds = 1);
+    create_repo(&store).await;
+    let body: Vec<u8> = (0..4u32 << 20).map(|i| (i % 241) as u8).collect();
+    let name = common::sha256_hex(&body);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/r/data/{name}", store.base()))
+        .basic_auth("ops", Some("pw-ops"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let mut s = TcpStream::connect(("127.0.0.1", store.port)).await.unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE (4) = 1000 bytes, and never a WINDOW_UPDATE.
+    let settings = h2_frame(4, 0, 0, &[0, 4, 0, 0, 0x03, 0xe8]);
+    s.write_all(&[H2_PREFACE, &settings].concat()).await.unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 4, "the server's SETTINGS first");
+    let mut payload = vec![0u8; usize::from(head[1]) << 8 | usize::from(head[2])];
+    s.read_exact(&mut payload).await.unwrap();
+    let mut request = vec![0x82, 0x86]; // :method GET, :scheme http
+    request.extend(hpack_literal(4, &format!("/r/data/{name}"))); // :path
+    request.extend(hpack_literal(1, "127.0.0.1")); // :authority
+    request.extend(hpack_literal(23, &format!("Basic {}", auth()))); // authorization
+    let settings_ack = h2_frame(4, 1, 0, &[]);
+    let headers = h2_frame(1, 0x5, 1, &request); // END_STREAM | END_HEADERS
+    s.write_all(&[settings_ack, headers].concat()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let frames = read_until_closed(&mut s).await;
+    let types = frame_types(&[&head[..], &payload, &frames].concat());
+    println!("HTTP/2 client with a closed window dropped after {:?}", started.elapsed());
+    assert!(types.contains(&1) && types.contains(&0), "a response began: frames {types:?}");
+    assert!(frames.len() < body.len(), "the whole object was sent: {} bytes", frames.len());
+}
