@@ -3,7 +3,8 @@
 //! reads and chunks every byte) reports through the agent (sampling every 2 s here instead of
 //! 15) to the API while it runs, its bytes growing, its totals known once the agent's scan has
 //! counted them; the portal's overview shows it as a `<progress>` bar with its words. The job is
-//! then cancelled: its progress goes with it, and nothing about it was spooled.
+//! then cancelled: its progress goes with it, and nothing about it was spooled. A smaller backup
+//! then succeeds after several samples, its result intact behind them.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ use crate::harness::rest_server::RestServer;
 
 /// The sparse file's apparent size: far more than a debug build chunks in a minute.
 const BIG: u64 = 64 << 30;
+
+/// A second backup's file: a few seconds of chunking, several samples.
+const SMALLER: u64 = 2 << 30;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_backup_shows_growing_progress_in_the_api_and_the_portal() -> Result<()> {
@@ -120,6 +124,24 @@ async fn a_running_backup_shows_growing_progress_in_the_api_and_the_portal() -> 
             "progress spooled: {file:?}"
         );
     }
+
+    // A backup that ends well after several progress lines: its result still comes through
+    // the child's stdout after them, and its progress goes with it.
+    std::fs::File::options().write(true).open(source.join("big.img"))?.set_len(SMALLER)?;
+    let job = admin.run_now(machine, policy, None).await?;
+    let mut seen = 0;
+    let done = loop {
+        let j = admin.get_job(job.id).await?;
+        if j.is_final() {
+            break j;
+        }
+        seen += usize::from(j.progress.is_some());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!((done.state.as_str(), &done.progress), ("succeeded", &None), "{done:?}\n{}", agent.log());
+    let stat = |k: &str| done.stats.as_ref().and_then(|s| s[k].as_u64());
+    assert_eq!((stat("files_processed"), stat("bytes_processed")), (Some(2), Some(SMALLER + 19)), "{done:?}");
+    ensure!(seen > 0, "progress was shown while it ran");
     agent.stop()?;
     Ok(())
 }
