@@ -105,6 +105,9 @@ async fn a_running_backup_shows_growing_progress_in_the_api_and_the_portal() -> 
         .eval("return document.querySelector('#running progress').getAttribute('aria-label')", vec![])
         .await?;
     assert_eq!(label.as_str(), Some(words.as_str()), "the bar says the same in words");
+    let axe = std::fs::read_to_string(crate::portal::guards::axe_path()?)?;
+    let violations = crate::portal::guards::axe_violations(&b, &axe).await?;
+    assert!(violations.is_empty(), "accessibility of the overview with a running backup: {violations:?}");
     b.goto(&format!("{}/jobs?state=running", ctrl.api_url())).await?;
     ensure!(b.has("table.jobs progress").await?, "the jobs list shows it too");
     b.close().await?;

@@ -185,7 +185,7 @@ async fn roles_forgeries_cookies_escaping_accessibility_and_translation() -> Res
 }
 
 /// Serious and critical axe-core violations on the page the browser shows.
-async fn axe_violations(b: &Browser, axe: &str) -> Result<Vec<String>> {
+pub(crate) async fn axe_violations(b: &Browser, axe: &str) -> Result<Vec<String>> {
     b.eval(axe, vec![]).await?;
     let v = b
         .client
@@ -228,7 +228,7 @@ async fn visible_texts(b: &Browser) -> Result<Vec<String>> {
 }
 
 /// axe-core's browser build, as `deploy/local/install-deps.sh --tests` installs it.
-fn axe_path() -> Result<std::path::PathBuf> {
+pub(crate) fn axe_path() -> Result<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("COFRE_AXE_JS") {
         return Ok(p.into());
     }

@@ -7,7 +7,7 @@
 
 mod flows;
 mod forms;
-mod guards;
+pub(crate) mod guards;
 mod screenshots;
 
 use anyhow::{Context as _, Result};
