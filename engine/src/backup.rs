@@ -8,6 +8,7 @@
 //! parent-snapshot trouble) still reach that bridge, but are not part of the report.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustic_core::{
@@ -16,6 +17,7 @@ use rustic_core::{
 };
 
 use crate::error::{EngineError, from_rustic};
+use crate::progress::RusticBars;
 use crate::repo::{self, OpenRepo, normalise_id};
 use crate::source::WatchedSource;
 use crate::warnings::Warnings;
@@ -39,7 +41,9 @@ pub(crate) fn backup(
     let filter_opts = filter_options(&req.filters)?;
     let snapshot = snapshot_template(req)?;
 
-    let open = repo::open(target, true)?;
+    // rustic_core's archiver reports through its progress hooks; the engine's adds to
+    // `progress` itself (and asks rustic for no bar).
+    let open = repo::open_reporting(target, true, RusticBars(progress.clone()))?;
     let found = open.restic_id();
     if found != expected {
         return Err(EngineError::RepositoryIdMismatch { expected, found });
@@ -61,7 +65,15 @@ pub(crate) fn backup(
 
     let snap = if archiver == Archiver::Rustic {
         let indexed = repo.to_indexed_ids().map_err(|err| error(&err, "reading the repository index"))?;
-        indexed.archive(&opts, &source, snapshot, &paths).map_err(|err| error(&err, "backing up"))?
+        // The totals come from the same scan as with the engine's archiver, alongside.
+        let scan_stop = AtomicBool::new(false);
+        let archived = std::thread::scope(|s| {
+            s.spawn(|| progress.scan(&source, &scan_stop));
+            let archived = indexed.archive(&opts, &source, snapshot, &paths);
+            scan_stop.store(true, Ordering::Relaxed);
+            archived
+        });
+        archived.map_err(|err| error(&err, "backing up"))?
     } else {
         let packs = crate::archiver::PackUploader::new(target, &prepared)?;
         crate::archiver::run(

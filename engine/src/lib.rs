@@ -240,7 +240,7 @@ pub enum Archiver {
     Rustic,
 }
 
-/// [`backup`] with an explicit [`Archiver`].
+/// [`backup_with_progress`] with an explicit [`Archiver`] (rustic_core's counts bytes only).
 ///
 /// # Errors
 /// As [`backup`].
@@ -248,8 +248,9 @@ pub fn backup_with(
     target: &RepoTarget,
     req: &BackupRequest,
     archiver: Archiver,
+    progress: &BackupProgress,
 ) -> Result<BackupReport, EngineError> {
-    backup::backup(target, req, archiver, &BackupProgress::default())
+    backup::backup(target, req, archiver, progress)
 }
 
 /// Restores snapshot `snapshot_id` (full id or unique prefix) into `dest`.

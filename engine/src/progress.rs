@@ -8,13 +8,50 @@
 //! sees "unknown" totals at first ("scanning") and both totals afterwards. Files are counted as
 //! the snapshot's summary counts them (every entry but directories: links and special files
 //! too) with their sizes as `lstat` reports them, so a finished backup's counters equal its
-//! report's `files_processed` and `bytes_processed`. rustic_core's own archiver (the escape hatch,
-//! `COFRE_ENGINE_ARCHIVER=rustic`) reports no progress.
+//! report's `files_processed` and `bytes_processed`.
+//!
+//! rustic_core's own archiver (the escape hatch, `COFRE_ENGINE_ARCHIVER=rustic`) reports through
+//! its progress hooks ([`RusticBars`], given to the repository when it is opened): its "backing
+//! up" bar counts bytes (chunks read, unchanged files' sizes) and never files, so with it
+//! `files_done` stays 0; the same scan supplies the totals.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustic_core::ReadSourceEntry;
+
+/// rustic_core's progress hooks, fed into a [`BackupProgress`]: the archiver's bytes bar adds
+/// to `bytes_done`; every other bar (index reads, snapshot lists) is hidden.
+#[derive(Debug)]
+pub(crate) struct RusticBars(pub(crate) BackupProgress);
+
+impl rustic_core::ProgressBars for RusticBars {
+    fn progress(&self, kind: rustic_core::ProgressType, prefix: &str) -> rustic_core::Progress {
+        match kind {
+            // rustic's backup asks for "backing up..." (its only bytes bar during a backup).
+            rustic_core::ProgressType::Bytes if prefix.starts_with("backing up") => {
+                rustic_core::Progress::new(BytesBar(self.0.clone()))
+            }
+            _ => rustic_core::Progress::hidden(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BytesBar(BackupProgress);
+
+impl rustic_core::RusticProgress for BytesBar {
+    fn is_hidden(&self) -> bool {
+        // Shown, but rustic only scans first when asked (the engine never asks: `no_scan`).
+        false
+    }
+    fn set_length(&self, _len: u64) {}
+    fn set_title(&self, _title: &str) {}
+    fn inc(&self, inc: u64) {
+        self.0.add_bytes(inc);
+    }
+    fn finish(&self) {}
+}
 
 /// A total not known yet.
 const UNKNOWN: u64 = u64::MAX;

@@ -59,12 +59,21 @@ fn repository_options(use_cache: bool) -> RepositoryOptions {
 
 /// Checks the target, probes the server and opens the repository (never initialises it).
 pub(crate) fn open(target: &RepoTarget, use_cache: bool) -> Result<OpenRepo, EngineError> {
+    open_reporting(target, use_cache, rustic_core::NoProgressBars)
+}
+
+/// [`open`], with rustic_core's progress hooks going to `bars`.
+pub(crate) fn open_reporting(
+    target: &RepoTarget,
+    use_cache: bool,
+    bars: impl rustic_core::ProgressBars,
+) -> Result<OpenRepo, EngineError> {
     let prepared = target.prepare()?;
     match probe_config(target, &prepared.url, &prepared.redactor)? {
         ConfigState::Absent => return Err(EngineError::NotInitialised),
         ConfigState::Present => {}
     }
-    let repo = open_prepared(target, &prepared, use_cache)?;
+    let repo = open_prepared(target, &prepared, use_cache, bars)?;
     Ok(OpenRepo { repo, prepared })
 }
 
@@ -72,9 +81,10 @@ fn open_prepared(
     target: &RepoTarget,
     prepared: &Prepared,
     use_cache: bool,
+    bars: impl rustic_core::ProgressBars,
 ) -> Result<Repository<OpenStatus>, EngineError> {
     let doing = format!("opening the repository at {}", prepared.url);
-    Repository::new(&repository_options(use_cache), &prepared.backends)
+    Repository::new_with_progress(&repository_options(use_cache), &prepared.backends, bars)
         .and_then(|repo| repo.open(&credentials(target)))
         .map_err(|err| from_rustic(&err, &prepared.redactor, &doing))
 }
@@ -99,8 +109,9 @@ pub(crate) fn lock_backend(
 pub(crate) fn init_repository(target: &RepoTarget) -> Result<String, EngineError> {
     let prepared = target.prepare()?;
     if probe_config(target, &prepared.url, &prepared.redactor)? == ConfigState::Present {
-        let restic_id =
-            open_prepared(target, &prepared, false).ok().map(|repo| repo.config().id.to_hex().to_string());
+        let restic_id = open_prepared(target, &prepared, false, rustic_core::NoProgressBars)
+            .ok()
+            .map(|repo| repo.config().id.to_hex().to_string());
         return Err(EngineError::AlreadyInitialised { restic_id });
     }
 
