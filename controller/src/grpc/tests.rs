@@ -269,6 +269,40 @@ async fn job_events_beyond_a_machines_limit_are_refused_with_a_retry_delay(pool:
     assert_eq!(count(&st.pool, "select count(*) from jobs").await, 6);
 }
 
+/// A running backup's progress (#11) is stored on its job and never acknowledged (the agent
+/// never spooled it); over the machine's event rate it is dropped and the session goes on.
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn progress_is_stored_unacknowledged_and_never_ends_the_session(pool: PgPool) {
+    let st = state(pool).await;
+    let limits = super::Limits { events_burst: 3, events_per_minute: 1, ..super::Limits::default() };
+    let addr = serve_with(&st, limits).await;
+    let m = enroll(&st, false).await;
+    let mut s = open(&st, addr, &m.cert_pem, &m.key_pem).await.unwrap();
+    let job = Uuid::now_v7();
+    s.send(Send::JobEvent(started_event(job))).await;
+    assert!(matches!(s.next_not_plan().await, Ok(Recv::Ack(_))));
+    let progress = |bytes_done| pb::JobEvent {
+        event_id: Uuid::now_v7().to_string(),
+        job_id: job.to_string(),
+        kind: Some(pb::job_event::Kind::Progress(pb::JobProgress { bytes_done, ..Default::default() })),
+    };
+    // Two samples fit the budget, the rest are over it: none is acknowledged, none ends it.
+    for bytes in [100, 200, 300, 400] {
+        s.send(Send::JobEvent(progress(bytes))).await;
+    }
+    // A heartbeat's answer would not show; a started event over the budget ends the session,
+    // and only after every progress sample before it was handled.
+    s.send(Send::JobEvent(started_event(Uuid::now_v7()))).await;
+    let ended = s.next_not_plan().await.map(|r| format!("{r:?}")).expect_err("the result over the budget");
+    assert_eq!(ended.code(), Code::ResourceExhausted, "no ack came for progress first: {ended:?}");
+    let stored: Option<serde_json::Value> = sqlx::query_scalar("select progress from jobs where id = $1")
+        .bind(job)
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.and_then(|p| p["bytes_done"].as_u64()), Some(200), "the samples within the rate");
+}
+
 #[sqlx::test(migrator = "crate::db::MIGRATOR")]
 async fn renewals_are_limited_per_machine_unless_the_certificate_is_about_to_expire(pool: PgPool) {
     let st = state(pool).await;
