@@ -33,7 +33,7 @@ pub struct Settings {
     /// and its reserved quota released.
     pub upload_idle_timeout_seconds: u64,
     /// Uploads one identity (machine or htpasswd user) may have in progress at once; more are
-    /// answered 429 with Retry-After. The maintenance identity is exempt.
+    /// answered 503 with Retry-After. The maintenance identity is exempt.
     pub max_uploads_per_identity: u32,
     /// bcrypt password checks (htpasswd users) run at once, each on a blocking thread.
     pub bcrypt_concurrency: u32,
@@ -150,7 +150,7 @@ allow_plain_http = false
 max_object_size = 4294967296
 # An upload that sends nothing for this long is abandoned (HTTP 408).
 upload_idle_timeout_seconds = 300
-# Uploads one machine or htpasswd user may have in progress at once (more: HTTP 429 with
+# Uploads one machine or htpasswd user may have in progress at once (more: HTTP 503 with
 # Retry-After: 1). The controller's maintenance identity is exempt.
 max_uploads_per_identity = 8
 # bcrypt password checks for htpasswd users: how many run at once, and how many may wait for a

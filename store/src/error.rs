@@ -65,8 +65,9 @@ impl StoreError {
             StoreError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             StoreError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             StoreError::QuotaExceeded(_) => StatusCode::INSUFFICIENT_STORAGE,
-            StoreError::TooManyUploads => StatusCode::TOO_MANY_REQUESTS,
-            StoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // 503, not 429: rustic (the agents' engine) retries 5xx answers and gives up on
+            // every 4xx (rustic_backend 0.7, rest.rs); restic retries both.
+            StoreError::TooManyUploads | StoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Io { .. } | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,7 +117,7 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
         let resp = StoreError::TooManyUploads.into_response();
-        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "a status rustic retries");
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }
 }

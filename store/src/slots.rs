@@ -25,7 +25,7 @@ impl UploadSlots {
         Arc::new(UploadSlots { max, held: Mutex::new(HashMap::new()) })
     }
 
-    /// A slot for one more upload by `identity`, or 429 when it already has `max` in progress.
+    /// A slot for one more upload by `identity`, or 503 when it already has `max` in progress.
     pub fn acquire(self: &Arc<Self>, identity: &Identity) -> Result<UploadSlot, StoreError> {
         let slots = Arc::clone(self);
         if *identity == Identity::Maintenance {
@@ -64,7 +64,7 @@ mod tests {
         let (a, b) = (Identity::User("a".into()), Identity::Machine(uuid::Uuid::new_v4()));
         let a1 = slots.acquire(&a).unwrap();
         let _a2 = slots.acquire(&a).unwrap();
-        assert_eq!(slots.acquire(&a).err().map(|e| e.status().as_u16()), Some(429));
+        assert_eq!(slots.acquire(&a).err().map(|e| e.status().as_u16()), Some(503));
         let _b1 = slots.acquire(&b).unwrap();
         let maintenance: Vec<_> = (0..10).map(|_| slots.acquire(&Identity::Maintenance).unwrap()).collect();
         drop(a1);
