@@ -161,6 +161,9 @@ async fn portal_pages_with_a_city_fleet(pool: PgPool) {
         "/api/v1/compliance".into(),
         "/api/v1/compliance?status=non_compliant".into(),
         "/api/v1/compliance/days".into(),
+        "/api/v1/compliance?sort=status&limit=15".into(),
+        "/api/v1/jobs?state=running&limit=20".into(),
+        "/api/v1/machines?status=pending&limit=1000".into(),
     ];
     println!("{:<42} {:>9} {:>9} {:>9}", "page", "p50", "p95", "bytes");
     for page in pages {

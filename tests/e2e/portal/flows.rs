@@ -1,8 +1,8 @@
 //! A department head who has never seen Cofre, in Portuguese: logs in, sees at once how much of
 //! the fleet is protected (the API's numbers) and which machines are not and why, filters the
 //! machine list, backs one up now and sees the job, makes a mistake in a form and reads the error
-//! beside the field, exports the report as the API's CSV, switches to English and logs out (the
-//! session ends on the server).
+//! beside the field, exports the report as the API's CSV, has the audit chain verified, switches
+//! to English and logs out (the session ends on the server).
 
 use anyhow::{Context as _, Result};
 use cofre_api::compliance::Status;
@@ -170,6 +170,14 @@ async fn a_department_head_sees_in_portuguese_which_machines_are_unprotected_and
         .await?;
     let api_csv = fleet.admin.compliance_csv(None, None).await?;
     assert_eq!(portal_csv, api_csv);
+
+    // The audit log verifies its chain when asked (it reads every event, so not on every view).
+    b.goto(&fleet.url("/audit")).await?;
+    assert!(b.has("#audit tbody tr").await?, "the log's events");
+    b.click("#chain button[type=submit]").await?;
+    let chain = b.eval("return document.querySelector('#chain').className", vec![]).await?;
+    assert_eq!(chain.as_str(), Some("ok"), "{}", b.text("#chain").await?);
+    b.goto(&fleet.url("/compliance")).await?;
 
     // Switch language: the same page in English.
     b.click("a[hreflang='en']").await?;
