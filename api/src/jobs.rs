@@ -126,3 +126,25 @@ pub struct Snapshot {
     pub policy_id: Option<Uuid>,
     pub tags: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_is_of_bytes_and_stays_within_0_to_100() {
+        let p = |done: u64, total: Option<u64>| JobProgress {
+            files_done: 0,
+            bytes_done: done,
+            files_total: total.map(|_| 1),
+            bytes_total: total,
+            at: DateTime::<Utc>::MIN_UTC,
+        };
+        assert_eq!(p(35, Some(100)).percent(), Some(35));
+        assert_eq!(p(999, Some(1000)).percent(), Some(99), "rounded down: 100 only when done");
+        assert_eq!(p(7, Some(5)).percent(), Some(100), "a file grown since the scan");
+        assert_eq!(p(0, Some(0)).percent(), Some(100));
+        assert_eq!(p(u64::MAX, Some(u64::MAX)).percent(), Some(100));
+        assert_eq!(p(10, None).percent(), None, "still scanning");
+    }
+}
