@@ -50,8 +50,10 @@ pub async fn run_json<I: Serialize, R: DeserializeOwned>(
     run_json_reporting::<I, R, serde::de::IgnoredAny>(cmd, input, max_output, cancel, |_| {}).await
 }
 
-/// A progress line: `{"progress": …}` on a line of its own.
+/// A progress line: `{"progress": …}` on a line of its own, nothing else in it (a result is
+/// never mistaken for one: [`serve`] prints it without a newline, and with other fields).
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ProgressLine<P> {
     progress: P,
 }
