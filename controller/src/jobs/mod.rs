@@ -178,8 +178,15 @@ pub async fn list(
             "one of queued, running, succeeded, warning, failed, interrupted, cancelled, skipped",
         ));
     }
+    // Open jobs are few among millions: name the partial index's condition in the text, so
+    // even a generic plan can use `jobs_open` (a `$5` alone could be anything).
+    let open = if matches!(f.state, Some("queued" | "running")) {
+        "and j.state in ('queued', 'running')"
+    } else {
+        ""
+    };
     let items: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} where ($1::uuid is null or j.machine_id = $1) and ($2::uuid is null or j.id < $2)
+        "{SELECT} where ($1::uuid is null or j.machine_id = $1) and ($2::uuid is null or j.id < $2) {open}
            and (not $3 or j.kind <> 'backup') and ($4::text is null or j.kind = $4) and ($5::text is null or j.state = $5)
            and ($7::uuid is null or j.machine_id in (select id from machines where group_id = $7))
            and ($8::uuid is null or j.policy_id = $8)
