@@ -106,8 +106,8 @@ pub async fn load(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Keys> {
 
 /// The access-token signing keys: the current one and, after a rotation, the previous one.
 pub struct JwtSecrets {
-    pub current: Vec<u8>,
-    pub previous: Option<Vec<u8>>,
+    pub current: secrecy::zeroize::Zeroizing<Vec<u8>>,
+    pub previous: Option<secrecy::zeroize::Zeroizing<Vec<u8>>>,
 }
 
 fn jwt_from(rows: &[(String, Vec<u8>, Option<String>)], master: &MasterKey) -> anyhow::Result<JwtSecrets> {
@@ -144,7 +144,7 @@ pub async fn rotate_jwt(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Str
             anyhow::anyhow!("key {JWT} is missing from the database: run `cofre-controller migrate`")
         })?;
     let current = master.open(&place(JWT), &sealed)?;
-    let next = random_bytes(32);
+    let next = secrecy::zeroize::Zeroizing::new(random_bytes(32));
     for (name, secret) in [(JWT_PREVIOUS, &current), (JWT, &next)] {
         sqlx::query(
             "insert into server_keys (name, key_id, sealed) values ($1, $2, $3)

@@ -155,7 +155,8 @@ impl MasterKey {
         out
     }
 
-    pub fn open(&self, place: &Place<'_>, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    /// The plaintext, wiped when dropped.
+    pub fn open(&self, place: &Place<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
         if sealed.len() < 1 + KEY_ID_LEN + NONCE_LEN + 16 || sealed[0] != VERSION {
             return Err(SealError::Corrupt("bad header"));
         }
@@ -169,11 +170,18 @@ impl MasterKey {
         let aad = place.aad();
         cipher
             .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+            .map(Zeroizing::new)
             .map_err(|_| SealError::Corrupt("authentication failed"))
     }
 
+    /// The plaintext as text, for a holder that wipes it (`SecretString`, `Zeroizing`); what
+    /// is not UTF-8 is wiped here.
     pub fn open_string(&self, place: &Place<'_>, sealed: &[u8]) -> Result<String, SealError> {
-        String::from_utf8(self.open(place, sealed)?).map_err(|_| SealError::Corrupt("not UTF-8"))
+        let mut bytes = self.open(place, sealed)?;
+        String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
+            e.into_bytes().zeroize();
+            SealError::Corrupt("not UTF-8")
+        })
     }
 }
 
@@ -201,7 +209,7 @@ mod tests {
     fn round_trip_and_binding() {
         let k = MasterKey::generate();
         let s = k.seal(&P, b"secret");
-        assert_eq!(k.open(&P, &s).unwrap(), b"secret");
+        assert_eq!(k.open(&P, &s).unwrap().as_slice(), b"secret");
         let other_row = Place { row: "2", ..P };
         assert!(matches!(k.open(&other_row, &s), Err(SealError::Corrupt(_))));
         let k2 = MasterKey::generate();

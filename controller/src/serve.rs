@@ -62,7 +62,11 @@ pub async fn start(
     }
     let keys = keys::load(&pool, &master).await?;
     let audit = crate::audit::install(&keys.audit)?;
-    let jwt = JwtKeys::new(&keys.jwt.current, keys.jwt.previous.as_deref(), settings.admin.token_ttl_seconds);
+    let jwt = JwtKeys::new(
+        &keys.jwt.current,
+        keys.jwt.previous.as_ref().map(|p| p.as_slice()),
+        settings.admin.token_ttl_seconds,
+    );
     let first_admin =
         auth::ensure_first_admin(&pool, &settings.admin.username, settings.admin.initial_password.as_ref())
             .await?;
@@ -244,7 +248,7 @@ fn spawn_jwt_reload(state: &AppState) {
 /// Reads the signing keys again; a failure keeps the ones in use.
 pub async fn reload_jwt(state: &AppState) {
     match keys::load_jwt(&state.pool, &state.master).await {
-        Ok(k) => state.jwt.replace(&k.current, k.previous.as_deref()),
+        Ok(k) => state.jwt.replace(&k.current, k.previous.as_ref().map(|p| p.as_slice())),
         Err(e) => tracing::warn!("cannot re-read the access-token signing keys: {e:#}"),
     }
 }

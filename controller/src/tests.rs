@@ -24,7 +24,7 @@ pub(crate) async fn state(pool: PgPool) -> AppState {
     crate::keys::use_test_audit_key(&pool, &master).await;
     let keys = crate::keys::load(&pool, &master).await.unwrap();
     let audit = crate::audit::install(&keys.audit).unwrap();
-    let jwt = JwtKeys::new(&keys.jwt.current, keys.jwt.previous.as_deref(), 600);
+    let jwt = JwtKeys::new(&keys.jwt.current, keys.jwt.previous.as_ref().map(|p| p.as_slice()), 600);
     let events = crate::events::Events::local();
     AppState {
         pool,

@@ -181,7 +181,11 @@ async fn a_rotated_signing_key_is_shared_by_replicas_and_the_key_before_the_prev
 async fn state_sharing_keys(st: &AppState) -> AppState {
     let keys = crate::keys::load_jwt(&st.pool, &st.master).await.unwrap();
     let mut other = st.clone();
-    other.jwt = std::sync::Arc::new(crate::jwt::JwtKeys::new(&keys.current, keys.previous.as_deref(), 600));
+    other.jwt = std::sync::Arc::new(crate::jwt::JwtKeys::new(
+        &keys.current,
+        keys.previous.as_ref().map(|p| p.as_slice()),
+        600,
+    ));
     other.seen_tokens = std::sync::Arc::default();
     other
 }
