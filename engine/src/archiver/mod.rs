@@ -97,7 +97,7 @@ const BLOBS_PER_INDEX: usize = 50_000;
 
 /// Backs up `source` into the open repository and saves the snapshot `snap` (its host, tags
 /// and command already set) for `paths`, counting what it processed in `progress`.
-#[allow(clippy::too_many_arguments)] // the backup's inputs; a struct would only rename them
+#[expect(clippy::too_many_arguments, reason = "the backup's inputs; a struct would only rename them")]
 pub(crate) fn run(
     repo: &Repository<OpenStatus>,
     be: &Arc<dyn WriteBackend>,
