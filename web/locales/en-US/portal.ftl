@@ -127,7 +127,6 @@ overview-trend-table = The numbers, day by day
 overview-no-history = No history yet: it starts with the first day the controller runs.
 overview-running = Running now
 overview-nothing-running = Nothing is running.
-overview-progress-note = Agents report when a job starts and ends; progress within a job is not reported yet.
 job-controller = controller
 machines-title = Machines
 machines-count = { $count ->

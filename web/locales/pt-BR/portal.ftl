@@ -127,7 +127,6 @@ overview-trend-table = Os números, dia a dia
 overview-no-history = Ainda sem histórico: ele começa no primeiro dia em que o controlador roda.
 overview-running = Em execução agora
 overview-nothing-running = Nada em execução.
-overview-progress-note = Os agentes informam quando uma tarefa começa e termina; o progresso dentro de uma tarefa ainda não é informado.
 job-controller = controlador
 machines-title = Máquinas
 machines-count = { $count ->
