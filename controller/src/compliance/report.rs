@@ -101,8 +101,8 @@ struct Line {
 }
 
 /// Machines of `group` (None: the fleet) as last judged, without the findings of the recorded
-/// ones, and when the oldest of those judgements was made.
-async fn read(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<(Vec<Line>, DateTime<Utc>)> {
+/// ones.
+async fn read(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<Vec<Line>> {
     let rows: Vec<Head> = sqlx::query_as(
         "select m.id, m.hostname, m.group_id, g.name as group_name, m.last_seen_at,
                 c.status, c.changed_at, c.evaluated_at, c.last_good_backup_at
@@ -116,19 +116,17 @@ async fn read(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<
     .fetch_all(&st.pool)
     .await?;
     let fresh_from = now - fresh_for(st);
-    let mut oldest = now;
     let mut out = Vec::with_capacity(rows.len());
     let mut again = Vec::new();
     for r in rows {
         let recorded = r
             .evaluated_at
             .filter(|at| (fresh_from..=now).contains(at))
-            .and_then(|at| Some((at, Status::parse(r.status.as_deref()?)?)));
-        let Some((at, status)) = recorded else {
+            .and_then(|_| Status::parse(r.status.as_deref()?));
+        let Some(status) = recorded else {
             again.push(r.id);
             continue;
         };
-        oldest = oldest.min(at);
         out.push(Line {
             machine: MachineCompliance {
                 machine_id: r.id,
@@ -148,7 +146,7 @@ async fn read(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<
         let judged = evaluate(st, group, Some(&again), now).await?;
         out.extend(judged.into_iter().map(|e| Line { machine: e.machine, recorded: false }));
     }
-    Ok((out, oldest))
+    Ok(out)
 }
 
 fn keep(m: &MachineCompliance, sel: &Selection, now: DateTime<Utc>) -> bool {
@@ -172,15 +170,19 @@ fn keep(m: &MachineCompliance, sel: &Selection, now: DateTime<Utc>) -> bool {
 }
 
 fn order(lines: &mut [Line], sort: Sort) {
+    if sort == Sort::Host {
+        // One lower-cased name per machine, not two per comparison.
+        lines.sort_by_cached_key(|l| (l.machine.hostname.to_lowercase(), l.machine.hostname.clone()));
+        return;
+    }
     let host = |a: &MachineCompliance, b: &MachineCompliance| a.hostname.cmp(&b.hostname);
     lines.sort_by(|a, b| {
         let (a, b) = (&a.machine, &b.machine);
         match sort {
             Sort::Status => b.status.cmp(&a.status).then(host(a, b)),
-            Sort::Host => a.hostname.to_lowercase().cmp(&b.hostname.to_lowercase()).then(host(a, b)),
             Sort::Group => a.group_name.cmp(&b.group_name).then(host(a, b)),
             Sort::Backup => a.last_good_backup_at.cmp(&b.last_good_backup_at).then(host(a, b)),
-            Sort::Seen => a.last_seen_at.cmp(&b.last_seen_at).then(host(a, b)),
+            Sort::Seen | Sort::Host => a.last_seen_at.cmp(&b.last_seen_at).then(host(a, b)),
         }
     });
 }
@@ -192,7 +194,7 @@ pub async fn report(
     sel: &Selection,
     now: DateTime<Utc>,
 ) -> Result<(Vec<MachineCompliance>, usize)> {
-    let (mut lines, _) = read(st, sel.group, now).await?;
+    let mut lines = read(st, sel.group, now).await?;
     lines.retain(|l| keep(&l.machine, sel, now));
     order(&mut lines, sel.sort);
     let total = lines.len();
@@ -238,32 +240,71 @@ pub async fn current(
 }
 
 /// Roll-ups per group and for the whole fleet (or for one group only), as of the oldest
-/// judgement they count. Reads no findings.
+/// judgement they count. The recorded verdicts are counted by PostgreSQL (a row per group and
+/// status comes back, not one per machine); machines without a recent verdict are judged here.
 pub async fn summary(st: &AppState, group: Option<Uuid>, now: DateTime<Utc>) -> Result<Summary> {
-    let (lines, evaluated_at) = read(st, group, now).await?;
+    type Counted = (Option<Uuid>, Option<String>, String, i64, DateTime<Utc>);
+    let fresh_from = now - fresh_for(st);
+    let counted: Vec<Counted> = sqlx::query_as(
+        "select m.group_id, g.name, c.status, count(*), min(c.evaluated_at)
+         from machines m
+         left join groups g on g.id = m.group_id
+         join compliance_current c on c.machine_id = m.id
+         where m.status <> 'decommissioned' and ($1::uuid is null or m.group_id = $1)
+           and c.evaluated_at between $2 and $3
+         group by m.group_id, g.name, c.status",
+    )
+    .bind(group)
+    .bind(fresh_from)
+    .bind(now)
+    .fetch_all(&st.pool)
+    .await?;
+    let unjudged: Vec<Uuid> = sqlx::query_scalar(
+        "select m.id from machines m
+         left join compliance_current c on c.machine_id = m.id
+         where m.status <> 'decommissioned' and ($1::uuid is null or m.group_id = $1)
+           and (c.machine_id is null or c.evaluated_at not between $2 and $3)",
+    )
+    .bind(group)
+    .bind(fresh_from)
+    .bind(now)
+    .fetch_all(&st.pool)
+    .await?;
+    let mut evaluated_at = now;
     let mut groups: BTreeMap<Option<Uuid>, Rollup> = BTreeMap::new();
     let mut fleet = Rollup::default();
-    for Line { machine: m, .. } in &lines {
-        let g = groups.entry(m.group_id).or_insert_with(|| Rollup {
-            group_id: m.group_id,
-            group_name: m.group_name.clone(),
+    let mut add = |group_id: Option<Uuid>, group_name: &Option<String>, status: Status, n: i64| {
+        let g = groups.entry(group_id).or_insert_with(|| Rollup {
+            group_id,
+            group_name: group_name.clone(),
             ..Default::default()
         });
-        count(g, m.status);
-        count(&mut fleet, m.status);
+        count(g, status, n);
+        count(&mut fleet, status, n);
+    };
+    for (group_id, group_name, status, n, oldest) in &counted {
+        if let Some(status) = Status::parse(status) {
+            add(*group_id, group_name, status, *n);
+            evaluated_at = evaluated_at.min(*oldest);
+        }
+    }
+    if !unjudged.is_empty() {
+        for e in evaluate(st, group, Some(&unjudged), now).await? {
+            add(e.machine.group_id, &e.machine.group_name, e.machine.status, 1);
+        }
     }
     let mut groups: Vec<Rollup> = groups.into_values().map(finish).collect();
     groups.sort_by(|a, b| a.group_name.cmp(&b.group_name));
     Ok(Summary { evaluated_at, fleet: finish(fleet), groups })
 }
 
-fn count(r: &mut Rollup, s: Status) {
-    r.machines += 1;
+fn count(r: &mut Rollup, s: Status, n: i64) {
+    r.machines += n;
     match s {
-        Status::Compliant => r.compliant += 1,
-        Status::AtRisk => r.at_risk += 1,
-        Status::Unknown => r.unknown += 1,
-        Status::NonCompliant => r.non_compliant += 1,
+        Status::Compliant => r.compliant += n,
+        Status::AtRisk => r.at_risk += n,
+        Status::Unknown => r.unknown += n,
+        Status::NonCompliant => r.non_compliant += n,
     }
 }
 
