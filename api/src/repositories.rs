@@ -78,6 +78,9 @@ pub struct ResticRepository {
     pub id: Uuid,
     pub repository_id: Uuid,
     pub machine_id: Option<Uuid>,
+    /// The machine's host name (per-machine repositories).
+    #[serde(default)]
+    pub hostname: Option<String>,
     pub url: String,
     /// restic's repository id, once initialised.
     pub restic_id: Option<String>,

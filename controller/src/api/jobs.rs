@@ -119,6 +119,10 @@ pub async fn cancel_job(
 #[serde(deny_unknown_fields)]
 pub struct RepositoriesQuery {
     machine: Option<String>,
+    /// At most this many (1-1000; all when absent), oldest first.
+    limit: Option<i64>,
+    /// Skip this many first.
+    offset: Option<i64>,
 }
 
 /// Restic repositories; a group-limited user sees only its group's machines' ones.
@@ -132,7 +136,14 @@ pub async fn list_restic_repositories(
         .as_deref()
         .map(|m| uuid::Uuid::try_parse(m).map_err(|_| Error::field("machine", "not a machine id")))
         .transpose()?;
-    Ok(axum::Json(Items::of(maintenance::list_repositories(&st.pool, machine, c.grp).await?)))
+    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return Err(Error::field("limit", "between 1 and 1000"));
+    }
+    if q.offset.is_some_and(|o| o < 0) {
+        return Err(Error::field("offset", "0 or more"));
+    }
+    let page = q.limit.map(|l| (l, q.offset.unwrap_or(0)));
+    Ok(axum::Json(Items::of(maintenance::list_repositories(&st.pool, machine, c.grp, page).await?)))
 }
 
 pub async fn run_maintenance(
@@ -143,7 +154,7 @@ pub async fn run_maintenance(
 ) -> Result<Response> {
     let repo = id(&p, "restic repository")?;
     if c.grp.is_some()
-        && maintenance::list_repositories(&st.pool, None, c.grp).await?.iter().all(|r| r.id != repo)
+        && maintenance::list_repositories(&st.pool, None, c.grp, None).await?.iter().all(|r| r.id != repo)
     {
         return Err(Error::NotFound("restic repository".into()));
     }

@@ -164,6 +164,7 @@ impl From<maintenance::ResticRepository> for api::repositories::ResticRepository
             id: r.id,
             repository_id: r.repository_id,
             machine_id: r.machine_id,
+            hostname: r.hostname,
             url: r.url,
             restic_id: r.restic_id,
             init_error: r.init_error,

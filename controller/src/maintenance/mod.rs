@@ -165,6 +165,8 @@ pub struct ResticRepository {
     pub id: Uuid,
     pub repository_id: Uuid,
     pub machine_id: Option<Uuid>,
+    /// The machine's host name (per-machine repositories).
+    pub hostname: Option<String>,
     pub url: String,
     pub restic_id: Option<String>,
     pub init_error: Option<String>,
@@ -176,11 +178,13 @@ pub struct ResticRepository {
 }
 
 /// Every restic repository (of `machine`, of `group`'s machines, when given), with the last
-/// job of each maintenance kind (`{id, state, finished_at}`).
+/// job of each maintenance kind (`{id, state, finished_at}`); `page` is (limit, offset), all
+/// when None.
 pub async fn list_repositories(
     pool: &PgPool,
     machine: Option<Uuid>,
     group: Option<Uuid>,
+    page: Option<(i64, i64)>,
 ) -> Result<Vec<ResticRepository>> {
     let last = |kind: &str| {
         format!(
@@ -189,14 +193,23 @@ pub async fn list_repositories(
         )
     };
     let q = format!(
-        "select rr.id, rr.repository_id, rr.machine_id, rr.url, rr.restic_id, rr.init_error, rr.initialised_at,
+        "select rr.id, rr.repository_id, rr.machine_id,
+                (select m.hostname from machines m where m.id = rr.machine_id) as hostname,
+                rr.url, rr.restic_id, rr.init_error, rr.initialised_at,
                 (select count(*) from snapshots s where s.restic_repository_id = rr.id and s.forgotten_at is null) as snapshots,
                 {} as last_forget, {} as last_prune, {} as last_check
          from restic_repositories rr where ($1::uuid is null or rr.machine_id = $1)
-           and ($2::uuid is null or rr.machine_id in (select id from machines where group_id = $2)) order by rr.id",
+           and ($2::uuid is null or rr.machine_id in (select id from machines where group_id = $2))
+         order by rr.id limit $3 offset $4",
         last("forget"),
         last("prune"),
         last("check")
     );
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(machine).bind(group).fetch_all(pool).await?)
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .bind(machine)
+        .bind(group)
+        .bind(page.map(|p| p.0))
+        .bind(page.map_or(0, |p| p.1))
+        .fetch_all(pool)
+        .await?)
 }

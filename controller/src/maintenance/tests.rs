@@ -156,3 +156,52 @@ async fn maintenance_and_backups_can_be_cancelled_until_they_end(pool: PgPool) {
     assert_eq!(crate::jobs::cancels_for(&st.pool, machine).await.unwrap(), vec![job.id]);
     assert!(crate::jobs::queued_for(&st.pool, machine).await.unwrap().is_empty(), "not sent to run any more");
 }
+
+#[sqlx::test(migrator = "crate::db::MIGRATOR")]
+async fn restic_repositories_come_in_pages_with_their_machines_names(pool: PgPool) {
+    use axum::http::StatusCode;
+    let st = state(pool.clone()).await;
+    let mut hosts = Vec::new();
+    let repo = test_repository(&st).await;
+    for i in 0..3 {
+        let (_, machine) = machine_in_new_group(&st, &format!("g{i}")).await;
+        assigned_policy(&st, PolicySpec::new(format!("p{i}"), repo, vec!["/home".into()]), machine).await;
+        let host = format!("pc-{i}");
+        sqlx::query("update machines set hostname = $2 where id = $1")
+            .bind(machine)
+            .bind(&host)
+            .execute(&pool)
+            .await
+            .unwrap();
+        hosts.push(host);
+    }
+    initialise_repositories(&st).await;
+    let admin = crate::tests::user_token(&st, "a", crate::auth::Role::Admin, None).await;
+    let get = |q: &'static str| {
+        let (st, admin) = (st.clone(), admin.clone());
+        async move {
+            crate::tests::call_json(&st, "GET", &format!("/api/v1/restic-repositories{q}"), &admin, "").await
+        }
+    };
+    let names = |b: &serde_json::Value| -> Vec<String> {
+        b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["hostname"].as_str().map(str::to_string))
+            .collect()
+    };
+    let (_, all) = get("").await;
+    let mut every = names(&all);
+    every.sort();
+    assert_eq!(every, hosts, "each per-machine repository names its machine: {all}");
+    let (_, first) = get("?limit=2").await;
+    let (_, rest) = get("?limit=2&offset=2").await;
+    assert_eq!((names(&first).len(), names(&rest).len()), (2, 1));
+    let mut paged = [names(&first), names(&rest)].concat();
+    paged.sort();
+    assert_eq!(paged, hosts, "pages cover every repository once");
+    for q in ["?limit=0", "?limit=1001", "?offset=-1"] {
+        assert_eq!(get(q).await.0, StatusCode::UNPROCESSABLE_ENTITY, "{q}");
+    }
+}

@@ -156,6 +156,7 @@ async fn portal_pages_with_a_city_fleet(pool: PgPool) {
         "/compliance".into(),
         "/audit".into(),
         "/enrollment".into(),
+        "/maintenance".into(),
         // What the fleet-wide pages read, alone (the REST API, with the same session's token).
         "/api/v1/compliance/summary".into(),
         "/api/v1/compliance".into(),

@@ -2,8 +2,6 @@
 //! controller's maintenance identity, never by agents), the maintenance jobs, and "run now" for
 //! the roles that may.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, Query};
 use axum::response::Response;
 use axum::{Extension, Form};
@@ -23,7 +21,11 @@ use crate::{Ctx, Lang};
 #[derive(Deserialize, Default)]
 pub struct Notice {
     done: Option<String>,
+    page: Option<usize>,
 }
+
+/// Repositories per page (a city has one per machine).
+const PER_PAGE: usize = 100;
 
 /// The last run of one kind, as the API gives it (`{id, state, finished_at}`).
 fn last(lang: Lang, v: Option<&serde_json::Value>) -> AnyView {
@@ -42,24 +44,35 @@ fn last(lang: Lang, v: Option<&serde_json::Value>) -> AnyView {
 /// `GET /maintenance`.
 pub async fn page(Extension(ctx): Extension<Ctx>, Query(n): Query<Notice>) -> Response {
     let lang = ctx.lang;
-    let (repos, jobs, machines) = futures::join!(
-        ctx.api.get::<Items<ResticRepository>>("/api/v1/restic-repositories"),
-        ctx.api.get::<Page<Job>>("/api/v1/maintenance/jobs?limit=50"),
-        ctx.api.get::<Items<cofre_api::compliance::MachineCompliance>>("/api/v1/compliance"),
+    let page = n.page.unwrap_or(1).max(1);
+    // One more than a page: whether there is a next one.
+    let path = format!(
+        "/api/v1/restic-repositories?limit={}&offset={}",
+        PER_PAGE + 1,
+        (page - 1).saturating_mul(PER_PAGE)
     );
-    let (repos, jobs, machines) = match (repos, jobs, machines) {
-        (Ok(r), Ok(j), Ok(m)) => (r.items, j.items, m.items),
-        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return layout::api_error(&ctx, &e),
+    let (repos, jobs) = futures::join!(
+        ctx.api.get::<Items<ResticRepository>>(&path),
+        ctx.api.get::<Page<Job>>("/api/v1/maintenance/jobs?limit=50")
+    );
+    let (mut repos, jobs) = match (repos, jobs) {
+        (Ok(r), Ok(j)) => (r.items, j.items),
+        (Err(e), _) | (_, Err(e)) => return layout::api_error(&ctx, &e),
     };
-    let hosts: HashMap<Uuid, String> = machines.into_iter().map(|m| (m.machine_id, m.hostname)).collect();
+    let more = repos.len() > PER_PAGE;
+    repos.truncate(PER_PAGE);
+    let link = |p: usize| format!("/maintenance?page={p}");
+    let pager = (page > 1 || more).then(|| {
+        let prev =
+            (page > 1).then(|| view! { <a rel="prev" href=link(page - 1)>{lang.t("page-previous")}</a> });
+        let next = more.then(|| view! { <a rel="next" href=link(page + 1)>{lang.t("page-next")}</a> });
+        view! { <nav class="pager no-print" aria-label=lang.t("page-label")>{prev}" "{next}</nav> }
+    });
     let can_operate = ctx.viewer.as_ref().is_some_and(|v| v.can_operate());
     let rows = repos
         .iter()
         .map(|r| {
-            let owner = r
-                .machine_id
-                .and_then(|m| hosts.get(&m).cloned())
-                .unwrap_or_else(|| lang.t("maintenance-shared"));
+            let owner = r.hostname.clone().unwrap_or_else(|| lang.t("maintenance-shared"));
             let state = if r.initialised_at.is_some() {
                 view! { {badge(lang, "active")} }.into_any()
             } else {
@@ -115,6 +128,7 @@ pub async fn page(Extension(ctx): Extension<Ctx>, Query(n): Query<Notice>) -> Re
             </tr></thead>
             <tbody>{rows}</tbody>
         </table>
+        {pager}
         <section aria-labelledby="mjobs-h">
             <h2 id="mjobs-h">{lang.t("maintenance-jobs")}</h2>
             {super::jobs::table(lang, jobs, &names)}
