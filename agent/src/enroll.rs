@@ -60,17 +60,8 @@ pub async fn enroll(
                 inventory: Some(inventory()),
                 ..Default::default()
             };
-            match client.enroll(req).await {
-                Ok(resp) => Ok((resp.into_inner(), ca_pem)),
-                // The replica went away between the handshake and the call: another may answer.
-                Err(s) if s.code() == tonic::Code::Unavailable => {
-                    Err(Failure::unreachable(anyhow::anyhow!("{}", s.message())))
-                }
-                Err(s) => Err(Failure::refused(anyhow::anyhow!(
-                    "the controller refused enrollment: {}",
-                    s.message()
-                ))),
-            }
+            Failure::from_answer(client.enroll(req).await, "the controller refused enrollment")
+                .map(|resp| (resp, ca_pem))
         }
     })
     .await?;
@@ -128,16 +119,8 @@ pub async fn reenroll(state: &StateDir, controllers: &[String], token: &str) -> 
                     inventory: Some(inventory()),
                     previous_certificate_pem: previous,
                 };
-                match client.enroll(req).await {
-                    Ok(resp) => Ok((resp.into_inner(), ca_pem)),
-                    Err(s) if s.code() == tonic::Code::Unavailable => {
-                        Err(Failure::unreachable(anyhow::anyhow!("{}", s.message())))
-                    }
-                    Err(s) => Err(Failure::refused(anyhow::anyhow!(
-                        "the controller refused re-enrollment: {}",
-                        s.message()
-                    ))),
-                }
+                Failure::from_answer(client.enroll(req).await, "the controller refused re-enrollment")
+                    .map(|resp| (resp, ca_pem))
             }
         })
         .await?;

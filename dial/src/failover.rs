@@ -29,6 +29,22 @@ impl Failure {
     pub fn refused(error: anyhow::Error) -> Self {
         Failure { error, try_next: false }
     }
+
+    /// The outcome of one call to a replica: `Unavailable` means the replica went away between
+    /// the handshake and the call (another may answer); any other status is the controller's
+    /// refusal, described as "`refusal`: <its message>".
+    pub fn from_answer<T>(
+        answer: Result<tonic::Response<T>, tonic::Status>,
+        refusal: &str,
+    ) -> Result<T, Self> {
+        match answer {
+            Ok(resp) => Ok(resp.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                Err(Self::unreachable(anyhow::anyhow!("{}", s.message())))
+            }
+            Err(s) => Err(Self::refused(anyhow::anyhow!("{refusal}: {}", s.message()))),
+        }
+    }
 }
 
 /// The indexes of `len` addresses in the order to try them: `first` (the one that answered
@@ -127,6 +143,20 @@ pub async fn session_channel_remembered(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unavailable_replica_is_passed_over_and_any_other_status_is_a_refusal() {
+        let ok = Failure::from_answer(Ok(tonic::Response::new(7)), "refused");
+        assert_eq!(ok.ok(), Some(7));
+        let gone = Failure::from_answer::<()>(Err(tonic::Status::unavailable("going away")), "refused");
+        assert!(gone.as_ref().is_err_and(|f| f.try_next), "{gone:?}");
+        let no = Failure::from_answer::<()>(
+            Err(tonic::Status::permission_denied("the token has expired")),
+            "the controller refused enrollment",
+        );
+        let no = no.err().map(|f| (f.try_next, f.error.to_string()));
+        assert_eq!(no, Some((false, "the controller refused enrollment: the token has expired".to_string())));
+    }
 
     #[test]
     fn the_rotation_starts_with_the_last_that_answered_and_wraps() {

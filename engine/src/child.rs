@@ -75,6 +75,7 @@ pub async fn run_json_reporting<I: Serialize, R: DeserializeOwned, P: Deserializ
     let input = serde_json::to_vec(input).map_err(|e| fail(format!("cannot encode the job: {e}")))?;
     let (key, value) = crate::job_process_env();
     cmd.env(key, value);
+    cmd.env(PARENT_ENV, std::process::id().to_string());
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -162,6 +163,7 @@ pub async fn remove_recorded_lock(
         remove_lock(target, id).await?;
     }
     let _ = std::fs::remove_file(record);
+    let _ = std::fs::remove_file(crate::lock::record_in_progress(record));
     Ok(true)
 }
 
@@ -205,6 +207,21 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// The environment variable carrying the parent's pid to the job process.
+const PARENT_ENV: &str = "COFRE_JOB_PARENT";
+
+/// Whether the process that started this job process died before the death signal was armed
+/// (a parent killed between `fork` and `prctl`): the child was then adopted, by init or by a
+/// subreaper (systemd, a container's init, a CI runner), so its parent is no longer the pid the
+/// parent handed down. Without that pid, adoption by init is all that can be seen.
+fn parent_gone() -> bool {
+    let parent = nix::unistd::getppid().as_raw();
+    match std::env::var(PARENT_ENV).ok().and_then(|v| v.parse::<i32>().ok()) {
+        Some(expected) => parent != expected,
+        None => parent == 1,
+    }
+}
+
 /// The child's side: dies with its parent, reads the job from stdin, runs `work`, prints the
 /// result. A job that does not parse is answered with `malformed(message)`. Exits 0 whenever
 /// it could print a result (the result says whether the job worked).
@@ -215,7 +232,7 @@ pub fn serve<I: DeserializeOwned, R: Serialize>(
 ) -> std::process::ExitCode {
     // Die with the parent: a job nobody waits for would only race the next one.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+    if parent_gone() {
         eprintln!("{name}: the parent is gone; not starting");
         return std::process::ExitCode::FAILURE;
     }

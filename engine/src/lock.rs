@@ -14,7 +14,7 @@
 //! instead of failing at once: a backup started while a prune runs waits for it, and the other
 //! way round, up to the caller's limit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -187,10 +187,26 @@ pub struct LockOptions {
 fn record(opts: &LockOptions, id: Option<&str>) {
     if let Some(p) = &opts.record {
         let _ = match id {
-            Some(id) => std::fs::write(p, id),
+            Some(id) => write_record(p, id),
             None => std::fs::remove_file(p),
         };
     }
+}
+
+/// Replaces the record at `path` with `id` whole: written beside it and renamed over it, so a
+/// process killed at any point leaves either the previous record or the new one, never an empty
+/// file (whoever reads the record after a kill would find no id and leave the lock behind).
+fn write_record(path: &Path, id: &str) -> std::io::Result<()> {
+    let tmp = record_in_progress(path);
+    std::fs::write(&tmp, id)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Where [`write_record`] writes before renaming (left behind only by a kill in between).
+pub(crate) fn record_in_progress(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    PathBuf::from(tmp)
 }
 
 /// A held lock: refreshed in the background, removed on drop.
@@ -296,7 +312,7 @@ fn refresh_loop(
                 let Ok(mut cur) = state.lock() else { return };
                 let old = std::mem::replace(&mut *cur, new.clone());
                 if let Some(p) = record {
-                    let _ = std::fs::write(p, &new);
+                    let _ = write_record(p, &new);
                 }
                 if let Err(e) = backend.remove(&old) {
                     log::warn!("cannot remove the old repository lock {old}: {e}");
@@ -328,6 +344,21 @@ impl Drop for RepoLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_record_is_replaced_whole_and_leaves_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job.lock");
+        let opts = LockOptions { record: Some(p.clone()), ..Default::default() };
+        record(&opts, Some("first"));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "first");
+        record(&opts, Some("second"));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "second");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("job.lock")]);
+        record(&opts, None);
+        assert!(!p.exists());
+    }
 
     fn lock(age_secs: i64, host: &str, pid: i64) -> LockFile {
         let t = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(age_secs);

@@ -55,17 +55,8 @@ pub async fn enroll(
                 csr_der,
                 store_version: env!("CARGO_PKG_VERSION").into(),
             };
-            match client.enroll(req).await {
-                Ok(resp) => Ok((resp.into_inner(), ca_pem)),
-                // The replica went away between the handshake and the call: another may answer.
-                Err(s) if s.code() == tonic::Code::Unavailable => {
-                    Err(Failure::unreachable(anyhow::anyhow!("{}", s.message())))
-                }
-                Err(s) => Err(Failure::refused(anyhow::anyhow!(
-                    "the controller refused enrollment: {}",
-                    s.message()
-                ))),
-            }
+            Failure::from_answer(client.enroll(req).await, "the controller refused enrollment")
+                .map(|resp| (resp, ca_pem))
         }
     })
     .await?;

@@ -491,8 +491,9 @@ async fn the_agent_killed_at_ten_seeded_points_of_a_backup_loses_and_doubles_not
         ensure!(!marker.exists(), "{point}: the marker is gone once the job is reported");
         ensure!(
             Objects::of(&rig.repo_dir).locks == 0,
-            "{point}: the agent removed the killed backup's lock at its restart ({})",
-            Objects::of(&rig.repo_dir)
+            "{point}: the agent removed the killed backup's lock at its restart ({})\n{}",
+            Objects::of(&rig.repo_dir),
+            rig.agent.log()
         );
 
         // The next run succeeds.
