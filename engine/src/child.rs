@@ -136,31 +136,31 @@ pub async fn run_json_reporting<I: Serialize, R: DeserializeOwned, P: Deserializ
     serde_json::from_slice::<R>(&output).map_err(|_| fail(describe_exit(status)))
 }
 
-/// Removes repository lock `id` (one a stopped job left) without blocking the runtime.
+/// Removes repository locks `ids` (ones a stopped job left) without blocking the runtime.
 ///
 /// # Errors
 /// As [`crate::maintenance::remove_locks`].
-pub async fn remove_lock(target: &crate::RepoTarget, id: String) -> Result<(), crate::EngineError> {
+pub async fn remove_locks(target: &crate::RepoTarget, ids: Vec<String>) -> Result<(), crate::EngineError> {
     let target = target.clone();
-    tokio::task::spawn_blocking(move || crate::maintenance::remove_locks(&target, &[id]))
+    tokio::task::spawn_blocking(move || crate::maintenance::remove_locks(&target, &ids))
         .await
         .map_err(|e| crate::EngineError::Other(format!("removing a lock: {e}")))?
 }
 
-/// Removes the lock whose id a job recorded in `record` (see [`crate::LockOptions::record`])
+/// Removes the locks whose ids a job recorded in `record` (see [`crate::LockOptions::record`])
 /// and that it did not remove itself (it was killed), then the record. `Ok(false)`: nothing
 /// was recorded.
 ///
 /// # Errors
-/// As [`remove_lock`]; the record is kept then.
+/// As [`remove_locks`]; the record is kept then.
 pub async fn remove_recorded_lock(
     target: &crate::RepoTarget,
     record: &Path,
 ) -> Result<bool, crate::EngineError> {
-    let Ok(id) = std::fs::read_to_string(record) else { return Ok(false) };
-    let id = id.trim().to_owned();
-    if !id.is_empty() {
-        remove_lock(target, id).await?;
+    let Ok(text) = std::fs::read_to_string(record) else { return Ok(false) };
+    let ids = crate::lock::recorded_ids(&text);
+    if !ids.is_empty() {
+        remove_locks(target, ids).await?;
     }
     let _ = std::fs::remove_file(record);
     let _ = std::fs::remove_file(crate::lock::record_in_progress(record));

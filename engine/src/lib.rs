@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{EngineError, RetryClass};
-pub use lock::LockOptions;
+pub use lock::{LockOptions, recorded_ids as recorded_lock_ids};
 pub use progress::{BackupProgress, ProgressSample};
 pub use repo::set_cache_dir;
 pub use target::{RepoTarget, WireTarget, check_repository_url};

@@ -124,13 +124,17 @@ pub(crate) struct LockBackend {
 }
 
 impl LockBackend {
-    fn write(&self, lock: &LockFile) -> Result<String, EngineError> {
+    /// The lock file's id (the hash of its encrypted bytes, known before it is stored) and
+    /// those bytes.
+    fn seal(&self, lock: &LockFile) -> Result<(String, bytes::Bytes), EngineError> {
         let json = serde_json::to_vec(lock).map_err(|e| EngineError::Other(e.to_string()))?;
         let (bytes, hash) =
             unpacked_file(&self.key, &json, self.compress.then_some(3)).map_err(EngineError::Other)?;
-        let id = hex::encode(hash);
-        self.files.put("locks", &id, &bytes.into())?;
-        Ok(id)
+        Ok((hex::encode(hash), bytes.into()))
+    }
+
+    fn put(&self, id: &str, bytes: &bytes::Bytes) -> Result<(), EngineError> {
+        self.files.put("locks", id, bytes)
     }
 
     pub(crate) fn remove(&self, id: &str) -> Result<(), EngineError> {
@@ -177,29 +181,34 @@ impl LockBackend {
 #[derive(Debug, Clone, Default)]
 pub struct LockOptions {
     pub wait: Duration,
+    /// The file that names, one per line, the locks this process has stored or is about to
+    /// store (written whole, before each upload); removed when it holds none.
     pub record: Option<PathBuf>,
     /// Locks known to be left behind by a dead holder (e.g. a controller replica that died
     /// mid-prune): removed before locking.
     pub stale: Vec<String>,
 }
 
-/// Writes (or, with `None`, removes) the file recording the held lock's id.
-fn record(opts: &LockOptions, id: Option<&str>) {
+/// Writes (or, with no ids, removes) the file recording the ids of the locks this process has
+/// in the repository, or is about to store: one per line.
+fn record(opts: &LockOptions, ids: &[&str]) {
     if let Some(p) = &opts.record {
-        let _ = match id {
-            Some(id) => write_record(p, id),
-            None => std::fs::remove_file(p),
-        };
+        let _ = if ids.is_empty() { std::fs::remove_file(p) } else { write_record(p, ids) };
     }
 }
 
-/// Replaces the record at `path` with `id` whole: written beside it and renamed over it, so a
+/// Replaces the record at `path` with `ids` whole: written beside it and renamed over it, so a
 /// process killed at any point leaves either the previous record or the new one, never an empty
 /// file (whoever reads the record after a kill would find no id and leave the lock behind).
-fn write_record(path: &Path, id: &str) -> std::io::Result<()> {
+fn write_record(path: &Path, ids: &[&str]) -> std::io::Result<()> {
     let tmp = record_in_progress(path);
-    std::fs::write(&tmp, id)?;
+    std::fs::write(&tmp, ids.join("\n"))?;
     std::fs::rename(&tmp, path)
+}
+
+/// The lock ids a record (see [`LockOptions::record`]) holds.
+pub fn recorded_ids(text: &str) -> Vec<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
 
 /// Where [`write_record`] writes before renaming (left behind only by a kill in between).
@@ -235,17 +244,22 @@ impl RepoLock {
         loop {
             match backend.conflict(exclusive, None)? {
                 None => {
-                    let id = backend.write(&LockFile::new(exclusive, username))?;
-                    // Recorded at once: a process killed from here on leaves a lock whoever
-                    // started it can remove.
-                    record(opts, Some(&id));
+                    let (id, bytes) = backend.seal(&LockFile::new(exclusive, username))?;
+                    // Recorded before it is stored: a process killed from here on leaves at
+                    // most a lock whoever started it can remove (removing one that never
+                    // arrived is harmless).
+                    record(opts, &[&id]);
+                    if let Err(e) = backend.put(&id, &bytes) {
+                        record(opts, &[]);
+                        return Err(e);
+                    }
                     std::thread::sleep(RECHECK_AFTER);
                     match backend.conflict(exclusive, Some(&id))? {
                         None => return Ok(Self::held(backend, id, username, exclusive, opts)),
                         Some(_) => {
                             // Both wrote at once: both step back and try again.
                             backend.remove(&id)?;
-                            record(opts, None);
+                            record(opts, &[]);
                         }
                     }
                 }
@@ -307,18 +321,39 @@ fn refresh_loop(
             continue;
         }
         last = Instant::now();
-        match backend.write(&LockFile::new(exclusive, username)) {
-            Ok(new) => {
-                let Ok(mut cur) = state.lock() else { return };
-                let old = std::mem::replace(&mut *cur, new.clone());
+        let Ok(cur) = state.lock().map(|c| c.as_str().to_owned()) else { return };
+        let sealed = backend.seal(&LockFile::new(exclusive, username));
+        let new = match sealed {
+            Ok((new, bytes)) => {
+                // Both recorded while both may exist: a kill at any point leaves nothing the
+                // starter of this process cannot remove.
                 if let Some(p) = record {
-                    let _ = write_record(p, &new);
+                    let _ = write_record(p, &[&new, cur.as_str()]);
                 }
-                if let Err(e) = backend.remove(&old) {
-                    log::warn!("cannot remove the old repository lock {old}: {e}");
+                match backend.put(&new, &bytes) {
+                    Ok(()) => new,
+                    Err(e) => {
+                        log::warn!("cannot refresh the repository lock: {e}");
+                        if let Some(p) = record {
+                            let _ = write_record(p, &[cur.as_str()]);
+                        }
+                        continue;
+                    }
                 }
             }
-            Err(e) => log::warn!("cannot refresh the repository lock: {e}"),
+            Err(e) => {
+                log::warn!("cannot refresh the repository lock: {e}");
+                continue;
+            }
+        };
+        let Ok(old) = state.lock().map(|mut c| std::mem::replace(&mut *c, new.clone())) else { return };
+        match backend.remove(&old) {
+            Ok(()) => {
+                if let Some(p) = record {
+                    let _ = write_record(p, &[&new]);
+                }
+            }
+            Err(e) => log::warn!("cannot remove the old repository lock {old}: {e}"),
         }
     }
 }
@@ -350,13 +385,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("job.lock");
         let opts = LockOptions { record: Some(p.clone()), ..Default::default() };
-        record(&opts, Some("first"));
+        record(&opts, &["first"]);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "first");
-        record(&opts, Some("second"));
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "second");
+        record(&opts, &["second", "first"]);
+        assert_eq!(recorded_ids(&std::fs::read_to_string(&p).unwrap()), ["second", "first"]);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("job.lock")]);
-        record(&opts, None);
+        record(&opts, &[]);
         assert!(!p.exists());
     }
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cofre_client::{Client, HookSpec, Hooks, OnFailure};
+use cofre_client::Client;
 use cofre_proto::agent::v1 as pb;
 use prost::Message;
 use rand::seq::SliceRandom;
@@ -27,6 +27,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use uuid::Uuid;
 
 use crate::harness::cofre::{Agent, Controller};
+use crate::harness::gate::Gates;
 use crate::harness::pg::PgCluster;
 use crate::harness::pki::TestPki;
 use crate::harness::procs::wait_until_async;
@@ -133,6 +134,21 @@ impl std::fmt::Display for Objects {
     }
 }
 
+/// Lock files in the repository stored whole: their SHA-256 is their name (the REST server
+/// creates a file as an upload starts and drops it if the upload is cut, so a lock file being
+/// uploaded is seen before it is stored).
+fn whole_locks(repo: &Path) -> usize {
+    use sha2::Digest as _;
+    let Ok(rd) = std::fs::read_dir(repo.join("locks")) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read(e.path()).is_ok_and(|bytes| {
+                e.file_name().to_str() == Some(hex::encode(sha2::Sha256::digest(&bytes)).as_str())
+            })
+        })
+        .count()
+}
+
 /// Regular files below `dir` (restic's data directory has one level of subdirectories).
 fn count_files(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
@@ -175,21 +191,6 @@ fn write_random_files(dir: &Path, n: usize, mib: usize, seed: u64) -> Result<()>
     Ok(())
 }
 
-/// A gate hook: records the job that reached it in `<gates>/<name>.reached`, then waits while
-/// `<gates>/<name>.hold` exists (at most a minute, so it never outlives the test for long).
-fn write_gate_hook(hook_dir: &Path, gates: &Path, name: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let script = format!(
-        "#!/bin/sh\n# e2e kill point gate\necho \"$COFRE_JOB_ID\" > '{gates}/{name}.reached'\n\
-         i=0\nwhile [ -e '{gates}/{name}.hold' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\nexit 0\n",
-        gates = gates.display()
-    );
-    let path = hook_dir.join(name);
-    std::fs::write(&path, script)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
-}
-
 /// Whether the agent's spool holds the finished event of `job`.
 fn result_spooled(agent: &Agent, job: Uuid) -> bool {
     let Ok(rd) = std::fs::read_dir(agent.state_dir.join("spool")) else { return false };
@@ -216,8 +217,7 @@ struct Rig {
     agent: Agent,
     machine: Uuid,
     policy: Uuid,
-    hook_dir: PathBuf,
-    gates: PathBuf,
+    gates: Gates,
     /// The restic repository's directory on the REST server.
     repo_dir: PathBuf,
     restic: Restic,
@@ -232,21 +232,13 @@ impl Rig {
         let ctrl = Controller::start(&pg, &tmp.path().join("controller"), "killpoints")?;
         let admin = ctrl.admin().await?;
 
-        let hook_dir = tmp.path().join("hooks");
-        let gates = tmp.path().join("gates");
-        std::fs::create_dir_all(&hook_dir)?;
-        std::fs::create_dir_all(&gates)?;
-        write_gate_hook(&hook_dir, &gates, "gate-before")?;
-        write_gate_hook(&hook_dir, &gates, "gate-after")?;
+        let gates = Gates::new(tmp.path())?;
 
         let source = tmp.path().join("source");
         std::fs::create_dir_all(&source)?;
-        let gate =
-            |name: &str| HookSpec { name: name.into(), timeout_seconds: 120, on_failure: OnFailure::Fail };
-        let hooks = Hooks { before: Some(gate("gate-before")), after: Some(gate("gate-after")) };
         let p = Protect::new(&admin, &mut rest, &ctrl.grpc_url(), &tmp.path().join("agent"), &source)
             .named("kill-points")
-            .hooks(hooks, &hook_dir)
+            .hooks(gates.hooks(), gates.hook_dir())
             .run()
             .await?;
 
@@ -264,7 +256,6 @@ impl Rig {
             agent: p.agent,
             machine: p.machine,
             policy: p.policy,
-            hook_dir,
             gates,
             repo_dir,
             restic,
@@ -284,24 +275,17 @@ impl Rig {
     }
 
     fn restart_agent(&mut self) -> Result<()> {
-        let hooks = self.hook_dir.to_str().context("utf-8")?.to_string();
+        let hooks = self.gates.hook_dir().to_str().context("utf-8")?.to_string();
         self.agent.start_with(&["--hook-dir", &hooks])
     }
 
     /// The job that reached gate `name`, if any.
     fn reached(&self, name: &str) -> Option<String> {
-        std::fs::read_to_string(self.gates.join(format!("{name}.reached"))).ok().map(|s| s.trim().to_string())
+        self.gates.reached(name)
     }
 
     fn hold(&self, name: &str, on: bool) -> Result<()> {
-        let p = self.gates.join(format!("{name}.hold"));
-        if on {
-            std::fs::write(&p, b"")?;
-        } else if p.exists() {
-            std::fs::remove_file(&p)?;
-        }
-        let _ = std::fs::remove_file(self.gates.join(format!("{name}.reached")));
-        Ok(())
+        self.gates.hold(name, on)
     }
 
     /// Waits until `job` has its (one) result in the database and returns the job.
@@ -380,9 +364,11 @@ async fn the_agent_killed_at_ten_seeded_points_of_a_backup_loses_and_doubles_not
                 poll("the running marker", timeout, || marker.exists().then(|| "marker".into()))?
             }
             Point::LockTaken => {
-                // The child records its lock's id right after the lock is written.
+                // The child records its lock's id, then stores the lock.
                 let record = rig.agent.state_dir.join("running").join(format!("{}.lock", job.id));
-                poll("the lock record", timeout, || record.exists().then(|| "lock recorded".into()))?
+                poll("the lock recorded and stored whole", timeout, || {
+                    (record.exists() && whole_locks(&repo_dir) > before.locks).then(|| "lock taken".into())
+                })?
             }
             Point::Packs(n) => poll(&format!("{n} new packs"), timeout, || {
                 let now = Objects::of(&repo_dir).data;

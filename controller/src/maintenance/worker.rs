@@ -50,6 +50,7 @@ pub(super) struct Claimed {
     id: Uuid,
     kind: String,
     restic_repository_id: Uuid,
+    /// The holder's lock record (the ids of the locks it stored, one per line).
     lock_id: Option<String>,
     cancel_requested_at: Option<chrono::DateTime<chrono::Utc>>,
     pub(super) attempts: i32,
@@ -153,8 +154,8 @@ impl Worker {
         .map_err(Error::internal)?;
         if job.cancel_requested_at.is_some() {
             // Taken over only to end it: the dead holder's lock goes, nothing else runs.
-            if let Some(id) = job.lock_id.clone() {
-                removed(cofre_engine::child::remove_lock(&engine_target, id).await.map(|()| true));
+            if let Some(ids) = job.lock_id.as_deref().map(cofre_engine::recorded_lock_ids) {
+                removed(cofre_engine::child::remove_locks(&engine_target, ids).await.map(|()| true));
             }
             return Ok(Some(Outcome::cancelled()));
         }
@@ -165,7 +166,7 @@ impl Worker {
             task,
             lock_wait_seconds: self.settings.lock_wait_seconds,
             lock_record: lock_record.clone(),
-            stale_locks: job.lock_id.iter().cloned().collect(),
+            stale_locks: job.lock_id.as_deref().map(cofre_engine::recorded_lock_ids).unwrap_or_default(),
         };
         let exe = std::env::current_exe().map_err(Error::internal)?;
         let mut cmd = tokio::process::Command::new(exe);
