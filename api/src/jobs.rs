@@ -11,6 +11,10 @@ pub struct Job {
     /// The machine a backup ran on, or whose repository a maintenance job worked on (None for
     /// a shared repository's maintenance).
     pub machine_id: Option<Uuid>,
+    /// That machine's host name (as it last reported it), so a list of jobs can name machines
+    /// without asking for each.
+    #[serde(default)]
+    pub hostname: Option<String>,
     pub policy_id: Option<Uuid>,
     pub restic_repository_id: Option<Uuid>,
     /// backup, forget, prune or check.

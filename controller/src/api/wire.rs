@@ -53,6 +53,7 @@ impl From<jobs::Job> for api::jobs::Job {
         Self {
             id: j.id,
             machine_id: j.machine_id,
+            hostname: j.hostname,
             policy_id: j.policy_id,
             restic_repository_id: j.restic_repository_id,
             kind: j.kind,

@@ -25,6 +25,8 @@ pub struct Job {
     /// The machine a backup ran on, or whose repository a maintenance job worked on (None for
     /// a shared repository's maintenance).
     pub machine_id: Option<Uuid>,
+    /// That machine's host name.
+    pub hostname: Option<String>,
     pub policy_id: Option<Uuid>,
     pub restic_repository_id: Option<Uuid>,
     /// backup, forget, prune or check.
@@ -49,10 +51,10 @@ pub struct Job {
 }
 
 const SELECT: &str =
-    "select j.id, j.machine_id, j.policy_id, j.restic_repository_id, j.kind, j.trigger, j.state, j.created_at,
-    j.started_at, j.finished_at, j.overran_window, j.cancel_requested_at, r.snapshot_id, r.stats, r.warnings,
-    r.error_message, r.retry_class, r.log, j.progress, j.progress_at
-    from jobs j left join job_results r on r.job_id = j.id";
+    "select j.id, j.machine_id, m.hostname, j.policy_id, j.restic_repository_id, j.kind, j.trigger, j.state,
+    j.created_at, j.started_at, j.finished_at, j.overran_window, j.cancel_requested_at, r.snapshot_id, r.stats,
+    r.warnings, r.error_message, r.retry_class, r.log, j.progress, j.progress_at
+    from jobs j left join job_results r on r.job_id = j.id left join machines m on m.id = j.machine_id";
 
 pub fn is_final(state: &str) -> bool {
     matches!(state, "succeeded" | "warning" | "failed" | "interrupted" | "cancelled" | "skipped")

@@ -40,7 +40,14 @@ async fn progress_updates_the_running_job_only(pool: PgPool) {
     let job = Uuid::now_v7();
     let started = pb::JobStarted { trigger: pb::TriggerKind::Schedule as i32, ..Default::default() };
     super::ingest(&st.pool, machine, &event(job, pb::job_event::Kind::Started(started))).await.unwrap();
-    assert_eq!(wire(&st.pool, job).await.progress, None, "no sample yet");
+    let started = wire(&st.pool, job).await;
+    assert_eq!(started.progress, None, "no sample yet");
+    let host: String = sqlx::query_scalar("select hostname from machines where id = $1")
+        .bind(machine)
+        .fetch_one(&st.pool)
+        .await
+        .unwrap();
+    assert_eq!(started.hostname, Some(host), "a job names its machine's host");
 
     let audited = audit_rows(&st.pool).await;
     super::ingest(&st.pool, machine, &progress(job, 1000, None)).await.unwrap();

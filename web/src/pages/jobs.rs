@@ -89,9 +89,10 @@ pub fn table(lang: Lang, jobs: Vec<Job>, policies: &BTreeMap<Uuid, String>) -> A
             let files = stat(&j, "files_processed").map(|n| lang.number(n)).unwrap_or_default();
             let warnings = j.warnings.as_ref().map_or(0, Vec::len);
             let policy = j.policy_id.and_then(|p| policies.get(&p).cloned()).unwrap_or_default();
-            let machine = j
-                .machine_id
-                .map(|m| view! { <a href=format!("/machines/{m}")>{lang.t("jobs-machine-link")}</a> });
+            let machine = j.machine_id.map(|m| {
+                let name = j.hostname.clone().unwrap_or_else(|| lang.t("jobs-machine-link"));
+                view! { <a href=format!("/machines/{m}")>{name}</a> }
+            });
             let detail = progress(lang, &j).unwrap_or_else(|| {
                 j.error_message
                     .clone()
@@ -126,7 +127,7 @@ pub fn table(lang: Lang, jobs: Vec<Job>, policies: &BTreeMap<Uuid, String>) -> A
                 <th scope="col">{lang.t("col-files")}</th>
                 <th scope="col">{lang.t("col-warnings")}</th>
                 <th scope="col">{lang.t("col-detail")}</th>
-                <th scope="col"><span class="sr-only">{lang.t("col-machine")}</span></th>
+                <th scope="col">{lang.t("col-machine")}</th>
             </tr></thead>
             <tbody>{rows}</tbody>
         </table>

@@ -28,22 +28,11 @@ pub async fn page(Extension(ctx): Extension<Ctx>) -> Response {
     )
     .await;
     let (summary, report, days, running, pending) = match (summary, report, days, running, pending) {
-        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b.items, c.items, d.items, e.items),
+        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b.items, c.items, d.items, e),
         (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), ..) | (_, _, _, Err(e), _) | (.., Err(e)) => {
             return layout::api_error(&ctx, &e);
         }
     };
-    // The running jobs' machines, by name (at most 20 small reads, at once).
-    let running_on: std::collections::BTreeSet<uuid::Uuid> =
-        running.iter().filter_map(|j| j.machine_id).collect();
-    let hostnames: std::collections::HashMap<uuid::Uuid, String> = futures::future::join_all(
-        running_on.into_iter().map(|id| ctx.api.get::<Machine>(format!("/api/v1/machines/{id}"))),
-    )
-    .await
-    .into_iter()
-    .filter_map(Result::ok)
-    .map(|m| (m.id, m.hostname))
-    .collect();
     let attention: Vec<MachineCompliance> =
         report.into_iter().filter(|m| m.status != Status::Compliant).take(ATTENTION).collect();
     let fleet = summary.fleet.clone();
@@ -60,7 +49,7 @@ pub async fn page(Extension(ctx): Extension<Ctx>) -> Response {
             {counts(lang, &fleet)}
             <div class="card">
                 <p class="label">{lang.t("overview-pending")}</p>
-                <p class="value" id="pending-count">{lang.number(i64::try_from(pending.len()).unwrap_or(i64::MAX))}</p>
+                <p class="value" id="pending-count">{pending_count(lang, &pending)}</p>
                 <p><a href="/enrollment#pending">{lang.t("overview-pending-link")}</a></p>
             </div>
         </section>
@@ -78,7 +67,7 @@ pub async fn page(Extension(ctx): Extension<Ctx>) -> Response {
         </section>
         <section aria-labelledby="running-h">
             <h2 id="running-h">{lang.t("overview-running")}</h2>
-            {running_jobs(lang, running, &hostnames)}
+            {running_jobs(lang, running)}
         </section>
     };
     layout::page(&ctx, &lang.t("overview-title"), content)
@@ -285,11 +274,14 @@ fn trend(lang: Lang, days: &[Day]) -> AnyView {
     .into_any()
 }
 
-fn running_jobs(
-    lang: Lang,
-    jobs: Vec<Job>,
-    hostnames: &std::collections::HashMap<uuid::Uuid, String>,
-) -> AnyView {
+/// How many machines wait for approval: the page's count, with a "+" when there are more than
+/// one page holds (the overview and the enrollment page read one page of 1,000, oldest first).
+fn pending_count(lang: Lang, pending: &Page<Machine>) -> String {
+    let n = lang.number(i64::try_from(pending.items.len()).unwrap_or(i64::MAX));
+    if pending.next_cursor.is_some() { format!("{n}+") } else { n }
+}
+
+fn running_jobs(lang: Lang, jobs: Vec<Job>) -> AnyView {
     if jobs.is_empty() {
         return view! { <p class="muted" id="running-none">{lang.t("overview-nothing-running")}</p> }
             .into_any();
@@ -298,10 +290,7 @@ fn running_jobs(
     let rows = jobs
         .into_iter()
         .map(|j| {
-            let host = j
-                .machine_id
-                .and_then(|m| hostnames.get(&m).cloned())
-                .unwrap_or_else(|| lang.t("job-controller"));
+            let host = j.hostname.clone().unwrap_or_else(|| lang.t("job-controller"));
             let href = j.machine_id.map_or_else(|| "/jobs".to_string(), |m| format!("/machines/{m}"));
             let elapsed = j.started_at.map(|s| lang.duration((now - s).num_seconds())).unwrap_or_default();
             view! {
