@@ -102,16 +102,15 @@ async fn connect_once(agent: &Arc<Agent>, interrupted: Vec<String>) -> anyhow::R
     let (cert_pem, key_pem) = agent.state.certificate()?;
     let ca_pem = agent.state.ca_pem()?;
     let controllers = id.controllers();
-    let last = agent.state.last_controller(&controllers);
-    let (channel, answered) =
-        cofre_dial::session_channel_any(&controllers, last.unwrap_or(0), &ca_pem, &cert_pem, &key_pem)
-            .await?;
+    let (channel, answered) = cofre_dial::failover::session_channel_remembered(
+        &controllers,
+        &agent.state.last_controller_path(),
+        &ca_pem,
+        &cert_pem,
+        &key_pem,
+    )
+    .await?;
     let controller = &controllers[answered];
-    if last != Some(answered)
-        && let Err(e) = agent.state.save_last_controller(controller)
-    {
-        tracing::warn!(error = %format!("{e:#}"), "cannot remember which controller address answered");
-    }
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     tx.send(pb::AgentMessage {

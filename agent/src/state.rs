@@ -115,16 +115,20 @@ impl StateDir {
         Ok(id)
     }
 
-    /// The controller address that answered last (tried first next time), if it is still one
-    /// of `urls`.
+    /// Where the controller address that answered last is kept (tried first next time; see
+    /// `cofre_dial::failover`).
+    pub fn last_controller_path(&self) -> PathBuf {
+        self.root.join("last-controller")
+    }
+
+    /// The controller address that answered last, if it is still one of `urls`.
     pub fn last_controller(&self, urls: &[String]) -> Option<usize> {
-        let raw = std::fs::read_to_string(self.root.join("last-controller")).ok()?;
-        urls.iter().position(|u| u == raw.trim())
+        cofre_dial::failover::last_answered(&self.last_controller_path(), urls)
     }
 
     /// Remembers the controller address that answered.
     pub fn save_last_controller(&self, url: &str) -> anyhow::Result<()> {
-        write_atomic(&self.root.join("last-controller"), url.as_bytes())?;
+        cofre_dial::failover::save_answered(&self.last_controller_path(), url)?;
         Ok(())
     }
 
