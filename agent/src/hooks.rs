@@ -225,7 +225,8 @@ mod tests {
         let started = std::time::Instant::now();
         let r = run(d.path(), &hook("h", 1), &[]).await;
         assert!(!r.ok && r.summary.contains("timed out"), "{r:?}");
-        assert!(started.elapsed() < Duration::from_secs(10));
+        // Killed, not waited for: well before the children's 60 s (a bound, not a speed target).
+        assert!(started.elapsed() < Duration::from_secs(45));
     }
 
     #[test]

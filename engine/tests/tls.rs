@@ -124,7 +124,8 @@ fn private_ca_and_client_identity() {
     let started = Instant::now();
     let err = repository_id(&no_ca).unwrap_err();
     eprintln!("unknown CA: {err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // A bound on retrying a permanent error, not a speed target.
+    assert!(started.elapsed() < Duration::from_secs(60));
     assert!(matches!(err, EngineError::Tls(_)), "{err:?}");
     assert_eq!(err.retry_class(), RetryClass::Permanent);
     assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");

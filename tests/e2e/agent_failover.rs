@@ -56,6 +56,9 @@ pub(crate) fn plain_log(agent: &Agent) -> String {
 }
 
 /// The controller URL named by each "connected to the controller" line, in order.
+/// What the agent logs each time a session ends and it waits before the next try.
+const RECONNECT: &str = "reconnecting to the controller later";
+
 fn connections(log: &str) -> Vec<String> {
     log.lines()
         .filter(|l| l.contains("connected to the controller"))
@@ -117,7 +120,9 @@ async fn an_agent_moves_to_the_other_replica_within_its_backoff_and_loses_nothin
     .await?;
 
     // Kill -9 the replica the agent is connected to (the first address: it answered).
-    let before = connections(&plain_log(&agent));
+    let before_log = plain_log(&agent);
+    let before = connections(&before_log);
+    let reconnects_before = before_log.matches(RECONNECT).count();
     let connected = before.last().context("the agent logged its connection")?.clone();
     assert_eq!(connected, a.grpc_url(), "the first address answers first");
     assert_eq!(count(&pg, &a.db.name, "select count(*) from job_results")?, 0);
@@ -144,21 +149,20 @@ async fn an_agent_moves_to_the_other_replica_within_its_backoff_and_loses_nothin
         },
     )
     .await?;
-    // The delay it chose after the session ended: the move must fit in it (plus the immediate
-    // refusal of the dead address and a handshake).
+    // The delay it chose after the session ended; the move happened at the first try after it
+    // (the dead address refused at once, the survivor answered): one reconnect delay, not more.
+    // Counted, not timed: how long a handshake takes on a loaded machine is not the property.
     let waited_ms: u64 = log
         .lines()
-        .rfind(|l| l.contains("reconnecting to the controller later"))
+        .rfind(|l| l.contains(RECONNECT))
         .and_then(|l| l.split("retry_in_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
         .context("the agent logged its reconnect delay")?;
     println!(
         "failover: moved to the surviving replica {} ms after the kill (its backoff: {waited_ms} ms)",
         moved_after.as_millis()
     );
-    assert!(
-        moved_after <= Duration::from_millis(waited_ms) + Duration::from_secs(5),
-        "moved after {moved_after:?}, backoff {waited_ms} ms\n{log}"
-    );
+    let delays = log.matches(RECONNECT).count() - reconnects_before;
+    assert_eq!(delays, 1, "moved after {delays} reconnect delays (the last {waited_ms} ms)\n{log}");
 
     // The backup finishes and its result reaches the survivor, once.
     let admin_b = b.admin().await?;

@@ -167,7 +167,8 @@ async fn https_controller(
     cmd.arg("-c").arg(&path).arg("serve").env_remove("COFRE_MASTER_KEY");
     let mut proc = Proc::spawn("https-controller", cmd, dir)?;
     let client = portal_client(Some(ca_pem))?;
-    for _ in 0..300 {
+    // As long as the harness waits for any controller (a loaded machine starts slowly).
+    for _ in 0..600 {
         if !proc.is_running() {
             bail!("the HTTPS controller exited:\n{}", proc.log());
         }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::harness::cofre::{Agent, Controller};
 use crate::harness::dataset::{self, CHANGING_FILE, ChangeWhileReading, DatasetOptions};
+use crate::harness::gate::{self, Gates};
 use crate::harness::pg::PgCluster;
 use crate::harness::pki::TestPki;
 use crate::harness::procs::wait_until_async;
@@ -388,7 +389,10 @@ async fn postgres_down_for_two_minutes_loses_nothing_and_the_controller_recovers
     let mut f = fixture("dbdown").await?;
     let source = f.tmp.path().join("docs");
     write_random_files(&source, 4, 1)?;
-    let p = f.protect(&source).run().await?;
+    // The job waits in its before-hook until the database is down, so its result cannot be
+    // stored (and acknowledged) before the outage: a small backup would otherwise race it.
+    let gates = Gates::new(&f.tmp.path().join("gated"))?;
+    let p = f.protect(&source).hooks(gates.hooks(), gates.hook_dir()).run().await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let status = |path: &'static str| {
         let (http, url) = (http.clone(), format!("{}{path}", f.ctrl.api_url()));
@@ -396,8 +400,22 @@ async fn postgres_down_for_two_minutes_loses_nothing_and_the_controller_recovers
     };
     assert_eq!(status("/readyz").await, Ok(200));
 
+    gates.hold(gate::BEFORE, true)?;
     let job = f.admin.run_now(p.machine, p.policy, None).await?;
-    wait_until_running(&f.admin, job.id).await?;
+    let job_id = job.id.to_string();
+    wait_until_async(
+        "the job reaches its before-hook",
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || {
+            let reached = gates.reached(gate::BEFORE);
+            let job_id = job_id.clone();
+            async move {
+                if reached.as_deref() == Some(job_id.as_str()) { Ok(()) } else { Err(format!("{reached:?}")) }
+            }
+        },
+    )
+    .await?;
     f._pg.stop_server()?;
     let down = std::time::Instant::now();
     wait_until_async(
@@ -411,6 +429,7 @@ async fn postgres_down_for_two_minutes_loses_nothing_and_the_controller_recovers
     )
     .await?;
     assert_eq!(status("/healthz").await, Ok(200), "alive, only not ready");
+    gates.hold(gate::BEFORE, false)?;
     wait_result_spooled(
         &p.agent,
         "the backup ends and its result waits in the spool",

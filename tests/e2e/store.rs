@@ -19,7 +19,7 @@ use crate::harness::procs::wait_until_async;
 use crate::harness::protect::Protect;
 pub(crate) use crate::harness::protect::Protected;
 use crate::harness::restic::{Restic, restored_path};
-use crate::harness::store::{CofreStore, StoreUser};
+use crate::harness::store::{CofreStore, StoreUser, wait_until_refused};
 use crate::harness::tree::{self, CompareOptions};
 
 const AUDITOR: &str = "auditor";
@@ -298,23 +298,7 @@ async fn revocation_reaches_the_store_at_once_and_the_store_serves_while_the_con
     .await?;
     let started = Instant::now();
     admin.revoke_machine(p.machine).await?;
-    wait_until_async(
-        "the store refuses the revoked machine",
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || {
-            let (http, url) = (http.clone(), config_url.clone());
-            async move {
-                match http.head(&url).send().await {
-                    Ok(r) if r.status() == 403 => Ok(()),
-                    Ok(r) => Err(r.status().to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        },
-    )
-    .await
-    .with_context(|| format!("store log:\n{}", f.store.log()))?;
+    wait_until_refused(&f.store, &http, &config_url).await?;
     eprintln!("revocation reached cofre-store in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())
 }

@@ -9,10 +9,14 @@ use anyhow::{Context, Result};
 
 use crate::harness::pki::https_client;
 use crate::harness::procs::wait_until_async;
+use crate::harness::store::wait_until_refused;
 use crate::store::{fixture_with_replica, protect, write_files};
 
 /// The controller address of each "connected to the controller" line of a store's log, in
 /// order (the log may carry colour codes: the address ends at the first space or escape).
+/// What the store logs each time its session ends and it waits before the next try.
+const RECONNECT: &str = "reconnecting to the controller later";
+
 fn connections(log: &str) -> Vec<String> {
     log.lines()
         .filter(|l| l.contains("connected to the controller"))
@@ -28,7 +32,7 @@ fn connections(log: &str) -> Vec<String> {
 /// The last reconnect delay the store logged, in milliseconds (`retry_in_ms=N`, maybe with
 /// colour codes around the `=`).
 fn last_backoff_ms(log: &str) -> Option<u64> {
-    let line = log.lines().rfind(|l| l.contains("reconnecting to the controller later"))?;
+    let line = log.lines().rfind(|l| l.contains(RECONNECT))?;
     let mut rest = &line[line.find("retry_in_ms")?..];
     rest = &rest[rest.find('=')? + 1..];
     while let Some(code) = rest.strip_prefix('\u{1b}') {
@@ -50,7 +54,9 @@ async fn a_store_moves_to_the_surviving_replica_and_takes_its_revocations() -> R
     assert_eq!(http.head(&config_url).send().await?.status(), 200);
 
     // The store is connected to the first address (it answered).
-    let before = connections(&f.store.log());
+    let before_log = f.store.log();
+    let before = connections(&before_log);
+    let reconnects_before = before_log.matches(RECONNECT).count();
     assert_eq!(before.last(), Some(&f.ctrl.grpc_url()), "store log:\n{}", f.store.log());
     f.ctrl.kill9()?;
     let killed = Instant::now();
@@ -84,10 +90,10 @@ async fn a_store_moves_to_the_surviving_replica_and_takes_its_revocations() -> R
         "store failover: connected to the surviving replica {} ms after the kill (its backoff: {waited_ms} ms)",
         moved_after.as_millis()
     );
-    assert!(
-        moved_after <= Duration::from_millis(waited_ms) + Duration::from_secs(5),
-        "moved after {moved_after:?}, backoff {waited_ms} ms\n{log}"
-    );
+    // The move happened at the first try after that delay (counted, not timed: how long a
+    // handshake takes on a loaded machine is not the property).
+    let delays = log.matches(RECONNECT).count() - reconnects_before;
+    assert_eq!(delays, 1, "moved after {delays} reconnect delays (the last {waited_ms} ms)\n{log}");
     let remembered = std::fs::read_to_string(store.state_dir().join("last-controller"))?;
     assert_eq!(remembered.trim(), b_url, "the store remembers the address that answered");
 
@@ -115,23 +121,7 @@ async fn a_store_moves_to_the_surviving_replica_and_takes_its_revocations() -> R
     // A revocation made through the survivor reaches the store.
     let started = Instant::now();
     admin_b.revoke_machine(p.machine).await?;
-    wait_until_async(
-        "the store refuses the machine revoked through the survivor",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || {
-            let (http, url) = (http.clone(), config_url.clone());
-            async move {
-                match http.head(&url).send().await {
-                    Ok(r) if r.status() == 403 => Ok(()),
-                    Ok(r) => Err(r.status().to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        },
-    )
-    .await
-    .with_context(|| format!("store log:\n{}", f.store.log()))?;
+    wait_until_refused(&f.store, &http, &config_url).await.context("revoked through the survivor")?;
     println!(
         "store failover: the revocation made through the survivor reached the store in {:.1} ms",
         started.elapsed().as_secs_f64() * 1000.0

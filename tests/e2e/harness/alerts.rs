@@ -91,15 +91,34 @@ impl SmtpSink {
         cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{}", self.port)])
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&self.maildir);
-        self.proc = Some(Proc::spawn("smtp-sink", cmd, &self.dir)?);
+        let mut proc = Proc::spawn("smtp-sink", cmd, &self.dir)?;
         let port = self.port;
-        wait_until("the SMTP sink listens", Duration::from_secs(30), Duration::from_millis(100), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ()).map_err(|e| e.to_string())
-        })
-        .context("aiosmtpd (pip install aiosmtpd) did not start")?;
-        Ok(())
+        // Ready when it greets as an SMTP server does, and it is ours: a server of another test
+        // that took the port meanwhile would also accept a connection, and ours would exit.
+        let ready =
+            wait_until("the SMTP sink greets", Duration::from_secs(60), Duration::from_millis(100), || {
+                if !proc.is_running() {
+                    return Ok(Err(format!("aiosmtpd exited:\n{}", proc.log())));
+                }
+                smtp_greeting(port).map(Ok)
+            })
+            .context("aiosmtpd (pip install aiosmtpd) did not start")?;
+        self.proc = Some(proc);
+        ready.map_err(anyhow::Error::msg)
     }
+}
 
+/// The first line a server on `port` sends, if it is an SMTP greeting (`220 …`).
+fn smtp_greeting(port: u16) -> std::result::Result<(), String> {
+    use std::io::BufRead as _;
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.starts_with("220") { Ok(()) } else { Err(format!("not an SMTP greeting: {line:?}")) }
+}
+
+impl SmtpSink {
     /// Every message received so far, as text.
     pub fn messages(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -96,7 +96,9 @@ impl Browser {
         Ok(())
     }
 
-    /// Clicks, and when that navigates, waits until the next page has loaded.
+    /// Clicks something that navigates (a link, a form's button) and waits until the next page
+    /// has loaded; a click that loads no page within a minute is an error here, not a wrong page
+    /// read by the next step.
     pub async fn click(&self, css: &str) -> Result<()> {
         let before = self.client.current_url().await?;
         let marker = self
@@ -104,10 +106,10 @@ impl Browser {
             .await?;
         let e = self.client.find(Locator::Css(css)).await.with_context(|| format!("finding {css}"))?;
         e.click().await?;
-        // A new page has no marker; wait for it (or give up quietly when the click stayed).
-        let _ = wait_until_async(
-            "the next page loads",
-            Duration::from_secs(10),
+        // A new page has no marker; wait for it.
+        wait_until_async(
+            &format!("the page after clicking {css} loads"),
+            Duration::from_secs(60),
             Duration::from_millis(50),
             || async {
                 let state = self
@@ -118,7 +120,7 @@ impl Browser {
                 if loaded { Ok(()) } else { Err(format!("{state} after {before}")) }
             },
         )
-        .await;
+        .await?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod browser;
 pub mod cofre;
 pub mod dataset;
+pub mod gate;
 pub mod pg;
 pub mod pki;
 pub mod procs;

@@ -199,3 +199,29 @@ impl CofreStore {
         Ok(created.store.id)
     }
 }
+
+/// Waits until the store answers `url` (a repository's `config`, asked with `http`'s machine
+/// identity) with 403: a revocation has reached it. Returns how long that took, from the call.
+/// The deadline is generous: the store writes the new access list durably before using it, and
+/// fsyncs on a loaded test machine can take seconds; the time taken is what tests print.
+pub async fn wait_until_refused(store: &CofreStore, http: &reqwest::Client, url: &str) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    super::procs::wait_until_async(
+        "the store refuses the revoked machine",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || {
+            let (http, url) = (http.clone(), url.to_string());
+            async move {
+                match http.head(&url).send().await {
+                    Ok(r) if r.status() == 403 => Ok(()),
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("store log:\n{}", store.log()))?;
+    Ok(started.elapsed())
+}
