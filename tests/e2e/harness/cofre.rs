@@ -22,6 +22,8 @@ pub struct Controller {
     pub http_port: u16,
     pub grpc_port: u16,
     config: PathBuf,
+    /// The master key file (a replica shares its primary's).
+    key: PathBuf,
     /// The TOML appended to the config (replicas get it too).
     extra_toml: String,
     proc: Option<Proc>,
@@ -62,10 +64,11 @@ impl Controller {
             http_port,
             grpc_port,
             config,
+            key,
             extra_toml: extra_toml.to_string(),
             proc: None,
         };
-        c.restart()?;
+        c.first_start()?;
         Ok(c)
     }
 
@@ -75,25 +78,46 @@ impl Controller {
         std::fs::create_dir_all(dir)?;
         let (http_port, grpc_port) = (free_port(), free_port());
         let config = dir.join("controller.toml");
-        write_config(
-            &config,
-            &self.db,
-            &self.dir.join("master.key"),
-            http_port,
-            grpc_port,
-            &self.extra_toml,
-        )?;
+        write_config(&config, &self.db, &self.key, http_port, grpc_port, &self.extra_toml)?;
         let mut c = Controller {
             db: self.db.clone(),
             dir: dir.to_path_buf(),
             http_port,
             grpc_port,
             config,
+            key: self.key.clone(),
             extra_toml: self.extra_toml.clone(),
             proc: None,
         };
-        c.restart()?;
+        c.first_start()?;
         Ok(c)
+    }
+
+    /// The first start: ports found free a moment ago may have been taken since (by another
+    /// test's server or an outgoing connection), so a start that fails to bind is tried again
+    /// on new ports. Later restarts keep their ports (agents and stores know them).
+    fn first_start(&mut self) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.restart() {
+                Ok(()) => return Ok(()),
+                Err(e) if attempts < 3 && format!("{e:#}").contains("in use") => {
+                    eprintln!("controller: a port was taken meanwhile; new ports ({e:#})");
+                    self.kill9()?;
+                    (self.http_port, self.grpc_port) = (free_port(), free_port());
+                    write_config(
+                        &self.config,
+                        &self.db,
+                        &self.key,
+                        self.http_port,
+                        self.grpc_port,
+                        &self.extra_toml,
+                    )?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The configuration file `serve` runs with.

@@ -213,11 +213,21 @@ where
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it; we release it at once,
 /// so a tiny race with other processes remains: servers that fail to bind should be retried).
+/// Never the same port twice in one test run, so two tests starting at once cannot be handed
+/// one port between them.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("binding 127.0.0.1:0 to find a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("binding 127.0.0.1:0 to find a free port");
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Path of one of the workspace's binaries (`cofre-controller`, `cofre-agent`, …).
