@@ -103,8 +103,10 @@ pub fn table() -> Vec<PageRoute> {
         r(POST, "/policies/{id}/assignments/{assignment}/remove", SignedIn, post(assignments::unassign)),
         r(GET, "/repositories", SignedIn, get(repositories::list)),
         r(POST, "/repositories", SignedIn, post(repositories::create)),
+        r(POST, "/repositories/{id}/delete", SignedIn, post(repositories::delete)),
         r(GET, "/stores", SignedIn, get(stores::list)),
         r(POST, "/stores", SignedIn, post(stores::create)),
+        r(POST, "/stores/{id}/revoke", SignedIn, post(stores::revoke)),
     ]
 }
 

@@ -89,6 +89,15 @@ impl Browser {
         Ok(())
     }
 
+    /// Ticks the checkbox `css` selects (a click that loads no page).
+    pub async fn tick(&self, css: &str) -> Result<()> {
+        let e = self.client.find(Locator::Css(css)).await.with_context(|| format!("finding {css}"))?;
+        if !e.is_selected().await? {
+            e.click().await?;
+        }
+        Ok(())
+    }
+
     /// Chooses the option whose value is `value` in the select `css` selects.
     pub async fn select(&self, css: &str, value: &str) -> Result<()> {
         let e = self.client.find(Locator::Css(css)).await.with_context(|| format!("finding {css}"))?;

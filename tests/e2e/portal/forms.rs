@@ -136,7 +136,17 @@ async fn an_admin_defines_policies_assignments_repositories_and_stores_in_the_br
     let token = value(&b, "#store-token").await?;
     assert!(token.len() > 20, "the store's token is shown: {token}");
     let stores = fleet.admin.list_stores().await?;
-    assert!(stores.iter().any(|s| s.name == "store-1" && s.status == "pending"), "{stores:?}");
+    let store = stores.iter().find(|s| s.name == "store-1" && s.status == "pending").context("store-1")?;
+
+    // Revoked from its row, only with the confirmation ticked.
+    b.goto(&fleet.url("/stores")).await?;
+    let revoke = format!("form[action='/stores/{}/revoke']", store.id);
+    b.tick(&format!("{revoke} input[name=confirm]")).await?;
+    b.click(&format!("{revoke} button[type=submit]")).await?;
+    assert!(b.path().await?.starts_with("/stores?done=store-revoked"), "{}", b.path().await?);
+    assert!(!b.text(".notice").await?.is_empty(), "the revocation is confirmed");
+    assert_eq!(fleet.admin.get_store(store.id).await?.status, "revoked");
+    assert!(!b.has(&revoke).await?, "a revoked store offers no revoke button");
 
     // The password appears in no page.
     let mut pages = vec![
@@ -158,9 +168,30 @@ async fn an_admin_defines_policies_assignments_repositories_and_stores_in_the_br
         b.goto(&fleet.url(page)).await?;
         assert!(!b.source().await?.contains(secret), "{page} shows the repository's password");
     }
+
+    // Deleting a repository from its row: one a policy uses is refused with the API's reason
+    // above the list and stays; an unused one goes (confirmation ticked each time).
+    b.goto(&fleet.url("/repositories")).await?;
+    let delete = |id: uuid::Uuid| format!("form[action='/repositories/{id}/delete']");
+    b.tick(&format!("{} input[name=confirm]", delete(central))).await?;
+    b.click(&format!("{} button[type=submit]", delete(central))).await?;
+    let refused = b.text("#refused").await?;
+    assert!(refused.contains("polic"), "the API's reason (policies use it): {refused}");
+    assert!(fleet.admin.list_repositories().await?.iter().any(|r| r.id == central), "the used one stays");
+    b.goto(&fleet.url("/repositories")).await?;
+    b.tick(&format!("{} input[name=confirm]", delete(repo.id))).await?;
+    b.click(&format!("{} button[type=submit]", delete(repo.id))).await?;
+    assert_eq!(b.path().await?, "/repositories?done=repository-deleted");
+    assert!(
+        !fleet.admin.list_repositories().await?.iter().any(|r| r.id == repo.id),
+        "the unused one is gone"
+    );
+    assert!(!b.text("#repositories").await?.contains("nuvem"));
     b.close().await?;
 
-    // An auditor is offered none of these forms; the API refuses his hand-made assignment.
+    // An auditor is offered none of these forms (a live store is there to revoke); the API
+    // refuses his hand-made assignment.
+    fleet.admin.create_store("store-2", "https://backup2.example:8443/").await?;
     fleet
         .admin
         .create_user(&NewUser {
@@ -176,7 +207,9 @@ async fn an_admin_defines_policies_assignments_repositories_and_stores_in_the_br
         (format!("/policies/{}", made.id), "#assign".into()),
         (format!("/policies/{}", made.id), "form[action$='/remove']".into()),
         ("/repositories".into(), "form[action='/repositories']".into()),
+        ("/repositories".into(), "form[action$='/delete']".into()),
         ("/stores".into(), "form[action='/stores']".into()),
+        ("/stores".into(), "form[action$='/revoke']".into()),
     ] {
         auditor.goto(&fleet.url(&page)).await?;
         assert!(auditor.has("main h1").await?, "{page} rendered");

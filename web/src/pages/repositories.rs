@@ -1,9 +1,10 @@
 //! Repository definitions (where backups go): the list, and for fleet-wide admins the form to
-//! define one. Its passwords are write-only all the way: typed into password inputs, sent to the
+//! define one and a delete button per definition (with a confirmation box; the API refuses to
+//! delete one a policy uses or that holds restic repositories, and the page says why). Its passwords are write-only all the way: typed into password inputs, sent to the
 //! API, never put back into a page (a refused form is shown again without them, and the API
 //! answers only whether one is set).
 
-use axum::extract::Query;
+use axum::extract::{Path, Query};
 use axum::response::Response;
 use axum::{Extension, Form};
 use cofre_api::Items;
@@ -74,8 +75,36 @@ impl RepositoryForm {
 
 /// `GET /repositories`.
 pub async fn list(Extension(ctx): Extension<Ctx>, Query(n): Query<Notice>) -> Response {
-    let done = n.done.as_deref() == Some("repository");
+    let done = match n.done.as_deref() {
+        Some("repository") => Some("notice-repository"),
+        Some("repository-deleted") => Some("notice-repository-deleted"),
+        _ => None,
+    };
     render(&ctx, StatusCode::OK, &RepositoryForm::default(), None, done).await
+}
+
+#[derive(Deserialize)]
+pub struct Confirm {
+    confirm: Option<String>,
+}
+
+/// `POST /repositories/{id}/delete` (only with the confirmation box ticked): deleted (back to
+/// the list), or the API's refusal above the list (in use, holds restic repositories).
+pub async fn delete(
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<uuid::Uuid>,
+    Form(f): Form<Confirm>,
+) -> Response {
+    if f.confirm.as_deref() != Some("yes") {
+        return layout::api_error(&ctx, &ApiError::invalid(ctx.lang.t("repositories-delete-unconfirmed")));
+    }
+    match ctx.api.act::<()>(Method::DELETE, &format!("/api/v1/repositories/{id}"), None).await {
+        Ok(()) => see_other("/repositories", "repository-deleted"),
+        Err(e) if [StatusCode::CONFLICT, StatusCode::NOT_FOUND].contains(&e.status) => {
+            render_refused(&ctx, e).await
+        }
+        Err(e) => layout::api_error(&ctx, &e),
+    }
 }
 
 /// `POST /repositories`: defined (back to the list) or refused beside the field the API names.
@@ -86,10 +115,15 @@ pub async fn create(Extension(ctx): Extension<Ctx>, Form(f): Form<RepositoryForm
             if e.status.is_client_error()
                 && ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&e.status) =>
         {
-            render(&ctx, e.status, &f, Some(e), false).await
+            render(&ctx, e.status, &f, Some(e), None).await
         }
         Err(e) => layout::api_error(&ctx, &e),
     }
+}
+
+/// The list with a refused deletion's reason above it.
+async fn render_refused(ctx: &Ctx, e: ApiError) -> Response {
+    render_page(ctx, e.status, &RepositoryForm::default(), None, None, Some(e.problem.detail)).await
 }
 
 async fn render(
@@ -97,9 +131,21 @@ async fn render(
     status: StatusCode,
     f: &RepositoryForm,
     error: Option<ApiError>,
-    done: bool,
+    done: Option<&str>,
+) -> Response {
+    render_page(ctx, status, f, error, done, None).await
+}
+
+async fn render_page(
+    ctx: &Ctx,
+    status: StatusCode,
+    f: &RepositoryForm,
+    error: Option<ApiError>,
+    done: Option<&str>,
+    refused: Option<String>,
 ) -> Response {
     let lang = ctx.lang;
+    let editable = ctx.viewer.as_ref().is_some_and(|v| v.is_admin() && v.fleet_wide());
     let repos = match ctx.api.get::<Items<Repository>>("/api/v1/repositories").await {
         Ok(r) => r.items,
         Err(e) => return layout::api_error(ctx, &e),
@@ -112,6 +158,19 @@ async fn render(
             } else {
                 lang.t("repositories-shared")
             };
+            let delete = editable.then(|| {
+                let confirm = format!("confirm-delete-{}", r.id);
+                view! {
+                    <td>
+                        <form method="post" action=format!("/repositories/{}/delete", r.id) class="danger">
+                            {csrf_field(ctx)}
+                            <input type="checkbox" id=confirm.clone() name="confirm" value="yes" required=true/>
+                            <label for=confirm>{lang.t("repositories-delete-confirm")}</label>
+                            <button type="submit" class="danger">{lang.t("repositories-delete")}</button>
+                        </form>
+                    </td>
+                }
+            });
             view! {
                 <tr>
                     <th scope="row">{r.name}</th>
@@ -119,13 +178,13 @@ async fn render(
                     <td>{kind}</td>
                     <td>{if r.maintenance_url.is_some() { lang.t("yes") } else { lang.t("no") }}</td>
                     <td>{lang.datetime(r.created_at)}</td>
+                    {delete}
                 </tr>
             }
         })
         .collect_view();
     let err = |name: &str| error.as_ref().and_then(|e| e.field(name));
     let general = error.as_ref().filter(|e| e.problem.errors.is_empty()).map(|e| e.problem.detail.clone());
-    let editable = ctx.viewer.as_ref().is_some_and(|v| v.is_admin() && v.fleet_wide());
     let form = editable.then(|| {
         let shared = f.layout == "shared";
         view! {
@@ -157,9 +216,11 @@ async fn render(
             </section>
         }
     });
-    let notice = done.then(|| view! { <p class="notice" role="status">{lang.t("notice-repository")}</p> });
+    let notice = done.map(|key| view! { <p class="notice" role="status">{lang.t(key)}</p> });
+    let refused = refused.map(|why| view! { <p class="field-error" role="alert" id="refused">{why}</p> });
     let content = view! {
         {notice}
+        {refused}
         <table id="repositories">
             <thead><tr>
                 <th scope="col">{lang.t("repositories-name")}</th>
@@ -167,6 +228,7 @@ async fn render(
                 <th scope="col">{lang.t("repositories-layout")}</th>
                 <th scope="col">{lang.t("repositories-maintenance")}</th>
                 <th scope="col">{lang.t("col-created")}</th>
+                {editable.then(|| view! { <th scope="col">{lang.t("col-actions")}</th> })}
             </tr></thead>
             <tbody>{rows}</tbody>
         </table>

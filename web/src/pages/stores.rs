@@ -1,7 +1,10 @@
-//! The cofre-store instances, and for fleet-wide admins the form to register one: the answer
-//! shows the store's enrollment token once (not stored, not redirected to: like an enrollment
-//! token, it is never shown again).
+//! The cofre-store instances, and for fleet-wide admins the form to register one (the answer
+//! shows the store's enrollment token once: not stored, not redirected to, like an enrollment
+//! token it is never shown again) and a revoke button per store (with a confirmation box; a
+//! revoked store never reaches the controller again and serves from its last access list until
+//! it is stopped).
 
+use axum::extract::{Path, Query};
 use axum::response::Response;
 use axum::{Extension, Form};
 use cofre_api::Items;
@@ -10,6 +13,7 @@ use http::{Method, StatusCode};
 use leptos::prelude::*;
 use serde::Deserialize;
 
+use super::see_other;
 use crate::Ctx;
 use crate::api::ApiError;
 use crate::layout::{self, badge, csrf_field, text_field, when};
@@ -22,9 +26,36 @@ pub struct StoreForm {
     url: String,
 }
 
+#[derive(Deserialize, Default)]
+pub struct Notice {
+    done: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct Confirm {
+    confirm: Option<String>,
+}
+
 /// `GET /stores`.
-pub async fn list(Extension(ctx): Extension<Ctx>) -> Response {
-    render(&ctx, StatusCode::OK, &StoreForm::default(), None, None).await
+pub async fn list(Extension(ctx): Extension<Ctx>, Query(n): Query<Notice>) -> Response {
+    let revoked = n.done.as_deref() == Some("store-revoked");
+    render_with(&ctx, StatusCode::OK, &StoreForm::default(), None, None, revoked).await
+}
+
+/// `POST /stores/{id}/revoke` (only with the confirmation box ticked): the store can no longer
+/// reach the controller, and its certificates are refused.
+pub async fn revoke(
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<uuid::Uuid>,
+    Form(f): Form<Confirm>,
+) -> Response {
+    if f.confirm.as_deref() != Some("yes") {
+        return layout::api_error(&ctx, &ApiError::invalid(ctx.lang.t("stores-revoke-unconfirmed")));
+    }
+    match ctx.api.send::<(), Store>(Method::POST, &format!("/api/v1/stores/{id}/revoke"), None, &[]).await {
+        Ok(_) => see_other("/stores", "store-revoked"),
+        Err(e) => layout::api_error(&ctx, &e),
+    }
 }
 
 /// `POST /stores`: registered (its token shown once, with an empty form) or refused beside the
@@ -50,7 +81,19 @@ async fn render(
     error: Option<ApiError>,
     created: Option<CreatedStore>,
 ) -> Response {
+    render_with(ctx, status, f, error, created, false).await
+}
+
+async fn render_with(
+    ctx: &Ctx,
+    status: StatusCode,
+    f: &StoreForm,
+    error: Option<ApiError>,
+    created: Option<CreatedStore>,
+    revoked: bool,
+) -> Response {
     let lang = ctx.lang;
+    let editable = ctx.viewer.as_ref().is_some_and(|v| v.is_admin() && v.fleet_wide());
     let stores = match ctx.api.get::<Items<Store>>("/api/v1/stores").await {
         Ok(s) => s.items,
         Err(e) => return layout::api_error(ctx, &e),
@@ -58,6 +101,17 @@ async fn render(
     let rows = stores
         .into_iter()
         .map(|s| {
+            let revoke = (editable && s.status != "revoked").then(|| {
+                let confirm = format!("confirm-revoke-{}", s.id);
+                view! {
+                    <form method="post" action=format!("/stores/{}/revoke", s.id) class="danger">
+                        {csrf_field(ctx)}
+                        <input type="checkbox" id=confirm.clone() name="confirm" value="yes" required=true/>
+                        <label for=confirm>{lang.t("stores-revoke-confirm")}</label>
+                        <button type="submit" class="danger">{lang.t("stores-revoke")}</button>
+                    </form>
+                }
+            });
             view! {
                 <tr>
                     <th scope="row">{s.name}</th>
@@ -65,10 +119,13 @@ async fn render(
                     <td>{badge(lang, &s.status)}</td>
                     <td>{s.store_version}</td>
                     <td>{when(lang, s.last_seen_at)}</td>
+                    {editable.then(|| view! { <td>{revoke}</td> })}
                 </tr>
             }
         })
         .collect_view();
+    let notice =
+        revoked.then(|| view! { <p class="notice" role="status">{lang.t("notice-store-revoked")}</p> });
     let created = created.map(|c| {
         view! {
             <section class="created" aria-labelledby="created-h" role="status">
@@ -81,7 +138,6 @@ async fn render(
     });
     let err = |name: &str| error.as_ref().and_then(|e| e.field(name));
     let general = error.as_ref().filter(|e| e.problem.errors.is_empty()).map(|e| e.problem.detail.clone());
-    let editable = ctx.viewer.as_ref().is_some_and(|v| v.is_admin() && v.fleet_wide());
     let form = editable.then(|| {
         view! {
             <section aria-labelledby="new-store-h">
@@ -97,6 +153,7 @@ async fn render(
         }
     });
     let content = view! {
+        {notice}
         {created}
         <table id="stores">
             <thead><tr>
@@ -105,10 +162,10 @@ async fn render(
                 <th scope="col">{lang.t("col-status")}</th>
                 <th scope="col">{lang.t("stores-version")}</th>
                 <th scope="col">{lang.t("col-last-seen")}</th>
+                {editable.then(|| view! { <th scope="col">{lang.t("col-actions")}</th> })}
             </tr></thead>
             <tbody>{rows}</tbody>
         </table>
-        <p class="muted">{lang.t("stores-more")}</p>
         {form}
     };
     layout::page_with_status(ctx, status, &lang.t("stores-title"), content)
