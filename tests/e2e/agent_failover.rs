@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use uuid::Uuid;
 
 use crate::harness::cofre::{Agent, Controller};
@@ -228,6 +228,40 @@ async fn an_agent_moves_to_the_other_replica_within_its_backoff_and_loses_nothin
     if !status.contains(&a.grpc_url()) {
         bail!("status lists both addresses: {status}");
     }
+
+    // The list is replaced on the enrolled agent (`set-controllers`): given only a new replica's
+    // address, it connects there at its next start, as the same machine.
+    let c = a.replica(&tmp.path().join("c"))?;
+    let out = agent_cmd(&agent, &["set-controllers", "--controller", &c.grpc_url()])?;
+    ensure!(out.status.success(), "set-controllers: {}", String::from_utf8_lossy(&out.stderr));
+    let seen = connections(&plain_log(&agent)).len();
+    agent.start()?;
+    let ag = &agent;
+    wait_until_async(
+        "the agent connects to the new address",
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+        || {
+            let now = connections(&plain_log(ag));
+            let c_url = c.grpc_url();
+            async move {
+                match now.get(seen..) {
+                    Some([first, ..]) if *first == c_url => Ok(()),
+                    Some([first, ..]) => Err(format!("connected to {first} instead")),
+                    _ => Err(format!("connections: {now:?}")),
+                }
+            }
+        },
+    )
+    .await?;
+    ensure!(agent.machine_id()? == machine, "the same machine");
+    let status = agent_cmd(&agent, &["status"])?;
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    ensure!(
+        status.contains(&c.grpc_url()) && !status.contains(&b.grpc_url()),
+        "status lists only the new address: {status}"
+    );
+    agent.stop()?;
     b.stop()?;
     Ok(())
 }
