@@ -253,7 +253,6 @@ pub async fn page(
         None => view! { <p class="muted">{lang.t("machine-no-compliance")}</p> }.into_any(),
     };
     let actions = {
-        let csrf = csrf_field(&ctx);
         let run = (can_operate && machine.status == "active").then(|| {
             own.iter()
                 .map(|(pid, name)| {
@@ -279,14 +278,13 @@ pub async fn page(
             }
         });
         let revoke = (is_admin && matches!(machine.status.as_str(), "active" | "pending")).then(|| {
-            view! {
-                <form method="post" action=format!("/machines/{id}/revoke") class="danger">
-                    {csrf}
-                    <input type="checkbox" id="confirm-revoke" name="confirm" value="yes" required=true/>
-                    <label for="confirm-revoke">{lang.t("machine-revoke-confirm")}</label>
-                    <button type="submit" class="danger">{lang.t("machine-revoke")}</button>
-                </form>
-            }
+            super::confirm_form(
+                &ctx,
+                format!("/machines/{id}/revoke"),
+                "confirm-revoke".into(),
+                lang.t("machine-revoke-confirm"),
+                lang.t("machine-revoke"),
+            )
         });
         view! { <div class="actions" id="actions">{run}{approve}{revoke}</div> }
     };
@@ -384,22 +382,14 @@ pub async fn approve(Extension(ctx): Extension<Ctx>, Path(id): Path<Uuid>) -> Re
     }
 }
 
-#[derive(Deserialize)]
-pub struct Confirm {
-    confirm: Option<String>,
-}
-
 /// `POST /machines/{id}/revoke` (only with the confirmation box ticked).
 pub async fn revoke(
     Extension(ctx): Extension<Ctx>,
     Path(id): Path<Uuid>,
-    Form(f): Form<Confirm>,
+    Form(f): Form<super::Confirm>,
 ) -> Response {
-    if f.confirm.as_deref() != Some("yes") {
-        return layout::api_error(
-            &ctx,
-            &crate::api::ApiError::invalid(ctx.lang.t("machine-revoke-unconfirmed")),
-        );
+    if let Some(page) = f.unticked(&ctx, "machine-revoke-unconfirmed") {
+        return page;
     }
     match ctx.api.act::<()>(Method::POST, &format!("/api/v1/machines/{id}/revoke"), None).await {
         Ok(()) => see_other(&format!("/machines/{id}"), "revoked"),

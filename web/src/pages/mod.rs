@@ -36,6 +36,41 @@ pub fn local_path(p: Option<&str>) -> String {
     }
 }
 
+/// A destructive action's form (revoke a machine or a store, delete a repository): its
+/// confirmation box must be ticked.
+#[derive(serde::Deserialize)]
+pub struct Confirm {
+    confirm: Option<String>,
+}
+
+impl Confirm {
+    /// When the box was not ticked, the page to answer: it says `unticked` (a message key).
+    pub fn unticked(&self, ctx: &crate::Ctx, unticked: &str) -> Option<Response> {
+        (self.confirm.as_deref() != Some("yes"))
+            .then(|| crate::layout::api_error(ctx, &crate::api::ApiError::invalid(ctx.lang.t(unticked))))
+    }
+}
+
+/// The form of a destructive action posting to `action`: a confirmation box (`box_id`, saying
+/// `confirm`) to tick first, and a danger button saying `button`.
+pub fn confirm_form(
+    ctx: &crate::Ctx,
+    action: String,
+    box_id: String,
+    confirm: String,
+    button: String,
+) -> impl leptos::IntoView + use<> {
+    use leptos::prelude::*;
+    view! {
+        <form method="post" action=action class="danger">
+            {crate::layout::csrf_field(ctx)}
+            <input type="checkbox" id=box_id.clone() name="confirm" value="yes" required=true/>
+            <label for=box_id>{confirm}</label>
+            <button type="submit" class="danger">{button}</button>
+        </form>
+    }
+}
+
 /// Post/Redirect/Get: after a change, back to a page that shows it (with a notice key).
 pub fn see_other(path: &str, notice: &str) -> Response {
     let sep = if path.contains('?') { '&' } else { '?' };

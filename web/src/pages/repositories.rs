@@ -83,20 +83,15 @@ pub async fn list(Extension(ctx): Extension<Ctx>, Query(n): Query<Notice>) -> Re
     render(&ctx, StatusCode::OK, &RepositoryForm::default(), None, done).await
 }
 
-#[derive(Deserialize)]
-pub struct Confirm {
-    confirm: Option<String>,
-}
-
 /// `POST /repositories/{id}/delete` (only with the confirmation box ticked): deleted (back to
 /// the list), or the API's refusal above the list (in use, holds restic repositories).
 pub async fn delete(
     Extension(ctx): Extension<Ctx>,
     Path(id): Path<uuid::Uuid>,
-    Form(f): Form<Confirm>,
+    Form(f): Form<super::Confirm>,
 ) -> Response {
-    if f.confirm.as_deref() != Some("yes") {
-        return layout::api_error(&ctx, &ApiError::invalid(ctx.lang.t("repositories-delete-unconfirmed")));
+    if let Some(page) = f.unticked(&ctx, "repositories-delete-unconfirmed") {
+        return page;
     }
     match ctx.api.act::<()>(Method::DELETE, &format!("/api/v1/repositories/{id}"), None).await {
         Ok(()) => see_other("/repositories", "repository-deleted"),
@@ -159,17 +154,14 @@ async fn render_page(
                 lang.t("repositories-shared")
             };
             let delete = editable.then(|| {
-                let confirm = format!("confirm-delete-{}", r.id);
-                view! {
-                    <td>
-                        <form method="post" action=format!("/repositories/{}/delete", r.id) class="danger">
-                            {csrf_field(ctx)}
-                            <input type="checkbox" id=confirm.clone() name="confirm" value="yes" required=true/>
-                            <label for=confirm>{lang.t("repositories-delete-confirm")}</label>
-                            <button type="submit" class="danger">{lang.t("repositories-delete")}</button>
-                        </form>
-                    </td>
-                }
+                let form = super::confirm_form(
+                    ctx,
+                    format!("/repositories/{}/delete", r.id),
+                    format!("confirm-delete-{}", r.id),
+                    lang.t("repositories-delete-confirm"),
+                    lang.t("repositories-delete"),
+                );
+                view! { <td>{form}</td> }
             });
             view! {
                 <tr>

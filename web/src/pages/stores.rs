@@ -31,11 +31,6 @@ pub struct Notice {
     done: Option<String>,
 }
 
-#[derive(Deserialize)]
-pub struct Confirm {
-    confirm: Option<String>,
-}
-
 /// `GET /stores`.
 pub async fn list(Extension(ctx): Extension<Ctx>, Query(n): Query<Notice>) -> Response {
     let revoked = n.done.as_deref() == Some("store-revoked");
@@ -47,10 +42,10 @@ pub async fn list(Extension(ctx): Extension<Ctx>, Query(n): Query<Notice>) -> Re
 pub async fn revoke(
     Extension(ctx): Extension<Ctx>,
     Path(id): Path<uuid::Uuid>,
-    Form(f): Form<Confirm>,
+    Form(f): Form<super::Confirm>,
 ) -> Response {
-    if f.confirm.as_deref() != Some("yes") {
-        return layout::api_error(&ctx, &ApiError::invalid(ctx.lang.t("stores-revoke-unconfirmed")));
+    if let Some(page) = f.unticked(&ctx, "stores-revoke-unconfirmed") {
+        return page;
     }
     match ctx.api.send::<(), Store>(Method::POST, &format!("/api/v1/stores/{id}/revoke"), None, &[]).await {
         Ok(_) => see_other("/stores", "store-revoked"),
@@ -102,15 +97,13 @@ async fn render_with(
         .into_iter()
         .map(|s| {
             let revoke = (editable && s.status != "revoked").then(|| {
-                let confirm = format!("confirm-revoke-{}", s.id);
-                view! {
-                    <form method="post" action=format!("/stores/{}/revoke", s.id) class="danger">
-                        {csrf_field(ctx)}
-                        <input type="checkbox" id=confirm.clone() name="confirm" value="yes" required=true/>
-                        <label for=confirm>{lang.t("stores-revoke-confirm")}</label>
-                        <button type="submit" class="danger">{lang.t("stores-revoke")}</button>
-                    </form>
-                }
+                super::confirm_form(
+                    ctx,
+                    format!("/stores/{}/revoke", s.id),
+                    format!("confirm-revoke-{}", s.id),
+                    lang.t("stores-revoke-confirm"),
+                    lang.t("stores-revoke"),
+                )
             });
             view! {
                 <tr>
