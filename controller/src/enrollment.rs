@@ -283,8 +283,9 @@ fn previous_machine(ca: &Ca, previous_pem: &str, csr_der: &[u8]) -> Result<(Uuid
 
 /// Re-enrolls a machine whose certificate expired while it was away: a new token (one use of
 /// it) plus its previous certificate and a CSR made with that certificate's key. The machine
-/// keeps its id — its plan, repositories, history and unsent results stay its own — and gets a
-/// new certificate; a token that requires approval puts it back to pending until an
+/// keeps its id and its group — its plan, repositories, history and unsent results stay its
+/// own — and gets a new certificate; a token made for a group serves only that group's
+/// machines; a token that requires approval puts it back to pending until an
 /// administrator approves it. A revoked or decommissioned machine, or a certificate that was
 /// revoked, cannot come back this way.
 pub async fn reenroll(
@@ -300,19 +301,32 @@ pub async fn reenroll(
     let issued =
         ca.issue_agent_cert(machine_id, csr_der, lifetime).map_err(|e| Error::invalid(e.to_string()))?;
     let mut tx = pool.begin().await?;
-    let (_group, requires_approval) = use_token(&mut tx, token_id, &secret).await?;
-    let status: Option<String> = sqlx::query_scalar("select status from machines where id = $1 for update")
-        .bind(machine_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    match status.as_deref() {
-        Some("active" | "pending") => {}
-        Some(other) => {
+    let (token_group, requires_approval) = use_token(&mut tx, token_id, &secret).await?;
+    let machine: Option<(String, Option<Uuid>)> =
+        sqlx::query_as("select status, group_id from machines where id = $1 for update")
+            .bind(machine_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (status, machine_group) = match machine {
+        Some((status, group)) if matches!(status.as_str(), "active" | "pending") => (Some(status), group),
+        Some((other, _)) => {
             return Err(Error::Unauthenticated(format!(
                 "re-enrollment refused: machine {machine_id} is {other}; enroll this agent as a new machine"
             )));
         }
         None => return Err(Error::Unauthenticated("re-enrollment refused: unknown machine".into())),
+    };
+    // A machine keeps its group. A token made for one group brings back only that group's
+    // machines (a department's token does not revive another department's machine); a token
+    // without a group, any machine.
+    if let Some(g) = token_group
+        && machine_group != Some(g)
+    {
+        return Err(Error::Unauthenticated(format!(
+            "re-enrollment refused: this token enrolls machines into group {g}, and machine {machine_id} is {}; \
+             use a token for its group or one without a group",
+            machine_group.map_or_else(|| "in no group".to_string(), |m| format!("in group {m}"))
+        )));
     }
     let recorded: Option<Option<DateTime<Utc>>> =
         sqlx::query_scalar("select revoked_at from certificates where serial = $1 and machine_id = $2")
@@ -420,6 +434,31 @@ mod reenroll_tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not issued by this controller"), "{err}");
+
+        // A token made for a group brings back only that group's machines (not used up when
+        // refused); the machine keeps its group.
+        let group =
+            crate::groups::create(&st.pool, &Actor::System, crate::groups::NewGroup { name: "saude".into() })
+                .await
+                .unwrap();
+        let grouped = NewToken { uses: Some(2), group_id: Some(group.id), ..Default::default() };
+        let t = create_token(&st.pool, &Actor::System, &st.ca, &st.settings.enrollment, grouped)
+            .await
+            .unwrap()
+            .token;
+        let err =
+            reenroll(&st.pool, &st.ca, life, &t, &csr_for(&key), &again.certificate_pem).await.unwrap_err();
+        assert!(err.to_string().contains("in no group"), "{err}");
+        assert_eq!(uses_left(&st.pool, &t).await, 2);
+        sqlx::query("update machines set group_id = $1 where id = $2")
+            .bind(group.id)
+            .bind(first.machine_id)
+            .execute(&st.pool)
+            .await
+            .unwrap();
+        let again =
+            reenroll(&st.pool, &st.ca, life, &t, &csr_for(&key), &again.certificate_pem).await.unwrap();
+        assert_eq!(again.machine_id, first.machine_id);
 
         // A token that requires approval puts it back to pending.
         let pending =
