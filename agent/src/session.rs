@@ -29,7 +29,7 @@ pub async fn run_forever(agent: Arc<Agent>, interrupted: Vec<String>) {
     let mut interrupted = interrupted;
     let mut expired_said: Option<tokio::time::Instant> = None;
     loop {
-        if let Some(expired_at) = agent.state.expired_certificate(chrono::Utc::now().timestamp()) {
+        if let Some(expired_at) = agent.certificate_expired() {
             // No controller can accept it, and no session can renew it: say so clearly (at once,
             // then hourly) and wait for `cofre-agent enroll --reenroll` to put a new one in place.
             if expired_said.is_none_or(|t| t.elapsed() >= NEEDS_REENROLLMENT_REPEAT) {
@@ -57,7 +57,7 @@ pub async fn run_forever(agent: Arc<Agent>, interrupted: Vec<String>) {
         }
         let mut wait = reconnect_delay(&mut backoff, started.elapsed(), ended.as_ref().err());
         // Not past the certificate's end: an expiry is said when it happens, not a backoff later.
-        if let Some(left) = agent.state.certificate_not_after().map(|t| t - chrono::Utc::now().timestamp()) {
+        if let Some(left) = agent.certificate_seconds_left() {
             wait = wait.min(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1));
         }
         tracing::info!(retry_in_ms = wait.as_millis() as u64, "reconnecting to the controller later");

@@ -140,6 +140,18 @@ impl Agent {
         DateTime::from_timestamp_micros(self.clock.now().as_microsecond()).unwrap_or_else(Utc::now)
     }
 
+    /// When this machine's certificate expired, if it has: judged on the controller's clock once
+    /// a session has told it (the controller is who refuses an expired certificate), so a clock
+    /// an hour off neither announces re-enrollment early nor keeps dialling with a dead one.
+    pub fn certificate_expired(&self) -> Option<String> {
+        self.state.expired_certificate(self.now_utc().timestamp())
+    }
+
+    /// Seconds the certificate has left on the controller's clock (negative once expired).
+    pub fn certificate_seconds_left(&self) -> Option<i64> {
+        self.state.certificate_not_after().map(|t| t - self.now_utc().timestamp())
+    }
+
     pub fn plan_version(&self) -> u64 {
         self.plan.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map_or(0, |p| p.version)
     }

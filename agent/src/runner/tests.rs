@@ -415,3 +415,22 @@ fn on_a_full_disk_progress_is_dropped_and_counted_results_are_kept_and_written_w
     // Writing works normally again, and a later failure is reported again.
     assert_eq!(spool.push(&started()).unwrap(), crate::spool::Pushed::Written);
 }
+
+#[test]
+fn a_certificates_expiry_is_judged_on_the_controllers_clock() {
+    let (_d, agent) = agent();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["m".into()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::minutes(30);
+    let cert = params.self_signed(&key).unwrap();
+    agent.state.save_certificate(&cert.pem(), &key.serialize_pem()).unwrap();
+    assert_eq!(agent.certificate_expired(), None, "valid for 30 more minutes here");
+    assert!(agent.certificate_seconds_left().is_some_and(|s| (1700..=1800).contains(&s)));
+    // The controller's clock is an hour ahead of this machine's: there, it has expired.
+    let local = jiff::Timestamp::now();
+    agent.learn_controller_time(local + jiff::SignedDuration::from_hours(1), local);
+    assert!(agent.certificate_expired().is_some(), "expired on the controller's clock");
+    assert!(agent.certificate_seconds_left().is_some_and(|s| s < 0));
+}
