@@ -90,7 +90,14 @@ pub fn engine_backup(args: &BackupArgs) -> Result<()> {
         tags: vec!["cofre".to_owned()],
         ..Default::default()
     };
-    let report = cofre_engine::backup(&repo_target(&args.target)?, &req)?;
+    // As the agent runs it: counting progress, with the scan that counts the totals alongside;
+    // `COFRE_BENCH_UNOBSERVED=1` measures the backup alone (no scan), for comparison.
+    let progress = if std::env::var_os("COFRE_BENCH_UNOBSERVED").is_some() {
+        cofre_engine::BackupProgress::unobserved()
+    } else {
+        cofre_engine::BackupProgress::default()
+    };
+    let report = cofre_engine::backup_with_progress(&repo_target(&args.target)?, &req, &progress)?;
     let summary = BackupSummary {
         snapshot_id: report.snapshot_id,
         files_new: report.files_new,

@@ -167,7 +167,7 @@ pub fn repository_id(target: &RepoTarget) -> Result<String, EngineError> {
 /// The engine's own archiver does the work, unless the environment variable
 /// `COFRE_ENGINE_ARCHIVER=rustic` asks for rustic_core's (see [`Archiver`]).
 pub fn backup(target: &RepoTarget, req: &BackupRequest) -> Result<BackupReport, EngineError> {
-    backup_with_progress(target, req, &BackupProgress::default())
+    backup_with_progress(target, req, &BackupProgress::unobserved())
 }
 
 /// [`backup`], counting what it processed in `progress` as it goes (sample it from another

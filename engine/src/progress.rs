@@ -62,6 +62,9 @@ pub struct BackupProgress(Arc<Counters>);
 
 #[derive(Debug)]
 struct Counters {
+    /// Whether anyone samples these counters: without a sampler the totals are never read, and
+    /// the scan that counts them (a second walk of the source) is skipped.
+    observed: bool,
     files_done: AtomicU64,
     bytes_done: AtomicU64,
     files_total: AtomicU64,
@@ -82,17 +85,29 @@ pub struct ProgressSample {
 }
 
 impl Default for BackupProgress {
+    /// Counters someone samples (the scan counts the totals).
     fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl BackupProgress {
+    /// Counters nobody samples: the backup counts as it goes, and no scan counts the totals.
+    #[must_use]
+    pub fn unobserved() -> Self {
+        Self::new(false)
+    }
+
+    fn new(observed: bool) -> Self {
         Self(Arc::new(Counters {
+            observed,
             files_done: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             files_total: AtomicU64::new(UNKNOWN),
             bytes_total: AtomicU64::new(UNKNOWN),
         }))
     }
-}
 
-impl BackupProgress {
     /// The counters now. Totals are published together (bytes first), so a sample with both
     /// totals has a consistent pair; `done` may pass a total when files grew after the scan.
     #[must_use]
@@ -129,6 +144,9 @@ impl BackupProgress {
     /// gives up without publishing when `stop` is set (the backup ended first).
     /// rustic's own walkers are used, not the watched source's, so the scan adds no warnings.
     pub(crate) fn scan(&self, source: &crate::source::WatchedSource, stop: &AtomicBool) {
+        if !self.0.observed {
+            return;
+        }
         let (mut files, mut bytes) = (0u64, 0u64);
         for entry in source.walkers().flat_map(rustic_core::ReadSource::entries) {
             if stop.load(Ordering::Relaxed) {
@@ -193,5 +211,9 @@ mod tests {
         assert_eq!(p.sample().files_total, None, "a stopped scan publishes nothing");
         p.scan(&source, &AtomicBool::new(false));
         assert_eq!((p.sample().files_total, p.sample().bytes_total), (Some(3), Some(1025)));
+        // Counters nobody samples get no scan (it would walk the source a second time).
+        let unobserved = BackupProgress::unobserved();
+        unobserved.scan(&source, &AtomicBool::new(false));
+        assert_eq!(unobserved.sample().files_total, None);
     }
 }
