@@ -11,7 +11,7 @@
 //!
 //! rustic_core opens repositories (key, config), reads index and snapshot files through its
 //! cache, walks the source (wrapped in `source.rs`) and provides the repository types. Backups
-//! and restores are the engine's own (`archiver/`, `restorer.rs`): rustic_core 0.13's were several
+//! and restores are the engine's own (`archiver/`, `restorer/`): rustic_core 0.13's were several
 //! times slower on many small files and its restorer used 5× restic's memory (ARCHITECTURE.md,
 //! docs/benchmarks.md). Both write and read exactly what restic does; the engine's tests check
 //! every backup with `restic check --read-data` and restic's restore.
