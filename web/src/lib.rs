@@ -99,7 +99,7 @@ pub fn table() -> Vec<PageRoute> {
         r(POST, "/policies", SignedIn, post(policies::create)),
         r(GET, "/policies/{id}", SignedIn, get(policy::page)),
         r(POST, "/policies/{id}", SignedIn, post(policy::save)),
-        r(POST, "/policies/{id}/assignments", SignedIn, post(assignments::assign)),
+        r(POST, "/policies/{id}/assignments", SignedIn, post(policy::assign)),
         r(POST, "/policies/{id}/assignments/{assignment}/remove", SignedIn, post(assignments::unassign)),
         r(GET, "/repositories", SignedIn, get(repositories::list)),
         r(POST, "/repositories", SignedIn, post(repositories::create)),

@@ -1,23 +1,25 @@
 //! Where a policy applies, on its page: its assignments to groups and machines (each with a
 //! button to remove it) and the form to apply it to one more, for fleet-wide admins (the API
-//! refuses anyone else). A refused assignment shows the API's message beside the choice.
+//! refuses anyone else). A refused assignment shows the API's message beside the choice; the
+//! form posts to `policy::assign`, which re-renders the policy's page (so this module needs
+//! nothing of `policy.rs`: no import circle).
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::extract::Path;
 use axum::response::Response;
-use axum::{Extension, Form};
 use cofre_api::Items;
 use cofre_api::common::Page;
 use cofre_api::groups::Group;
 use cofre_api::machines::Machine;
 use cofre_api::policies::{Assignment, NewAssignment};
-use http::{Method, StatusCode};
+use http::Method;
 use leptos::prelude::*;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{policy, see_other};
+use super::see_other;
 use crate::Ctx;
 use crate::api::ApiError;
 use crate::layout::{self, csrf_field, field_error};
@@ -26,11 +28,12 @@ use crate::layout::{self, csrf_field, field_error};
 #[derive(Deserialize, Default)]
 pub struct AssignForm {
     #[serde(default)]
-    target: String,
+    pub target: String,
 }
 
 impl AssignForm {
-    fn assignment(&self) -> Option<NewAssignment> {
+    /// The assignment the choice names, if it names one.
+    pub fn assignment(&self) -> Option<NewAssignment> {
         let (kind, id) = self.target.split_once(':')?;
         let id = id.parse::<Uuid>().ok()?;
         match kind {
@@ -137,34 +140,6 @@ pub async fn section(
             {form}
         </section>
     }))
-}
-
-/// `POST /policies/{id}/assignments`: applied (back to the policy's page) or refused beside the
-/// choice.
-pub async fn assign(
-    Extension(ctx): Extension<Ctx>,
-    Path(id): Path<Uuid>,
-    Form(f): Form<AssignForm>,
-) -> Response {
-    let Some(body) = f.assignment() else {
-        let e = ApiError::invalid(ctx.lang.t("assign-choose"));
-        return policy::show(&ctx, id, e.status, None, Some((f.target, e))).await;
-    };
-    match ctx
-        .api
-        .send::<_, Assignment>(Method::POST, &format!("/api/v1/policies/{id}/assignments"), Some(&body), &[])
-        .await
-    {
-        Ok(_) => see_other(&format!("/policies/{id}"), "assigned"),
-        Err(e)
-            if e.status.is_client_error()
-                && ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN, StatusCode::NOT_FOUND]
-                    .contains(&e.status) =>
-        {
-            policy::show(&ctx, id, e.status, None, Some((f.target, e))).await
-        }
-        Err(e) => layout::api_error(&ctx, &e),
-    }
 }
 
 /// `POST /policies/{id}/assignments/{assignment}/remove`.

@@ -1,13 +1,14 @@
 //! One policy: its main settings in a form (admins change them; everyone else reads them), the
 //! API's message next to each field it refuses, and an edit that lost a race with another is
 //! refused rather than overwriting it (If-Match with the revision the form was made from). Below:
-//! where it applies (`assignments.rs`) and its history.
+//! where it applies (`assignments.rs` renders that section; applying the policy to one more
+//! group or machine is posted here, since a refusal re-renders this page) and its history.
 
 use axum::extract::{Path, Query};
 use axum::response::Response;
 use axum::{Extension, Form};
 use cofre_api::common::FieldError;
-use cofre_api::policies::{Policy, PolicyDiff, PolicyVersion};
+use cofre_api::policies::{Assignment, Policy, PolicyDiff, PolicyVersion};
 use http::{Method, StatusCode, header};
 use leptos::prelude::*;
 use serde::Deserialize;
@@ -45,7 +46,7 @@ pub async fn page(Extension(ctx): Extension<Ctx>, Path(id): Path<Uuid>, Query(n)
 
 /// The policy's page with its settings, where it applies and its history; `refused` is the
 /// assignment form's value and the API's refusal of it.
-pub async fn show(
+async fn show(
     ctx: &Ctx,
     id: Uuid,
     status: StatusCode,
@@ -186,4 +187,32 @@ fn render(
         {more.map(|h| view! { <div inner_html=h></div> })}
     };
     layout::page_with_status(ctx, status, &title, content)
+}
+
+/// `POST /policies/{id}/assignments`: applied (back to the policy's page) or refused beside the
+/// choice.
+pub async fn assign(
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<Uuid>,
+    Form(f): Form<super::assignments::AssignForm>,
+) -> Response {
+    let Some(body) = f.assignment() else {
+        let e = ApiError::invalid(ctx.lang.t("assign-choose"));
+        return show(&ctx, id, e.status, None, Some((f.target, e))).await;
+    };
+    match ctx
+        .api
+        .send::<_, Assignment>(Method::POST, &format!("/api/v1/policies/{id}/assignments"), Some(&body), &[])
+        .await
+    {
+        Ok(_) => see_other(&format!("/policies/{id}"), "assigned"),
+        Err(e)
+            if e.status.is_client_error()
+                && ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN, StatusCode::NOT_FOUND]
+                    .contains(&e.status) =>
+        {
+            show(&ctx, id, e.status, None, Some((f.target, e))).await
+        }
+        Err(e) => layout::api_error(&ctx, &e),
+    }
 }
