@@ -170,21 +170,21 @@ fn keep(m: &MachineCompliance, sel: &Selection, now: DateTime<Utc>) -> bool {
 }
 
 fn order(lines: &mut [Line], sort: Sort) {
-    if sort == Sort::Host {
-        // One lower-cased name per machine, not two per comparison.
-        lines.sort_by_cached_key(|l| (l.machine.hostname.to_lowercase(), l.machine.hostname.clone()));
-        return;
-    }
-    let host = |a: &MachineCompliance, b: &MachineCompliance| a.hostname.cmp(&b.hostname);
-    lines.sort_by(|a, b| {
-        let (a, b) = (&a.machine, &b.machine);
-        match sort {
-            Sort::Status => b.status.cmp(&a.status).then(host(a, b)),
-            Sort::Group => a.group_name.cmp(&b.group_name).then(host(a, b)),
-            Sort::Backup => a.last_good_backup_at.cmp(&b.last_good_backup_at).then(host(a, b)),
-            Sort::Seen | Sort::Host => a.last_seen_at.cmp(&b.last_seen_at).then(host(a, b)),
+    type By = fn(&MachineCompliance, &MachineCompliance) -> std::cmp::Ordering;
+    let by: By = match sort {
+        Sort::Host => {
+            // One lower-cased name per machine, not two per comparison.
+            lines.sort_by_cached_key(|l| (l.machine.hostname.to_lowercase(), l.machine.hostname.clone()));
+            return;
         }
-    });
+        Sort::Status => |a, b| b.status.cmp(&a.status),
+        Sort::Group => |a, b| a.group_name.cmp(&b.group_name),
+        Sort::Backup => |a, b| a.last_good_backup_at.cmp(&b.last_good_backup_at),
+        Sort::Seen => |a, b| a.last_seen_at.cmp(&b.last_seen_at),
+    };
+    // Ties in host-name order.
+    lines
+        .sort_by(|a, b| by(&a.machine, &b.machine).then_with(|| a.machine.hostname.cmp(&b.machine.hostname)));
 }
 
 /// The machines `sel` selects, in its order and cut to its page, with every finding; and how

@@ -1,8 +1,9 @@
 //! Repository definitions (where backups go): the list, and for fleet-wide admins the form to
 //! define one and a delete button per definition (with a confirmation box; the API refuses to
-//! delete one a policy uses or that holds restic repositories, and the page says why). Its passwords are write-only all the way: typed into password inputs, sent to the
-//! API, never put back into a page (a refused form is shown again without them, and the API
-//! answers only whether one is set).
+//! delete one a policy uses or that holds restic repositories, and the page says why). Its
+//! passwords are write-only all the way: typed into password inputs, sent to the API, never put
+//! back into a page (a refused form is shown again without them, and the API answers only
+//! whether one is set).
 
 use axum::extract::{Path, Query};
 use axum::response::Response;
@@ -80,7 +81,7 @@ pub async fn list(Extension(ctx): Extension<Ctx>, Query(n): Query<Notice>) -> Re
         Some("repository-deleted") => Some("notice-repository-deleted"),
         _ => None,
     };
-    render(&ctx, StatusCode::OK, &RepositoryForm::default(), None, done).await
+    render(&ctx, StatusCode::OK, &RepositoryForm::default(), None, done, None).await
 }
 
 /// `POST /repositories/{id}/delete` (only with the confirmation box ticked): deleted (back to
@@ -96,7 +97,8 @@ pub async fn delete(
     match ctx.api.act::<()>(Method::DELETE, &format!("/api/v1/repositories/{id}"), None).await {
         Ok(()) => see_other("/repositories", "repository-deleted"),
         Err(e) if [StatusCode::CONFLICT, StatusCode::NOT_FOUND].contains(&e.status) => {
-            render_refused(&ctx, e).await
+            let why = Some(e.problem.detail.clone());
+            render(&ctx, e.status, &RepositoryForm::default(), None, None, why).await
         }
         Err(e) => layout::api_error(&ctx, &e),
     }
@@ -110,28 +112,15 @@ pub async fn create(Extension(ctx): Extension<Ctx>, Form(f): Form<RepositoryForm
             if e.status.is_client_error()
                 && ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&e.status) =>
         {
-            render(&ctx, e.status, &f, Some(e), None).await
+            render(&ctx, e.status, &f, Some(e), None, None).await
         }
         Err(e) => layout::api_error(&ctx, &e),
     }
 }
 
-/// The list with a refused deletion's reason above it.
-async fn render_refused(ctx: &Ctx, e: ApiError) -> Response {
-    render_page(ctx, e.status, &RepositoryForm::default(), None, None, Some(e.problem.detail)).await
-}
-
+/// The list, the create form (as typed, with the API's refusal of it), a notice (message key)
+/// and a refused deletion's reason above the list.
 async fn render(
-    ctx: &Ctx,
-    status: StatusCode,
-    f: &RepositoryForm,
-    error: Option<ApiError>,
-    done: Option<&str>,
-) -> Response {
-    render_page(ctx, status, f, error, done, None).await
-}
-
-async fn render_page(
     ctx: &Ctx,
     status: StatusCode,
     f: &RepositoryForm,

@@ -34,7 +34,7 @@ pub struct Notice {
 /// `GET /stores`.
 pub async fn list(Extension(ctx): Extension<Ctx>, Query(n): Query<Notice>) -> Response {
     let revoked = n.done.as_deref() == Some("store-revoked");
-    render_with(&ctx, StatusCode::OK, &StoreForm::default(), None, None, revoked).await
+    render(&ctx, StatusCode::OK, &StoreForm::default(), None, None, revoked).await
 }
 
 /// `POST /stores/{id}/revoke` (only with the confirmation box ticked): the store can no longer
@@ -58,28 +58,22 @@ pub async fn revoke(
 pub async fn create(Extension(ctx): Extension<Ctx>, Form(f): Form<StoreForm>) -> Response {
     let body = NewStore { name: f.name.trim().to_string(), url: f.url.trim().to_string() };
     match ctx.api.send::<_, CreatedStore>(Method::POST, "/api/v1/stores", Some(&body), &[]).await {
-        Ok(created) => render(&ctx, StatusCode::CREATED, &StoreForm::default(), None, Some(created)).await,
+        Ok(created) => {
+            render(&ctx, StatusCode::CREATED, &StoreForm::default(), None, Some(created), false).await
+        }
         Err(e)
             if e.status.is_client_error()
                 && ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&e.status) =>
         {
-            render(&ctx, e.status, &f, Some(e), None).await
+            render(&ctx, e.status, &f, Some(e), None, false).await
         }
         Err(e) => layout::api_error(&ctx, &e),
     }
 }
 
+/// The list, the register form (as typed, with the API's refusal of it), a just-registered
+/// store's token, and whether a store was just revoked.
 async fn render(
-    ctx: &Ctx,
-    status: StatusCode,
-    f: &StoreForm,
-    error: Option<ApiError>,
-    created: Option<CreatedStore>,
-) -> Response {
-    render_with(ctx, status, f, error, created, false).await
-}
-
-async fn render_with(
     ctx: &Ctx,
     status: StatusCode,
     f: &StoreForm,
