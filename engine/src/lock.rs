@@ -189,10 +189,10 @@ pub struct LockOptions {
     pub stale: Vec<String>,
 }
 
-/// Writes (or, with no ids, removes) the file recording the ids of the locks this process has
-/// in the repository, or is about to store: one per line.
-fn record(opts: &LockOptions, ids: &[&str]) {
-    if let Some(p) = &opts.record {
+/// Writes (or, with no ids, removes) the file at `path` (if any) recording the ids of the locks
+/// this process has in the repository, or is about to store: one per line.
+fn record(path: Option<&Path>, ids: &[&str]) {
+    if let Some(p) = path {
         let _ = if ids.is_empty() { std::fs::remove_file(p) } else { write_record(p, ids) };
     }
 }
@@ -248,18 +248,21 @@ impl RepoLock {
                     // Recorded before it is stored: a process killed from here on leaves at
                     // most a lock whoever started it can remove (removing one that never
                     // arrived is harmless).
-                    record(opts, &[&id]);
+                    record(opts.record.as_deref(), &[&id]);
                     if let Err(e) = backend.put(&id, &bytes) {
-                        record(opts, &[]);
+                        record(opts.record.as_deref(), &[]);
                         return Err(e);
                     }
                     std::thread::sleep(RECHECK_AFTER);
                     match backend.conflict(exclusive, Some(&id))? {
-                        None => return Ok(Self::held(backend, id, username, exclusive, opts)),
+                        None => {
+                            log::info!("took the repository lock {}", id.get(..8).unwrap_or(&id));
+                            return Ok(Self::held(backend, id, username, exclusive, opts));
+                        }
                         Some(_) => {
                             // Both wrote at once: both step back and try again.
                             backend.remove(&id)?;
-                            record(opts, &[]);
+                            record(opts.record.as_deref(), &[]);
                         }
                     }
                 }
@@ -294,7 +297,7 @@ impl RepoLock {
             let username = username.to_owned();
             std::thread::Builder::new()
                 .name("cofre-lock-refresh".into())
-                .spawn(move || refresh_loop(&backend, &state, &stop, &username, exclusive, record.as_ref()))
+                .spawn(move || refresh_loop(&backend, &state, &stop, &username, exclusive, record.as_deref()))
                 .ok()
         };
         RepoLock { backend, state, stop, refresher, record: opts.record.clone() }
@@ -312,7 +315,7 @@ fn refresh_loop(
     stop: &AtomicBool,
     username: &str,
     exclusive: bool,
-    record: Option<&PathBuf>,
+    record_path: Option<&Path>,
 ) {
     let mut last = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -322,37 +325,24 @@ fn refresh_loop(
         }
         last = Instant::now();
         let Ok(cur) = state.lock().map(|c| c.as_str().to_owned()) else { return };
-        let sealed = backend.seal(&LockFile::new(exclusive, username));
-        let new = match sealed {
-            Ok((new, bytes)) => {
-                // Both recorded while both may exist: a kill at any point leaves nothing the
-                // starter of this process cannot remove.
-                if let Some(p) = record {
-                    let _ = write_record(p, &[&new, cur.as_str()]);
-                }
-                match backend.put(&new, &bytes) {
-                    Ok(()) => new,
-                    Err(e) => {
-                        log::warn!("cannot refresh the repository lock: {e}");
-                        if let Some(p) = record {
-                            let _ = write_record(p, &[cur.as_str()]);
-                        }
-                        continue;
-                    }
-                }
-            }
+        let (new, bytes) = match backend.seal(&LockFile::new(exclusive, username)) {
+            Ok(sealed) => sealed,
             Err(e) => {
                 log::warn!("cannot refresh the repository lock: {e}");
                 continue;
             }
         };
+        // Both recorded while both may exist: a kill at any point leaves nothing the starter of
+        // this process cannot remove.
+        record(record_path, &[&new, &cur]);
+        if let Err(e) = backend.put(&new, &bytes) {
+            log::warn!("cannot refresh the repository lock: {e}");
+            record(record_path, &[&cur]);
+            continue;
+        }
         let Ok(old) = state.lock().map(|mut c| std::mem::replace(&mut *c, new.clone())) else { return };
         match backend.remove(&old) {
-            Ok(()) => {
-                if let Some(p) = record {
-                    let _ = write_record(p, &[&new]);
-                }
-            }
+            Ok(()) => record(record_path, &[&new]),
             Err(e) => log::warn!("cannot remove the old repository lock {old}: {e}"),
         }
     }
@@ -366,11 +356,7 @@ impl Drop for RepoLock {
         }
         let id = self.id();
         match self.backend.remove(&id) {
-            Ok(()) => {
-                if let Some(p) = &self.record {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
+            Ok(()) => record(self.record.as_deref(), &[]),
             Err(e) => log::warn!("cannot remove the repository lock {id}: {e}"),
         }
     }
@@ -384,14 +370,13 @@ mod tests {
     fn a_lock_record_is_replaced_whole_and_leaves_nothing_beside_it() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("job.lock");
-        let opts = LockOptions { record: Some(p.clone()), ..Default::default() };
-        record(&opts, &["first"]);
+        record(Some(&p), &["first"]);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "first");
-        record(&opts, &["second", "first"]);
+        record(Some(&p), &["second", "first"]);
         assert_eq!(recorded_ids(&std::fs::read_to_string(&p).unwrap()), ["second", "first"]);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("job.lock")]);
-        record(&opts, &[]);
+        record(Some(&p), &[]);
         assert!(!p.exists());
     }
 

@@ -134,20 +134,8 @@ impl std::fmt::Display for Objects {
     }
 }
 
-/// Lock files in the repository stored whole: their SHA-256 is their name (the REST server
-/// creates a file as an upload starts and drops it if the upload is cut, so a lock file being
-/// uploaded is seen before it is stored).
-fn whole_locks(repo: &Path) -> usize {
-    use sha2::Digest as _;
-    let Ok(rd) = std::fs::read_dir(repo.join("locks")) else { return 0 };
-    rd.filter_map(|e| e.ok())
-        .filter(|e| {
-            std::fs::read(e.path()).is_ok_and(|bytes| {
-                e.file_name().to_str() == Some(hex::encode(sha2::Sha256::digest(&bytes)).as_str())
-            })
-        })
-        .count()
-}
+/// What the engine logs once it holds a repository lock (its upload answered, its recheck done).
+const LOCK_TAKEN: &str = "took the repository lock";
 
 /// Regular files below `dir` (restic's data directory has one level of subdirectories).
 fn count_files(dir: &Path) -> usize {
@@ -347,6 +335,7 @@ async fn the_agent_killed_at_ten_seeded_points_of_a_backup_loses_and_doubles_not
             rig.hold(g, true)?;
         }
 
+        let log_before = rig.agent.log();
         let job = rig.admin.run_now(rig.machine, rig.policy, None).await?;
         let marker = rig.agent.state_dir.join("running").join(format!("{}.json", job.id));
         let job_id = job.id.to_string();
@@ -364,10 +353,13 @@ async fn the_agent_killed_at_ten_seeded_points_of_a_backup_loses_and_doubles_not
                 poll("the running marker", timeout, || marker.exists().then(|| "marker".into()))?
             }
             Point::LockTaken => {
-                // The child records its lock's id, then stores the lock.
-                let record = rig.agent.state_dir.join("running").join(format!("{}.lock", job.id));
-                poll("the lock recorded and stored whole", timeout, || {
-                    (record.exists() && whole_locks(&repo_dir) > before.locks).then(|| "lock taken".into())
+                // The lock is stored once the server has answered its upload; the engine says
+                // so after its recheck ("took the repository lock"). A file merely seen in
+                // `locks/` may be an upload the server drops when the connection dies.
+                let taken = |log: &str| log.matches(LOCK_TAKEN).count();
+                let seen = taken(&log_before);
+                poll("the lock taken", timeout, || {
+                    (taken(&rig.agent.log()) > seen).then(|| "lock taken".into())
                 })?
             }
             Point::Packs(n) => poll(&format!("{n} new packs"), timeout, || {
